@@ -1,0 +1,295 @@
+"""Reference platforms playing whole cases through the gateway.
+
+A `ReferencePlatform` is both sides at once, as a real provincial platform is: as outbound
+(转出地) it sends notice → table → fund transfer and waits for the inbound side's
+TRANSFER_IN_COMPLETED; as inbound (转入地) it answers deliveries with `roles.answer_as_inbound`.
+
+Its memory (open cases, outbox, outcomes) is in-process. A real platform keeps all of it in its
+own database: the delivery, the decision and the signed answers in one transaction, before the
+answers are submitted and the delivery acknowledged, so that after a crash it resends the very
+same signed bytes instead of deciding again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from clients.builders import (
+    EMPLOYEE,
+    RESIDENT,
+    Route,
+    fund_account,
+    fund_transfer,
+    information_table,
+    outbound_notice_accepted,
+    sample_periods,
+    sample_person,
+    today_in_china,
+)
+from clients.deliveries import VerifiedDelivery
+from clients.errors import ClientError, GatewayRejected, VerificationError
+from clients.platform import PlatformClient
+from clients.reviewer import ReviewerClient
+from clients.roles import CaseOutcome, InboundCase, answer_as_inbound, outcome_for_outbound
+from mitransfer.v1 import admin_pb2, envelope_pb2, messages_pb2, types_pb2
+
+log = logging.getLogger("clients.scenario")
+
+
+class CaseFailed(ClientError):
+    """A case cannot complete: its answers were refused or a subscription ended."""
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """Everything the outbound side sends in one case."""
+
+    route: Route
+    person: types_pb2.Person
+    insurance_type: types_pb2.InsuranceType.ValueType
+    suspension_date: dt.date
+    periods: tuple[messages_pb2.ContributionPeriod, ...]
+    balance_fen: int
+
+    @classmethod
+    def synthetic(
+        cls, outbound: str, inbound: str, *, insurance_type: types_pb2.InsuranceType.ValueType = EMPLOYEE,
+        balance_fen: int = 0, seed: int = 0, today: dt.date | None = None,
+    ) -> CasePlan:
+        """A case for the synthetic person `seed`, suspended today (Beijing)."""
+        suspension = today or today_in_china()
+        return cls(Route.new(outbound, inbound), sample_person(seed), insurance_type, suspension,
+                   tuple(sample_periods(outbound, suspension, seed)), balance_fen)
+
+    @property
+    def funds_expected(self) -> bool:
+        return self.insurance_type == EMPLOYEE and self.balance_fen > 0
+
+
+OutboundMessage = messages_pb2.OutboundNotice | messages_pb2.InformationTable | messages_pb2.FundTransfer
+
+
+def outbound_messages(plan: CasePlan) -> list[OutboundMessage]:
+    """The outbound side's messages of a case, in sending order: notice, table, and the fund
+    transfer when funds are expected. Raises ValueError for a plan the builders refuse."""
+    route = plan.route
+    messages: list[OutboundMessage] = [
+        outbound_notice_accepted(route, plan.person, plan.insurance_type, plan.suspension_date),
+        information_table(route, plan.person, plan.insurance_type, plan.suspension_date, plan.periods,
+                          plan.balance_fen),
+    ]
+    if plan.funds_expected:
+        messages.append(fund_transfer(
+            route, plan.balance_fen, fund_account(route.outbound, receiving=False),
+            fund_account(route.inbound, receiving=True), f"SIM{uuid.uuid4().hex[:20].upper()}",
+            today_in_china(),
+        ))
+    return messages
+
+
+async def send_case(client: PlatformClient, plan: CasePlan) -> list[envelope_pb2.ReceiptBody]:
+    """Submit the outbound side's messages of a case in order; returns their receipts.
+
+    All are built before the first is sent, so a plan the builders refuse sends nothing.
+    """
+    return [await client.submit(m) for m in outbound_messages(plan)]  # in order: each needs the last
+
+
+class ReferencePlatform:
+    """One platform playing both roles. `run` subscribes; `play_outbound` sends a case and waits."""
+
+    def __init__(
+        self, client: PlatformClient, *, agencies: Sequence[str] = (),
+        on_case_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.agencies = tuple(agencies)
+        self.errors: list[str] = []
+        self._on_case_error = on_case_error
+        self._cases: dict[str, InboundCase] = {}                           # open inbound cases
+        self._outbox: dict[str, list[envelope_pb2.SignedMessage]] = {}     # by delivered message id
+        self._waiting: dict[str, asyncio.Future[CaseOutcome]] = {}         # our outbound cases
+        self._broken: str | None = None
+
+    async def run(self, stop: asyncio.Event, *, concurrency: int = 16) -> None:
+        """Receive and answer deliveries until `stop` is set, up to `concurrency` cases at once."""
+        await self.client.subscribe(self.handle, self.agencies, stop=stop, concurrency=concurrency)
+
+    async def play_outbound(self, plan: CasePlan) -> CaseOutcome:
+        """Send the case and wait until the inbound side completes or rejects it.
+
+        Raises:
+            ClientError: a submission failed, or the case was abandoned (`abandon`, `break_all`).
+        """
+        if self._broken:
+            raise CaseFailed(self._broken)
+        transfer_id = plan.route.transfer_id
+        waiter: asyncio.Future[CaseOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting[transfer_id] = waiter  # before sending: the answer may come back at once
+        try:
+            await send_case(self.client, plan)
+            return await waiter
+        finally:
+            self._waiting.pop(transfer_id, None)
+
+    def abandon(self, transfer_id: str, why: str) -> None:
+        """Stop waiting for one of our outbound cases; `play_outbound` raises CaseFailed."""
+        waiter = self._waiting.get(transfer_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(CaseFailed(why))
+
+    def break_all(self, why: str) -> None:
+        """Fail every waiting and future case (e.g. a subscription ended for good)."""
+        self._broken = why
+        for transfer_id in list(self._waiting):
+            self.abandon(transfer_id, why)
+
+    async def handle(self, delivery: VerifiedDelivery) -> None:
+        """Answer one verified delivery; raising leaves it unacknowledged, to come again."""
+        message = delivery.message
+        if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired):
+            # The gateway's word on the case: a rejected review or an expiry ends it for both sides.
+            if not (isinstance(message, admin_pb2.ReviewDecision) and message.approved):
+                why = "fund transfer rejected in review" if isinstance(message, admin_pb2.ReviewDecision) \
+                    else "case expired unanswered"
+                self._cases.pop(delivery.transfer_id, None)
+                self.abandon(delivery.transfer_id, why)
+            return
+        if isinstance(message, messages_pb2.Acknowledgement):
+            outcome = outcome_for_outbound(message)
+            waiter = self._waiting.get(delivery.transfer_id)
+            if outcome is not None and waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+            return
+        outbox = self._outbox.get(delivery.message_id)
+        if outbox is None:  # first time: decide once, and keep the signed answers
+            decision = answer_as_inbound(self._cases.get(delivery.transfer_id), message)
+            if decision.unanswerable:  # our memory of the case is lost: leave it unacknowledged, so
+                # that it ends in the gateway's dead-letter state, where operators look
+                self._record(delivery.transfer_id, decision.unanswerable)
+                raise CaseFailed(decision.unanswerable)
+            if decision.case is None:
+                self._cases.pop(delivery.transfer_id, None)
+            else:
+                self._cases[delivery.transfer_id] = decision.case
+            outbox = [self.client.sign(ack) for ack in decision.acknowledgements]
+            self._outbox[delivery.message_id] = outbox
+        for signed in outbox:  # a retry resends the same bytes: the gateway replays its receipts
+            try:
+                await self.client.submit_signed(signed)
+            except (GatewayRejected, VerificationError) as err:
+                self._record(delivery.transfer_id, f"answer refused: {err}")
+                if self._on_case_error is not None:
+                    self._on_case_error(delivery.transfer_id, str(err))
+                raise
+        del self._outbox[delivery.message_id]
+
+    def _record(self, transfer_id: str, text: str) -> None:
+        self.errors.append(f"{self.client.platform} case {transfer_id}: {text}")
+        log.warning("%s case %s: %s", self.client.platform, transfer_id, text)
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    transfers: int      # cases started
+    completed: int      # cases whose outbound platform received TRANSFER_IN_COMPLETED
+    failed: int         # the rest: refused, rejected, abandoned or timed out
+    errors: list[str]   # what went wrong, by transfer id (no personal data)
+    seconds: float
+
+
+def plan_cases(
+    transfers: int, a_agencies: Sequence[str], b_agencies: Sequence[str], *, seed: int | None = None,
+) -> list[tuple[bool, CasePlan]]:
+    """(a is outbound, plan) for each case: alternating directions; 7 in 10 employee cases with
+    a balance, 1 in 10 employee with zero balance, 2 in 10 resident insurance."""
+    rng = random.Random(seed)
+    base = rng.randrange(1_000_000)
+    plans = []
+    for i in range(transfers):
+        a_outbound = i % 2 == 0
+        sources, targets = (a_agencies, b_agencies) if a_outbound else (b_agencies, a_agencies)
+        slot = i // 2
+        outbound, inbound = sources[slot % len(sources)], targets[(slot + 1) % len(targets)]
+        mix = i % 10
+        # Most balances move at once; about one case in ten is above the review threshold.
+        big = rng.randint(1_000_001, 5_000_000)
+        insurance, balance = (EMPLOYEE, big if mix == 0 else rng.randint(100, 1_000_000)) if mix < 7 else (
+            (EMPLOYEE, 0) if mix == 7 else (RESIDENT, 0))
+        plans.append((a_outbound, CasePlan.synthetic(outbound, inbound, insurance_type=insurance,
+                                                     balance_fen=balance, seed=base + i)))
+    return plans
+
+
+async def run_cases(
+    a: PlatformClient, b: PlatformClient, *, transfers: int, a_agencies: Sequence[str],
+    b_agencies: Sequence[str], on_progress: Callable[[int, int], None] | None = None, timeout: float = 120.0,
+    concurrency: int = 16, seed: int | None = None, reviewer: ReviewerClient | None = None,
+) -> ScenarioResult:
+    """Play `transfers` cases between platforms a and b, half in each direction, at most
+    `concurrency` at once. A case completes when its outbound platform receives the
+    TRANSFER_IN_COMPLETED acknowledgement through its subscription; cases not done within
+    `timeout` seconds fail. Large balances wait for review: give a `reviewer` to approve them."""
+    started = time.perf_counter()
+    errors: list[str] = []
+    outcomes: list[bool] = []
+
+    def case_error(transfer_id: str, why: str) -> None:
+        for p in platforms:
+            p.abandon(transfer_id, why)
+
+    platforms = (ReferencePlatform(a, agencies=a_agencies, on_case_error=case_error),
+                 ReferencePlatform(b, agencies=b_agencies, on_case_error=case_error))
+    stop = asyncio.Event()
+    subscriptions = [asyncio.create_task(p.run(stop, concurrency=concurrency)) for p in platforms]
+    approvals = asyncio.create_task(reviewer.auto_approve(stop)) if reviewer is not None else None
+
+    def subscription_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not stop.is_set():
+            for p in platforms:
+                p.break_all(f"subscription ended: {task.exception()}")
+
+    for task in subscriptions:
+        task.add_done_callback(subscription_ended)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def play(a_outbound: bool, plan: CasePlan) -> None:
+        async with gate:
+            try:
+                outcome = await platforms[0 if a_outbound else 1].play_outbound(plan)
+            except ClientError as err:
+                errors.append(f"case {plan.route.transfer_id}: {err}")
+                outcome = None
+            if outcome is CaseOutcome.REJECTED:
+                errors.append(f"case {plan.route.transfer_id}: rejected by the inbound side")
+            outcomes.append(outcome is CaseOutcome.COMPLETED)
+            if on_progress is not None:
+                on_progress(len(outcomes), transfers)
+
+    tasks = [asyncio.create_task(play(a_out, plan)) for a_out, plan in plan_cases(
+        transfers, a_agencies, b_agencies, seed=seed)]
+    try:
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                errors.append(f"{len(pending)} case(s) did not finish within {timeout:g} s")
+                await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        stop.set()
+        for result in await asyncio.gather(*subscriptions, return_exceptions=True):
+            if isinstance(result, BaseException):
+                errors.append(f"subscription ended: {result}")
+        if approvals is not None:
+            await approvals
+    errors.extend(e for p in platforms for e in p.errors)
+    completed = sum(outcomes)
+    return ScenarioResult(transfers, completed, transfers - completed, errors, time.perf_counter() - started)

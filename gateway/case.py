@@ -1,0 +1,476 @@
+"""The transfer case as an explicit, table-driven state machine (pure: no I/O).
+
+`apply(case, message, ...)` answers one question: given what the gateway knows of a case, may
+this message be accepted, and what follows? The answer is a `Decision`: the case afterwards and
+what the store must do besides recording the message (hold or release a delivery, move the fund
+ledger). Every refusal is a `RuleViolation` (FAILED_PRECONDITION) whose reason names the rule,
+with the state in its metadata. The store calls `apply` inside the transaction that records the
+message, so decision and write are atomic and races resolve to exactly one winner.
+
+`TRANSITIONS` is the whole process; the README's diagram is generated from it (`mermaid()`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final, Protocol, TypeAlias
+
+from gateway.errors import RuleViolation
+from gateway.messages import BusinessMessage, MessageKind, kind_of
+from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
+
+CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
+InsuranceType: TypeAlias = types_pb2.InsuranceType.ValueType
+Ack = messages_pb2.Acknowledgement
+_S = tracking_pb2
+
+NEW: Final[CaseState] = _S.CASE_STATE_UNSPECIFIED  # "no case yet" in the table
+CLOSED_STATES: Final[frozenset[CaseState]] = frozenset({
+    _S.CASE_STATE_COMPLETED, _S.CASE_STATE_REFUSED, _S.CASE_STATE_INBOUND_REJECTED,
+    _S.CASE_STATE_WITHDRAWN, _S.CASE_STATE_REVIEW_REJECTED, _S.CASE_STATE_EXPIRED,
+})
+OPEN_STATES: Final[frozenset[CaseState]] = frozenset({
+    _S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT,
+    _S.CASE_STATE_HELD_FOR_REVIEW, _S.CASE_STATE_INBOUND_ACCEPTED, _S.CASE_STATE_FUNDS_CREDITED,
+})
+_BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT})
+# Who the measures cover: employee (310, not retired) and resident (390) basic insurance.
+COVERED_INSURANCE: Final[frozenset[int]] = frozenset({
+    types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC,
+})
+
+
+class Side(StrEnum):
+    """Who sent a message."""
+
+    OUTBOUND = "outbound"  # 转出地
+    INBOUND = "inbound"    # 转入地
+    REVIEWER = "reviewer"  # the national platform's reviewer, through the gateway
+    GATEWAY = "gateway"    # the gateway itself (expiry)
+
+
+class Event(StrEnum):
+    """What a message means for the case: its kind, refined by outcome or status."""
+
+    TRANSFER_REQUEST = "transfer_request"
+    NOTICE_ACCEPTED = "notice_accepted"
+    NOTICE_REFUSED = "notice_refused"
+    INFORMATION_TABLE = "information_table"
+    FUND_TRANSFER = "fund_transfer"
+    REVIEW_APPROVED = "review_approved"
+    REVIEW_REJECTED = "review_rejected"
+    ACK_RECEIVED = "ack_received"
+    ACK_ACCEPTED = "ack_accepted"
+    ACK_REJECTED = "ack_rejected"
+    ACK_FUNDS_CREDITED = "ack_funds_credited"
+    ACK_TRANSFER_IN_COMPLETED = "ack_transfer_in_completed"
+    WITHDRAWAL = "withdrawal"
+    EXPIRY = "expiry"
+
+
+class Guard(StrEnum):
+    """A condition on the case, beyond its state, that a transition requires."""
+
+    FUNDS_EXPECTED = "funds expected"        # employee insurance with a positive balance
+    NO_FUNDS_EXPECTED = "no funds expected"  # resident insurance, or a zero balance
+    WITHIN_THRESHOLD = "amount ≤ review threshold"
+    ABOVE_THRESHOLD = "amount > review threshold"
+    BY_APPLICANT = "sent by the applicant's side"
+
+
+class FundStatus(StrEnum):
+    """Where a case's personal-account money stands (the settlement ledger)."""
+
+    HELD = "held"          # accepted, waiting for review
+    SENT = "sent"          # on its way to the inbound side
+    CREDITED = "credited"  # credited to the person's account at the inbound side
+    REJECTED = "rejected"  # rejected in review or by the inbound side: to be returned
+
+
+@dataclass(frozen=True)
+class Transition:
+    event: Event
+    side: Side
+    sources: frozenset[CaseState]
+    target: CaseState | None  # None: the state does not change
+    guard: Guard | None = None
+
+
+def _t(event: Event, side: Side, sources: set[CaseState] | frozenset[CaseState], target: CaseState | None,
+       guard: Guard | None = None) -> Transition:
+    return Transition(event, side, frozenset(sources), target, guard)
+
+
+TRANSITIONS: Final[tuple[Transition, ...]] = (
+    _t(Event.TRANSFER_REQUEST, Side.INBOUND, {NEW}, _S.CASE_STATE_OPENED),
+    _t(Event.NOTICE_ACCEPTED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_OUTBOUND_ACCEPTED),
+    _t(Event.NOTICE_REFUSED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_REFUSED),
+    _t(Event.INFORMATION_TABLE, Side.OUTBOUND, {_S.CASE_STATE_OUTBOUND_ACCEPTED}, _S.CASE_STATE_TABLE_SENT),
+    _t(Event.FUND_TRANSFER, Side.OUTBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_FUNDS_SENT,
+       Guard.WITHIN_THRESHOLD),
+    _t(Event.FUND_TRANSFER, Side.OUTBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_HELD_FOR_REVIEW,
+       Guard.ABOVE_THRESHOLD),
+    _t(Event.REVIEW_APPROVED, Side.REVIEWER, {_S.CASE_STATE_HELD_FOR_REVIEW}, _S.CASE_STATE_FUNDS_SENT),
+    _t(Event.REVIEW_REJECTED, Side.REVIEWER, {_S.CASE_STATE_HELD_FOR_REVIEW}, _S.CASE_STATE_REVIEW_REJECTED),
+    _t(Event.ACK_ACCEPTED, Side.INBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_INBOUND_ACCEPTED,
+       Guard.NO_FUNDS_EXPECTED),
+    _t(Event.ACK_ACCEPTED, Side.INBOUND, {_S.CASE_STATE_FUNDS_SENT}, _S.CASE_STATE_INBOUND_ACCEPTED,
+       Guard.FUNDS_EXPECTED),
+    _t(Event.ACK_REJECTED, Side.INBOUND, {_S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT},
+       _S.CASE_STATE_INBOUND_REJECTED),
+    _t(Event.ACK_FUNDS_CREDITED, Side.INBOUND, {_S.CASE_STATE_INBOUND_ACCEPTED}, _S.CASE_STATE_FUNDS_CREDITED,
+       Guard.FUNDS_EXPECTED),
+    _t(Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, {_S.CASE_STATE_FUNDS_CREDITED}, _S.CASE_STATE_COMPLETED,
+       Guard.FUNDS_EXPECTED),
+    _t(Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, {_S.CASE_STATE_INBOUND_ACCEPTED}, _S.CASE_STATE_COMPLETED,
+       Guard.NO_FUNDS_EXPECTED),
+    _t(Event.ACK_RECEIVED, Side.INBOUND, OPEN_STATES, None),
+    _t(Event.ACK_RECEIVED, Side.OUTBOUND, OPEN_STATES, None),
+    _t(Event.WITHDRAWAL, Side.INBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
+    _t(Event.WITHDRAWAL, Side.OUTBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
+    _t(Event.EXPIRY, Side.GATEWAY, {_S.CASE_STATE_OPENED}, _S.CASE_STATE_EXPIRED),
+)
+
+# Which earlier message each acknowledgement status must answer.
+_ACK_ANSWERS: Final[Mapping[Event, MessageKind]] = {
+    Event.ACK_ACCEPTED: envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+    Event.ACK_REJECTED: envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+    Event.ACK_FUNDS_CREDITED: envelope_pb2.MESSAGE_KIND_FUND_TRANSFER,
+    Event.ACK_TRANSFER_IN_COMPLETED: envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+}
+_ACK_EVENTS: Final[Mapping[int, Event]] = {
+    Ack.STATUS_RECEIVED: Event.ACK_RECEIVED,
+    Ack.STATUS_ACCEPTED: Event.ACK_ACCEPTED,
+    Ack.STATUS_REJECTED: Event.ACK_REJECTED,
+    Ack.STATUS_FUNDS_CREDITED: Event.ACK_FUNDS_CREDITED,
+    Ack.STATUS_TRANSFER_IN_COMPLETED: Event.ACK_TRANSFER_IN_COMPLETED,
+}
+
+
+@dataclass(frozen=True)
+class CaseRules:
+    """Configuration of the rules (provincial practice varies)."""
+
+    review_threshold_fen: int = 1_000_000  # fund transfers above this are held for review (10,000 yuan)
+    waiting_period_months: int = 6         # waiting period after a gap of more than 3 months (≤ 6)
+    request_expiry: dt.timedelta = dt.timedelta(days=30)  # a request the outbound never answers expires
+
+    def __post_init__(self) -> None:
+        if self.request_expiry <= dt.timedelta(0):
+            raise ValueError("request_expiry must be positive")
+        if self.review_threshold_fen < 0:
+            raise ValueError("review_threshold_fen must not be negative")
+        if not 0 <= self.waiting_period_months <= 6:
+            raise ValueError("waiting_period_months is 0 to 6")
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """An earlier message of the case, as far as the rules need it."""
+
+    kind: MessageKind
+    side: Side
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the gateway knows of one case (a snapshot; the store persists it)."""
+
+    transfer_id: str
+    state: CaseState
+    outbound: str
+    inbound: str
+    applicant: str                      # the agency where the application was lodged
+    insurance_type: InsuranceType       # at the outbound side
+    person_key: bytes
+    suspension_date: str = ""           # ISO date, once the outbound notice accepted
+    balance_fen: int | None = None      # from the information table
+    fund_message_id: str | None = None  # the fund transfer, once accepted
+    inbound_insurance_type: InsuranceType = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+    enrollment_date: str = ""           # ISO date, from the inbound acceptance
+    messages: Mapping[str, MessageRef] = field(default_factory=dict)
+
+    @property
+    def closed(self) -> bool:
+        return self.state in CLOSED_STATES
+
+    @property
+    def funds_expected(self) -> bool:
+        return (self.insurance_type == types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
+                and self.balance_fen is not None and self.balance_fen > 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The case after a message, and what the store does besides recording the message."""
+
+    case: Case
+    hold_delivery: bool = False        # keep this message from its receiver until review
+    release_message: str | None = None  # deliver this held message now
+    cancel_message: str | None = None   # never deliver this held message
+    fund_status: FundStatus | None = None  # the case's fund movement moves to this status
+
+
+class CaseIndex(Protocol):
+    """What the rules may ask about other cases (answered by the store, inside the transaction)."""
+
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        """The transfer id of an open case of this person at this outbound agency, if any."""
+
+
+def person_key(person: types_pb2.Person) -> bytes:
+    """A digest identifying the person within the gateway, so cases compare people without
+    keeping a second copy of the number in clear."""
+    return hashlib.sha256(f"{person.certificate_type}:{person.certificate_number}".encode()).digest()
+
+
+def state_name(state: CaseState) -> str:
+    return "NEW" if state == NEW else tracking_pb2.CaseState.Name(state).removeprefix("CASE_STATE_")
+
+
+def _iso(d: types_pb2.Date) -> str:
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+
+
+def event_of(message: BusinessMessage) -> Event:
+    """The event a (validated) message stands for."""
+    if isinstance(message, messages_pb2.TransferRequest):
+        return Event.TRANSFER_REQUEST
+    if isinstance(message, messages_pb2.OutboundNotice):
+        accepted = message.outcome == messages_pb2.OutboundNotice.OUTCOME_ACCEPTED
+        return Event.NOTICE_ACCEPTED if accepted else Event.NOTICE_REFUSED
+    if isinstance(message, messages_pb2.InformationTable):
+        return Event.INFORMATION_TABLE
+    if isinstance(message, messages_pb2.FundTransfer):
+        return Event.FUND_TRANSFER
+    if isinstance(message, messages_pb2.Withdrawal):
+        return Event.WITHDRAWAL
+    return _ACK_EVENTS[message.status]
+
+
+def _violation(rule: str, text: str, case: Case | None, **extra: str) -> RuleViolation:
+    metadata = {"rule": rule, "state": state_name(case.state) if case else "NEW", **extra}
+    if case is not None:
+        metadata["transfer_id"] = case.transfer_id
+    return RuleViolation(text, reason=rule, metadata=metadata)
+
+
+def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, index: CaseIndex) -> Decision:
+    """The decision on `message` (validated by gateway.validation), or RuleViolation.
+
+    `case` is None for a transfer id the gateway has not seen.
+    """
+    header = message.header
+    event = event_of(message)
+    if case is None:
+        case = _new_case(message, event)
+        side = Side.INBOUND if event is Event.TRANSFER_REQUEST else Side.OUTBOUND
+        opening = True
+    else:
+        if case.closed:
+            raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})",
+                             case, event=event.value)
+        side = _side(case, header.sender, header.receiver)
+        opening = False
+    transition = _transition(case, event, side, rules)
+    decision = _check_content(case, message, event, rules)
+    if opening and event is not Event.NOTICE_REFUSED:
+        _check_one_open_case(decision.case, index)
+    refs = dict(decision.case.messages)
+    refs[header.message_id] = MessageRef(kind_of(message), side)
+    target = decision.case.state if transition.target is None else transition.target
+    after = replace(decision.case, state=target, messages=refs)
+    if event is Event.FUND_TRANSFER:
+        held = target == _S.CASE_STATE_HELD_FOR_REVIEW
+        return replace(decision, case=after, hold_delivery=held,
+                       fund_status=FundStatus.HELD if held else FundStatus.SENT)
+    return replace(decision, case=after)
+
+
+def review(case: Case | None, *, approved: bool, message_id: str, rules: CaseRules) -> Decision:
+    """The decision on a reviewer's approval or rejection of the case's held fund transfer."""
+    event = Event.REVIEW_APPROVED if approved else Event.REVIEW_REJECTED
+    if case is None:
+        raise _violation("CASE_NOT_OPENED", "no such case", None, event=event.value)
+    if case.closed:
+        raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
+    transition = _transition(case, event, Side.REVIEWER, rules)
+    assert transition.target is not None and case.fund_message_id is not None
+    refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, Side.REVIEWER)}
+    after = replace(case, state=transition.target, messages=refs)
+    if approved:
+        return Decision(after, release_message=case.fund_message_id, fund_status=FundStatus.SENT)
+    return Decision(after, cancel_message=case.fund_message_id, fund_status=FundStatus.REJECTED)
+
+
+def expire(case: Case | None, *, message_id: str, rules: CaseRules) -> Decision:
+    """The decision to close a case whose transfer request was never answered."""
+    if case is None:
+        raise _violation("CASE_NOT_OPENED", "no such case", None, event=Event.EXPIRY.value)
+    if case.closed:
+        raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
+    transition = _transition(case, Event.EXPIRY, Side.GATEWAY, rules)
+    assert transition.target is not None
+    refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_CASE_EXPIRED, Side.GATEWAY)}
+    return Decision(replace(case, state=transition.target, messages=refs))
+
+
+def _new_case(message: BusinessMessage, event: Event) -> Case:
+    h = message.header
+    if isinstance(message, messages_pb2.TransferRequest):
+        return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.receiver, inbound=h.sender, applicant=h.sender,
+                    insurance_type=message.outbound_insurance_type,
+                    inbound_insurance_type=message.inbound_insurance_type, person_key=person_key(message.person))
+    if isinstance(message, messages_pb2.OutboundNotice):
+        return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.sender, inbound=h.receiver, applicant=h.sender,
+                    insurance_type=message.insurance_type, person_key=person_key(message.person))
+    raise _violation("CASE_NOT_OPENED",
+                     f"transfer {h.transfer_id} has no case yet: a transfer request or an outbound notice opens it",
+                     None, event=event.value)
+
+
+def _side(case: Case, sender: str, receiver: str) -> Side:
+    if (sender, receiver) == (case.outbound, case.inbound):
+        return Side.OUTBOUND
+    if (sender, receiver) == (case.inbound, case.outbound):
+        return Side.INBOUND
+    raise _violation("PARTIES_MISMATCH",
+                     f"case {case.transfer_id} is between outbound {case.outbound} and inbound {case.inbound}, "
+                     f"not {sender} → {receiver}", case, sender=sender, receiver=receiver)
+
+
+def _guard_holds(case: Case, guard: Guard | None, side: Side, rules: CaseRules) -> bool:
+    balance = case.balance_fen or 0
+    if guard is Guard.FUNDS_EXPECTED:
+        return case.funds_expected
+    if guard is Guard.NO_FUNDS_EXPECTED:
+        return not case.funds_expected
+    if guard is Guard.WITHIN_THRESHOLD:
+        return case.funds_expected and balance <= rules.review_threshold_fen
+    if guard is Guard.ABOVE_THRESHOLD:
+        return case.funds_expected and balance > rules.review_threshold_fen
+    if guard is Guard.BY_APPLICANT:
+        return (case.outbound if side is Side.OUTBOUND else case.inbound) == case.applicant
+    return True
+
+
+def _transition(case: Case, event: Event, side: Side, rules: CaseRules) -> Transition:
+    candidates = [t for t in TRANSITIONS if t.event is event and t.side is side and case.state in t.sources]
+    for t in candidates:
+        if _guard_holds(case, t.guard, side, rules):
+            return t
+    if event is Event.FUND_TRANSFER and case.fund_message_id is not None:
+        raise _violation("FUND_TRANSFER_ALREADY_ACCEPTED", f"case {case.transfer_id} already has its fund transfer",
+                         case)
+    if event is Event.FUND_TRANSFER and candidates:
+        rule = ("NO_FUNDS_FOR_RESIDENT_INSURANCE" if case.insurance_type != types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
+                else "NO_FUNDS_FOR_ZERO_BALANCE")
+        raise _violation(rule, f"case {case.transfer_id} moves no personal-account funds", case)
+    if event is Event.WITHDRAWAL and candidates:
+        raise _violation("WITHDRAWAL_NOT_BY_APPLICANT",
+                         f"only the applicant's side ({case.applicant}) may withdraw case {case.transfer_id}", case)
+    if event is Event.WITHDRAWAL and case.fund_message_id is not None:
+        raise _violation("WITHDRAWAL_AFTER_FUNDS",
+                         f"case {case.transfer_id} can no longer be withdrawn: its funds have moved", case)
+    if event in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED):
+        raise _violation("NOT_HELD_FOR_REVIEW", f"case {case.transfer_id} has no fund transfer held for review", case)
+    if candidates:  # the state fits, a guard does not: funds are awaited or not expected
+        raise _violation("FUNDS_NOT_YET_SENT" if case.funds_expected else "NO_FUNDS_EXPECTED",
+                         f"{event.value} does not fit case {case.transfer_id}: funds expected is "
+                         f"{case.funds_expected}", case, event=event.value)
+    raise _violation("STATE_FORBIDS_MESSAGE",
+                     f"{side.value} side may not send {event.value} while case {case.transfer_id} is "
+                     f"{state_name(case.state)}", case, event=event.value, side=side.value)
+
+
+def _check_one_open_case(case: Case, index: CaseIndex) -> None:
+    other = index.open_case_for(case.person_key, case.outbound)
+    if other is not None and other != case.transfer_id:
+        raise _violation("CASE_ALREADY_OPEN",
+                         f"this person already has open case {other} at outbound agency {case.outbound}",
+                         case, open_transfer_id=other)
+
+
+def _covered(case: Case, insurance: int, what: str) -> None:
+    if insurance not in COVERED_INSURANCE:
+        raise _violation("INSURANCE_TYPE_NOT_COVERED",
+                         f"{what} {insurance} is not covered by the transfer measures (310 or 390 only)", case)
+
+
+def _check_content(case: Case, message: BusinessMessage, event: Event, rules: CaseRules) -> Decision:
+    """Rules comparing the message with the case so far; the decision carries the new facts."""
+    if isinstance(message, messages_pb2.TransferRequest):
+        _covered(case, message.outbound_insurance_type, "outbound insurance type")
+        _covered(case, message.inbound_insurance_type, "inbound insurance type")
+        return Decision(case)
+    if isinstance(message, messages_pb2.OutboundNotice):
+        _covered(case, message.insurance_type, "insurance type")
+        if person_key(message.person) != case.person_key:
+            raise _violation("PERSON_MISMATCH", "the notice's person is not the request's person", case)
+        if message.insurance_type != case.insurance_type:
+            raise _violation("INSURANCE_TYPE_MISMATCH", f"the notice's insurance type {message.insurance_type} is "
+                             f"not the request's {case.insurance_type}", case)
+        accepted = event is Event.NOTICE_ACCEPTED
+        if accepted and message.retired and message.insurance_type == types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC:
+            raise _violation("RETIRED_NOT_COVERED",
+                             "retired employees are not covered: refuse the case with REASON_CODE_RETIRED", case)
+        return Decision(replace(case, suspension_date=_iso(message.suspension_date) if accepted else ""))
+    if isinstance(message, messages_pb2.InformationTable):
+        if person_key(message.person) != case.person_key:
+            raise _violation("PERSON_MISMATCH", "the table's person is not the notice's person", case)
+        if message.insurance_type != case.insurance_type:
+            raise _violation("INSURANCE_TYPE_MISMATCH", f"the table's insurance type {message.insurance_type} is "
+                             f"not the notice's {case.insurance_type}", case)
+        if _iso(message.suspension_date) != case.suspension_date:
+            raise _violation("SUSPENSION_DATE_MISMATCH",
+                             f"the table's suspension date is not the notice's {case.suspension_date}", case)
+        return Decision(replace(case, balance_fen=message.account_balance_fen))
+    if isinstance(message, messages_pb2.FundTransfer):
+        if message.amount_fen != case.balance_fen:
+            raise _violation("FUND_AMOUNT_MISMATCH",
+                             f"amount_fen {message.amount_fen} is not the table's balance {case.balance_fen}", case)
+        return Decision(replace(case, fund_message_id=message.header.message_id))
+    if isinstance(message, messages_pb2.Withdrawal):
+        return Decision(case)
+    return _check_acknowledgement(case, message, event)
+
+
+def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event) -> Decision:
+    answered = case.messages.get(message.answers_message_id)
+    if answered is None or answered.side is _side(case, message.header.sender, message.header.receiver):
+        raise _violation("ACK_TARGET_UNKNOWN", f"answers_message_id {message.answers_message_id} is no message of "
+                         f"case {case.transfer_id} sent to this side", case)
+    wanted = _ACK_ANSWERS.get(event)
+    if wanted is not None and answered.kind != wanted:
+        raise _violation("ACK_TARGET_WRONG_KIND",
+                         f"{event.value} must answer the {envelope_pb2.MessageKind.Name(wanted)}", case)
+    if event is Event.ACK_ACCEPTED:
+        _covered(case, message.inbound_insurance_type, "inbound insurance type")
+        return Decision(replace(case, inbound_insurance_type=message.inbound_insurance_type,
+                                enrollment_date=_iso(message.inbound_enrollment_date)))
+    if event is Event.ACK_FUNDS_CREDITED:
+        if message.credited_amount_fen != case.balance_fen:
+            raise _violation("CREDITED_AMOUNT_MISMATCH", f"credited_amount_fen {message.credited_amount_fen} is not "
+                             f"the amount sent {case.balance_fen}", case)
+        return Decision(case, fund_status=FundStatus.CREDITED)
+    if event is Event.ACK_REJECTED and case.fund_message_id is not None:
+        return Decision(case, fund_status=FundStatus.REJECTED)
+    return Decision(case)
+
+
+def mermaid() -> str:
+    """The state diagram of TRANSITIONS in Mermaid syntax (the README embeds it)."""
+    lines = ["stateDiagram-v2"]
+    for t in TRANSITIONS:
+        if t.target is None:
+            continue
+        label = t.event.value.replace("_", " ") + f" ({t.side.value})" + (f" [{t.guard.value}]" if t.guard else "")
+        for source in sorted(t.sources):
+            lines.append(f"    {'[*]' if source == NEW else state_name(source)} --> {state_name(t.target)}: {label}")
+    for state in sorted(CLOSED_STATES):
+        lines.append(f"    {state_name(state)} --> [*]")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Configuration: frozen dataclasses, one per concern, read once at start-up by `load_config`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.case import CaseRules
+from gateway.pki import GATEWAY_KEY_ID, DevPaths
+from gateway.routing import DeliveryConfig
+from gateway.store.sqlite import SQLiteConfig
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca: Path    # CA bundle that client (platform) certificates must chain to
+    cert: Path  # the gateway's server certificate
+    key: Path   # its private key
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    key: Path     # the gateway's receipt signing key (PKCS8 PEM)
+    key_id: str   # its id in the registry's "gateway" keys
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    tls: TLSConfig
+    signing: SigningConfig
+    registry: Path                     # agency registry JSON
+    store: SQLiteConfig
+    listen: str = "127.0.0.1:50051"    # gRPC address (host:port; port 0 picks a free one)
+    metrics_listen: str | None = "127.0.0.1:9095"  # Prometheus /metrics; None turns it off
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    rules: CaseRules = field(default_factory=CaseRules)
+    shutdown_grace: float = 10.0       # seconds in-flight RPCs get after SIGTERM
+    backlog_refresh: float = 5.0       # seconds between backlog gauge readings
+    sweep_interval: float = 60.0       # seconds between sweeps for expired cases
+
+    @classmethod
+    def dev(
+        cls, certs: Path = Path("certs/dev"), database: Path = Path("var/gateway.db"), **overrides: Any
+    ) -> GatewayConfig:
+        """The embedded default: dev certificates, SQLite, loopback."""
+        paths = DevPaths(certs)
+        return cls(
+            tls=TLSConfig(ca=paths.ca, cert=paths.gateway_cert, key=paths.gateway_key),
+            signing=SigningConfig(key=paths.gateway_signing_key, key_id=GATEWAY_KEY_ID),
+            registry=paths.registry,
+            store=SQLiteConfig(path=database),
+            **overrides,
+        )
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read a TOML configuration file; relative paths are relative to the file's folder.
+
+    Raises ConfigError naming the missing or malformed setting.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    base = path.parent
+
+    def p(value: Any, name: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a path")
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else base / candidate
+
+    try:
+        tls, signing, store = data["tls"], data["signing"], data["store"]
+        delivery = data.get("delivery", {})
+        rules = data.get("rules", {})
+        return GatewayConfig(
+            tls=TLSConfig(ca=p(tls["ca"], "tls.ca"), cert=p(tls["cert"], "tls.cert"), key=p(tls["key"], "tls.key")),
+            signing=SigningConfig(key=p(signing["key"], "signing.key"), key_id=str(signing["key_id"])),
+            registry=p(data["registry"], "registry"),
+            store=SQLiteConfig(path=p(store["sqlite"], "store.sqlite")),
+            listen=str(data.get("listen", "127.0.0.1:50051")),
+            metrics_listen=data.get("metrics_listen", "127.0.0.1:9095") or None,
+            delivery=DeliveryConfig(
+                visibility_timeout=float(delivery.get("visibility_timeout_seconds", 30.0)),
+                max_attempts=int(delivery.get("max_attempts", 10)),
+            ),
+            rules=CaseRules(
+                review_threshold_fen=int(rules.get("review_threshold_fen", 1_000_000)),
+                waiting_period_months=int(rules.get("waiting_period_months", 6)),
+                request_expiry=dt.timedelta(days=float(rules.get("request_expiry_days", 30))),
+            ),
+            shutdown_grace=float(data.get("shutdown_grace_seconds", 10.0)),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{path}: missing setting {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

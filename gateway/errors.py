@@ -1,0 +1,83 @@
+"""The gateway's errors: one base, split by who is at fault.
+
+`CallerError`s are the sending platform's to fix (bad field, bad signature, wrong state,
+conflicting replay); `ServiceError`s are ours (storage unavailable). Each carries a stable
+`reason` code (UPPER_SNAKE, for google.rpc.ErrorInfo) and, for bad fields, the field paths.
+They are mapped to gRPC status codes in one place: `gateway.service.status`.
+Texts never contain personal data beyond what the caller itself sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path in the message (`periods[1].last_month`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a caller."""
+
+    def __init__(self, message: str, *, reason: str, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class CallerError(GatewayError):
+    """The caller's fault: resending the same request will fail the same way."""
+
+
+class InvalidMessage(CallerError):
+    """A field is missing or malformed (INVALID_ARGUMENT)."""
+
+    def __init__(
+        self,
+        violations: Iterable[FieldViolation],
+        *,
+        reason: str = "FIELD_INVALID",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.violations = tuple(violations)
+        if not self.violations:
+            raise ValueError("InvalidMessage needs at least one violation")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
+        more = len(self.violations) - 5
+        if more > 0:
+            summary += f"; and {more} more"
+        super().__init__(f"invalid message: {summary}", reason=reason, metadata=metadata)
+
+
+class SignatureRejected(CallerError):
+    """Unknown signing key or a signature that does not verify (UNAUTHENTICATED)."""
+
+
+class NotPermitted(CallerError):
+    """The authenticated platform may not do this (PERMISSION_DENIED)."""
+
+
+class RuleViolation(CallerError):
+    """The message is well formed but the case or a business rule forbids it (FAILED_PRECONDITION)."""
+
+
+class IdempotencyConflict(CallerError):
+    """A message id already used for different bytes (ALREADY_EXISTS)."""
+
+
+class NotFound(CallerError):
+    """No such case or delivery (NOT_FOUND)."""
+
+
+class ServiceError(GatewayError):
+    """Our fault: the same request may succeed later."""
+
+
+class StoreUnavailable(ServiceError):
+    """The store cannot commit now (UNAVAILABLE); nothing was receipted."""

@@ -1,0 +1,238 @@
+"""Development PKI: a CA, TLS certificates, signing keys and a matching agency registry.
+
+DEV ONLY. Everything written here is for loopback testing and demos; production loads its
+certificates, keys and registry from configured paths and never from this generator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+GATEWAY_URI = "urn:mitransfer:gateway"
+GATEWAY_KEY_ID = "gateway-dev-1"
+_VALIDITY = dt.timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class DevPlatform:
+    id: str
+    name: str
+    province: str
+    agencies: tuple[tuple[str, str], ...]
+
+    @property
+    def certificate_uri(self) -> str:
+        return f"urn:mitransfer:platform:{self.id}"
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.id}-dev-1"
+
+
+DEV_PLATFORMS: tuple[DevPlatform, ...] = (
+    DevPlatform("jiangsu", "江苏省医疗保障信息平台", "32",
+                (("320100", "南京市医疗保障局"), ("320500", "苏州市医疗保障局"), ("329900", "江苏省本级"))),
+    DevPlatform("zhejiang", "浙江省医疗保障信息平台", "33",
+                (("330100", "杭州市医疗保障局"), ("330200", "宁波市医疗保障局"), ("339900", "浙江省本级"))),
+    DevPlatform("anhui", "安徽省医疗保障信息平台", "34",
+                (("340100", "合肥市医疗保障局"), ("349900", "安徽省本级"))),
+)
+
+
+DEV_OPERATORS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("reviewer", "国家医保信息平台复核员（开发）", ("reviewer",)),
+    ("operator", "国家医保信息平台运维（开发）", ("operator",)),
+)
+
+
+@dataclass(frozen=True)
+class DevPaths:
+    """Where the files of a dev PKI directory are."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def gateway_cert(self) -> Path:
+        return self.root / "gateway.pem"
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.root / "gateway.key"
+
+    @property
+    def gateway_signing_key(self) -> Path:
+        return self.root / "gateway-signing.key"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry.json"
+
+    def platform_cert(self, platform: str) -> Path:
+        return self.root / "platforms" / f"{platform}.pem"
+
+    def platform_key(self, platform: str) -> Path:
+        return self.root / "platforms" / f"{platform}.key"
+
+    def platform_signing_key(self, platform: str) -> Path:
+        return self.root / "platforms" / f"{platform}-signing.key"
+
+    def operator_cert(self, operator: str) -> Path:
+        return self.root / "operators" / f"{operator}.pem"
+
+    def operator_key(self, operator: str) -> Path:
+        return self.root / "operators" / f"{operator}.key"
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "transfer-gateway DEV ONLY"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+
+
+def _pem_private(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _pem_public(key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    sans: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    now: dt.datetime,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def write_dev_pki(root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS) -> DevPaths:
+    """Write a fresh dev CA, gateway and platform certificates, signing keys and registry.json.
+
+    Existing files in `root` are overwritten. Returns the paths.
+    """
+    paths = DevPaths(root)
+    (root / "platforms").mkdir(parents=True, exist_ok=True)
+    (root / "operators").mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("transfer-gateway DEV ONLY CA"))
+        .issuer_name(_name("transfer-gateway DEV ONLY CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _issue(
+        "localhost", server_key, ca_cert, ca_key,
+        [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+            x509.UniformResourceIdentifier(GATEWAY_URI),
+        ],
+        ExtendedKeyUsageOID.SERVER_AUTH, now,
+    )
+    paths.gateway_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths.gateway_key.write_bytes(_pem_private(server_key))
+    gateway_signing = ed25519.Ed25519PrivateKey.generate()
+    paths.gateway_signing_key.write_bytes(_pem_private(gateway_signing))
+
+    registry_platforms = []
+    registry_agencies = []
+    for platform in platforms:
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(
+            f"{platform.id} platform", tls_key, ca_cert, ca_key,
+            [x509.UniformResourceIdentifier(platform.certificate_uri)],
+            ExtendedKeyUsageOID.CLIENT_AUTH, now,
+        )
+        paths.platform_cert(platform.id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths.platform_key(platform.id).write_bytes(_pem_private(tls_key))
+        signing = ed25519.Ed25519PrivateKey.generate()
+        paths.platform_signing_key(platform.id).write_bytes(_pem_private(signing))
+        registry_platforms.append({
+            "id": platform.id,
+            "name": platform.name,
+            "certificate_uri": platform.certificate_uri,
+            "provinces": [platform.province],
+            "keys": [{"key_id": platform.key_id, "algorithm": "ed25519",
+                      "public_key": _pem_public(signing.public_key())}],
+        })
+        registry_agencies += [{"code": code, "name": name, "platform": platform.id}
+                              for code, name in platform.agencies]
+
+    registry_operators = []
+    for operator_id, name, roles in DEV_OPERATORS:
+        uri = f"urn:mitransfer:operator:{operator_id}"
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(f"{operator_id} operator", tls_key, ca_cert, ca_key,
+                      [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH, now)
+        paths.operator_cert(operator_id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths.operator_key(operator_id).write_bytes(_pem_private(tls_key))
+        registry_operators.append({"id": operator_id, "name": name, "certificate_uri": uri, "roles": list(roles)})
+
+    registry = {
+        "dev_only": True,
+        "comment": "DEV ONLY: generated by `transfer-gateway certs dev`; never use in production.",
+        "gateway": {"keys": [{"key_id": GATEWAY_KEY_ID, "algorithm": "ed25519",
+                              "public_key": _pem_public(gateway_signing.public_key())}]},
+        "platforms": registry_platforms,
+        "agencies": registry_agencies,
+        "operators": registry_operators,
+    }
+    paths.registry.write_text(json.dumps(registry, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return paths

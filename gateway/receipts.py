@@ -1,0 +1,48 @@
+"""The gateway's signed receipts (non-repudiation of receipt)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from gateway.messages import RECEIPT_PAYLOAD_TYPE, MessageKind
+from gateway.signing import Signer, pae
+from gateway.store import IncomingMessage, MakeReceipt
+from mitransfer.v1 import envelope_pb2
+
+
+def issue_receipt(
+    signer: Signer,
+    *,
+    message_id: str,
+    transfer_id: str,
+    kind: MessageKind,
+    sender: str,
+    receiver: str,
+    payload_sha256: bytes,
+    sequence: int,
+    accepted_at: dt.datetime,
+) -> bytes:
+    """A serialized, signed Receipt attesting that the gateway committed this message."""
+    body = envelope_pb2.ReceiptBody(
+        message_id=message_id, transfer_id=transfer_id, kind=kind, sender=sender, receiver=receiver,
+        payload_sha256=payload_sha256, sequence=sequence,
+    )
+    body.accepted_at.FromDatetime(accepted_at)
+    body_bytes = body.SerializeToString()
+    receipt = envelope_pb2.Receipt(
+        body=body_bytes, key_id=signer.key_id, signature=signer.sign(pae(RECEIPT_PAYLOAD_TYPE, body_bytes))
+    )
+    return receipt.SerializeToString()
+
+
+def receipt_maker(signer: Signer, message: IncomingMessage, payload_sha256: bytes) -> MakeReceipt:
+    """What the store calls, inside its transaction, once it knows the sequence and time."""
+
+    def make(sequence: int, accepted_at: dt.datetime) -> bytes:
+        return issue_receipt(
+            signer, message_id=message.message_id, transfer_id=message.transfer_id, kind=message.kind,
+            sender=message.sender, receiver=message.receiver, payload_sha256=payload_sha256,
+            sequence=sequence, accepted_at=accepted_at,
+        )
+
+    return make

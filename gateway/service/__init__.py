@@ -1,0 +1,1 @@
+"""The gRPC edge: thin servicers that parse, call the core and the store, and answer."""

@@ -1,0 +1,104 @@
+"""Admin service: reviewers decide on held fund transfers; operators read the settlement ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway import case as case_rules
+from gateway.errors import FieldViolation, InvalidMessage, NotFound, RuleViolation
+from gateway.metrics import Metrics
+from gateway.registry import Registry
+from gateway.service.auth import calling_operator
+from gateway.service.authored import GatewayAuthor
+from gateway.store import Store
+from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, tracking_pb2
+
+log = logging.getLogger("gateway.admin")
+CHINA = ZoneInfo("Asia/Shanghai")
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(
+        self, *, registry: Registry, store: Store, author: GatewayAuthor, rules: case_rules.CaseRules,
+        metrics: Metrics, clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._metrics = metrics
+        self._registry = registry
+        self._store = store
+        self._author = author
+        self._rules = rules
+        self._clock = clock
+
+    async def ListHeldFundTransfers(
+        self, request: admin_pb2.ListHeldFundTransfersRequest, context: Any
+    ) -> admin_pb2.ListHeldFundTransfersResponse:
+        calling_operator(context, self._registry, "reviewer")
+        out = admin_pb2.ListHeldFundTransfersResponse()
+        for held in await self._store.held_transfers():
+            entry = out.held.add(transfer_id=held.transfer_id, message_id=held.message_id, outbound=held.outbound,
+                                 inbound=held.inbound, amount_fen=held.amount_fen)
+            entry.held_since.FromDatetime(held.held_since)
+        return out
+
+    async def ReviewFundTransfer(
+        self, request: admin_pb2.ReviewFundTransferRequest, context: Any
+    ) -> envelope_pb2.Receipt:
+        reviewer = calling_operator(context, self._registry, "reviewer")
+        if not request.approve and not request.comment.strip():
+            raise InvalidMessage([FieldViolation("comment", "a rejection needs a comment")])
+        view = await self._store.get_case(request.transfer_id)
+        if view is None:
+            raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
+        earlier = [m for m in view.messages if m.kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
+        if earlier:  # decided before: the same decision again is answered with its receipt
+            approved_before = view.case.state != tracking_pb2.CASE_STATE_REVIEW_REJECTED
+            receipt = await self._store.receipt_of(earlier[0].message_id)
+            if approved_before == request.approve and receipt is not None:
+                return envelope_pb2.Receipt.FromString(receipt)
+            earlier_word = "approved" if approved_before else "rejected"
+            raise RuleViolation(f"case {request.transfer_id} was already {earlier_word}",
+                                reason="REVIEW_ALREADY_DECIDED", metadata={"transfer_id": request.transfer_id})
+        case = view.case
+        decision = admin_pb2.ReviewDecision(
+            message_id=str(uuid.uuid4()), transfer_id=case.transfer_id,
+            fund_transfer_message_id=case.fund_message_id or "",
+            approved=request.approve, reviewer=reviewer.id, comment=request.comment, outbound=case.outbound,
+            inbound=case.inbound,
+        )
+        now = self._clock()
+        decision.decided_at.FromDatetime(now)
+        outcome = await self._author.record(
+            kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, message_id=decision.message_id,
+            transfer_id=case.transfer_id, payload=decision, sides=(case.outbound, case.inbound), now=now,
+            decide=lambda current, _index: case_rules.review(current, approved=request.approve,
+                                                             message_id=decision.message_id, rules=self._rules),
+        )
+        self._metrics.reviews.labels("approved" if request.approve else "rejected").inc()
+        log.info("reviewed", extra={"fields": {"transfer_id": case.transfer_id, "reviewer": reviewer.id,
+                                               "approved": request.approve, "sequence": outcome.sequence}})
+        return envelope_pb2.Receipt.FromString(outcome.receipt)
+
+    async def GetSettlement(
+        self, request: admin_pb2.GetSettlementRequest, context: Any
+    ) -> admin_pb2.SettlementReport:
+        calling_operator(context, self._registry, "operator")
+        d = request.date
+        try:
+            day = dt.date(d.year, d.month, d.day)
+        except ValueError:
+            raise InvalidMessage([FieldViolation("date", "is not a calendar date")]) from None
+        start = dt.datetime.combine(day, dt.time(), CHINA)
+        report = admin_pb2.SettlementReport(date=request.date)
+        for line in await self._store.settlement(start, start + dt.timedelta(days=1)):
+            report.lines.add(
+                outbound_province=line.outbound_province, inbound_province=line.inbound_province,
+                sent_fen=line.sent_fen, credited_fen=line.credited_fen, held_fen=line.held_fen,
+                rejected_fen=line.rejected_fen, in_flight_fen=line.in_flight_fen, transfers=line.transfers,
+            )
+        return report
+

@@ -1,0 +1,36 @@
+"""Who is calling: the platform named by the SAN URI of the mTLS client certificate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import NotPermitted
+from gateway.registry import Operator, Platform, Registry
+
+
+def _sans(context: Any) -> list[str]:
+    return [san.decode(errors="replace") for san in context.auth_context().get("x509_subject_alternative_name", [])]
+
+
+def calling_operator(context: Any, registry: Registry, role: str) -> Operator:
+    """The registered operator of the peer certificate, holding `role`; NotPermitted otherwise."""
+    for san in _sans(context):
+        operator = registry.operator_by_uri(san)
+        if operator is not None:
+            if role not in operator.roles:
+                raise NotPermitted(f"operator {operator.id} lacks the role {role}", reason="ROLE_MISSING",
+                                   metadata={"operator": operator.id, "role": role})
+            return operator
+    raise NotPermitted(f"this call needs an operator certificate with the role {role}", reason="OPERATOR_UNKNOWN")
+
+
+def calling_platform(context: Any, registry: Registry) -> Platform:
+    """The registered platform of the peer certificate. Raises NotPermitted if there is none.
+
+    The TLS handshake already proved the certificate chains to our CA; this maps it to a platform.
+    """
+    for san in _sans(context):
+        platform = registry.platform_by_uri(san)
+        if platform is not None:
+            return platform
+    raise NotPermitted("the client certificate names no registered platform", reason="PLATFORM_UNKNOWN")

@@ -1,0 +1,54 @@
+"""Messages the gateway itself writes into a case's log (review decisions, expiries).
+
+They are signed with the gateway's key like receipts, stored and receipted through the same
+atomic `Store.accept`, and delivered to both sides of the case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Final
+
+from google.protobuf.message import Message
+
+from gateway.messages import MessageKind
+from gateway.receipts import receipt_maker
+from gateway.registry import Registry
+from gateway.routing import Router
+from gateway.signing import Signer, fingerprint, pae
+from gateway.store import AcceptOutcome, Decide, IncomingMessage, Store
+from mitransfer.v1 import envelope_pb2
+
+GATEWAY_SENDER: Final = "gateway"  # sender of what the gateway writes into a case's log
+BOTH_SIDES: Final = "*"
+
+
+class GatewayAuthor:
+    def __init__(self, *, registry: Registry, store: Store, router: Router, signer: Signer) -> None:
+        self._registry = registry
+        self._store = store
+        self._router = router
+        self._signer = signer
+
+    async def record(
+        self, *, kind: MessageKind, message_id: str, transfer_id: str, payload: Message, sides: tuple[str, str],
+        decide: Decide, now: dt.datetime,
+    ) -> AcceptOutcome:
+        """Sign `payload`, store it in the case's log with `decide`'s decision, deliver it to both sides."""
+        body = payload.SerializeToString()
+        payload_type = payload.DESCRIPTOR.full_name
+        signed = envelope_pb2.SignedMessage(kind=kind, payload=body, key_id=self._signer.key_id,
+                                            signature=self._signer.sign(pae(payload_type, body)))
+        deliveries = tuple((platform, agency) for agency in sides
+                           if (platform := self._registry.platform_of_agency(agency)) is not None)
+        incoming = IncomingMessage(
+            message_id=message_id, transfer_id=transfer_id, kind=kind, sender=GATEWAY_SENDER, receiver=BOTH_SIDES,
+            deliveries=deliveries, created_at=now, fingerprint=fingerprint(payload_type, body),
+            signed_message=signed.SerializeToString(), created_by_gateway=True,
+        )
+        outcome = await self._store.accept(incoming, decide,
+                                           receipt_maker(self._signer, incoming, hashlib.sha256(body).digest()))
+        for platform, _ in deliveries:
+            self._router.notify(platform)
+        return outcome

@@ -1,0 +1,145 @@
+"""Exchange service: Submit, Subscribe, AckDelivery.
+
+Submit runs the gateway's pipeline in this order, and stores nothing until every step passed:
+who is calling (mTLS) → which key (registry) → signature over the bytes as received → parse →
+validate fields → may this platform send as this agency → store atomically with the case
+decision → signed receipt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from gateway import case as case_rules
+from gateway import messages
+from gateway.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
+from gateway.metrics import Metrics
+from gateway.receipts import receipt_maker
+from gateway.registry import Platform, Registry
+from gateway.routing import Router
+from gateway.service.auth import calling_platform
+from gateway.signing import Signer, fingerprint, pae
+from gateway.store import IncomingMessage, Store
+from gateway.validation import validate
+from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
+
+log = logging.getLogger("gateway.exchange")
+
+
+class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
+    def __init__(
+        self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
+        rules: case_rules.CaseRules, clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._registry = registry
+        self._rules = rules
+        self._store = store
+        self._router = router
+        self._signer = signer
+        self._metrics = metrics
+        self._clock = clock
+
+    async def Submit(self, request: envelope_pb2.SignedMessage, context: Any) -> envelope_pb2.Receipt:
+        kind_label = messages.kind_name(request.kind)
+        try:
+            platform = calling_platform(context, self._registry)
+            incoming, message = self._admit(platform, request)
+            outcome = await self._store.accept(
+                incoming,
+                lambda case, index: case_rules.apply(case, message, rules=self._rules, index=index),
+                receipt_maker(self._signer, incoming, hashlib.sha256(request.payload).digest()),
+            )
+        except CallerError as err:
+            self._metrics.messages.labels(kind_label, "rejected", err.reason).inc()
+            log.info("rejected", extra={"fields": {"kind": kind_label, "reason": err.reason,
+                                                   "code": type(err).__name__}})
+            raise
+        result = "replayed" if outcome.replayed else "accepted"
+        self._metrics.messages.labels(kind_label, result, "").inc()
+        if not outcome.replayed:
+            for receiving_platform, _ in incoming.deliveries:
+                self._router.notify(receiving_platform)
+        log.info(result, extra={"fields": {
+            "kind": kind_label, "message_id": incoming.message_id, "transfer_id": incoming.transfer_id,
+            "sender": incoming.sender, "receiver": incoming.receiver, "sequence": outcome.sequence,
+        }})
+        return envelope_pb2.Receipt.FromString(outcome.receipt)
+
+    def _admit(
+        self, platform: Platform, signed: envelope_pb2.SignedMessage
+    ) -> tuple[IncomingMessage, messages.BusinessMessage]:
+        """Verify, parse, validate and authorize; raises the CallerError that says what is wrong."""
+        payload_type = messages.payload_type(signed.kind)
+        key = self._registry.signing_key(platform, signed.key_id)
+        if key is None:
+            self._metrics.signature_failures.labels(platform.id).inc()
+            raise SignatureRejected(
+                f"key_id {signed.key_id!r} is not a signing key of platform {platform.id}",
+                reason="UNKNOWN_SIGNING_KEY", metadata={"key_id": signed.key_id},
+            )
+        signed_bytes = pae(payload_type, signed.payload)
+        if not key.verify(signed.signature, signed_bytes):
+            self._metrics.signature_failures.labels(platform.id).inc()
+            raise SignatureRejected(
+                f"signature does not verify with key {signed.key_id} over PAE({payload_type}, payload)",
+                reason="SIGNATURE_INVALID", metadata={"key_id": signed.key_id},
+            )
+        message = messages.parse(signed.kind, signed.payload)
+        validate(message, now=self._clock())
+        header = message.header
+        self._registry.check_acts_for(platform, header.sender, what="header.sender")
+        receiver_platform = self._registry.platform_of_agency(header.receiver)
+        if receiver_platform is None:
+            raise InvalidMessage(
+                [FieldViolation("header.receiver", f"{header.receiver} is not a registered agency")],
+                reason="UNKNOWN_AGENCY",
+            )
+        incoming = IncomingMessage(
+            message_id=header.message_id,
+            transfer_id=header.transfer_id,
+            kind=signed.kind,
+            sender=header.sender,
+            receiver=header.receiver,
+            deliveries=((receiver_platform, header.receiver),),
+            created_at=header.created_at.ToDatetime(dt.UTC),
+            fingerprint=fingerprint(payload_type, signed.payload),
+            signed_message=signed.SerializeToString(),
+            ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,
+            fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
+        )
+        return incoming, message
+
+    async def Subscribe(
+        self, request: exchange_pb2.SubscribeRequest, context: Any
+    ) -> AsyncIterator[exchange_pb2.Delivery]:
+        platform = calling_platform(context, self._registry)
+        agencies: frozenset[str] | None = None
+        if request.agencies:
+            agencies = frozenset(request.agencies)
+            foreign = sorted(agencies - self._registry.agencies_of(platform.id))
+            if foreign:
+                raise NotPermitted(
+                    f"platform {platform.id} may not subscribe for agencies {', '.join(foreign)}",
+                    reason="AGENCY_NOT_OF_PLATFORM", metadata={"platform": platform.id},
+                )
+        log.info("subscribed", extra={"fields": {"platform": platform.id}})
+        async for claimed in self._router.deliveries(platform.id, agencies):
+            self._metrics.deliveries.labels(platform.id, "first" if claimed.attempt == 1 else "redelivery").inc()
+            yield exchange_pb2.Delivery(
+                message=envelope_pb2.SignedMessage.FromString(claimed.signed_message),
+                receipt=envelope_pb2.Receipt.FromString(claimed.receipt),
+                attempt=claimed.attempt,
+            )
+
+    async def AckDelivery(
+        self, request: exchange_pb2.AckDeliveryRequest, context: Any
+    ) -> exchange_pb2.AckDeliveryResponse:
+        platform = calling_platform(context, self._registry)
+        await self._store.ack_delivery(platform.id, request.message_id, self._clock())
+        self._router.notify(platform.id)  # the next message of that case may now go out
+        return exchange_pb2.AckDeliveryResponse()
+

@@ -1,0 +1,166 @@
+"""The storage port: everything the gateway keeps, behind one small interface.
+
+Implementations: `gateway.store.sqlite` (embedded default). Every implementation passes the
+contract suite in tests/test_store_contract.py. Guarantees an implementation must give:
+
+- `accept` is atomic: the message, its case update, its delivery and its receipt are committed
+  together or not at all; the receipt exists only once all of it is durable.
+- Idempotency is decided inside that transaction: a known message id with the same fingerprint
+  returns the stored receipt (`replayed=True`) and writes nothing; with another fingerprint it
+  raises IdempotencyConflict.
+- The case decision (`decide`) runs inside the transaction, on the case as committed, so two
+  racing messages for one case are decided one after the other. At most one fund movement per
+  case is also enforced by the schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.case import Case, CaseIndex, Decision
+from gateway.messages import MessageKind
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A verified, validated message ready to be stored."""
+
+    message_id: str
+    transfer_id: str
+    kind: MessageKind
+    sender: str
+    receiver: str
+    deliveries: tuple[tuple[str, str], ...]  # (platform, agency) pairs that receive it
+    created_at: dt.datetime
+    fingerprint: bytes     # SHA-256 of PAE(payload_type, payload): the idempotency fingerprint
+    signed_message: bytes  # the SignedMessage exactly as received
+    ack_status: int = 0    # for acknowledgements, their status
+    fund_amount_fen: int = 0  # for fund transfers, the amount moved
+    created_by_gateway: bool = False  # a review decision: the gateway wrote and signed it
+
+
+@dataclass(frozen=True)
+class AcceptOutcome:
+    receipt: bytes   # serialized Receipt
+    sequence: int
+    replayed: bool   # True: this message was accepted before; nothing was written now
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    message_id: str
+    transfer_id: str
+    signed_message: bytes
+    receipt: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """One message of a case with its delivery progress (for Tracking)."""
+
+    message_id: str
+    kind: MessageKind
+    sender: str
+    receiver: str
+    sequence: int
+    created_at: dt.datetime
+    accepted_at: dt.datetime
+    ack_status: int
+    delivery_state: int
+    delivery_attempts: int
+    delivered_at: dt.datetime | None
+    acknowledged_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class CaseView:
+    case: Case
+    opened_at: dt.datetime
+    updated_at: dt.datetime
+    messages: Sequence[MessageView]
+
+
+@dataclass(frozen=True)
+class HeldTransfer:
+    transfer_id: str
+    message_id: str
+    outbound: str
+    inbound: str
+    amount_fen: int
+    held_since: dt.datetime
+
+
+@dataclass(frozen=True)
+class SettlementLine:
+    """Fund transfers of one province pair accepted in a period, by their status now (fen)."""
+
+    outbound_province: str
+    inbound_province: str
+    sent_fen: int
+    credited_fen: int
+    held_fen: int
+    rejected_fen: int
+    in_flight_fen: int
+    transfers: int
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Per receiving platform: what waits, since when, and what was given up."""
+
+    platform: str
+    pending: int
+    in_flight: int
+    dead_letters: int
+    oldest_undelivered_at: dt.datetime | None
+
+
+Decide = Callable[[Case | None, CaseIndex], Decision]
+MakeReceipt = Callable[[int, dt.datetime], bytes]
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema and start serving."""
+
+    async def close(self) -> None:
+        """Finish what was queued, then release the database."""
+
+    async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
+        """Store a message with its case update and delivery; see the module docstring.
+
+        Raises: IdempotencyConflict; any CallerError that `decide` raises; StoreUnavailable.
+        """
+
+    async def claim_deliveries(
+        self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
+        max_attempts: int, now: dt.datetime,
+    ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` deliveries for `platform` (only the oldest unacknowledged one of each
+        case, so a case is delivered in order). A delivery whose lease expired after
+        `max_attempts` attempts goes to the dead-letter state instead."""
+
+    async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
+        """Mark a delivery acknowledged (idempotent). Raises NotFound if `platform` is not its receiver."""
+
+    async def get_case(self, transfer_id: str) -> CaseView | None:
+        """The case with all its messages, or None."""
+
+    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
+        """Cases in `state` with no message since `idle_since`, longest idle first."""
+
+    async def receipt_of(self, message_id: str) -> bytes | None:
+        """The stored receipt of a message, or None."""
+
+    async def held_transfers(self) -> list[HeldTransfer]:
+        """Fund transfers held for review, oldest first."""
+
+    async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
+        """Fund transfers accepted in [start, end), per province pair, by their status now."""
+
+    async def delivery_stats(self) -> list[DeliveryStats]:
+        """Backlog figures per receiving platform that has any delivery."""

@@ -1,0 +1,268 @@
+"""Stateless validation of the four business messages (pure: no case, no I/O).
+
+`validate` reports every violation of a message at once, each with its field path
+(`periods[1].last_month`), so an integrator fixes a message in one round. Descriptions never
+repeat a person's certificate number or name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from gateway import idnumbers
+from gateway.errors import FieldViolation, InvalidMessage
+from gateway.messages import BusinessMessage
+from mitransfer.v1 import messages_pb2, types_pb2
+
+CHINA: Final = ZoneInfo("Asia/Shanghai")
+CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+EARLIEST: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+MAX_FUND_FEN: Final = 10_000_000_000  # 1e8 yuan: a sanity cap, far above any personal account
+MAX_SUSPENSION_AHEAD: Final = dt.timedelta(days=31)
+PROVINCE_CODES: Final = frozenset({
+    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41", "42",
+    "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82",
+})
+_RESIDENT_TYPES: Final = frozenset({types_pb2.INSURANCE_TYPE_RESIDENT_BASIC,
+                                    types_pb2.INSURANCE_TYPE_RESIDENT_CRITICAL_ILLNESS})
+Ack = messages_pb2.Acknowledgement
+Notice = messages_pb2.OutboundNotice
+
+
+def is_region_code(code: str) -> bool:
+    """A 医保区划 code: 6 ASCII digits under a province prefix. Not a national list: codes such as
+    329900 (a province's own level) are not GB/T 2260 codes but are valid here."""
+    return len(code) == 6 and code.isascii() and code.isdigit() and code[:2] in PROVINCE_CODES
+
+
+def validate(message: BusinessMessage, *, now: dt.datetime) -> None:
+    """Raise InvalidMessage listing every field violation of `message`; return if there is none."""
+    v: list[FieldViolation] = []
+    _header(v, message.header, now)
+    if isinstance(message, messages_pb2.TransferRequest):
+        _request(v, message, now)
+    elif isinstance(message, messages_pb2.Withdrawal):
+        if len(message.text) > 500:
+            _add(v, "text", "is longer than 500 characters")
+    elif isinstance(message, Notice):
+        _notice(v, message, now)
+    elif isinstance(message, messages_pb2.InformationTable):
+        _table(v, message, now)
+    elif isinstance(message, messages_pb2.FundTransfer):
+        _fund(v, message)
+    else:
+        _ack(v, message)
+    if v:
+        raise InvalidMessage(v)
+
+
+def _add(v: list[FieldViolation], field: str, description: str) -> None:
+    v.append(FieldViolation(field, description))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -> None:
+    for name in ("message_id", "transfer_id"):
+        if not _is_uuid(getattr(h, name)):
+            _add(v, f"header.{name}", "must be a canonical lower-case UUID")
+    for name in ("sender", "receiver"):
+        if not is_region_code(getattr(h, name)):
+            _add(v, f"header.{name}", f"{getattr(h, name)!r} is not a 6-digit 医保区划 code of a province")
+    if h.sender and h.sender == h.receiver:
+        _add(v, "header.receiver", "must differ from the sender")
+    if not h.HasField("created_at"):
+        _add(v, "header.created_at", "is required")
+    else:
+        created = h.created_at.ToDatetime(dt.UTC)
+        if created > now + CLOCK_SKEW:
+            _add(v, "header.created_at", "is more than 5 minutes in the future")
+        elif created < EARLIEST:
+            _add(v, "header.created_at", "is before 2000-01-01")
+
+
+def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> None:
+    if not p.certificate_type or p.certificate_type not in types_pb2.CertificateType.values():
+        _add(v, "person.certificate_type", "must be a defined certificate type")
+    if not p.certificate_number:
+        _add(v, "person.certificate_number", "is required")
+    elif len(p.certificate_number) > 32:
+        _add(v, "person.certificate_number", "is longer than 32 characters")
+    elif p.certificate_type == types_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD:
+        for problem in idnumbers.problems(p.certificate_number, today=today):
+            _add(v, "person.certificate_number", problem)
+    if not p.name.strip():
+        _add(v, "person.name", "is required")
+    elif len(p.name) > 50:
+        _add(v, "person.name", "is longer than 50 characters")
+    elif any(ord(c) < 32 or ord(c) == 127 for c in p.name):
+        _add(v, "person.name", "contains control characters")
+
+
+def _insurance(v: list[FieldViolation], value: int, field: str = "insurance_type") -> None:
+    if not value or value not in types_pb2.InsuranceType.values():
+        _add(v, field, "must be a defined insurance type")
+
+
+def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.datetime) -> None:
+    _person(v, r.person, now.astimezone(CHINA).date())
+    _insurance(v, r.outbound_insurance_type, "outbound_insurance_type")
+    _insurance(v, r.inbound_insurance_type, "inbound_insurance_type")
+    if not r.channel or r.channel not in messages_pb2.TransferRequest.Channel.values():
+        _add(v, "channel", "must be a defined channel")
+
+
+def _date(v: list[FieldViolation], field: str, d: types_pb2.Date, present: bool) -> dt.date | None:
+    if not present:
+        _add(v, field, "is required")
+        return None
+    try:
+        return dt.date(d.year, d.month, d.day)
+    except ValueError:
+        _add(v, field, f"{d.year:04d}-{d.month:02d}-{d.day:02d} is not a calendar date")
+        return None
+
+
+def _month(v: list[FieldViolation], field: str, ym: types_pb2.YearMonth, present: bool) -> int | None:
+    """The month as a count (year * 12 + month - 1), or None if missing or invalid."""
+    if not present:
+        _add(v, field, "is required")
+        return None
+    if not 1950 <= ym.year <= 2100 or not 1 <= ym.month <= 12:
+        _add(v, field, f"{ym.year:04d}-{ym.month:02d} is not a month between 1950 and 2100")
+        return None
+    return ym.year * 12 + ym.month - 1
+
+
+def _reasons(v: list[FieldViolation], reasons: Iterable[types_pb2.Reason], *, required: bool, status: str) -> None:
+    listed = list(reasons)
+    if required and not listed:
+        _add(v, "reasons", f"at least one reason is required when {status}")
+    if not required and listed:
+        _add(v, "reasons", f"reasons are only for a refusal or rejection, not when {status}")
+    seen: set[int] = set()
+    for i, r in enumerate(listed):
+        if not r.code or r.code not in types_pb2.ReasonCode.values():
+            _add(v, f"reasons[{i}].code", "must be a defined reason code")
+        elif r.code in seen:
+            _add(v, f"reasons[{i}].code", "is listed twice")
+        seen.add(r.code)
+        if r.code == types_pb2.REASON_CODE_OTHER and not r.text.strip():
+            _add(v, f"reasons[{i}].text", "is required for REASON_CODE_OTHER")
+        if len(r.text) > 500:
+            _add(v, f"reasons[{i}].text", "is longer than 500 characters")
+
+
+def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.datetime) -> None:
+    today = now.astimezone(CHINA).date()
+    _person(v, n.person, today)
+    _insurance(v, n.insurance_type)
+    if n.outcome == Notice.OUTCOME_ACCEPTED:
+        suspended = _date(v, "suspension_date", n.suspension_date, n.HasField("suspension_date"))
+        if suspended is not None and suspended > today + MAX_SUSPENSION_AHEAD:
+            _add(v, "suspension_date", "is more than 31 days ahead")
+        _reasons(v, n.reasons, required=False, status="accepted")
+    elif n.outcome == Notice.OUTCOME_REFUSED:
+        if n.HasField("suspension_date"):
+            _add(v, "suspension_date", "a refused case is not suspended")
+        _reasons(v, n.reasons, required=True, status="refused")
+    else:
+        _add(v, "outcome", "must be ACCEPTED or REFUSED")
+
+
+def _table(v: list[FieldViolation], t: messages_pb2.InformationTable, now: dt.datetime) -> None:
+    _person(v, t.person, now.astimezone(CHINA).date())
+    _insurance(v, t.insurance_type)
+    suspended = _date(v, "suspension_date", t.suspension_date, t.HasField("suspension_date"))
+    if not t.periods:
+        _add(v, "periods", "at least one contribution period is required")
+    previous_last: int | None = None
+    total = 0
+    for i, p in enumerate(t.periods):
+        path = f"periods[{i}]"
+        if not is_region_code(p.pooling_region):
+            _add(v, f"{path}.pooling_region", f"{p.pooling_region!r} is not a 医保区划 code")
+        first = _month(v, f"{path}.first_month", p.first_month, p.HasField("first_month"))
+        last = _month(v, f"{path}.last_month", p.last_month, p.HasField("last_month"))
+        total += p.months_paid
+        if first is None or last is None:
+            continue
+        if first > last:
+            _add(v, f"{path}.last_month", "is before first_month")
+            continue
+        if not 1 <= p.months_paid <= last - first + 1:
+            _add(v, f"{path}.months_paid", f"must be between 1 and the {last - first + 1} months of the period")
+        if previous_last is not None and first <= previous_last:
+            _add(v, f"{path}.first_month", "overlaps or precedes the period before (重复参保 or out of order)")
+        if suspended is not None and last > suspended.year * 12 + suspended.month - 1:
+            _add(v, f"{path}.last_month", "is after the suspension month")
+        previous_last = last
+    if t.cumulative_months != total:
+        _add(v, "cumulative_months", f"is {t.cumulative_months}, but the periods' months_paid sum to {total}")
+    if t.account_balance_fen < 0:
+        _add(v, "account_balance_fen", "must not be negative")
+    elif t.account_balance_fen > 0 and t.insurance_type in _RESIDENT_TYPES:
+        _add(v, "account_balance_fen", "must be 0: resident insurance has no personal account")
+
+
+def _account(v: list[FieldViolation], path: str, a: messages_pb2.FundAccount) -> None:
+    for name in ("bank_name", "account_name"):
+        value = getattr(a, name)
+        if not value.strip():
+            _add(v, f"{path}.{name}", "is required")
+        elif len(value) > 100:
+            _add(v, f"{path}.{name}", "is longer than 100 characters")
+    n = a.account_number
+    if not (6 <= len(n) <= 34 and n.isascii() and n.isdigit()):
+        _add(v, f"{path}.account_number", "must be 6 to 34 digits")
+
+
+def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer) -> None:
+    if not 0 < f.amount_fen <= MAX_FUND_FEN:
+        _add(v, "amount_fen", f"must be between 1 and {MAX_FUND_FEN} fen")
+    if f.currency != "CNY":
+        _add(v, "currency", "must be CNY")
+    _account(v, "payer", f.payer)
+    _account(v, "payee", f.payee)
+    if f.payer.account_number and f.payer.account_number == f.payee.account_number:
+        _add(v, "payee.account_number", "must differ from the payer's account")
+    ref = f.bank_reference
+    if not ref:
+        _add(v, "bank_reference", "is required")
+    elif len(ref) > 64 or not ref.isascii() or not ref.isprintable():
+        _add(v, "bank_reference", "must be at most 64 printable ASCII characters")
+    _date(v, "value_date", f.value_date, f.HasField("value_date"))
+
+
+def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement) -> None:
+    if not _is_uuid(a.answers_message_id):
+        _add(v, "answers_message_id", "must be a canonical lower-case UUID")
+    elif a.answers_message_id == a.header.message_id:
+        _add(v, "answers_message_id", "a message cannot answer itself")
+    if not a.status or a.status not in Ack.Status.values():
+        _add(v, "status", "must be a defined status")
+        return
+    status = Ack.Status.Name(a.status).removeprefix("STATUS_").lower()
+    _reasons(v, a.reasons, required=a.status == Ack.STATUS_REJECTED, status=status)
+    if a.status == Ack.STATUS_FUNDS_CREDITED:
+        if a.credited_amount_fen <= 0:
+            _add(v, "credited_amount_fen", "must be positive when funds are credited")
+    elif a.credited_amount_fen:
+        _add(v, "credited_amount_fen", "is only for STATUS_FUNDS_CREDITED")
+    if a.status == Ack.STATUS_ACCEPTED:  # the inbound acceptance carries what continuity needs
+        _date(v, "inbound_enrollment_date", a.inbound_enrollment_date, a.HasField("inbound_enrollment_date"))
+        _insurance(v, a.inbound_insurance_type, "inbound_insurance_type")
+    else:
+        if a.HasField("inbound_enrollment_date"):
+            _add(v, "inbound_enrollment_date", "is only for STATUS_ACCEPTED")
+        if a.inbound_insurance_type:
+            _add(v, "inbound_insurance_type", "is only for STATUS_ACCEPTED")

@@ -1,0 +1,121 @@
+"""Test-side helpers: raw signed submissions over real mTLS channels, without the reference client,
+so the gateway is tested on its own contract (and with deliberately broken inputs)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gateway import messages
+from gateway.pki import DevPaths
+from gateway.server import GatewayServer
+from gateway.signing import LocalSigner, pae
+from mitransfer.v1 import admin_pb2_grpc, envelope_pb2, exchange_pb2_grpc, tracking_pb2_grpc
+
+KEY_IDS = {"jiangsu": "jiangsu-dev-1", "zhejiang": "zhejiang-dev-1", "anhui": "anhui-dev-1"}
+
+
+def secure_channel(pki: DevPaths, platform: str | None, port: int) -> grpc.aio.Channel:
+    """An mTLS channel as `platform` (None: TLS without a client certificate)."""
+    if platform is None:
+        creds = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    else:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca.read_bytes(),
+            private_key=pki.platform_key(platform).read_bytes(),
+            certificate_chain=pki.platform_cert(platform).read_bytes(),
+        )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+def operator_channel(pki: DevPaths, operator: str, port: int) -> grpc.aio.Channel:
+    """An mTLS channel with an operator's certificate (reviewer, operator)."""
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.read_bytes(), private_key=pki.operator_key(operator).read_bytes(),
+        certificate_chain=pki.operator_cert(operator).read_bytes(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+def signer(pki: DevPaths, platform: str) -> LocalSigner:
+    return LocalSigner.from_pem(KEY_IDS[platform], pki.platform_signing_key(platform).read_bytes())
+
+
+def sign(message: messages.BusinessMessage, key: LocalSigner) -> envelope_pb2.SignedMessage:
+    kind = messages.kind_of(message)
+    payload = message.SerializeToString()
+    return envelope_pb2.SignedMessage(
+        kind=kind, payload=payload, key_id=key.key_id, signature=key.sign(pae(messages.payload_type(kind), payload))
+    )
+
+
+@dataclass
+class RpcFailure:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    fields: list[str]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def failure(err: grpc.aio.AioRpcError) -> RpcFailure:
+    """The status and google.rpc details of a failed call."""
+    status = rpc_status.from_call(err)
+    reason, fields, metadata = "", [], {}
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields = [v.field for v in bad.field_violations]
+    return RpcFailure(err.code(), err.details() or "", reason, fields, metadata)
+
+
+@dataclass
+class GatewayHandle:
+    server: GatewayServer
+    pki: DevPaths
+    database: Path
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, platform: str | None) -> grpc.aio.Channel:
+        ch = secure_channel(self.pki, platform, self.server.port)
+        self._channels.append(ch)
+        return ch
+
+    def exchange(self, platform: str | None) -> exchange_pb2_grpc.ExchangeStub:
+        return exchange_pb2_grpc.ExchangeStub(self.channel(platform))
+
+    def admin(self, operator: str) -> admin_pb2_grpc.AdminStub:
+        ch = operator_channel(self.pki, operator, self.server.port)
+        self._channels.append(ch)
+        return admin_pb2_grpc.AdminStub(ch)
+
+    def tracking(self, platform: str) -> tracking_pb2_grpc.TrackingStub:
+        return tracking_pb2_grpc.TrackingStub(self.channel(platform))
+
+    def signer(self, platform: str) -> LocalSigner:
+        return signer(self.pki, platform)
+
+    async def submit(self, platform: str, message: messages.BusinessMessage) -> envelope_pb2.Receipt:
+        return await self.exchange(platform).Submit(sign(message, self.signer(platform)))
+
+    def count(self, table: str, where: str = "1=1", *params: object) -> int:
+        """Rows in the gateway's database (read through a separate connection, as an auditor would)."""
+        with sqlite3.connect(self.database) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0])
+
+    async def close_channels(self) -> None:
+        for ch in self._channels:
+            await ch.close()
+        self._channels.clear()
+

@@ -1,0 +1,192 @@
+"""Review holds, the Admin service and settlement, end to end over real mTLS: a large fund
+transfer reaches the inbound side only after a reviewer approves it; the decision is signed by
+the gateway and delivered to both sides; only operators with the right role may call Admin."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients import builders
+from clients.scenario import CasePlan, outbound_messages
+from gateway.messages import REVIEW_DECISION_PAYLOAD_TYPE
+from gateway.pki import DevPaths
+from gateway.report import fetch_settlement
+from gateway.signing import LocalSigner, pae
+from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
+from tests.support import GatewayHandle, failure, sign
+
+Ack = messages_pb2.Acknowledgement
+BIG = 2_500_000  # above the default review threshold of 1,000,000 fen
+
+
+async def send_big_case(gateway: GatewayHandle, balance: int = BIG) -> list[messages_pb2.FundTransfer]:
+    plan = CasePlan.synthetic("320100", "330100", balance_fen=balance, seed=balance % 97)
+    msgs = outbound_messages(plan)
+    stub, key = gateway.exchange("jiangsu"), gateway.signer("jiangsu")
+    for m in msgs:
+        await stub.Submit(sign(m, key))
+    return msgs  # type: ignore[return-value]
+
+
+async def drain(gateway: GatewayHandle, platform: str, seconds: float = 0.6) -> list[exchange_pb2.Delivery]:
+    """Every delivery that arrives within `seconds`, each acknowledged."""
+    stub = gateway.exchange(platform)
+    call = stub.Subscribe(exchange_pb2.SubscribeRequest())
+    got = []
+    try:
+        while True:
+            delivery = await asyncio.wait_for(call.read(), seconds)
+            got.append(delivery)
+            mid = envelope_pb2.ReceiptBody.FromString(delivery.receipt.body).message_id
+            await stub.AckDelivery(exchange_pb2.AckDeliveryRequest(message_id=mid))
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+    return got
+
+
+def kinds(deliveries: list[exchange_pb2.Delivery]) -> list[int]:
+    return [d.message.kind for d in deliveries]
+
+
+async def test_held_transfer_waits_for_approval_then_flows(gateway: GatewayHandle) -> None:
+    notice, _, fund = await send_big_case(gateway)
+    tid = notice.header.transfer_id
+    before = await drain(gateway, "zhejiang")
+    assert kinds(before) == [envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE, envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE]
+    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    assert case.state == tracking_pb2.CASE_STATE_HELD_FOR_REVIEW
+    assert case.messages[-1].delivery_state == tracking_pb2.DELIVERY_STATE_HELD
+    held = await gateway.admin("reviewer").ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest())
+    assert [(h.transfer_id, h.amount_fen) for h in held.held] == [(tid, BIG)]
+
+    receipt = await gateway.admin("reviewer").ReviewFundTransfer(
+        admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=True))
+    again = await gateway.admin("reviewer").ReviewFundTransfer(
+        admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=True))
+    assert again == receipt  # the same decision again: the same receipt
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.admin("reviewer").ReviewFundTransfer(
+            admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=False, comment="changed my mind"))
+    assert (failure(caught.value).code, failure(caught.value).reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "REVIEW_ALREADY_DECIDED")
+
+    after = await drain(gateway, "zhejiang")
+    assert sorted(kinds(after)) == [envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
+    outbound_side = await drain(gateway, "jiangsu")
+    assert kinds(outbound_side) == [envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
+    signed = outbound_side[0].message
+    gateway_key = LocalSigner.from_pem("gateway-dev-1", gateway.pki.gateway_signing_key.read_bytes()).verifying_key()
+    assert signed.key_id == "gateway-dev-1"
+    assert gateway_key.verify(signed.signature, pae(REVIEW_DECISION_PAYLOAD_TYPE, signed.payload))
+    decision = admin_pb2.ReviewDecision.FromString(signed.payload)
+    assert (decision.approved, decision.reviewer, decision.fund_transfer_message_id) == (
+        True, "reviewer", fund.header.message_id)
+    case = await gateway.tracking("zhejiang").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    assert case.state == tracking_pb2.CASE_STATE_FUNDS_SENT
+
+
+async def test_rejected_transfer_is_never_delivered_and_closes_the_case(gateway: GatewayHandle) -> None:
+    notice, _, _ = await send_big_case(gateway)
+    tid = notice.header.transfer_id
+    reviewer = gateway.admin("reviewer")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reviewer.ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=False))
+    assert failure(caught.value).fields == ["comment"]
+    await reviewer.ReviewFundTransfer(
+        admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=False, comment="账户核对不符"))
+    inbound = await drain(gateway, "zhejiang")
+    assert envelope_pb2.MESSAGE_KIND_FUND_TRANSFER not in kinds(inbound)
+    assert envelope_pb2.MESSAGE_KIND_REVIEW_DECISION in kinds(inbound)
+    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    assert case.state == tracking_pb2.CASE_STATE_REVIEW_REJECTED
+    fund_view = next(m for m in case.messages if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER)
+    assert fund_view.delivery_state == tracking_pb2.DELIVERY_STATE_CANCELLED
+
+
+async def test_admin_needs_an_operator_with_the_role(gateway: GatewayHandle) -> None:
+    from mitransfer.v1 import admin_pb2_grpc
+
+    platform_as_admin = admin_pb2_grpc.AdminStub(gateway.channel("jiangsu"))
+    for call in (
+        platform_as_admin.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest()),
+        gateway.admin("operator").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(transfer_id="x")),
+        gateway.admin("reviewer").GetSettlement(admin_pb2.GetSettlementRequest()),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert failure(caught.value).code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
+    await send_big_case(gateway)                     # held
+    small = await send_big_case(gateway, 40_000)     # sent, then credited below
+    stub, key = gateway.exchange("zhejiang"), gateway.signer("zhejiang")
+    await drain(gateway, "zhejiang")
+    table, fund = small[1].header, small[2].header
+    for ack in (
+        messages_pb2.Acknowledgement(answers_message_id=table.message_id, status=Ack.STATUS_ACCEPTED,
+                                     inbound_insurance_type=types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC,
+                                     inbound_enrollment_date=types_pb2.Date(year=2026, month=12, day=1)),
+        messages_pb2.Acknowledgement(answers_message_id=fund.message_id, status=Ack.STATUS_FUNDS_CREDITED,
+                                     credited_amount_fen=40_000),
+    ):
+        ack.header.CopyFrom(builders.header("330100", "320100", table.transfer_id))
+        await stub.Submit(sign(ack, key))
+    today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
+    pki = gateway.pki
+    report = await fetch_settlement(f"127.0.0.1:{gateway.server.port}", today, ca=pki.ca,
+                                    cert=pki.operator_cert("operator"), key=pki.operator_key("operator"))
+    [line] = report.lines
+    assert (line.outbound_province, line.inbound_province, line.transfers) == ("32", "33", 2)
+    assert (line.sent_fen, line.held_fen, line.credited_fen, line.in_flight_fen, line.rejected_fen) == (
+        BIG + 40_000, BIG, 40_000, 0, 0)
+    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=table.transfer_id))
+    assert case.continuity.continuous and case.continuity.gap_months == 0
+
+
+async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPaths, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from gateway.case import CaseRules
+    from gateway.server import GatewayServer
+    from tests.conftest import test_config
+
+    config = replace(test_config(pki, tmp_path / "g.db"), sweep_interval=0.1,
+                     rules=CaseRules(request_expiry=dt.timedelta(seconds=1)))
+    server = GatewayServer(config)
+    await server.start()
+    gateway = GatewayHandle(server=server, pki=pki, database=tmp_path / "g.db")
+    try:
+        plan = CasePlan.synthetic("320100", "330100", balance_fen=1000, seed=5)
+        request = messages_pb2.TransferRequest(
+            person=plan.person, outbound_insurance_type=plan.insurance_type, inbound_insurance_type=plan.insurance_type,
+            channel=messages_pb2.TransferRequest.CHANNEL_COUNTER)
+        request.header.CopyFrom(builders.header("330100", "320100", plan.route.transfer_id))
+        await gateway.exchange("zhejiang").Submit(sign(request, gateway.signer("zhejiang")))
+        tid = plan.route.transfer_id
+        tracking = gateway.tracking("zhejiang")
+        for _ in range(50):
+            case = await tracking.GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+            if case.state == tracking_pb2.CASE_STATE_EXPIRED:
+                break
+            await asyncio.sleep(0.1)
+        assert case.state == tracking_pb2.CASE_STATE_EXPIRED
+        assert envelope_pb2.MESSAGE_KIND_CASE_EXPIRED in kinds(await drain(gateway, "zhejiang"))
+        outbound = await drain(gateway, "jiangsu")
+        assert kinds(outbound) == [envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED]
+        # Too late now: the outbound notice is refused on the closed case.
+        notice = outbound_messages(plan)[0]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway.exchange("jiangsu").Submit(sign(notice, gateway.signer("jiangsu")))
+        assert failure(caught.value).reason == "CASE_CLOSED"
+        assert server.prometheus.get_sample_value("transfer_gateway_cases_expired_total") == 1
+    finally:
+        await gateway.close_channels()
+        await server.stop(grace=0.5)

@@ -1,0 +1,399 @@
+"""The case state machine, every (state, event, side, funds) combination against a table written
+from the rules (not derived from gateway.case.TRANSITIONS, so the two can disagree)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from clients import builders
+from clients.scenario import CasePlan, outbound_messages
+from gateway import case as rules
+from gateway.case import Case, CaseRules, Event, FundStatus, MessageRef, Side
+from gateway.errors import RuleViolation
+from gateway.messages import BusinessMessage
+from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
+
+S = tracking_pb2
+Ack = messages_pb2.Acknowledgement
+EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
+RULES = CaseRules()
+OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_SENT, S.CASE_STATE_FUNDS_SENT,
+        S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED)
+CLOSED = (S.CASE_STATE_COMPLETED, S.CASE_STATE_REFUSED, S.CASE_STATE_INBOUND_REJECTED, S.CASE_STATE_WITHDRAWN,
+          S.CASE_STATE_REVIEW_REJECTED, S.CASE_STATE_EXPIRED)
+MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED, Event.EXPIRY)]
+
+# (state, event, side, funds expected) → next state. Everything absent is refused. In these
+# worlds the application was lodged at the inbound side for OPENED cases and at the outbound
+# side otherwise, and the balance (88,800 fen) is below the review threshold.
+ALLOWED = {
+    (S.CASE_STATE_OPENED, Event.NOTICE_ACCEPTED, Side.OUTBOUND, True): S.CASE_STATE_OUTBOUND_ACCEPTED,
+    (S.CASE_STATE_OPENED, Event.NOTICE_ACCEPTED, Side.OUTBOUND, False): S.CASE_STATE_OUTBOUND_ACCEPTED,
+    (S.CASE_STATE_OPENED, Event.NOTICE_REFUSED, Side.OUTBOUND, True): S.CASE_STATE_REFUSED,
+    (S.CASE_STATE_OPENED, Event.NOTICE_REFUSED, Side.OUTBOUND, False): S.CASE_STATE_REFUSED,
+    (S.CASE_STATE_OPENED, Event.WITHDRAWAL, Side.INBOUND, True): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_OPENED, Event.WITHDRAWAL, Side.INBOUND, False): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_OUTBOUND_ACCEPTED, Event.INFORMATION_TABLE, Side.OUTBOUND, True): S.CASE_STATE_TABLE_SENT,
+    (S.CASE_STATE_OUTBOUND_ACCEPTED, Event.INFORMATION_TABLE, Side.OUTBOUND, False): S.CASE_STATE_TABLE_SENT,
+    (S.CASE_STATE_OUTBOUND_ACCEPTED, Event.WITHDRAWAL, Side.OUTBOUND, True): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_OUTBOUND_ACCEPTED, Event.WITHDRAWAL, Side.OUTBOUND, False): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_TABLE_SENT, Event.WITHDRAWAL, Side.OUTBOUND, True): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_TABLE_SENT, Event.WITHDRAWAL, Side.OUTBOUND, False): S.CASE_STATE_WITHDRAWN,
+    (S.CASE_STATE_TABLE_SENT, Event.FUND_TRANSFER, Side.OUTBOUND, True): S.CASE_STATE_FUNDS_SENT,
+    (S.CASE_STATE_TABLE_SENT, Event.ACK_ACCEPTED, Side.INBOUND, False): S.CASE_STATE_INBOUND_ACCEPTED,
+    (S.CASE_STATE_FUNDS_SENT, Event.ACK_ACCEPTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_ACCEPTED,
+    (S.CASE_STATE_TABLE_SENT, Event.ACK_REJECTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_REJECTED,
+    (S.CASE_STATE_TABLE_SENT, Event.ACK_REJECTED, Side.INBOUND, False): S.CASE_STATE_INBOUND_REJECTED,
+    (S.CASE_STATE_FUNDS_SENT, Event.ACK_REJECTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_REJECTED,
+    (S.CASE_STATE_INBOUND_ACCEPTED, Event.ACK_FUNDS_CREDITED, Side.INBOUND, True): S.CASE_STATE_FUNDS_CREDITED,
+    (S.CASE_STATE_FUNDS_CREDITED, Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, True): S.CASE_STATE_COMPLETED,
+    (S.CASE_STATE_INBOUND_ACCEPTED, Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, False): S.CASE_STATE_COMPLETED,
+    **{(state, Event.ACK_RECEIVED, side, funds): state
+       for state in OPEN for side in (Side.OUTBOUND, Side.INBOUND) for funds in (True, False)},
+}
+
+_STATES_WITH_FUNDS_ONLY = {S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_FUNDS_CREDITED, S.CASE_STATE_HELD_FOR_REVIEW}
+
+
+class NoOtherCases:
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        return None
+
+
+class OtherCase:
+    def __init__(self, transfer_id: str) -> None:
+        self.transfer_id = transfer_id
+
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        return self.transfer_id
+
+
+def apply(case: Case | None, message: BusinessMessage, index: object = None) -> Case:
+    return rules.apply(case, message, rules=RULES, index=index or NoOtherCases()).case  # type: ignore[arg-type]
+
+
+def transfer_request(plan: CasePlan) -> messages_pb2.TransferRequest:
+    r = messages_pb2.TransferRequest(
+        person=plan.person, outbound_insurance_type=plan.insurance_type, inbound_insurance_type=plan.insurance_type,
+        channel=messages_pb2.TransferRequest.CHANNEL_ONLINE)
+    r.header.CopyFrom(builders.header(plan.route.inbound, plan.route.outbound, plan.route.transfer_id))
+    return r
+
+
+class World:
+    """One planned case and all of its possible messages, so any combination can be built."""
+
+    def __init__(self, funds: bool) -> None:
+        self.plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE if funds else RESIDENT,
+                                       balance_fen=88_800 if funds else 0, seed=3)
+        msgs = outbound_messages(self.plan) if funds else [
+            *outbound_messages(self.plan),
+            builders.fund_transfer(self.plan.route, 100, builders.fund_account("320100", receiving=False),
+                                   builders.fund_account("330100", receiving=True), "X1", builders.today_in_china()),
+        ]
+        self.notice, self.table, self.fund = msgs
+        self.refused = builders.outbound_notice_refused(self.plan.route, self.plan.person, self.plan.insurance_type,
+                                                        [builders.reason(types_pb2.REASON_CODE_ARREARS)])
+        self.request = transfer_request(self.plan)
+        self.withdrawal = messages_pb2.Withdrawal()
+        self.funds = funds
+        # The inbound side's "received" for the notice: something the outbound side can answer.
+        self.inbound_ack = builders.acknowledgement(self.notice.header, Ack.STATUS_RECEIVED)
+
+    def case(self, state: int) -> Case:
+        opened = apply(None, self.notice)
+        refs = {
+            self.notice.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE, Side.OUTBOUND),
+            self.table.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, Side.OUTBOUND),
+            self.fund.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, Side.OUTBOUND),
+            self.inbound_ack.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, Side.INBOUND),
+        }
+        funds_in = self.funds and state in (S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_HELD_FOR_REVIEW,
+                                            S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED,
+                                            S.CASE_STATE_COMPLETED)
+        return replace(opened, state=state, balance_fen=self.plan.balance_fen,
+                       applicant=opened.inbound if state == S.CASE_STATE_OPENED else opened.outbound,
+                       fund_message_id=self.fund.header.message_id if funds_in else None, messages=refs)
+
+    def message(self, event: Event, side: Side) -> BusinessMessage:
+        by_outbound: dict[Event, BusinessMessage] = {
+            Event.NOTICE_ACCEPTED: self.notice, Event.NOTICE_REFUSED: self.refused,
+            Event.INFORMATION_TABLE: self.table, Event.FUND_TRANSFER: self.fund,
+        }
+        if event is Event.TRANSFER_REQUEST:
+            return self.request if side is Side.INBOUND else _swapped(self.request)
+        if event is Event.WITHDRAWAL:
+            w = messages_pb2.Withdrawal(text="moved again")
+            sender, receiver = ((self.plan.route.outbound, self.plan.route.inbound) if side is Side.OUTBOUND
+                                else (self.plan.route.inbound, self.plan.route.outbound))
+            w.header.CopyFrom(builders.header(sender, receiver, self.plan.route.transfer_id))
+            return w
+        if event in by_outbound:
+            m = by_outbound[event]
+            return m if side is Side.OUTBOUND else _swapped(m)
+        status = {Event.ACK_RECEIVED: Ack.STATUS_RECEIVED, Event.ACK_ACCEPTED: Ack.STATUS_ACCEPTED,
+                  Event.ACK_REJECTED: Ack.STATUS_REJECTED, Event.ACK_FUNDS_CREDITED: Ack.STATUS_FUNDS_CREDITED,
+                  Event.ACK_TRANSFER_IN_COMPLETED: Ack.STATUS_TRANSFER_IN_COMPLETED}[event]
+        if side is Side.OUTBOUND:  # the outbound side answers an inbound message
+            answering = self.inbound_ack.header
+        else:
+            answering = self.fund.header if event is Event.ACK_FUNDS_CREDITED else self.table.header
+        ack = messages_pb2.Acknowledgement(answers_message_id=answering.message_id, status=status)
+        ack.header.CopyFrom(builders.header(answering.receiver, answering.sender, answering.transfer_id))
+        if status == Ack.STATUS_REJECTED:
+            ack.reasons.add(code=types_pb2.REASON_CODE_IDENTITY_MISMATCH)
+        if status == Ack.STATUS_FUNDS_CREDITED:
+            ack.credited_amount_fen = self.plan.balance_fen or 100
+        if status == Ack.STATUS_ACCEPTED:
+            ack.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=2026, month=12, day=1))
+            ack.inbound_insurance_type = self.plan.insurance_type
+        return ack
+
+
+def _swapped(m: BusinessMessage) -> BusinessMessage:
+    """The same message sent by the other side."""
+    swapped = type(m)()
+    swapped.CopyFrom(m)  # type: ignore[arg-type]
+    swapped.header.sender, swapped.header.receiver = m.header.receiver, m.header.sender
+    return swapped
+
+
+COMBINATIONS = [
+    (state, event, side, funds)
+    for state, event, side, funds in itertools.product(OPEN + CLOSED, MESSAGE_EVENTS, (Side.OUTBOUND, Side.INBOUND),
+                                                       (True, False))
+    if not (state in _STATES_WITH_FUNDS_ONLY and not funds)
+]
+
+
+@pytest.mark.parametrize(("state", "event", "side", "funds"), COMBINATIONS,
+                         ids=[f"{rules.state_name(s)}-{e.value}-{d.value}-{'funds' if f else 'nofunds'}"
+                              for s, e, d, f in COMBINATIONS])
+def test_every_transition(state: int, event: Event, side: Side, funds: bool) -> None:
+    world = World(funds)
+    message = world.message(event, side)
+    expected = ALLOWED.get((state, event, side, funds))
+    if expected is None:
+        with pytest.raises(RuleViolation) as refused:
+            apply(world.case(state), message)
+        assert refused.value.reason  # every refusal names its rule ...
+        if state in CLOSED:
+            assert refused.value.reason == "CASE_CLOSED"
+        else:
+            assert refused.value.metadata["state"] == rules.state_name(state)  # ... and the state
+    else:
+        after = apply(world.case(state), message)
+        assert after.state == expected
+        assert message.header.message_id in after.messages
+
+
+def test_the_readme_diagram_is_generated_from_the_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"```mermaid\n{rules.mermaid()}\n```" in readme
+
+
+def test_second_notice_on_an_open_case_is_refused() -> None:
+    world = World(True)
+    with pytest.raises(RuleViolation) as refused:
+        apply(world.case(S.CASE_STATE_OUTBOUND_ACCEPTED), world.notice)
+    assert refused.value.reason == "STATE_FORBIDS_MESSAGE"
+
+
+def test_notice_opens_and_refused_notice_closes() -> None:
+    world = World(True)
+    opened = apply(None, world.notice)
+    assert opened.state == S.CASE_STATE_OUTBOUND_ACCEPTED and (opened.outbound, opened.inbound) == ("320100", "330100")
+    refused = builders.outbound_notice_refused(world.plan.route, world.plan.person, EMPLOYEE,
+                                               [builders.reason(types_pb2.REASON_CODE_ARREARS)])
+    assert apply(None, refused).state == S.CASE_STATE_REFUSED
+
+
+@pytest.mark.parametrize("first", ["table", "fund"])
+def test_only_a_notice_opens_a_case(first: str) -> None:
+    world = World(True)
+    with pytest.raises(RuleViolation) as refused:
+        apply(None, world.table if first == "table" else world.fund)
+    assert refused.value.reason == "CASE_NOT_OPENED"
+
+
+@pytest.mark.parametrize(("field", "reason"), [
+    ("person", "PERSON_MISMATCH"), ("insurance", "INSURANCE_TYPE_MISMATCH"), ("date", "SUSPENSION_DATE_MISMATCH"),
+])
+def test_table_must_match_the_notice(field: str, reason: str) -> None:
+    world = World(True)
+    table = messages_pb2.InformationTable()
+    table.CopyFrom(world.table)  # type: ignore[arg-type]
+    if field == "person":
+        table.person.certificate_number = builders.sample_person(99).certificate_number
+    elif field == "insurance":
+        table.insurance_type = RESIDENT
+    else:
+        table.suspension_date.year -= 1
+    with pytest.raises(RuleViolation) as refused:
+        apply(world.case(S.CASE_STATE_OUTBOUND_ACCEPTED), table)
+    assert refused.value.reason == reason
+
+
+def test_parties_must_be_the_cases_sides() -> None:
+    world = World(True)
+    table = messages_pb2.InformationTable()
+    table.CopyFrom(world.table)  # type: ignore[arg-type]
+    table.header.receiver = "330200"
+    with pytest.raises(RuleViolation) as refused:
+        apply(world.case(S.CASE_STATE_OUTBOUND_ACCEPTED), table)
+    assert refused.value.reason == "PARTIES_MISMATCH"
+
+
+def test_acknowledgements_must_answer_the_right_message() -> None:
+    world = World(True)
+    case = world.case(S.CASE_STATE_FUNDS_SENT)
+    unknown = world.message(Event.ACK_ACCEPTED, Side.INBOUND)
+    assert isinstance(unknown, messages_pb2.Acknowledgement)
+    unknown.answers_message_id = builders.new_id()
+    with pytest.raises(RuleViolation) as refused:
+        apply(case, unknown)
+    assert refused.value.reason == "ACK_TARGET_UNKNOWN"
+    wrong_kind = world.message(Event.ACK_ACCEPTED, Side.INBOUND)
+    assert isinstance(wrong_kind, messages_pb2.Acknowledgement)
+    wrong_kind.answers_message_id = world.fund.header.message_id
+    with pytest.raises(RuleViolation) as refused:
+        apply(case, wrong_kind)
+    assert refused.value.reason == "ACK_TARGET_WRONG_KIND"
+    short = world.message(Event.ACK_FUNDS_CREDITED, Side.INBOUND)
+    assert isinstance(short, messages_pb2.Acknowledgement)
+    short.credited_amount_fen -= 1
+    with pytest.raises(RuleViolation) as refused:
+        apply(world.case(S.CASE_STATE_INBOUND_ACCEPTED), short)
+    assert refused.value.reason == "CREDITED_AMOUNT_MISMATCH"
+
+
+def test_zero_balance_employee_case_moves_no_funds() -> None:
+    world = World(True)
+    case = replace(world.case(S.CASE_STATE_TABLE_SENT), balance_fen=0)
+    with pytest.raises(RuleViolation) as refused:
+        apply(case, world.fund)
+    assert refused.value.reason == "NO_FUNDS_FOR_ZERO_BALANCE"
+
+
+def test_large_fund_transfer_is_held_then_reviewed() -> None:
+    world = World(True)
+    case = replace(world.case(S.CASE_STATE_TABLE_SENT), balance_fen=2_000_000)
+    fund = messages_pb2.FundTransfer()
+    fund.CopyFrom(world.fund)  # type: ignore[arg-type]
+    fund.amount_fen = 2_000_000
+    held = rules.apply(case, fund, rules=RULES, index=NoOtherCases())
+    assert held.case.state == S.CASE_STATE_HELD_FOR_REVIEW and held.hold_delivery
+    assert held.fund_status is FundStatus.HELD
+    at_threshold = rules.apply(replace(case, balance_fen=RULES.review_threshold_fen),
+                               replace_amount(fund, RULES.review_threshold_fen), rules=RULES, index=NoOtherCases())
+    assert at_threshold.case.state == S.CASE_STATE_FUNDS_SENT and not at_threshold.hold_delivery
+    approved = rules.review(held.case, approved=True, message_id="d1", rules=RULES)
+    assert approved.case.state == S.CASE_STATE_FUNDS_SENT
+    assert approved.release_message == fund.header.message_id and approved.fund_status is FundStatus.SENT
+    rejected = rules.review(held.case, approved=False, message_id="d2", rules=RULES)
+    assert rejected.case.state == S.CASE_STATE_REVIEW_REJECTED and rejected.case.closed
+    assert rejected.cancel_message == fund.header.message_id and rejected.fund_status is FundStatus.REJECTED
+    with pytest.raises(RuleViolation) as refused:
+        rules.review(approved.case, approved=True, message_id="d3", rules=RULES)
+    assert refused.value.reason == "NOT_HELD_FOR_REVIEW"
+    with pytest.raises(RuleViolation) as refused:
+        apply(held.case, world.message(Event.WITHDRAWAL, Side.OUTBOUND))
+    assert refused.value.reason == "WITHDRAWAL_AFTER_FUNDS"
+
+
+def replace_amount(fund: messages_pb2.FundTransfer, amount: int) -> messages_pb2.FundTransfer:
+    copy = messages_pb2.FundTransfer()
+    copy.CopyFrom(fund)
+    copy.amount_fen = amount
+    return copy
+
+
+def test_withdrawal_only_by_the_applicant() -> None:
+    world = World(True)
+    with pytest.raises(RuleViolation) as refused:
+        apply(world.case(S.CASE_STATE_TABLE_SENT), world.message(Event.WITHDRAWAL, Side.INBOUND))
+    assert refused.value.reason == "WITHDRAWAL_NOT_BY_APPLICANT"
+
+
+def test_request_opens_and_the_notice_must_match_it() -> None:
+    world = World(True)
+    opened = apply(None, world.request)
+    assert (opened.state, opened.applicant, opened.outbound, opened.inbound) == (
+        S.CASE_STATE_OPENED, "330100", "320100", "330100")
+    other = CasePlan.synthetic("320100", "330100", balance_fen=88_800, seed=4)
+    notice = messages_pb2.OutboundNotice()
+    notice.CopyFrom(world.notice)  # type: ignore[arg-type]
+    notice.person.CopyFrom(other.person)
+    with pytest.raises(RuleViolation) as refused:
+        apply(opened, notice)
+    assert refused.value.reason == "PERSON_MISMATCH"
+    assert apply(opened, world.notice).state == S.CASE_STATE_OUTBOUND_ACCEPTED
+
+
+@pytest.mark.parametrize("opener", ["request", "notice"])
+def test_one_open_case_per_person_and_outbound_agency(opener: str) -> None:
+    world = World(True)
+    message = world.request if opener == "request" else world.notice
+    with pytest.raises(RuleViolation) as refused:
+        apply(None, message, OtherCase("earlier-case"))
+    assert refused.value.reason == "CASE_ALREADY_OPEN"
+    assert refused.value.metadata["open_transfer_id"] == "earlier-case"
+    # A refusal opens nothing, so it needs no check.
+    assert apply(None, world.refused, OtherCase("earlier-case")).state == S.CASE_STATE_REFUSED
+
+
+@pytest.mark.parametrize("insurance", [types_pb2.INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY,
+                                       types_pb2.INSURANCE_TYPE_MATERNITY])
+def test_only_employee_and_resident_insurance_are_covered(insurance: int) -> None:
+    world = World(True)
+    notice = messages_pb2.OutboundNotice()
+    notice.CopyFrom(world.notice)  # type: ignore[arg-type]
+    notice.insurance_type = insurance  # type: ignore[assignment]
+    with pytest.raises(RuleViolation) as refused:
+        apply(None, notice)
+    assert refused.value.reason == "INSURANCE_TYPE_NOT_COVERED"
+
+
+def test_retired_employees_are_not_covered() -> None:
+    world = World(True)
+    notice = messages_pb2.OutboundNotice()
+    notice.CopyFrom(world.notice)  # type: ignore[arg-type]
+    notice.retired = True
+    with pytest.raises(RuleViolation) as refused:
+        apply(None, notice)
+    assert refused.value.reason == "RETIRED_NOT_COVERED"
+
+
+def test_acceptance_records_enrollment_for_continuity() -> None:
+    world = World(True)
+    after = apply(world.case(S.CASE_STATE_FUNDS_SENT), world.message(Event.ACK_ACCEPTED, Side.INBOUND))
+    assert after.enrollment_date == "2026-12-01" and after.inbound_insurance_type == EMPLOYEE
+
+
+def test_every_rule_is_explained_in_the_readme() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    source = "".join((root / "gateway" / name).read_text() for name in ("case.py", "service/admin.py"))
+    named = set(re.findall(r'_violation\(\s*"([A-Z_]+)"', source))
+    named |= set(re.findall(r'RuleViolation\([^;]*?reason="([A-Z_]+)"', source, re.DOTALL))
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    missing = sorted(code for code in named if f"`{code}`" not in readme)
+    assert len(named) > 15 and missing == []
+
+
+@pytest.mark.parametrize("state", OPEN + CLOSED)
+def test_only_an_unanswered_request_expires(state: int) -> None:
+    world = World(True)
+    if state == S.CASE_STATE_OPENED:
+        after = rules.expire(world.case(state), message_id="e1", rules=RULES)
+        assert after.case.state == S.CASE_STATE_EXPIRED and after.case.closed
+    else:
+        with pytest.raises(RuleViolation):
+            rules.expire(world.case(state), message_id="e1", rules=RULES)

@@ -1,0 +1,254 @@
+"""One test per business story of a transfer, over real gRPC and mTLS, with the reference
+client (`clients.platform.PlatformClient`: signing once, verified receipts, safe retries)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from clients import builders
+from clients.errors import GatewayRejected
+from clients.platform import PlatformClient, PlatformConfig
+from clients.scenario import CasePlan, outbound_messages
+from gateway.messages import BusinessMessage
+from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
+from tests.support import GatewayHandle, failure, sign
+
+EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
+Ack = messages_pb2.Acknowledgement
+S = tracking_pb2
+
+
+@pytest.fixture
+async def platforms(gateway: GatewayHandle) -> AsyncIterator[tuple[PlatformClient, PlatformClient]]:
+    address = f"127.0.0.1:{gateway.server.port}"
+    async with (
+        PlatformClient.connect(PlatformConfig.dev("jiangsu", address, str(gateway.pki.root))) as js,
+        PlatformClient.connect(PlatformConfig.dev("zhejiang", address, str(gateway.pki.root))) as zj,
+    ):
+        yield js, zj
+
+
+def answer(to: messages_pb2.Header, status: int, **fields: object) -> messages_pb2.Acknowledgement:
+    ack = messages_pb2.Acknowledgement(answers_message_id=to.message_id, status=status, **fields)  # type: ignore[arg-type]
+    ack.header.CopyFrom(builders.header(to.receiver, to.sender, to.transfer_id))
+    return ack
+
+
+def accept(table: messages_pb2.Header, inbound_insurance: int = EMPLOYEE,
+           enrolled: dt.date | None = None) -> messages_pb2.Acknowledgement:
+    d = enrolled or builders.today_in_china()
+    return answer(table, Ack.STATUS_ACCEPTED, inbound_insurance_type=inbound_insurance,
+                  inbound_enrollment_date=types_pb2.Date(year=d.year, month=d.month, day=d.day))
+
+
+def request(plan: CasePlan, inbound_insurance: int) -> messages_pb2.TransferRequest:
+    r = messages_pb2.TransferRequest(person=plan.person, outbound_insurance_type=plan.insurance_type,
+                                     inbound_insurance_type=inbound_insurance,
+                                     channel=messages_pb2.TransferRequest.CHANNEL_ONLINE)
+    r.header.CopyFrom(builders.header(plan.route.inbound, plan.route.outbound, plan.route.transfer_id))
+    return r
+
+
+def withdrawal(plan: CasePlan, by_inbound: bool) -> messages_pb2.Withdrawal:
+    w = messages_pb2.Withdrawal(text="申请人撤回")
+    r = plan.route
+    w.header.CopyFrom(builders.header(*((r.inbound, r.outbound) if by_inbound else (r.outbound, r.inbound)),
+                                      r.transfer_id))
+    return w
+
+
+async def state(client: PlatformClient, plan: CasePlan) -> tracking_pb2.Case:
+    return await client.get_case(plan.route.transfer_id)
+
+
+async def received(gateway: GatewayHandle, platform: str) -> list[BusinessMessage | admin_pb2.ReviewDecision]:
+    """What the platform's subscription brings within half a second (each acknowledged)."""
+    from gateway.messages import parse
+
+    stub = gateway.exchange(platform)
+    call = stub.Subscribe(exchange_pb2.SubscribeRequest())
+    out: list[BusinessMessage | admin_pb2.ReviewDecision] = []
+    try:
+        while True:
+            d = await asyncio.wait_for(call.read(), 0.5)
+            if d.message.kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION:
+                out.append(admin_pb2.ReviewDecision.FromString(d.message.payload))
+            elif d.message.kind != envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
+                out.append(parse(d.message.kind, d.message.payload))
+            await stub.AckDelivery(exchange_pb2.AckDeliveryRequest(
+                message_id=envelope_pb2.ReceiptBody.FromString(d.receipt.body).message_id))
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+    return out
+
+
+async def rejected(call: object) -> GatewayRejected:
+    with pytest.raises(GatewayRejected) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+async def complete_inbound(zj: PlatformClient, plan: CasePlan, msgs: list[BusinessMessage],
+                           inbound_insurance: int = EMPLOYEE) -> None:
+    table = msgs[1].header
+    await zj.submit(accept(table, inbound_insurance))
+    if plan.funds_expected:
+        await zj.submit(answer(msgs[2].header, Ack.STATUS_FUNDS_CREDITED, credited_amount_fen=plan.balance_fen))
+    await zj.submit(answer(table, Ack.STATUS_TRANSFER_IN_COMPLETED))
+
+
+async def test_employee_to_employee_happy_path(gateway: GatewayHandle,
+                                               platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=345_600, seed=11)
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    assert [type(m).__name__ for m in await received(gateway, "zhejiang")] == [
+        "OutboundNotice", "InformationTable", "FundTransfer"]
+    await complete_inbound(zj, plan, msgs)
+    case = await state(js, plan)
+    assert case.state == S.CASE_STATE_COMPLETED and case.continuity.continuous
+    # Completion reaches the outbound side: its relationship there ends.
+    answers = await received(gateway, "jiangsu")
+    assert [a.status for a in answers if isinstance(a, Ack)] == [  # type: ignore[union-attr]
+        Ack.STATUS_ACCEPTED, Ack.STATUS_FUNDS_CREDITED, Ack.STATUS_TRANSFER_IN_COMPLETED]
+
+
+async def test_employee_to_resident_cross_scheme(gateway: GatewayHandle,
+                                                 platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=88_000, seed=12)
+    await zj.submit(request(plan, RESIDENT))  # applied at the inbound side
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    await complete_inbound(zj, plan, msgs, inbound_insurance=RESIDENT)
+    case = await state(zj, plan)
+    assert (case.state, case.applicant, case.inbound_insurance_type) == (S.CASE_STATE_COMPLETED, "330100", RESIDENT)
+
+
+async def test_resident_to_resident_moves_no_funds(gateway: GatewayHandle,
+                                                   platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=RESIDENT, balance_fen=0, seed=13)
+    msgs = outbound_messages(plan)
+    assert len(msgs) == 2
+    for m in msgs:
+        await js.submit(m)
+    fund = builders.fund_transfer(plan.route, 100, builders.fund_account("320100", receiving=False),
+                                  builders.fund_account("330100", receiving=True), "R1", builders.today_in_china())
+    assert (await rejected(js.submit(fund))).reason == "NO_FUNDS_FOR_RESIDENT_INSURANCE"
+    await complete_inbound(zj, plan, msgs, inbound_insurance=RESIDENT)
+    assert (await state(js, plan)).state == S.CASE_STATE_COMPLETED
+    assert gateway.count("fund_movements") == 0
+
+
+@pytest.mark.parametrize("reason", [
+    types_pb2.REASON_CODE_UNSETTLED_HOSPITAL_STAY, types_pb2.REASON_CODE_ARREARS,
+    types_pb2.REASON_CODE_MULTIPLE_INSURED_NUMBERS, types_pb2.REASON_CODE_INCOMPLETE_CONTRIBUTIONS,
+    types_pb2.REASON_CODE_NOT_SUSPENDED, types_pb2.REASON_CODE_ACCOUNT_OVERDRAWN, types_pb2.REASON_CODE_RETIRED,
+], ids=lambda r: types_pb2.ReasonCode.Name(r).removeprefix("REASON_CODE_").lower())
+async def test_outbound_refusal_reaches_the_applicant(gateway: GatewayHandle,
+                                                      platforms: tuple[PlatformClient, PlatformClient],
+                                                      reason: int) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=5_000, seed=20 + reason)
+    await zj.submit(request(plan, EMPLOYEE))
+    await received(gateway, "jiangsu")
+    refusal = builders.outbound_notice_refused(plan.route, plan.person, EMPLOYEE, [builders.reason(reason)])
+    await js.submit(refusal)
+    [notice] = await received(gateway, "zhejiang")
+    assert isinstance(notice, messages_pb2.OutboundNotice) and [r.code for r in notice.reasons] == [reason]
+    assert (await state(zj, plan)).state == S.CASE_STATE_REFUSED
+    assert (await rejected(js.submit(outbound_messages(plan)[1]))).reason == "CASE_CLOSED"
+
+
+@pytest.mark.parametrize("approve", [True, False])
+async def test_large_balance_review(gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient],
+                                    approve: bool) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=1_500_000, seed=30)
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    assert [type(m).__name__ for m in await received(gateway, "zhejiang")] == ["OutboundNotice", "InformationTable"]
+    await gateway.admin("reviewer").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
+        transfer_id=plan.route.transfer_id, approve=approve, comment="" if approve else "金额与台账不符"))
+    later = {type(m).__name__ for m in await received(gateway, "zhejiang")}
+    if approve:
+        assert later == {"ReviewDecision", "FundTransfer"}
+        await complete_inbound(zj, plan, msgs)
+        assert (await state(js, plan)).state == S.CASE_STATE_COMPLETED
+    else:
+        assert later == {"ReviewDecision"}
+        assert (await state(js, plan)).state == S.CASE_STATE_REVIEW_REJECTED
+
+
+async def test_withdrawal_before_and_after_funds(gateway: GatewayHandle,
+                                                 platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    before = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=9_000, seed=40)
+    await zj.submit(request(before, EMPLOYEE))
+    await js.submit(outbound_messages(before)[0])
+    assert (await rejected(js.submit(withdrawal(before, by_inbound=False)))).reason == "WITHDRAWAL_NOT_BY_APPLICANT"
+    await zj.submit(withdrawal(before, by_inbound=True))
+    assert (await state(js, before)).state == S.CASE_STATE_WITHDRAWN
+    assert any(isinstance(m, messages_pb2.Withdrawal) for m in await received(gateway, "jiangsu"))
+
+    after = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=9_000, seed=41)
+    await zj.submit(request(after, EMPLOYEE))
+    for m in outbound_messages(after):
+        await js.submit(m)
+    assert (await rejected(zj.submit(withdrawal(after, by_inbound=True)))).reason == "WITHDRAWAL_AFTER_FUNDS"
+
+
+async def test_second_application_while_one_is_open(gateway: GatewayHandle,
+                                                    platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    _, zj = platforms
+    first = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=1_000, seed=50)
+    await zj.submit(request(first, EMPLOYEE))
+    second = CasePlan(builders.Route.new("320100", "330200"), first.person, EMPLOYEE, first.suspension_date,
+                      first.periods, first.balance_fen)
+    signed = sign(request(second, EMPLOYEE), gateway.signer("zhejiang"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.exchange("zhejiang").Submit(signed)
+    refusal = failure(caught.value)
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CASE_ALREADY_OPEN")
+    assert refusal.metadata["open_transfer_id"] == first.route.transfer_id
+    assert gateway.count("cases") == 1
+
+
+async def test_several_suspended_records_one_case_each(gateway: GatewayHandle,
+                                                       platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    nanjing = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=2_000, seed=60)
+    suzhou = CasePlan(builders.Route.new("320500", "330100"), nanjing.person, EMPLOYEE, nanjing.suspension_date,
+                      tuple(builders.sample_periods("320500", nanjing.suspension_date, 61)), 3_000)
+    for plan in (nanjing, suzhou):
+        await zj.submit(request(plan, EMPLOYEE))
+        for m in outbound_messages(plan):
+            await js.submit(m)
+    assert {(await state(zj, p)).state for p in (nanjing, suzhou)} == {S.CASE_STATE_FUNDS_SENT}
+
+
+async def test_message_on_a_closed_case_is_refused(gateway: GatewayHandle,
+                                                   platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=7_700, seed=70)
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    await complete_inbound(zj, plan, msgs)
+    late = answer(msgs[1].header, Ack.STATUS_RECEIVED)
+    assert (await rejected(zj.submit(late))).reason == "CASE_CLOSED"
+    messages_before = gateway.count("messages")
+    assert (await rejected(js.submit(withdrawal(plan, by_inbound=False)))).reason == "CASE_CLOSED"
+    assert gateway.count("messages") == messages_before

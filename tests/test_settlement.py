@@ -1,0 +1,153 @@
+"""The settlement ledger balances after any history of cases: hypothesis drives random cases
+through the real rules (gateway.case) and the real SQLite store, and after every step the
+ledger must equal a model kept by the test, with sent = credited + held + rejected + in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+
+from clients import builders
+from clients.scenario import CasePlan, outbound_messages
+from gateway import case as rules
+from gateway.errors import RuleViolation
+from gateway.messages import BusinessMessage, kind_of, payload_type
+from gateway.signing import fingerprint
+from gateway.store import IncomingMessage
+from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2
+
+RULES = rules.CaseRules(review_threshold_fen=1_000_000)
+Ack = messages_pb2.Acknowledgement
+PAIRS = [("320100", "330100"), ("330200", "320500"), ("340100", "329900")]
+
+
+def incoming(message: BusinessMessage) -> IncomingMessage:
+    kind = kind_of(message)
+    payload = message.SerializeToString()
+    h = message.header
+    return IncomingMessage(
+        message_id=h.message_id, transfer_id=h.transfer_id, kind=kind, sender=h.sender, receiver=h.receiver,
+        deliveries=(("p", h.receiver),), created_at=dt.datetime.now(dt.UTC),
+        fingerprint=fingerprint(payload_type(kind), payload), signed_message=payload,
+        fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
+    )
+
+
+def answer(to: messages_pb2.Header, status: int, **fields: object) -> messages_pb2.Acknowledgement:
+    ack = messages_pb2.Acknowledgement(answers_message_id=to.message_id, status=status, **fields)  # type: ignore[arg-type]
+    ack.header.CopyFrom(builders.header(to.receiver, to.sender, to.transfer_id))
+    return ack
+
+
+class Ledger(RuleBasedStateMachine):
+    cases = Bundle("cases")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.store = SQLiteStore(SQLiteConfig(Path(self.tmp.name) / "ledger.db"), lambda: dt.datetime.now(dt.UTC))
+        self.loop.run_until_complete(self.store.open())
+        self.model: dict[str, tuple[str, str, int, str]] = {}  # transfer → (out prov, in prov, amount, status)
+        self.seed = 0
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    def submit(self, message: BusinessMessage) -> None:
+        def decide(case: rules.Case | None, index: rules.CaseIndex) -> rules.Decision:
+            return rules.apply(case, message, rules=RULES, index=index)
+
+        self.loop.run_until_complete(self.store.accept(incoming(message), decide, lambda seq, at: b"r"))
+
+    @rule(target=cases, pair=st.sampled_from(PAIRS), balance=st.sampled_from([0, 1, 5_000, 999_999, 1_000_000,
+                                                                              1_000_001, 4_321_000]))
+    def open_case(self, pair: tuple[str, str], balance: int) -> tuple[CasePlan, list[BusinessMessage]]:
+        self.seed += 1
+        plan = CasePlan.synthetic(*pair, insurance_type=types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, balance_fen=balance,
+                                  seed=self.seed)
+        messages = outbound_messages(plan)
+        for m in messages:
+            self.submit(m)
+        if plan.funds_expected:
+            status = "held" if balance > RULES.review_threshold_fen else "sent"
+            self.model[plan.route.transfer_id] = (pair[0][:2], pair[1][:2], balance, status)
+        return plan, messages
+
+    @rule(case=cases, approve=st.booleans())
+    def review(self, case: tuple[CasePlan, list[BusinessMessage]], approve: bool) -> None:
+        tid = case[0].route.transfer_id
+        entry = self.model.get(tid)
+
+        def decide(current: rules.Case | None, _index: rules.CaseIndex) -> rules.Decision:
+            return rules.review(current, approved=approve, message_id=decision_id, rules=RULES)
+
+        decision_id = builders.new_id()
+        message = IncomingMessage(
+            message_id=decision_id, transfer_id=tid, kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION,
+            sender="gateway", receiver="*", deliveries=(), created_at=dt.datetime.now(dt.UTC),
+            fingerprint=hashlib.sha256(decision_id.encode()).digest(), signed_message=b"d",
+        )
+        try:
+            self.loop.run_until_complete(self.store.accept(message, decide, lambda seq, at: b"r"))
+        except RuleViolation:
+            assert entry is None or entry[3] != "held"
+            return
+        assert entry is not None and entry[3] == "held"
+        self.model[tid] = (*entry[:3], "sent" if approve else "rejected")
+
+    @rule(case=consumes(cases), credit=st.booleans())
+    def inbound_answers(self, case: tuple[CasePlan, list[BusinessMessage]], credit: bool) -> None:
+        plan, messages = case
+        tid = plan.route.transfer_id
+        table = messages[1].header
+        entry = self.model.get(tid)
+        try:
+            if credit:
+                accepted = answer(table, Ack.STATUS_ACCEPTED, inbound_insurance_type=plan.insurance_type,
+                                  inbound_enrollment_date=types_pb2.Date(year=2026, month=12, day=1))
+                self.submit(accepted)
+                if plan.funds_expected:
+                    self.submit(answer(messages[2].header, Ack.STATUS_FUNDS_CREDITED,
+                                       credited_amount_fen=plan.balance_fen))
+                self.submit(answer(table, Ack.STATUS_TRANSFER_IN_COMPLETED))
+            else:
+                self.submit(answer(table, Ack.STATUS_REJECTED,
+                                   reasons=[builders.reason(types_pb2.REASON_CODE_IDENTITY_MISMATCH)]))
+        except RuleViolation:  # a held or already rejected case cannot be answered now
+            assert entry is not None and entry[3] in ("held", "rejected")
+            return
+        if entry is not None:
+            self.model[tid] = (*entry[:3], "credited" if credit else "rejected")
+
+    @invariant()
+    def ledger_matches_the_model(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        lines = self.loop.run_until_complete(self.store.settlement(now - dt.timedelta(days=1),
+                                                                   now + dt.timedelta(days=1)))
+        expected: dict[tuple[str, str], dict[str, int]] = {}
+        for out_p, in_p, amount, status in self.model.values():
+            bucket = expected.setdefault((out_p, in_p), {"held": 0, "sent": 0, "credited": 0, "rejected": 0, "n": 0})
+            bucket[status] += amount
+            bucket["n"] += 1
+        got = {(x.outbound_province, x.inbound_province): x for x in lines}
+        assert set(got) == set(expected)
+        for pair, e in expected.items():
+            line = got[pair]
+            assert line.sent_fen == line.credited_fen + line.held_fen + line.rejected_fen + line.in_flight_fen
+            assert (line.held_fen, line.in_flight_fen, line.credited_fen, line.rejected_fen, line.transfers) == (
+                e["held"], e["sent"], e["credited"], e["rejected"], e["n"])
+
+
+Ledger.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+TestLedger = Ledger.TestCase

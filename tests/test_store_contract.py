@@ -1,0 +1,311 @@
+"""The storage contract: every Store implementation must pass this suite.
+
+Add an implementation to `STORES` and it runs the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
+from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
+from gateway.store import IncomingMessage, Store
+from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+
+T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Store:
+    return SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
+
+
+STORES = {"sqlite": sqlite_store}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store_and_clock(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Clock]]:
+    clock = Clock()
+    store = STORES[request.param](tmp_path, clock)
+    await store.open()
+    yield store, clock
+    await store.close()
+
+
+def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,
+             body: bytes = b"notice", message_id: str | None = None, receiver_platform: str = "zhejiang",
+             sender: str = "320100", receiver: str = "330100", amount: int = 0) -> IncomingMessage:
+    return IncomingMessage(
+        message_id=message_id or str(uuid.uuid4()), transfer_id=transfer_id, kind=kind, sender=sender,
+        receiver=receiver, deliveries=((receiver_platform, receiver),), created_at=T0,
+        fingerprint=hashlib.sha256(body).digest(), signed_message=body, fund_amount_fen=amount,
+    )
+
+
+def opened(m: IncomingMessage, person: bytes | None = None) -> Case:
+    return Case(transfer_id=m.transfer_id, state=tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, outbound=m.sender,
+                inbound=m.receiver, applicant=m.sender, insurance_type=310,
+                person_key=person or m.transfer_id.encode(), suspension_date="2026-11-01",
+                messages={m.message_id: MessageRef(m.kind, Side.OUTBOUND)})
+
+
+def same(case: Case | None, _index: CaseIndex) -> Decision:
+    assert case is not None
+    return Decision(case)
+
+
+def opening(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
+    return lambda case, _index: Decision(case or opened(m))
+
+
+def receipt_for(m: IncomingMessage) -> Callable[[int, dt.datetime], bytes]:
+    return lambda seq, at: f"receipt:{m.message_id}:{seq}:{at.isoformat()}".encode()
+
+
+async def open_case(store: Store) -> IncomingMessage:
+    m = incoming(str(uuid.uuid4()))
+    await store.accept(m, opening(m), receipt_for(m))
+    return m
+
+
+async def test_accept_stores_message_case_and_delivery(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    m = incoming(str(uuid.uuid4()))
+    outcome = await store.accept(m, opening(m), receipt_for(m))
+    assert not outcome.replayed
+    assert outcome.receipt == receipt_for(m)(outcome.sequence, T0)
+    view = await store.get_case(m.transfer_id)
+    assert view is not None
+    assert view.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED
+    assert [v.message_id for v in view.messages] == [m.message_id]
+    assert view.messages[0].delivery_state == tracking_pb2.DELIVERY_STATE_PENDING
+
+
+async def test_sequences_increase_and_decide_sees_committed_case(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    first = await open_case(store)
+    seen: list[Case | None] = []
+    table = incoming(first.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+
+    def decide(case: Case | None, _index: CaseIndex) -> Decision:
+        seen.append(case)
+        assert case is not None
+        return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=500))
+
+    out = await store.accept(table, decide, receipt_for(table))
+    assert seen[0] is not None and first.message_id in seen[0].messages
+    view = await store.get_case(first.transfer_id)
+    assert view is not None and view.case.balance_fen == 500
+    assert [v.sequence for v in view.messages] == sorted(v.sequence for v in view.messages)
+    assert out.sequence == view.messages[-1].sequence
+
+
+async def test_replay_returns_original_receipt_and_writes_nothing(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = incoming(str(uuid.uuid4()))
+    first = await store.accept(m, opening(m), receipt_for(m))
+    clock.advance(60)
+    calls: list[object] = []
+    again = await store.accept(m, lambda case, _i: calls.append(case) or Decision(opened(m)), receipt_for(m))
+    assert again.replayed and again.receipt == first.receipt and again.sequence == first.sequence
+    assert calls == []  # a replay is answered before the case is consulted
+
+
+async def test_same_id_other_bytes_is_a_conflict(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    m = await open_case(store)
+    forged = replace(m, fingerprint=hashlib.sha256(b"other").digest())
+    with pytest.raises(IdempotencyConflict):
+        await store.accept(forged, opening(forged), receipt_for(forged))
+
+
+async def test_refused_decision_leaves_nothing_behind(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    m = await open_case(store)
+    table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"t")
+
+    def refuse(case: Case | None, _index: CaseIndex) -> Decision:
+        raise RuleViolation("no", reason="TEST_RULE")
+
+    with pytest.raises(RuleViolation):
+        await store.accept(table, refuse, receipt_for(table))
+    view = await store.get_case(m.transfer_id)
+    assert view is not None and [v.message_id for v in view.messages] == [m.message_id]
+    # The refused message's id stays free for a correct message.
+    ok = await store.accept(table, same, receipt_for(table))
+    assert not ok.replayed
+
+
+async def test_one_fund_movement_per_case_even_if_decide_allows_two(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    m = await open_case(store)
+    fund = envelope_pb2.MESSAGE_KIND_FUND_TRANSFER
+    a = incoming(m.transfer_id, kind=fund, body=b"fund-a", amount=100)
+    b = incoming(m.transfer_id, kind=fund, body=b"fund-b", amount=100)
+    sent = lambda case, _i: Decision(case, fund_status=FundStatus.SENT)  # noqa: E731
+    await store.accept(a, sent, receipt_for(a))
+    with pytest.raises(RuleViolation):
+        await store.accept(b, sent, receipt_for(b))
+    view = await store.get_case(m.transfer_id)
+    assert view is not None and b.message_id not in {v.message_id for v in view.messages}
+
+
+async def test_concurrent_accepts_are_decided_one_after_another(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    m = await open_case(store)
+
+    def only_once(case: Case | None, _index: CaseIndex) -> Decision:
+        assert case is not None
+        if case.fund_message_id is not None:
+            raise RuleViolation("already", reason="FUND_TRANSFER_ALREADY_ACCEPTED")
+        return Decision(replace(case, fund_message_id="x"), fund_status=FundStatus.SENT)
+
+    racers = [incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=f"f{i}".encode(),
+                       amount=100) for i in range(32)]
+    results = await asyncio.gather(*(store.accept(r, only_once, receipt_for(r)) for r in racers),
+                                   return_exceptions=True)
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 1
+    assert all(isinstance(r, RuleViolation) for r in results if isinstance(r, BaseException))
+
+
+async def test_deliveries_in_order_per_case_with_redelivery_and_dead_letter(
+    store_and_clock: tuple[Store, Clock],
+) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    second = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"t2")
+    await store.accept(second, same, receipt_for(second))
+    lease = dt.timedelta(seconds=30)
+
+    def claim() -> object:
+        return store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=2, now=clock())
+
+    got = await claim()  # type: ignore[misc]
+    assert [d.message_id for d in got] == [m.message_id]  # the second waits behind the first
+    assert await claim() == []  # leased: not handed out twice
+    clock.advance(31)
+    again = await claim()  # type: ignore[misc]
+    assert [(d.message_id, d.attempt) for d in again] == [(m.message_id, 2)]
+    clock.advance(31)
+    assert await claim() == []  # two attempts used up: dead letter ...
+    stats = {s.platform: s for s in await store.delivery_stats()}
+    assert stats["zhejiang"].dead_letters == 1
+    after = await claim()  # type: ignore[misc]
+    assert [d.message_id for d in after] == [second.message_id]  # ... and the case moves on
+    await store.ack_delivery("zhejiang", second.message_id, clock())
+    await store.ack_delivery("zhejiang", second.message_id, clock())  # idempotent
+    stats = {s.platform: s for s in await store.delivery_stats()}
+    assert stats["zhejiang"].pending == 0 and stats["zhejiang"].in_flight == 0
+
+
+async def test_ack_by_another_platform_is_not_found(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    with pytest.raises(NotFound):
+        await store.ack_delivery("jiangsu", m.message_id, clock())
+    with pytest.raises(NotFound):
+        await store.ack_delivery("zhejiang", str(uuid.uuid4()), clock())
+
+
+async def test_agency_filter_limits_claims(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    lease = dt.timedelta(seconds=30)
+    assert await store.claim_deliveries("zhejiang", frozenset({"330200"}), limit=10, lease=lease,
+                                        max_attempts=3, now=clock()) == []
+    got = await store.claim_deliveries("zhejiang", frozenset({"330100"}), limit=10, lease=lease,
+                                       max_attempts=3, now=clock())
+    assert [d.message_id for d in got] == [m.message_id]
+
+
+async def test_survives_reopen(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "reopen.db"), clock)
+    await store.open()
+    m = await open_case(store)
+    await store.close()
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "reopen.db"), clock)
+    await store.open()
+    again = await store.accept(m, opening(m), receipt_for(m))
+    assert again.replayed
+    await store.close()
+
+
+async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    lease = dt.timedelta(seconds=30)
+    await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
+    await store.ack_delivery("zhejiang", m.message_id, clock())
+    fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=b"big", amount=2_000_000)
+    await store.accept(fund, lambda case, _i: Decision(case, hold_delivery=True, fund_status=FundStatus.HELD),
+                       receipt_for(fund))
+    later = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, body=b"later")
+    await store.accept(later, same, receipt_for(later))
+    assert await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock()) == []
+    held = await store.held_transfers()
+    assert [(h.transfer_id, h.amount_fen) for h in held] == [(m.transfer_id, 2_000_000)]
+    with pytest.raises(NotFound):  # nothing to acknowledge while held
+        await store.ack_delivery("zhejiang", fund.message_id, clock())
+    decision = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, body=b"approve")
+    await store.accept(decision, lambda case, _i: Decision(case, release_message=fund.message_id,
+                                                           fund_status=FundStatus.SENT), receipt_for(decision))
+    got = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
+    assert [d.message_id for d in got] == [fund.message_id]  # released, and first of what remains
+    assert await store.held_transfers() == []
+
+
+async def test_settlement_adds_up_per_province_pair(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    statuses = [FundStatus.SENT, FundStatus.HELD, FundStatus.SENT, FundStatus.SENT]
+    for i, status in enumerate(statuses):
+        m = await open_case(store)
+        fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=f"f{i}".encode(),
+                        amount=100 * (i + 1))
+        await store.accept(fund, lambda case, _i, s=status: Decision(case, fund_status=s), receipt_for(fund))
+        if i == 2:
+            credit = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, body=b"c")
+            await store.accept(credit, lambda case, _i: Decision(case, fund_status=FundStatus.CREDITED),
+                               receipt_for(credit))
+    lines = await store.settlement(T0 - dt.timedelta(hours=1), T0 + dt.timedelta(hours=1))
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.outbound_province, line.inbound_province, line.transfers) == ("32", "33", 4)
+    assert line.sent_fen == 100 + 200 + 300 + 400
+    assert (line.held_fen, line.credited_fen, line.in_flight_fen, line.rejected_fen) == (200, 300, 500, 0)
+    assert await store.settlement(T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)) == []
+
+
+async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    first = incoming(str(uuid.uuid4()))
+    await store.accept(first, lambda case, _i: Decision(opened(first, person=b"same-person")), receipt_for(first))
+    seen: list[str | None] = []
+    second = incoming(str(uuid.uuid4()), body=b"second")
+
+    def look(case: Case | None, index: CaseIndex) -> Decision:
+        seen.append(index.open_case_for(b"same-person", "320100"))
+        seen.append(index.open_case_for(b"same-person", "320500"))
+        return Decision(opened(second, person=b"same-person"))
+
+    with pytest.raises(RuleViolation):  # the partial unique index refuses a second open case
+        await store.accept(second, look, receipt_for(second))
+    assert seen == [first.transfer_id, None]
