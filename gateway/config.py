@@ -11,6 +11,7 @@ from typing import Any
 from gateway.case import CaseRules
 from gateway.pki import GATEWAY_KEY_ID, DevPaths
 from gateway.routing import DeliveryConfig
+from gateway.sla import Limits
 from gateway.store.sqlite import SQLiteConfig
 
 
@@ -32,6 +33,12 @@ class SigningConfig:
 
 
 @dataclass(frozen=True)
+class SlaConfig:
+    limits: Limits = field(default_factory=Limits)  # working days per stage
+    calendar_file: Path | None = None  # the State Council's notices as data, for years chinese-calendar lacks
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     tls: TLSConfig
     signing: SigningConfig
@@ -41,8 +48,9 @@ class GatewayConfig:
     metrics_listen: str | None = "127.0.0.1:9095"  # Prometheus /metrics; None turns it off
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     rules: CaseRules = field(default_factory=CaseRules)
+    sla: SlaConfig = field(default_factory=SlaConfig)
     shutdown_grace: float = 10.0       # seconds in-flight RPCs get after SIGTERM
-    backlog_refresh: float = 5.0       # seconds between backlog gauge readings
+    monitor_interval: float = 5.0      # seconds between readings of backlog, stages and funds into gauges
     sweep_interval: float = 60.0       # seconds between sweeps for expired cases
 
     @classmethod
@@ -81,6 +89,7 @@ def load_config(path: Path) -> GatewayConfig:
         tls, signing, store = data["tls"], data["signing"], data["store"]
         delivery = data.get("delivery", {})
         rules = data.get("rules", {})
+        sla = data.get("sla", {})
         return GatewayConfig(
             tls=TLSConfig(ca=p(tls["ca"], "tls.ca"), cert=p(tls["cert"], "tls.cert"), key=p(tls["key"], "tls.key")),
             signing=SigningConfig(key=p(signing["key"], "signing.key"), key_id=str(signing["key_id"])),
@@ -97,7 +106,16 @@ def load_config(path: Path) -> GatewayConfig:
                 waiting_period_months=int(rules.get("waiting_period_months", 6)),
                 request_expiry=dt.timedelta(days=float(rules.get("request_expiry_days", 30))),
             ),
+            sla=SlaConfig(
+                limits=Limits(
+                    outbound=int(sla.get("outbound_working_days", 10)), inbound=int(sla.get("inbound_working_days", 5)),
+                    total=int(sla.get("total_working_days", 15)), review=int(sla.get("review_working_days", 1)),
+                ),
+                calendar_file=p(sla["calendar_file"], "sla.calendar_file") if sla.get("calendar_file") else None,
+            ),
             shutdown_grace=float(data.get("shutdown_grace_seconds", 10.0)),
+            monitor_interval=float(data.get("monitor_interval_seconds", 5.0)),
+            sweep_interval=float(data.get("sweep_interval_seconds", 60.0)),
         )
     except KeyError as exc:
         raise ConfigError(f"{path}: missing setting {exc}") from exc

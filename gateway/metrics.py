@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.store import DeliveryStats
+from gateway.sla import Sla, province
+from gateway.store import AcceptOutcome, DeliveryStats, SettlementLine, StageCount
 
+_WORKING_DAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0)
+_PAIR = ["outbound_province", "inbound_province"]
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,6 +67,79 @@ class Metrics:
             "Age of the oldest unacknowledged delivery per receiving platform (0 when none).",
             ["platform"], registry=registry,
         )
+
+        # SLA: observed when a stage finishes (per process: sum across replicas) …
+        self.stage_duration = Histogram(
+            "transfer_gateway_stage_duration_working_days",
+            "Working days a finished stage took (working hours only, in days), by stage and province pair.",
+            ["stage", *_PAIR], buckets=_WORKING_DAY_BUCKETS, registry=registry,
+        )
+        self.stages_finished = Counter(
+            "transfer_gateway_stages_finished", "Stages finished, on time or late, by stage and province pair.",
+            ["stage", *_PAIR, "result"], registry=registry,
+        )
+        # … and read from the store by the periodic monitor (the same on every replica: use max()).
+        self.cases_open = Gauge(
+            "transfer_gateway_cases_open", "Open cases in each stage (total: every open case), by province pair.",
+            ["stage", *_PAIR], registry=registry,
+        )
+        self.cases_overdue = Gauge(
+            "transfer_gateway_cases_overdue", "Open cases past the deadline of a stage, by stage and province pair.",
+            ["stage", *_PAIR], registry=registry,
+        )
+        self.cases_due_soon = Gauge(
+            "transfer_gateway_cases_due_soon",
+            "Open cases whose stage's last day is today or the next working day, by stage and province pair.",
+            ["stage", *_PAIR], registry=registry,
+        )
+        self.funds = Gauge(
+            "transfer_gateway_funds_fen",
+            "Personal-account fund transfers ever accepted, by status now (sent = all of them), in fen.",
+            ["status", *_PAIR], registry=registry,
+        )
+        self.calendar_fallback = Gauge(
+            "transfer_gateway_calendar_fallback",
+            "1 when deadlines in this year are counted Monday–Friday because no official calendar is known.",
+            ["year"], registry=registry,
+        )
+        self._stage_labels: set[tuple[str, str, str]] = set()
+        self._fund_labels: set[tuple[str, str, str]] = set()
+
+    def observe_finished(self, outcome: AcceptOutcome, sla: Sla) -> None:
+        """Record the stages a message finished (nothing on a replay)."""
+        pair = (province(outcome.outbound), province(outcome.inbound))
+        for record in outcome.finished_stages:
+            assert record.finished_at is not None
+            self.stage_duration.labels(record.stage, *pair).observe(
+                sla.calendar.elapsed(record.started_at, record.finished_at))
+            on_time = record.finished_at < record.deadline
+            self.stages_finished.labels(record.stage, *pair, "on_time" if on_time else "late").inc()
+
+    def observe_stages(self, counts: list[StageCount]) -> None:
+        """Set the open/overdue/due-soon gauges from a store reading; label sets no longer seen read 0."""
+        seen = set()
+        for c in counts:
+            labels = (str(c.stage), c.outbound_province, c.inbound_province)
+            seen.add(labels)
+            self.cases_open.labels(*labels).set(c.open)
+            self.cases_overdue.labels(*labels).set(c.overdue)
+            self.cases_due_soon.labels(*labels).set(c.due_soon)
+        for labels in self._stage_labels - seen:
+            for gauge in (self.cases_open, self.cases_overdue, self.cases_due_soon):
+                gauge.labels(*labels).set(0)
+        self._stage_labels |= seen
+
+    def observe_funds(self, lines: list[SettlementLine]) -> None:
+        seen = set()
+        for line in lines:
+            pair = (line.outbound_province, line.inbound_province)
+            for status, fen in (("sent", line.sent_fen), ("in_flight", line.in_flight_fen), ("held", line.held_fen),
+                                ("credited", line.credited_fen), ("rejected", line.rejected_fen)):
+                self.funds.labels(status, *pair).set(fen)
+                seen.add((status, *pair))
+        for labels in self._fund_labels - seen:
+            self.funds.labels(*labels).set(0)
+        self._fund_labels |= seen
 
     def observe_backlog(self, stats: list[DeliveryStats], now_seconds: float, platforms: list[str]) -> None:
         """Set the backlog gauges from a store reading; platforms with nothing waiting read 0."""

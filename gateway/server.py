@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
+from gateway.monitor import Monitor
 from gateway.registry import Registry
 from gateway.routing import Router
 from gateway.service.admin import AdminService
@@ -24,8 +25,10 @@ from gateway.service.exchange import ExchangeService
 from gateway.service.interceptor import GatewayInterceptor
 from gateway.service.tracking import TrackingService
 from gateway.signing import LocalSigner
+from gateway.sla import Sla
 from gateway.store.sqlite import SQLiteStore
 from gateway.sweeper import CaseSweeper
+from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
 log = logging.getLogger("gateway.server")
@@ -35,6 +38,9 @@ SERVICE_NAMES = (
     tracking_pb2.DESCRIPTOR.services_by_name["Tracking"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
+# Health of the working-day calendar: NOT_SERVING while deadlines within the monitor's horizon
+# are counted Monday–Friday for want of an official calendar (the gateway itself keeps serving).
+CALENDAR_HEALTH = "transfer-gateway.calendar"
 
 
 def utc_now() -> dt.datetime:
@@ -61,7 +67,8 @@ class GatewayServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._store = SQLiteStore(config.store, clock)
+        self.sla = Sla(WorkingCalendar.load(config.sla.calendar_file), config.sla.limits)
+        self._store = SQLiteStore(config.store, clock, self.sla)
         self._router = Router(self._store, config.delivery, clock)
         self._http: object | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,12 +93,14 @@ class GatewayServer:
         )
         exchange_pb2_grpc.add_ExchangeServicer_to_server(
             ExchangeService(registry=registry, store=self._store, router=self._router, signer=signer,
-                            metrics=self.metrics, rules=cfg.rules, clock=self._clock),
+                            metrics=self.metrics, rules=cfg.rules, sla=self.sla, clock=self._clock),
             server,
         )
         tracking_pb2_grpc.add_TrackingServicer_to_server(
-            TrackingService(registry=registry, store=self._store, rules=cfg.rules), server)
-        author = GatewayAuthor(registry=registry, store=self._store, router=self._router, signer=signer)
+            TrackingService(registry=registry, store=self._store, rules=cfg.rules, sla=self.sla, clock=self._clock),
+            server)
+        author = GatewayAuthor(registry=registry, store=self._store, router=self._router, signer=signer,
+                               metrics=self.metrics, sla=self.sla)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(registry=registry, store=self._store, author=author, rules=cfg.rules, metrics=self.metrics,
                          clock=self._clock),
@@ -116,20 +125,16 @@ class GatewayServer:
             http, _thread = start_http_server(port, addr=host, registry=self.prometheus)
             self._http = http
             self.metrics_port = http.server_port
-        self._tasks = [asyncio.create_task(self._refresh_backlog()),
+        self.monitor = Monitor(store=self._store, metrics=self.metrics, sla=self.sla,
+                               platforms=list(registry.platforms), clock=self._clock, on_calendar=self._calendar_health)
+        await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
+        self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
                        asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
         log.info("serving", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}})
 
-    async def _refresh_backlog(self) -> None:
-        assert self._registry is not None
-        platforms = list(self._registry.platforms)
-        while True:
-            try:
-                stats = await self._store.delivery_stats()
-                self.metrics.observe_backlog(stats, self._clock().timestamp(), platforms)
-            except Exception:
-                log.exception("backlog reading failed")
-            await asyncio.sleep(self._config.backlog_refresh)
+    async def _calendar_health(self, unknown_years: list[int]) -> None:
+        await self._health.set(CALENDAR_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if unknown_years
+                               else health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, stop accepting, finish in-flight calls, flush the store."""

@@ -34,3 +34,19 @@ def calling_platform(context: Any, registry: Registry) -> Platform:
         if platform is not None:
             return platform
     raise NotPermitted("the client certificate names no registered platform", reason="PLATFORM_UNKNOWN")
+
+
+TRACKING_ROLES = frozenset({"operator", "reviewer"})
+
+
+def tracking_scope(context: Any, registry: Registry) -> frozenset[str] | None:
+    """The agencies whose cases the caller may see: a platform's own, or None (all) for an
+    operator with an operator or reviewer role. NotPermitted for anyone else."""
+    for san in _sans(context):
+        platform = registry.platform_by_uri(san)
+        if platform is not None:
+            return registry.agencies_of(platform.id)
+        operator = registry.operator_by_uri(san)
+        if operator is not None and operator.roles & TRACKING_ROLES:
+            return None
+    raise NotPermitted("tracking needs a platform certificate or an operator's", reason="PLATFORM_UNKNOWN")

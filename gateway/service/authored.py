@@ -13,10 +13,12 @@ from typing import Final
 from google.protobuf.message import Message
 
 from gateway.messages import MessageKind
+from gateway.metrics import Metrics
 from gateway.receipts import receipt_maker
 from gateway.registry import Registry
 from gateway.routing import Router
 from gateway.signing import Signer, fingerprint, pae
+from gateway.sla import Sla
 from gateway.store import AcceptOutcome, Decide, IncomingMessage, Store
 from mitransfer.v1 import envelope_pb2
 
@@ -25,8 +27,11 @@ BOTH_SIDES: Final = "*"
 
 
 class GatewayAuthor:
-    def __init__(self, *, registry: Registry, store: Store, router: Router, signer: Signer) -> None:
+    def __init__(self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
+                 sla: Sla) -> None:
         self._registry = registry
+        self._metrics = metrics
+        self._sla = sla
         self._store = store
         self._router = router
         self._signer = signer
@@ -49,6 +54,7 @@ class GatewayAuthor:
         )
         outcome = await self._store.accept(incoming, decide,
                                            receipt_maker(self._signer, incoming, hashlib.sha256(body).digest()))
+        self._metrics.observe_finished(outcome, self._sla)
         for platform, _ in deliveries:
             self._router.notify(platform)
         return outcome

@@ -23,6 +23,7 @@ from gateway.registry import Platform, Registry
 from gateway.routing import Router
 from gateway.service.auth import calling_platform
 from gateway.signing import Signer, fingerprint, pae
+from gateway.sla import Sla
 from gateway.store import IncomingMessage, Store
 from gateway.validation import validate
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
@@ -33,9 +34,10 @@ log = logging.getLogger("gateway.exchange")
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
-        rules: case_rules.CaseRules, clock: Callable[[], dt.datetime],
+        rules: case_rules.CaseRules, sla: Sla, clock: Callable[[], dt.datetime],
     ) -> None:
         self._registry = registry
+        self._sla = sla
         self._rules = rules
         self._store = store
         self._router = router
@@ -61,6 +63,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         result = "replayed" if outcome.replayed else "accepted"
         self._metrics.messages.labels(kind_label, result, "").inc()
         if not outcome.replayed:
+            self._metrics.observe_finished(outcome, self._sla)
             for receiving_platform, _ in incoming.deliveries:
                 self._router.notify(receiving_platform)
         log.info(result, extra={"fields": {

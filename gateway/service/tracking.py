@@ -1,38 +1,113 @@
-"""Tracking service: one case with every message and its delivery progress."""
+"""Tracking service: where cases stand, with every message, stage and deadline."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from gateway.case import CaseRules
 from gateway.continuity import continuity
-from gateway.errors import NotFound, NotPermitted
+from gateway.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
 from gateway.registry import Registry
-from gateway.service.auth import calling_platform
-from gateway.store import CaseView, Store
+from gateway.service.auth import tracking_scope
+from gateway.sla import Sla, Stage, Timeliness
+from gateway.store import CaseQuery, CaseView, Store
+from gateway.workdays import local_date
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
+
+STAGES: Final = {Stage.OUTBOUND: tracking_pb2.STAGE_OUTBOUND, Stage.REVIEW: tracking_pb2.STAGE_REVIEW,
+                 Stage.INBOUND: tracking_pb2.STAGE_INBOUND, Stage.TOTAL: tracking_pb2.STAGE_TOTAL}
+TIMELINESS: Final = {
+    Timeliness.ON_TIME: tracking_pb2.TIMELINESS_ON_TIME, Timeliness.DUE_SOON: tracking_pb2.TIMELINESS_DUE_SOON,
+    Timeliness.OVERDUE: tracking_pb2.TIMELINESS_OVERDUE, Timeliness.LATE: tracking_pb2.TIMELINESS_LATE,
+}
+MAX_PAGE: Final = 500
+DEFAULT_PAGE: Final = 100
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class TrackingService(tracking_pb2_grpc.TrackingServicer):
-    def __init__(self, *, registry: Registry, store: Store, rules: CaseRules) -> None:
+    def __init__(self, *, registry: Registry, store: Store, rules: CaseRules, sla: Sla,
+                 clock: Callable[[], dt.datetime]) -> None:
         self._registry = registry
         self._store = store
         self._rules = rules
+        self._sla = sla
+        self._clock = clock
 
     async def GetCase(self, request: tracking_pb2.GetCaseRequest, context: Any) -> tracking_pb2.Case:
-        platform = calling_platform(context, self._registry)
+        scope = tracking_scope(context, self._registry)
         view = await self._store.get_case(request.transfer_id)
         if view is None:
             raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
-        own = self._registry.agencies_of(platform.id)
-        if view.case.outbound not in own and view.case.inbound not in own:
-            raise NotPermitted(f"case {request.transfer_id} is not a case of platform {platform.id}",
+        if scope is not None and view.case.outbound not in scope and view.case.inbound not in scope:
+            raise NotPermitted(f"case {request.transfer_id} is not a case of the calling platform",
                                reason="CASE_NOT_OF_PLATFORM")
-        return case_to_proto(view, self._rules)
+        return case_to_proto(view, self._rules, self._sla, self._clock())
+
+    async def ListCases(self, request: tracking_pb2.ListCasesRequest, context: Any) -> tracking_pb2.ListCasesResponse:
+        scope = tracking_scope(context, self._registry)
+        now = self._clock()
+        query, size = self._query(request, scope, now)
+        views = await self._store.list_cases(query)
+        page = views[:size]
+        token = _token(page[-1]) if len(views) > size else ""
+        return tracking_pb2.ListCasesResponse(
+            cases=[case_to_proto(v, self._rules, self._sla, now) for v in page], next_page_token=token)
+
+    def _query(self, r: tracking_pb2.ListCasesRequest, scope: frozenset[str] | None,
+               now: dt.datetime) -> tuple[CaseQuery, int]:
+        bad: list[FieldViolation] = []
+        if not 0 <= r.page_size <= MAX_PAGE:
+            bad.append(FieldViolation("page_size", f"must be 0 to {MAX_PAGE}"))
+        for name in ("outbound_province", "inbound_province"):
+            value = getattr(r, name)
+            if value and not (len(value) == 2 and value.isdigit()):
+                bad.append(FieldViolation(name, "must be a 2-digit province code"))
+        if any(s not in tracking_pb2.CaseState.values() or s == 0 for s in r.states):
+            bad.append(FieldViolation("states", "must be defined case states"))
+        if r.overdue and r.due_soon:
+            bad.append(FieldViolation("due_soon", "cannot be combined with overdue (a stage is one or the other)"))
+        after = None
+        if r.page_token:
+            after = _parse_token(r.page_token)
+            if after is None:
+                bad.append(FieldViolation("page_token", "is not a token this service issued"))
+        if bad:
+            raise InvalidMessage(bad, reason="QUERY_INVALID")
+        deadline_between = None
+        if r.overdue:
+            deadline_between = (_EPOCH, now)
+        elif r.due_soon:
+            deadline_between = (now, self._sla.calendar.due_soon_before(now))
+        size = r.page_size or DEFAULT_PAGE
+        query = CaseQuery(
+            agencies=scope, states=frozenset(r.states), deadline_between=deadline_between,
+            outbound_province=r.outbound_province, inbound_province=r.inbound_province,
+            opened_from=r.opened_from.ToDatetime(dt.UTC) if r.HasField("opened_from") else None,
+            opened_before=r.opened_before.ToDatetime(dt.UTC) if r.HasField("opened_before") else None,
+            after=after, limit=size + 1,  # one more tells whether another page follows
+        )
+        return query, size
 
 
-def case_to_proto(view: CaseView, rules: CaseRules) -> tracking_pb2.Case:
+def _token(view: CaseView) -> str:
+    us = (view.opened_at - _EPOCH) // dt.timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"{us}:{view.case.transfer_id}".encode()).decode()
+
+
+def _parse_token(token: str) -> tuple[dt.datetime, str] | None:
+    try:
+        us, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        return _EPOCH + dt.timedelta(microseconds=int(us)), transfer_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        return None
+
+
+def case_to_proto(view: CaseView, rules: CaseRules, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:
     c = view.case
     out = tracking_pb2.Case(
         transfer_id=c.transfer_id, state=c.state, outbound=c.outbound, inbound=c.inbound,
@@ -50,6 +125,19 @@ def case_to_proto(view: CaseView, rules: CaseRules) -> tracking_pb2.Case:
         ))
     out.opened_at.FromDatetime(view.opened_at)
     out.updated_at.FromDatetime(view.updated_at)
+    for record in view.stages:
+        timing = sla.timing(record.stage, record.started_at, record.deadline, record.finished_at, now)
+        last_day = local_date(record.deadline) - dt.timedelta(days=1)
+        stage = out.stages.add(
+            stage=STAGES[record.stage], working_days_limit=sla.limits.of(record.stage),
+            working_days_used=timing.working_days_used, working_days_elapsed=round(timing.working_days_elapsed, 4),
+            timeliness=TIMELINESS[timing.timeliness],
+            last_day=types_pb2.Date(year=last_day.year, month=last_day.month, day=last_day.day),
+        )
+        stage.started_at.FromDatetime(record.started_at)
+        stage.deadline.FromDatetime(record.deadline)
+        if record.finished_at is not None:
+            stage.finished_at.FromDatetime(record.finished_at)
     for m in view.messages:
         entry = out.messages.add(
             message_id=m.message_id, kind=m.kind, sender=m.sender, receiver=m.receiver, sequence=m.sequence,

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from gateway.case import Case, CaseIndex, Decision
 from gateway.messages import MessageKind
+from gateway.sla import Stage
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,23 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True)
+class StageRecord:
+    """A time-limited stage of a case (see gateway.sla)."""
+
+    stage: Stage
+    started_at: dt.datetime
+    deadline: dt.datetime
+    finished_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class AcceptOutcome:
     receipt: bytes   # serialized Receipt
     sequence: int
     replayed: bool   # True: this message was accepted before; nothing was written now
+    outbound: str = ""  # the case's agencies (empty on a replay)
+    inbound: str = ""
+    finished_stages: tuple[StageRecord, ...] = ()  # stages this message finished
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,34 @@ class CaseView:
     opened_at: dt.datetime
     updated_at: dt.datetime
     messages: Sequence[MessageView]
+    stages: Sequence[StageRecord] = ()  # in the order they started
+
+
+@dataclass(frozen=True)
+class CaseQuery:
+    """Filters of `list_cases`; every one given must hold. Cases come oldest opened first."""
+
+    agencies: frozenset[str] | None = None   # cases with one of these agencies as a side; None: all
+    states: frozenset[int] = frozenset()     # any of these states; empty: all
+    deadline_between: tuple[dt.datetime, dt.datetime] | None = None  # an unfinished stage's deadline in (a, b]
+    outbound_province: str = ""
+    inbound_province: str = ""
+    opened_from: dt.datetime | None = None
+    opened_before: dt.datetime | None = None
+    after: tuple[dt.datetime, str] | None = None  # (opened_at, transfer_id) of the previous page's last case
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class StageCount:
+    """Unfinished stages of one kind and province pair, against their deadlines at a reading."""
+
+    stage: Stage
+    outbound_province: str
+    inbound_province: str
+    open: int
+    overdue: int   # deadline passed
+    due_soon: int  # deadline not passed, before the due-soon limit
 
 
 @dataclass(frozen=True)
@@ -164,3 +206,9 @@ class Store(Protocol):
 
     async def delivery_stats(self) -> list[DeliveryStats]:
         """Backlog figures per receiving platform that has any delivery."""
+
+    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
+        """A page of cases matching `query`, with their stages but without their messages."""
+
+    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
+        """Unfinished stages per stage and province pair: open, overdue at `now`, due soon."""

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 from gateway.case import Case, Decision, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation, StoreUnavailable
+from gateway.sla import Sla, Stage, province
 from gateway.store import (
     AcceptOutcome,
+    CaseQuery,
     CaseView,
     ClaimedDelivery,
     Decide,
@@ -31,7 +33,10 @@ from gateway.store import (
     MakeReceipt,
     MessageView,
     SettlementLine,
+    StageCount,
+    StageRecord,
 )
+from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
 T = TypeVar("T")
@@ -43,7 +48,6 @@ DEAD_LETTER = tracking_pb2.DELIVERY_STATE_DEAD_LETTER
 HELD = tracking_pb2.DELIVERY_STATE_HELD
 CANCELLED = tracking_pb2.DELIVERY_STATE_CANCELLED
 
-# Versioned schema: each entry upgrades from the version before it. Never edit a released entry.
 # Versioned schema: each entry upgrades from the version before it. Never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -113,15 +117,35 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_held ON deliveries (accepted_at) WHERE state = {HELD};
     CREATE INDEX cases_idle ON cases (state, updated_at) WHERE closed = 0;
     """,
+    """
+    -- Time-limited stages of each case (gateway.sla): started, due and finished.
+    CREATE TABLE case_stages (
+        transfer_id       TEXT NOT NULL REFERENCES cases (transfer_id),
+        stage             TEXT NOT NULL,
+        outbound_province TEXT NOT NULL,
+        inbound_province  TEXT NOT NULL,
+        started_at        INTEGER NOT NULL,
+        deadline          INTEGER NOT NULL,
+        finished_at       INTEGER,
+        PRIMARY KEY (transfer_id, stage)
+    );
+    CREATE INDEX case_stages_open ON case_stages (deadline) WHERE finished_at IS NULL;
+    CREATE INDEX cases_by_opening ON cases (opened_at, transfer_id);
+    """,
 )
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def _us(t: dt.datetime) -> int:
-    return int(t.timestamp() * 1_000_000)
+    """Microseconds since the epoch, exactly (no float rounding: page tokens compare them)."""
+    return (t - _EPOCH) // _MICROSECOND
 
 
 def _time(us: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC)
+    return _EPOCH + us * _MICROSECOND
 
 
 def _opt_time(us: int | None) -> dt.datetime | None:
@@ -144,9 +168,10 @@ class _Job:
 class SQLiteStore:
     """The `Store` port on one SQLite file. One process at a time may open a file."""
 
-    def __init__(self, config: SQLiteConfig, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, config: SQLiteConfig, clock: Callable[[], dt.datetime], sla: Sla | None = None) -> None:
         self._config = config
         self._clock = clock
+        self._sla = sla or Sla(WorkingCalendar())
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,6 +304,7 @@ class SQLiteStore:
         after = decision.case
         now = self._clock()
         now_us = _us(now)
+        stages = self._sla.changes(before, after, now)
         sequence = conn.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM messages").fetchone()[0]
         receipt = make_receipt(sequence, now)
         row = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
@@ -305,6 +331,19 @@ class SQLiteStore:
              now_us, m.fingerprint, m.ack_status, m.signed_message, receipt),
         )
         self._apply_effects(conn, m, decision, now_us)
+        conn.executemany(
+            "INSERT INTO case_stages (transfer_id, stage, outbound_province, inbound_province, started_at, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(after.transfer_id, str(s.stage), province(after.outbound), province(after.inbound), now_us,
+              _us(s.deadline)) for s in stages.started],
+        )
+        finished: list[StageRecord] = []
+        for stage in stages.finished:
+            started_at, deadline = conn.execute(
+                "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
+                " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)),
+            ).fetchone()
+            finished.append(StageRecord(stage, _time(started_at), _time(deadline), now))
         state = HELD if decision.hold_delivery else PENDING
         conn.executemany(
             "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at,"
@@ -312,7 +351,8 @@ class SQLiteStore:
             [(m.message_id, agency, platform, m.transfer_id, sequence, now_us, state, now_us)
              for platform, agency in m.deliveries],
         )
-        return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False)
+        return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
+                             inbound=after.inbound, finished_stages=tuple(finished))
 
     @staticmethod
     def _apply_effects(conn: sqlite3.Connection, m: IncomingMessage, decision: Decision, now_us: int) -> None:
@@ -413,7 +453,65 @@ class SQLiteStore:
                 )
                 for r in rows
             ]
-            return CaseView(case=case, opened_at=_time(opened), updated_at=_time(updated), messages=views)
+            return CaseView(case=case, opened_at=_time(opened), updated_at=_time(updated), messages=views,
+                            stages=_load_stages(conn, transfer_id))
+
+        return await self._submit(read)
+
+    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
+        where: list[str] = ["1 = 1"]
+        args: list[object] = []
+        if query.agencies is not None:
+            marks = ", ".join("?" * len(query.agencies))
+            where.append(f"(outbound IN ({marks}) OR inbound IN ({marks}))")
+            args += [*sorted(query.agencies), *sorted(query.agencies)]
+        if query.states:
+            where.append(f"state IN ({', '.join('?' * len(query.states))})")
+            args += sorted(query.states)
+        if query.outbound_province:
+            where.append("substr(outbound, 1, 2) = ?")
+            args.append(query.outbound_province)
+        if query.inbound_province:
+            where.append("substr(inbound, 1, 2) = ?")
+            args.append(query.inbound_province)
+        if query.opened_from is not None:
+            where.append("opened_at >= ?")
+            args.append(_us(query.opened_from))
+        if query.opened_before is not None:
+            where.append("opened_at < ?")
+            args.append(_us(query.opened_before))
+        if query.deadline_between is not None:
+            where.append("EXISTS (SELECT 1 FROM case_stages s WHERE s.transfer_id = cases.transfer_id"
+                         " AND s.finished_at IS NULL AND s.deadline > ? AND s.deadline <= ?)")
+            args += [_us(query.deadline_between[0]), _us(query.deadline_between[1])]
+        if query.after is not None:
+            where.append("(opened_at, transfer_id) > (?, ?)")
+            args += [_us(query.after[0]), query.after[1]]
+        sql = (f"SELECT transfer_id, opened_at, updated_at FROM cases WHERE {' AND '.join(where)}"
+               " ORDER BY opened_at, transfer_id LIMIT ?")
+
+        def read(conn: sqlite3.Connection) -> list[CaseView]:
+            views = []
+            for transfer_id, opened, updated in conn.execute(sql, (*args, query.limit)).fetchall():
+                case = _load_case(conn, transfer_id)
+                assert case is not None
+                views.append(CaseView(case=case, opened_at=_time(opened), updated_at=_time(updated), messages=(),
+                                      stages=_load_stages(conn, transfer_id)))
+            return views
+
+        return await self._submit(read)
+
+    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
+        def read(conn: sqlite3.Connection) -> list[StageCount]:
+            return [
+                StageCount(Stage(r[0]), r[1], r[2], r[3], r[4], r[5])
+                for r in conn.execute(
+                    "SELECT stage, outbound_province, inbound_province, COUNT(*), SUM(deadline <= ?),"
+                    " SUM(deadline > ? AND deadline <= ?) FROM case_stages WHERE finished_at IS NULL"
+                    " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                    (_us(now), _us(now), _us(due_soon_before)),
+                )
+            ]
 
         return await self._submit(read)
 
@@ -531,6 +629,15 @@ def _load_case(conn: sqlite3.Connection, transfer_id: str) -> Case | None:
         insurance_type=row[4], inbound_insurance_type=row[5], person_key=row[6], suspension_date=row[7],
         enrollment_date=row[8], balance_fen=row[9], fund_message_id=row[10], messages=refs,
     )
+
+
+def _load_stages(conn: sqlite3.Connection, transfer_id: str) -> list[StageRecord]:
+    return [
+        StageRecord(Stage(r[0]), _time(r[1]), _time(r[2]), _opt_time(r[3]))
+        for r in conn.execute(
+            "SELECT stage, started_at, deadline, finished_at FROM case_stages WHERE transfer_id = ?"
+            " ORDER BY started_at, rowid", (transfer_id,))
+    ]
 
 
 def _side_of(kind: int, sender: str, outbound: str) -> Side:

@@ -131,6 +131,210 @@ DELIVERY_STATE_CANCELLED: DeliveryState.ValueType  # 6
 """已取消 never delivered: the reviewer rejected it"""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
+class _Stage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAGE_UNSPECIFIED: _Stage.ValueType  # 0
+    STAGE_OUTBOUND: _Stage.ValueType  # 1
+    """转出 opening → table sent (and funds sent when due); 10 working days"""
+    STAGE_REVIEW: _Stage.ValueType  # 2
+    """复核 a held fund transfer → the reviewer's decision; 1 working day"""
+    STAGE_INBOUND: _Stage.ValueType  # 3
+    """转入 table accepted by the gateway → transfer-in completed; 5 working days"""
+    STAGE_TOTAL: _Stage.ValueType  # 4
+    """全程 opening → case closed; 15 working days"""
+
+class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
+    """时限环节 a stage of a case with a legal time limit (in working days, configuration)."""
+
+STAGE_UNSPECIFIED: Stage.ValueType  # 0
+STAGE_OUTBOUND: Stage.ValueType  # 1
+"""转出 opening → table sent (and funds sent when due); 10 working days"""
+STAGE_REVIEW: Stage.ValueType  # 2
+"""复核 a held fund transfer → the reviewer's decision; 1 working day"""
+STAGE_INBOUND: Stage.ValueType  # 3
+"""转入 table accepted by the gateway → transfer-in completed; 5 working days"""
+STAGE_TOTAL: Stage.ValueType  # 4
+"""全程 opening → case closed; 15 working days"""
+Global___Stage: _TypeAlias = Stage  # noqa: Y015
+
+class _Timeliness:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TimelinessEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Timeliness.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIMELINESS_UNSPECIFIED: _Timeliness.ValueType  # 0
+    TIMELINESS_ON_TIME: _Timeliness.ValueType  # 1
+    """正常 unfinished with more than one working day left, or finished in time"""
+    TIMELINESS_DUE_SOON: _Timeliness.ValueType  # 2
+    """即将到期 unfinished; its last day is today or the next working day"""
+    TIMELINESS_OVERDUE: _Timeliness.ValueType  # 3
+    """已超期 unfinished past its deadline"""
+    TIMELINESS_LATE: _Timeliness.ValueType  # 4
+    """超期办结 finished after its deadline"""
+
+class Timeliness(_Timeliness, metaclass=_TimelinessEnumTypeWrapper):
+    """时效 how a stage stands against its deadline."""
+
+TIMELINESS_UNSPECIFIED: Timeliness.ValueType  # 0
+TIMELINESS_ON_TIME: Timeliness.ValueType  # 1
+"""正常 unfinished with more than one working day left, or finished in time"""
+TIMELINESS_DUE_SOON: Timeliness.ValueType  # 2
+"""即将到期 unfinished; its last day is today or the next working day"""
+TIMELINESS_OVERDUE: Timeliness.ValueType  # 3
+"""已超期 unfinished past its deadline"""
+TIMELINESS_LATE: Timeliness.ValueType  # 4
+"""超期办结 finished after its deadline"""
+Global___Timeliness: _TypeAlias = Timeliness  # noqa: Y015
+
+@_typing.final
+class StageProgress(_message.Message):
+    """One stage of a case. Counting (see README "Deadlines"): day one is the first working day after
+    the start (Asia/Shanghai); the deadline is 24:00 of the last working day.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    LAST_DAY_FIELD_NUMBER: _builtins.int
+    WORKING_DAYS_LIMIT_FIELD_NUMBER: _builtins.int
+    WORKING_DAYS_USED_FIELD_NUMBER: _builtins.int
+    WORKING_DAYS_ELAPSED_FIELD_NUMBER: _builtins.int
+    TIMELINESS_FIELD_NUMBER: _builtins.int
+    stage: Global___Stage.ValueType
+    working_days_limit: _builtins.int
+    """时限（工作日）"""
+    working_days_used: _builtins.int
+    """已用工作日 working days of the limit used so far"""
+    working_days_elapsed: _builtins.float
+    """实际用时（工作日）working hours taken, in days"""
+    timeliness: Global___Timeliness.ValueType
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """开始时间"""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """办理时限 first instant after the last day"""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """完成时间, unset while unfinished"""
+
+    @_builtins.property
+    def last_day(self) -> _types_pb2.Date:
+        """最后办理日 the last working day allowed"""
+
+    def __init__(
+        self,
+        *,
+        stage: Global___Stage.ValueType = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        last_day: _types_pb2.Date | None = ...,
+        working_days_limit: _builtins.int = ...,
+        working_days_used: _builtins.int = ...,
+        working_days_elapsed: _builtins.float = ...,
+        timeliness: Global___Timeliness.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "last_day", b"last_day", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "last_day", b"last_day", "stage", b"stage", "started_at", b"started_at", "timeliness", b"timeliness", "working_days_elapsed", b"working_days_elapsed", "working_days_limit", b"working_days_limit", "working_days_used", b"working_days_used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageProgress: _TypeAlias = StageProgress  # noqa: Y015
+
+@_typing.final
+class ListCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    DUE_SOON_FIELD_NUMBER: _builtins.int
+    OUTBOUND_PROVINCE_FIELD_NUMBER: _builtins.int
+    INBOUND_PROVINCE_FIELD_NUMBER: _builtins.int
+    OPENED_FROM_FIELD_NUMBER: _builtins.int
+    OPENED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    overdue: _builtins.bool
+    """only cases with an overdue stage"""
+    due_soon: _builtins.bool
+    """only cases with a stage due soon"""
+    outbound_province: _builtins.str
+    """2-digit province code of the outbound agency"""
+    inbound_province: _builtins.str
+    """2-digit province code of the inbound agency"""
+    page_size: _builtins.int
+    """at most 500; 0 means 100"""
+    page_token: _builtins.str
+    """next_page_token of the previous page"""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___CaseState.ValueType]:
+        """any of these states (empty: all)"""
+
+    @_builtins.property
+    def opened_from(self) -> _timestamp_pb2.Timestamp:
+        """opened at or after"""
+
+    @_builtins.property
+    def opened_before(self) -> _timestamp_pb2.Timestamp:
+        """opened before"""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___CaseState.ValueType] | None = ...,
+        overdue: _builtins.bool = ...,
+        due_soon: _builtins.bool = ...,
+        outbound_province: _builtins.str = ...,
+        inbound_province: _builtins.str = ...,
+        opened_from: _timestamp_pb2.Timestamp | None = ...,
+        opened_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_before", b"opened_before", "opened_from", b"opened_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_soon", b"due_soon", "inbound_province", b"inbound_province", "opened_before", b"opened_before", "opened_from", b"opened_from", "outbound_province", b"outbound_province", "overdue", b"overdue", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCasesRequest: _TypeAlias = ListCasesRequest  # noqa: Y015
+
+@_typing.final
+class ListCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Case]: ...
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___Case] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCasesResponse: _TypeAlias = ListCasesResponse  # noqa: Y015
+
 @_typing.final
 class GetCaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -278,6 +482,7 @@ class Case(_message.Message):
     APPLICANT_FIELD_NUMBER: _builtins.int
     INBOUND_INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
     CONTINUITY_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     state: Global___CaseState.ValueType
     outbound: _builtins.str
@@ -308,6 +513,10 @@ class Case(_message.Message):
     def continuity(self) -> Global___Continuity:
         """待遇衔接, once the inbound side accepted"""
 
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageProgress]:
+        """时限 each stage started so far, with its deadline"""
+
     def __init__(
         self,
         *,
@@ -323,10 +532,11 @@ class Case(_message.Message):
         applicant: _builtins.str = ...,
         inbound_insurance_type: _types_pb2.InsuranceType.ValueType = ...,
         continuity: Global___Continuity | None = ...,
+        stages: _abc.Iterable[Global___StageProgress] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["continuity", b"continuity", "opened_at", b"opened_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "applicant", b"applicant", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "applicant", b"applicant", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "stages", b"stages", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

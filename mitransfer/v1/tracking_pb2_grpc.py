@@ -39,6 +39,11 @@ class TrackingStub:
                 request_serializer=mitransfer_dot_v1_dot_tracking__pb2.GetCaseRequest.SerializeToString,
                 response_deserializer=mitransfer_dot_v1_dot_tracking__pb2.Case.FromString,
                 _registered_method=True)
+        self.ListCases = channel.unary_unary(
+                '/mitransfer.v1.Tracking/ListCases',
+                request_serializer=mitransfer_dot_v1_dot_tracking__pb2.ListCasesRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_tracking__pb2.ListCasesResponse.FromString,
+                _registered_method=True)
 
 
 class TrackingServicer:
@@ -46,7 +51,17 @@ class TrackingServicer:
 
     def GetCase(self, request, context):
         """One case. A platform sees the cases in which one of its agencies is a side
-        (PERMISSION_DENIED otherwise); NOT_FOUND if the gateway has no such case.
+        (PERMISSION_DENIED otherwise); an operator certificate sees every case.
+        NOT_FOUND if the gateway has no such case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCases(self, request, context):
+        """Cases matching every filter given, oldest opened first, a page at a time. A platform sees
+        only the cases of its own agencies; an operator sees all. Cases come without their messages
+        (GetCase has them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +74,11 @@ def add_TrackingServicer_to_server(servicer, server):
                     servicer.GetCase,
                     request_deserializer=mitransfer_dot_v1_dot_tracking__pb2.GetCaseRequest.FromString,
                     response_serializer=mitransfer_dot_v1_dot_tracking__pb2.Case.SerializeToString,
+            ),
+            'ListCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCases,
+                    request_deserializer=mitransfer_dot_v1_dot_tracking__pb2.ListCasesRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_tracking__pb2.ListCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,33 @@ class Tracking:
             '/mitransfer.v1.Tracking/GetCase',
             mitransfer_dot_v1_dot_tracking__pb2.GetCaseRequest.SerializeToString,
             mitransfer_dot_v1_dot_tracking__pb2.Case.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Tracking/ListCases',
+            mitransfer_dot_v1_dot_tracking__pb2.ListCasesRequest.SerializeToString,
+            mitransfer_dot_v1_dot_tracking__pb2.ListCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

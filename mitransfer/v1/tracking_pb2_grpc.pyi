@@ -33,7 +33,13 @@ class TrackingStub:
     def __new__(cls, channel: _aio.Channel) -> TrackingAsyncStub: ...
     GetCase: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.GetCaseRequest, _tracking_pb2.Case]
     """One case. A platform sees the cases in which one of its agencies is a side
-    (PERMISSION_DENIED otherwise); NOT_FOUND if the gateway has no such case.
+    (PERMISSION_DENIED otherwise); an operator certificate sees every case.
+    NOT_FOUND if the gateway has no such case.
+    """
+    ListCases: _grpc.UnaryUnaryMultiCallable[_tracking_pb2.ListCasesRequest, _tracking_pb2.ListCasesResponse]
+    """Cases matching every filter given, oldest opened first, a page at a time. A platform sees
+    only the cases of its own agencies; an operator sees all. Cases come without their messages
+    (GetCase has them).
     """
 
 @_typing.type_check_only
@@ -41,7 +47,13 @@ class TrackingAsyncStub(TrackingStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCase: _aio.UnaryUnaryMultiCallable[_tracking_pb2.GetCaseRequest, _tracking_pb2.Case]  # type: ignore[assignment]
     """One case. A platform sees the cases in which one of its agencies is a side
-    (PERMISSION_DENIED otherwise); NOT_FOUND if the gateway has no such case.
+    (PERMISSION_DENIED otherwise); an operator certificate sees every case.
+    NOT_FOUND if the gateway has no such case.
+    """
+    ListCases: _aio.UnaryUnaryMultiCallable[_tracking_pb2.ListCasesRequest, _tracking_pb2.ListCasesResponse]  # type: ignore[assignment]
+    """Cases matching every filter given, oldest opened first, a page at a time. A platform sees
+    only the cases of its own agencies; an operator sees all. Cases come without their messages
+    (GetCase has them).
     """
 
 class TrackingServicer(metaclass=_abc_1.ABCMeta):
@@ -52,7 +64,19 @@ class TrackingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tracking_pb2.Case, _abc.Awaitable[_tracking_pb2.Case]]:
         """One case. A platform sees the cases in which one of its agencies is a side
-        (PERMISSION_DENIED otherwise); NOT_FOUND if the gateway has no such case.
+        (PERMISSION_DENIED otherwise); an operator certificate sees every case.
+        NOT_FOUND if the gateway has no such case.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCases(
+        self,
+        request: _tracking_pb2.ListCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tracking_pb2.ListCasesResponse, _abc.Awaitable[_tracking_pb2.ListCasesResponse]]:
+        """Cases matching every filter given, oldest opened first, a page at a time. A platform sees
+        only the cases of its own agencies; an operator sees all. Cases come without their messages
+        (GetCase has them).
         """
 
 def add_TrackingServicer_to_server(servicer: TrackingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,77 @@
+"""The periodic reading of the store into gauges: delivery backlog, cases per stage against their
+deadlines, funds, and whether the working-day calendar is official or a fallback.
+
+Stage gauges are kept current by this sweep, not only when messages arrive, so a case that
+silently passes its deadline shows as overdue within one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+from gateway.metrics import Metrics
+from gateway.sla import Sla
+from gateway.store import Store
+from gateway.workdays import DaySource, local_date
+
+log = logging.getLogger("gateway.monitor")
+
+# How far ahead the calendar must be known: the longest limit (15 working days) with holidays.
+CALENDAR_HORIZON: Final = dt.timedelta(days=60)
+_ALL_TIME: Final = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 1, 1, tzinfo=dt.UTC))
+
+
+class Monitor:
+    def __init__(
+        self, *, store: Store, metrics: Metrics, sla: Sla, platforms: Sequence[str],
+        clock: Callable[[], dt.datetime], on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._sla = sla
+        self._platforms = list(platforms)
+        self._clock = clock
+        self._on_calendar = on_calendar
+        self._reported_unknown: list[int] | None = None
+
+    def calendar_gaps(self, now: dt.datetime) -> list[int]:
+        """Years from today to the horizon that only the Monday–Friday fallback can answer."""
+        first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
+        return self._sla.calendar.unknown_years(range(first, last + 1))
+
+    async def refresh_once(self) -> None:
+        now = self._clock()
+        self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), self._platforms)
+        self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
+        self._metrics.observe_funds(await self._store.settlement(*_ALL_TIME))
+        await self._check_calendar(now)
+
+    async def _check_calendar(self, now: dt.datetime) -> None:
+        unknown = self.calendar_gaps(now)
+        first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
+        calendar = self._sla.calendar
+        for year in {*range(first, last + 1), *calendar.fallback_years}:
+            self._metrics.calendar_fallback.labels(str(year)).set(
+                1 if calendar.source(year) is DaySource.FALLBACK else 0)
+        if unknown != self._reported_unknown:
+            if unknown:
+                log.warning("working-day calendar unknown; counting Monday to Friday without holidays",
+                            extra={"fields": {"years": unknown,
+                                              "fix": "load the State Council notice as [sla] calendar_file"}})
+            elif self._reported_unknown:
+                log.info("working-day calendar known again", extra={"fields": {"years": []}})
+            self._reported_unknown = unknown
+            if self._on_calendar is not None:
+                await self._on_calendar(unknown)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh_once()
+            except Exception:
+                log.exception("monitor reading failed")
+            await asyncio.sleep(interval)
