@@ -161,6 +161,10 @@ class PlatformClient:
         request = tracking_pb2.GetCaseRequest(transfer_id=transfer_id)
         return await self._call("GetCase", lambda timeout: self._tracking.GetCase(request, timeout=timeout))
 
+    async def list_cases(self, request: tracking_pb2.ListCasesRequest) -> tracking_pb2.ListCasesResponse:
+        """One page of the cases of this platform's agencies that match `request`'s filters."""
+        return await self._call("ListCases", lambda timeout: self._tracking.ListCases(request, timeout=timeout))
+
     async def ack(self, message_id: str) -> None:
         """Tell the gateway a delivery is durably handled (idempotent, so retried freely)."""
         request = exchange_pb2.AckDeliveryRequest(message_id=message_id)
