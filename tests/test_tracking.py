@@ -3,7 +3,9 @@ filters, pages and visibility, and the SLA gauges the monitor keeps current betw
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -184,3 +186,25 @@ async def test_completed_cases_are_counted_on_time_with_their_durations(setup: S
     assert credited > 0
     assert setup.gauge("transfer_gateway_cases_open", stage="total", outbound_province="32",
                        inbound_province="33") == 0
+
+
+async def track(setup: Setup, *args: str) -> str:
+    """Run the reference CLI in its own process against the live gateway."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.track", "--platform", "jiangsu", "--gateway", setup.address,
+        "--certs", str(setup.pki.root), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_the_track_cli_prints_a_timeline_and_a_list(setup: Setup) -> None:
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=builders.RESIDENT, seed=60)
+    await send_case(setup.jiangsu, plan)
+    timeline = await track(setup, plan.route.transfer_id)
+    assert plan.route.transfer_id in timeline and "信息表已发送" in timeline
+    assert "转入 inbound" in timeline and "information_table" in timeline and "outbound_notice" in timeline
+    assert plan.person.name not in timeline and plan.person.certificate_number not in timeline
+    setup.clock.offset = dt.timedelta(days=40)
+    listing = await track(setup, "--list", "--overdue")
+    assert plan.route.transfer_id in listing and "OVERDUE" in listing
