@@ -54,7 +54,7 @@ def _when(ts: Timestamp, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return ts.ToDatetime(dt.UTC).astimezone(BEIJING).strftime(fmt) if ts.seconds or ts.nanos else "—"
 
 
-def _state(state: int) -> str:
+def _state(state: tracking_pb2.CaseState.ValueType) -> str:
     return f"{STATE_LABELS.get(state, '?')} ({tracking_pb2.CaseState.Name(state).removeprefix('CASE_STATE_')})"
 
 
@@ -99,7 +99,8 @@ def render_list(cases: Sequence[tracking_pb2.Case]) -> str:
     lines = []
     for c in cases:
         # Running stages only: on time < due soon < overdue.
-        worst = max((s.timeliness for s in c.stages if not s.HasField("finished_at")), default=0)
+        worst = max((s.timeliness for s in c.stages if not s.HasField("finished_at")),
+                    default=tracking_pb2.TIMELINESS_UNSPECIFIED)
         lines.append(f"{c.transfer_id}  {c.outbound} → {c.inbound}  {_when(c.opened_at, '%Y-%m-%d')}  "
                      f"{_state(c.state):<28} {TIMELINESS_LABELS.get(worst, '')}")
     return "\n".join(lines) if lines else "(no cases)"
