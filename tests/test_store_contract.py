@@ -16,8 +16,10 @@ import pytest
 
 from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
-from gateway.store import IncomingMessage, Store
+from gateway.sla import Sla, Stage
+from gateway.store import CaseQuery, IncomingMessage, Store
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
@@ -309,3 +311,58 @@ async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tupl
     with pytest.raises(RuleViolation):  # the partial unique index refuses a second open case
         await store.accept(second, look, receipt_for(second))
     assert seen == [first.transfer_id, None]
+
+
+async def test_stages_start_and_finish_with_the_case(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    view = await store.get_case(m.transfer_id)
+    assert view is not None
+    calendar = Sla(WorkingCalendar()).calendar
+    assert {s.stage: (s.started_at, s.deadline, s.finished_at) for s in view.stages} == {
+        Stage.OUTBOUND: (T0, calendar.deadline(T0, 10), None), Stage.TOTAL: (T0, calendar.deadline(T0, 15), None)}
+    clock.advance(3600)
+    table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+
+    def sent(case: Case | None, _index: CaseIndex) -> Decision:
+        assert case is not None
+        return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+    outcome = await store.accept(table, sent, receipt_for(table))
+    later = T0 + dt.timedelta(hours=1)
+    assert [(s.stage, s.started_at, s.finished_at) for s in outcome.finished_stages] == [(Stage.OUTBOUND, T0, later)]
+    assert (outcome.outbound, outcome.inbound) == ("320100", "330100")
+    view = await store.get_case(m.transfer_id)
+    assert view is not None
+    assert [(s.stage, s.finished_at) for s in view.stages] == [
+        (Stage.OUTBOUND, later), (Stage.TOTAL, None), (Stage.INBOUND, None)]
+    replayed = await store.accept(table, sent, receipt_for(table))
+    assert replayed.replayed and replayed.finished_stages == ()
+
+
+async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    early = [await open_case(store) for _ in range(3)]
+    clock.advance(20 * 86400)  # past the outbound limit of the first three
+    late = incoming(str(uuid.uuid4()), sender="320500", receiver="340100", receiver_platform="anhui")
+    await store.accept(late, opening(late), receipt_for(late))
+    now = clock.now
+    counts = {(c.stage, c.outbound_province, c.inbound_province): (c.open, c.overdue, c.due_soon)
+              for c in await store.stage_counts(now, now + dt.timedelta(days=1))}
+    assert counts[(Stage.OUTBOUND, "32", "33")] == (3, 3, 0)
+    assert counts[(Stage.OUTBOUND, "32", "34")] == (1, 0, 0)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    overdue = await store.list_cases(CaseQuery(deadline_between=(epoch, now)))
+    assert {v.case.transfer_id for v in overdue} == {m.transfer_id for m in early}
+    assert all(v.stages and not v.messages for v in overdue)
+    everything = [v.case.transfer_id for v in await store.list_cases(CaseQuery())]
+    assert everything[-1] == late.transfer_id and len(everything) == 4
+    first_page = await store.list_cases(CaseQuery(limit=2))
+    rest = await store.list_cases(CaseQuery(after=(first_page[-1].opened_at, first_page[-1].case.transfer_id)))
+    assert [v.case.transfer_id for v in first_page + rest] == everything
+    assert [v.case.transfer_id for v in await store.list_cases(CaseQuery(agencies=frozenset({"340100"})))] == [
+        late.transfer_id]
+    assert [v.case.transfer_id for v in await store.list_cases(CaseQuery(inbound_province="34"))] == [
+        late.transfer_id]
+    assert len(await store.list_cases(CaseQuery(opened_before=T0 + dt.timedelta(days=1)))) == 3
+    assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
