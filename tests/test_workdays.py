@@ -117,3 +117,13 @@ def test_a_deadline_is_a_local_midnight_after_the_start(day: dt.date, hour: int,
     assert deadline > started and deadline.astimezone(CHINA).time() == dt.time()
     assert cal.is_working_day(deadline.astimezone(CHINA).date() - dt.timedelta(days=1))
     assert 0.0 <= cal.elapsed(started, deadline) <= n + 1
+
+
+def test_the_shipped_example_is_the_2026_notice_day_for_day() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "calendar" / "example.toml"
+    overridden, official = WorkingCalendar.load(example), WorkingCalendar()
+    assert overridden.source(2026) is DaySource.OVERRIDE
+    day = dt.date(2026, 1, 1)
+    while day.year == 2026:
+        assert overridden.is_working_day(day) == official.is_working_day(day), day
+        day += dt.timedelta(days=1)
