@@ -8,22 +8,24 @@ import datetime as dt
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import builders
 from clients.errors import GatewayRejected
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import CasePlan, run_cases, send_case
+from gateway.config import SlaConfig
 from gateway.pki import DevPaths
-from gateway.server import GatewayServer
+from gateway.server import CALENDAR_HEALTH, GatewayServer
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc
 from tests.conftest import test_config as gateway_config
-from tests.support import failure, operator_channel
+from tests.support import failure, operator_channel, secure_channel
 
 S = tracking_pb2
 
@@ -208,3 +210,37 @@ async def test_the_track_cli_prints_a_timeline_and_a_list(setup: Setup) -> None:
     setup.clock.offset = dt.timedelta(days=40)
     listing = await track(setup, "--list", "--overdue")
     assert plan.route.transfer_id in listing and "OVERDUE" in listing
+
+
+class FixedClock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+async def calendar_health(pki: DevPaths, tmp_path: Path, calendar_file: Path | None) -> tuple[int, float]:
+    """Start a gateway in late 2099 (a year no package knows); return the calendar's health and
+    the fallback gauge for 2100."""
+    config = gateway_config(pki, tmp_path / f"{calendar_file is not None}.db")
+    config = replace(config, sla=SlaConfig(calendar_file=calendar_file))
+    server = GatewayServer(config, clock=FixedClock(dt.datetime(2099, 12, 20, 2, tzinfo=dt.UTC)))
+    await server.start()
+    try:
+        async with secure_channel(pki, "jiangsu", server.port) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=CALENDAR_HEALTH), timeout=5)
+            overall = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING  # the gateway keeps serving
+        return reply.status, server.prometheus.get_sample_value(
+            "transfer_gateway_calendar_fallback", {"year": "2100"}) or 0.0
+    finally:
+        await server.stop(grace=0.5)
+
+
+async def test_calendar_health_says_when_deadlines_fall_back(pki: DevPaths, tmp_path: Path) -> None:
+    assert await calendar_health(pki, tmp_path, None) == (health_pb2.HealthCheckResponse.NOT_SERVING, 1.0)
+    notice = tmp_path / "calendar.toml"
+    notice.write_text('[2099]\nholidays = ["2099-12-31"]\n[2100]\nholidays = ["2100-01-01"]\n', encoding="utf-8")
+    assert await calendar_health(pki, tmp_path, notice) == (health_pb2.HealthCheckResponse.SERVING, 0.0)
