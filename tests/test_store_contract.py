@@ -300,17 +300,17 @@ async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tupl
     store, _ = store_and_clock
     first = incoming(str(uuid.uuid4()))
     await store.accept(first, lambda case, _i: Decision(opened(first, person=b"same-person")), receipt_for(first))
-    seen: list[str | None] = []
+    seen: dict[str, str | None] = {}  # decide is pure: a store may run it more than once
     second = incoming(str(uuid.uuid4()), body=b"second")
 
     def look(case: Case | None, index: CaseIndex) -> Decision:
-        seen.append(index.open_case_for(b"same-person", "320100"))
-        seen.append(index.open_case_for(b"same-person", "320500"))
+        seen["320100"] = index.open_case_for(b"same-person", "320100")
+        seen["320500"] = index.open_case_for(b"same-person", "320500")
         return Decision(opened(second, person=b"same-person"))
 
     with pytest.raises(RuleViolation):  # the partial unique index refuses a second open case
         await store.accept(second, look, receipt_for(second))
-    assert seen == [first.transfer_id, None]
+    assert seen == {"320100": first.transfer_id, "320500": None}
 
 
 async def test_stages_start_and_finish_with_the_case(store_and_clock: tuple[Store, Clock]) -> None:

@@ -1,0 +1,422 @@
+"""The store's logic in SQL, once for every engine (sans-I/O).
+
+Each operation is a generator that yields `Query` objects and receives their results; an
+engine's driver runs it inside one transaction (SQLite: `sqlite.py`, on its writer thread;
+PostgreSQL: `postgres.py`, on an async connection). Queries use `?` placeholders and portable
+SQL; what differs between engines is a `Query.kind` the driver interprets (locking a case,
+waking other replicas) and the dialect's schema.
+
+Times are stored as integer microseconds since the epoch, converted exactly (page tokens and
+deadlines compare them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from gateway.case import Case, Decision, MessageRef, Side
+from gateway.errors import IdempotencyConflict, NotFound
+from gateway.sla import Sla, Stage, province
+from gateway.store import (
+    AcceptOutcome,
+    CaseQuery,
+    CaseView,
+    ClaimedDelivery,
+    Decide,
+    DeliveryStats,
+    HeldTransfer,
+    IncomingMessage,
+    MakeReceipt,
+    MessageView,
+    SettlementLine,
+    StageCount,
+    StageRecord,
+)
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+
+PENDING = tracking_pb2.DELIVERY_STATE_PENDING
+IN_FLIGHT = tracking_pb2.DELIVERY_STATE_IN_FLIGHT
+ACKNOWLEDGED = tracking_pb2.DELIVERY_STATE_ACKNOWLEDGED
+DEAD_LETTER = tracking_pb2.DELIVERY_STATE_DEAD_LETTER
+HELD = tracking_pb2.DELIVERY_STATE_HELD
+CANCELLED = tracking_pb2.DELIVERY_STATE_CANCELLED
+
+T = TypeVar("T")
+
+
+class Fetch(Enum):
+    ONE = "one"            # the first row, or None
+    ALL = "all"            # every row
+    ROWCOUNT = "rowcount"  # rows changed
+    MANY = "many"          # executemany over `params` (a list of tuples); nothing back
+    LOCK_CASE = "lock"     # serialize writers of one case (params: transfer_id); None back
+    WAKE = "wake"          # tell other processes a platform may have deliveries (params: platform)
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    params: Sequence[Any] = ()
+    fetch: Fetch = Fetch.ALL
+
+
+Steps = Generator[Query, Any, T]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def us(t: dt.datetime) -> int:
+    """Microseconds since the epoch, exactly (no float rounding)."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def time_of(value: int) -> dt.datetime:
+    return _EPOCH + value * _MICROSECOND
+
+
+def opt_time(value: int | None) -> dt.datetime | None:
+    return None if value is None else time_of(value)
+
+
+class _Ask(BaseException):
+    """Raised by the index inside `decide` for an answer not fetched yet (BaseException: the rules
+    must not catch it)."""
+
+    def __init__(self, key: tuple[bytes, str]) -> None:
+        self.key = key
+
+
+class _Index:
+    """The rules' view of other cases, answered from the transaction (see `_decide`)."""
+
+    def __init__(self, answers: dict[tuple[bytes, str], str | None]) -> None:
+        self._answers = answers
+
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        key = (person_key, outbound)
+        if key not in self._answers:
+            raise _Ask(key)
+        return self._answers[key]
+
+
+def _decide(decide: Decide, case: Case | None) -> Steps[Decision]:
+    """Run the (pure) decision; each question it asks the index is fetched and it runs again."""
+    answers: dict[tuple[bytes, str], str | None] = {}
+    while True:
+        try:
+            return decide(case, _Index(answers))
+        except _Ask as ask:
+            row = yield Query("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
+                              ask.key, Fetch.ONE)
+            answers[ask.key] = None if row is None else str(row[0])
+
+
+def load_case(transfer_id: str) -> Steps[Case | None]:
+    row = yield Query(
+        "SELECT state, outbound, inbound, applicant, insurance_type, inbound_insurance_type, person_key,"
+        " suspension_date, enrollment_date, balance_fen, fund_message_id FROM cases WHERE transfer_id = ?",
+        (transfer_id,), Fetch.ONE)
+    if row is None:
+        return None
+    outbound = row[1]
+    rows = yield Query("SELECT message_id, kind, sender FROM messages WHERE transfer_id = ?", (transfer_id,))
+    refs = {message_id: MessageRef(kind, _side_of(kind, sender, outbound)) for message_id, kind, sender in rows}
+    return Case(
+        transfer_id=transfer_id, state=row[0], outbound=outbound, inbound=row[2], applicant=row[3],
+        insurance_type=row[4], inbound_insurance_type=row[5], person_key=bytes(row[6]), suspension_date=row[7],
+        enrollment_date=row[8], balance_fen=row[9], fund_message_id=row[10], messages=refs,
+    )
+
+
+def _side_of(kind: int, sender: str, outbound: str) -> Side:
+    if kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION:
+        return Side.REVIEWER
+    if kind == envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
+        return Side.GATEWAY
+    return Side.OUTBOUND if sender == outbound else Side.INBOUND
+
+
+def load_stages(transfer_id: str) -> Steps[list[StageRecord]]:
+    rows = yield Query(
+        "SELECT stage, started_at, deadline, finished_at FROM case_stages WHERE transfer_id = ?"
+        " ORDER BY started_at, stage_order", (transfer_id,))
+    return [StageRecord(Stage(r[0]), time_of(r[1]), time_of(r[2]), opt_time(r[3])) for r in rows]
+
+
+def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, now: dt.datetime,
+           sla: Sla) -> Steps[AcceptOutcome]:
+    """Idempotency check, case decision, log append, effects, stages, deliveries, receipt."""
+    yield Query("", (m.transfer_id,), Fetch.LOCK_CASE)
+    known = yield Query("SELECT fingerprint, receipt, sequence FROM messages WHERE message_id = ?",
+                        (m.message_id,), Fetch.ONE)
+    if known is not None:
+        if bytes(known[0]) != m.fingerprint:
+            raise IdempotencyConflict(
+                f"message_id {m.message_id} was already used for a different message",
+                reason="MESSAGE_ID_REUSED", metadata={"message_id": m.message_id},
+            )
+        return AcceptOutcome(receipt=bytes(known[1]), sequence=known[2], replayed=True)
+    before = yield from load_case(m.transfer_id)
+    decision = yield from _decide(decide, before)
+    after = decision.case
+    now_us = us(now)
+    stages = sla.changes(before, after, now)
+    row = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
+           after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id, now_us)
+    if before is None:
+        yield Query(
+            "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
+            " enrollment_date, balance_fen, fund_message_id, updated_at, opened_at, transfer_id, outbound,"
+            " inbound, applicant, person_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key),
+            Fetch.ROWCOUNT)
+    else:
+        yield Query(
+            "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
+            " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, updated_at = ?"
+            " WHERE transfer_id = ?", (*row, after.transfer_id), Fetch.ROWCOUNT)
+    # The log's head, taken last: one counter row makes sequences gapless and in commit order
+    # across replicas, and holds its lock only for the rest of this transaction.
+    (sequence,) = yield Query("UPDATE log_head SET sequence = sequence + 1 RETURNING sequence", (), Fetch.ONE)
+    receipt = make_receipt(sequence, now)
+    yield Query(
+        "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
+        " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, us(m.created_at),
+         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt), Fetch.ROWCOUNT)
+    yield from _effects(m, decision, now_us)
+    yield Query(
+        "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
+        " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(after.transfer_id, str(s.stage), list(Stage).index(s.stage), province(after.outbound),
+          province(after.inbound), now_us, us(s.deadline)) for s in stages.started], Fetch.MANY)
+    finished: list[StageRecord] = []
+    for stage in stages.finished:
+        started_at, deadline = yield Query(
+            "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
+            " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)), Fetch.ONE)
+        finished.append(StageRecord(stage, time_of(started_at), time_of(deadline), now))
+    state = HELD if decision.hold_delivery else PENDING
+    yield Query(
+        "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
+        " attempts, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        [(m.message_id, agency, platform, m.transfer_id, sequence, now_us, state, now_us)
+         for platform, agency in m.deliveries], Fetch.MANY)
+    for platform in sorted({p for p, _ in m.deliveries}):
+        yield Query("", (platform,), Fetch.WAKE)
+    return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
+                         inbound=after.inbound, finished_stages=tuple(finished))
+
+
+def _effects(m: IncomingMessage, decision: Decision, now_us: int) -> Steps[None]:
+    if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
+        yield Query(
+            "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us),
+            Fetch.ROWCOUNT)
+    elif decision.fund_status is not None:
+        yield Query("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
+                    (str(decision.fund_status), now_us, m.transfer_id), Fetch.ROWCOUNT)
+    if decision.release_message is not None:
+        yield Query("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
+                    (PENDING, now_us, decision.release_message, HELD), Fetch.ROWCOUNT)
+    if decision.cancel_message is not None:
+        yield Query("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
+                    (CANCELLED, decision.cancel_message, HELD), Fetch.ROWCOUNT)
+
+
+def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
+                     max_attempts: int, now: dt.datetime, lock_rows: str) -> Steps[list[ClaimedDelivery]]:
+    """Lease the oldest open delivery of each case (order within a case holds across
+    redeliveries). `lock_rows` is the engine's row-locking clause (PostgreSQL: skip rows another
+    replica is claiming)."""
+    now_us = us(now)
+    where_agency = ""
+    params: list[Any] = [platform, now_us]
+    if agencies is not None:
+        where_agency = f" AND d.receiver IN ({','.join('?' * len(agencies))})"
+        params += sorted(agencies)
+    rows = yield Query(
+        f"""SELECT d.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
+            FROM deliveries d JOIN messages m ON m.message_id = d.message_id
+            WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?
+              {where_agency}
+              AND NOT EXISTS (
+                SELECT 1 FROM deliveries e
+                WHERE e.platform = d.platform AND e.transfer_id = d.transfer_id
+                  AND e.state IN ({PENDING}, {IN_FLIGHT}, {HELD}) AND e.sequence < d.sequence)
+            ORDER BY d.sequence LIMIT ?{lock_rows}""",
+        (*params, limit))
+    claimed = []
+    visible_at = us(now + lease)
+    for message_id, receiver, transfer_id, attempts, signed, receipt in rows:
+        key = (message_id, receiver)
+        if attempts >= max_attempts:
+            yield Query("UPDATE deliveries SET state = ? WHERE message_id = ? AND receiver = ?",
+                        (DEAD_LETTER, *key), Fetch.ROWCOUNT)
+            continue
+        yield Query(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
+            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE message_id = ? AND receiver = ?",
+            (IN_FLIGHT, visible_at, now_us, *key), Fetch.ROWCOUNT)
+        claimed.append(ClaimedDelivery(message_id, transfer_id, bytes(signed), bytes(receipt), attempts + 1))
+    return claimed
+
+
+def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None]:
+    updated = yield Query(
+        "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
+        " WHERE message_id = ? AND platform = ? AND state NOT IN (?, ?)",
+        (ACKNOWLEDGED, us(now), message_id, platform, HELD, CANCELLED), Fetch.ROWCOUNT)
+    if not updated:
+        raise NotFound(f"no delivery {message_id} for platform {platform}",
+                       reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
+    yield Query("", (platform,), Fetch.WAKE)  # the next message of that case may now go out
+
+
+def get_case(transfer_id: str) -> Steps[CaseView | None]:
+    case = yield from load_case(transfer_id)
+    if case is None:
+        return None
+    opened, updated = yield Query("SELECT opened_at, updated_at FROM cases WHERE transfer_id = ?",
+                                  (transfer_id,), Fetch.ONE)
+    rows = yield Query(
+        """SELECT m.message_id, m.kind, m.sender, m.receiver, m.sequence, m.created_at, m.accepted_at,
+                  m.ack_status, MIN(d.state), MIN(d.attempts), MIN(d.first_delivered_at), MAX(d.acknowledged_at)
+           FROM messages m JOIN deliveries d ON d.message_id = m.message_id
+           WHERE m.transfer_id = ?
+           GROUP BY m.sequence, m.message_id, m.kind, m.sender, m.receiver, m.created_at, m.accepted_at,
+                    m.ack_status
+           ORDER BY m.sequence""",
+        (transfer_id,))
+    views = [
+        MessageView(
+            message_id=r[0], kind=r[1], sender=r[2], receiver=r[3], sequence=r[4], created_at=time_of(r[5]),
+            accepted_at=time_of(r[6]), ack_status=r[7], delivery_state=r[8], delivery_attempts=r[9],
+            delivered_at=opt_time(r[10]), acknowledged_at=opt_time(r[11]),
+        )
+        for r in rows
+    ]
+    stages = yield from load_stages(transfer_id)
+    return CaseView(case=case, opened_at=time_of(opened), updated_at=time_of(updated), messages=views,
+                    stages=stages)
+
+
+def idle_case_ids(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[str]]:
+    rows = yield Query("SELECT transfer_id FROM cases WHERE state = ? AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                       (state, us(idle_since), limit))
+    return [str(r[0]) for r in rows]
+
+
+def receipt_of(message_id: str) -> Steps[bytes | None]:
+    row = yield Query("SELECT receipt FROM messages WHERE message_id = ?", (message_id,), Fetch.ONE)
+    return None if row is None else bytes(row[0])
+
+
+def held_transfers() -> Steps[list[HeldTransfer]]:
+    rows = yield Query(
+        "SELECT f.transfer_id, f.message_id, c.outbound, c.inbound, f.amount_fen, f.accepted_at"
+        " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
+        " WHERE f.status = 'held' ORDER BY f.accepted_at")
+    return [HeldTransfer(transfer_id=r[0], message_id=r[1], outbound=r[2], inbound=r[3], amount_fen=r[4],
+                         held_since=time_of(r[5])) for r in rows]
+
+
+def settlement(start: dt.datetime, end: dt.datetime) -> Steps[list[SettlementLine]]:
+    rows = yield Query(
+        "SELECT substr(c.outbound, 1, 2), substr(c.inbound, 1, 2), f.status, SUM(f.amount_fen), COUNT(*)"
+        " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
+        " WHERE f.accepted_at >= ? AND f.accepted_at < ? GROUP BY 1, 2, 3",
+        (us(start), us(end)))
+    pairs: dict[tuple[str, str], dict[str, int]] = {}
+    for out_p, in_p, status, amount, count in rows:
+        totals = pairs.setdefault((out_p, in_p), {"transfers": 0})
+        totals[status] = int(amount)
+        totals["transfers"] += int(count)
+    return [
+        SettlementLine(
+            outbound_province=out_p, inbound_province=in_p,
+            sent_fen=sum(t.get(k, 0) for k in ("held", "sent", "credited", "rejected")),
+            credited_fen=t.get("credited", 0), held_fen=t.get("held", 0), rejected_fen=t.get("rejected", 0),
+            in_flight_fen=t.get("sent", 0), transfers=t["transfers"],
+        )
+        for (out_p, in_p), t in sorted(pairs.items())
+    ]
+
+
+def delivery_stats() -> Steps[list[DeliveryStats]]:
+    stats: dict[str, dict[str, Any]] = {}
+
+    def entry(platform: str) -> dict[str, Any]:
+        return stats.setdefault(platform, {"pending": 0, "in_flight": 0, "dead": 0, "oldest": None})
+
+    rows = yield Query(
+        f"SELECT platform, state, COUNT(*), MIN(accepted_at) FROM deliveries"
+        f" WHERE state IN ({PENDING}, {IN_FLIGHT}) GROUP BY platform, state")
+    for platform, state, count, oldest in rows:
+        e = entry(platform)
+        e["pending" if state == PENDING else "in_flight"] = int(count)
+        e["oldest"] = oldest if e["oldest"] is None else min(e["oldest"], oldest)
+    rows = yield Query(f"SELECT platform, COUNT(*) FROM deliveries WHERE state = {DEAD_LETTER} GROUP BY platform")
+    for platform, count in rows:
+        entry(platform)["dead"] = int(count)
+    return [DeliveryStats(p, e["pending"], e["in_flight"], e["dead"], opt_time(e["oldest"]))
+            for p, e in sorted(stats.items())]
+
+
+def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
+    where: list[str] = ["1 = 1"]
+    args: list[object] = []
+    if query.agencies is not None:
+        marks = ", ".join("?" * len(query.agencies))
+        where.append(f"(outbound IN ({marks}) OR inbound IN ({marks}))")
+        args += [*sorted(query.agencies), *sorted(query.agencies)]
+    if query.states:
+        where.append(f"state IN ({', '.join('?' * len(query.states))})")
+        args += sorted(query.states)
+    if query.outbound_province:
+        where.append("substr(outbound, 1, 2) = ?")
+        args.append(query.outbound_province)
+    if query.inbound_province:
+        where.append("substr(inbound, 1, 2) = ?")
+        args.append(query.inbound_province)
+    if query.opened_from is not None:
+        where.append("opened_at >= ?")
+        args.append(us(query.opened_from))
+    if query.opened_before is not None:
+        where.append("opened_at < ?")
+        args.append(us(query.opened_before))
+    if query.deadline_between is not None:
+        where.append("EXISTS (SELECT 1 FROM case_stages s WHERE s.transfer_id = cases.transfer_id"
+                     " AND s.finished_at IS NULL AND s.deadline > ? AND s.deadline <= ?)")
+        args += [us(query.deadline_between[0]), us(query.deadline_between[1])]
+    if query.after is not None:
+        where.append("(opened_at, transfer_id) > (?, ?)")
+        args += [us(query.after[0]), query.after[1]]
+    rows = yield Query(f"SELECT transfer_id, opened_at, updated_at FROM cases WHERE {' AND '.join(where)}"
+                       " ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
+    views = []
+    for transfer_id, opened, updated in rows:
+        case = yield from load_case(transfer_id)
+        assert case is not None
+        stages = yield from load_stages(transfer_id)
+        views.append(CaseView(case=case, opened_at=time_of(opened), updated_at=time_of(updated), messages=(),
+                              stages=stages))
+    return views
+
+
+def stage_counts(now: dt.datetime, due_soon_before: dt.datetime) -> Steps[list[StageCount]]:
+    rows = yield Query(
+        "SELECT stage, outbound_province, inbound_province, COUNT(*),"
+        " SUM(CASE WHEN deadline <= ? THEN 1 ELSE 0 END),"
+        " SUM(CASE WHEN deadline > ? AND deadline <= ? THEN 1 ELSE 0 END)"
+        " FROM case_stages WHERE finished_at IS NULL GROUP BY stage, outbound_province, inbound_province"
+        " ORDER BY stage, outbound_province, inbound_province",
+        (us(now), us(now), us(due_soon_before)))
+    return [StageCount(Stage(r[0]), r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
