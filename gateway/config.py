@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from gateway.case import CaseRules
 from gateway.pki import GATEWAY_KEY_ID, DevPaths
 from gateway.routing import DeliveryConfig
 from gateway.sla import Limits
+from gateway.store.engines import StoreConfig
+from gateway.store.postgres import PostgresConfig
 from gateway.store.sqlite import SQLiteConfig
 
 
@@ -43,7 +46,7 @@ class GatewayConfig:
     tls: TLSConfig
     signing: SigningConfig
     registry: Path                     # agency registry JSON
-    store: SQLiteConfig
+    store: StoreConfig                 # SQLite (one process) or PostgreSQL (several replicas)
     listen: str = "127.0.0.1:50051"    # gRPC address (host:port; port 0 picks a free one)
     metrics_listen: str | None = "127.0.0.1:9095"  # Prometheus /metrics; None turns it off
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -66,6 +69,18 @@ class GatewayConfig:
             store=SQLiteConfig(path=database),
             **overrides,
         )
+
+
+def _store(table: dict[str, Any], p: Callable[[Any, str], Path]) -> StoreConfig:
+    if "postgresql" in table:
+        return PostgresConfig(
+            url=str(table["postgresql"]), schema=str(table.get("schema", "transfer_gateway")),
+            pool_min=int(table.get("pool_min", 2)), pool_max=int(table.get("pool_max", 16)),
+            timeout=float(table.get("timeout_seconds", 5.0)),
+        )
+    if "sqlite" in table:
+        return SQLiteConfig(path=p(table["sqlite"], "store.sqlite"))
+    raise ConfigError("[store] needs sqlite = \"path\" or postgresql = \"postgresql://…\"")
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -94,7 +109,7 @@ def load_config(path: Path) -> GatewayConfig:
             tls=TLSConfig(ca=p(tls["ca"], "tls.ca"), cert=p(tls["cert"], "tls.cert"), key=p(tls["key"], "tls.key")),
             signing=SigningConfig(key=p(signing["key"], "signing.key"), key_id=str(signing["key_id"])),
             registry=p(data["registry"], "registry"),
-            store=SQLiteConfig(path=p(store["sqlite"], "store.sqlite")),
+            store=_store(store, p),
             listen=str(data.get("listen", "127.0.0.1:50051")),
             metrics_listen=data.get("metrics_listen", "127.0.0.1:9095") or None,
             delivery=DeliveryConfig(

@@ -70,7 +70,7 @@ class Metrics:
 
         # SLA: observed when a stage finishes (per process: sum across replicas) …
         self.stage_duration = Histogram(
-            "transfer_gateway_stage_duration_working_days",
+            "transfer_gateway_stage_duration_workdays",
             "Working days a finished stage took (working hours only, in days), by stage and province pair.",
             ["stage", *_PAIR], buckets=_WORKING_DAY_BUCKETS, registry=registry,
         )

@@ -26,7 +26,8 @@ from gateway.service.interceptor import GatewayInterceptor
 from gateway.service.tracking import TrackingService
 from gateway.signing import LocalSigner
 from gateway.sla import Sla
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.engines import make_store
+from gateway.store.sqlite import SQLiteConfig
 from gateway.sweeper import CaseSweeper
 from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -68,7 +69,7 @@ class GatewayServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.sla = Sla(WorkingCalendar.load(config.sla.calendar_file), config.sla.limits)
-        self._store = SQLiteStore(config.store, clock, self.sla)
+        self._store = make_store(config.store, clock, self.sla)
         self._router = Router(self._store, config.delivery, clock)
         self._http: object | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,8 +85,10 @@ class GatewayServer:
             raise ValueError(f"signing key {signer.key_id} is not the registry's gateway key of that id")
         if registry.dev_only:
             log.warning("running with a DEV ONLY registry and certificates")
-        cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(cfg.store, SQLiteConfig):
+            cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
         await self._store.open()
+        self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
 
         server = grpc.aio.server(
             interceptors=[GatewayInterceptor(self.metrics)],

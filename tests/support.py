@@ -3,13 +3,17 @@ so the gateway is tested on its own contract (and with deliberately broken input
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psycopg
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from psycopg import sql as pgsql
 
 from gateway import messages
 from gateway.pki import DevPaths
@@ -119,3 +123,24 @@ class GatewayHandle:
             await ch.close()
         self._channels.clear()
 
+
+
+PG_URL = os.environ.get("TRANSFER_GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL; outside CI a missing server skips, loudly, in CI it fails."""
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as err:
+        message = f"PostgreSQL is not reachable at {PG_URL}: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip("SKIPPED, NOT TESTED: " + message)
+    return PG_URL
+
+
+def drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(schema)))

@@ -8,7 +8,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
 from gateway.sla import Sla, Stage
 from gateway.store import CaseQuery, IncomingMessage, Store
+from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import envelope_pb2, tracking_pb2
+from tests.support import drop_schema, postgres_url
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 
@@ -36,20 +39,31 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Store:
-    return SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
+@contextmanager
+def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Store]:
+    yield SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
 
 
-STORES = {"sqlite": sqlite_store}
+@contextmanager
+def postgres_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Store]:
+    """A store in a schema of its own on the test server, dropped afterwards."""
+    url, schema = postgres_url(), f"contract_{uuid.uuid4().hex[:12]}"
+    try:
+        yield PostgresStore(PostgresConfig(url=url, schema=schema), clock)
+    finally:
+        drop_schema(url, schema)
+
+
+STORES = {"sqlite": sqlite_store, "postgresql": postgres_store}
 
 
 @pytest.fixture(params=sorted(STORES))
 async def store_and_clock(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Clock]]:
     clock = Clock()
-    store = STORES[request.param](tmp_path, clock)
-    await store.open()
-    yield store, clock
-    await store.close()
+    with STORES[request.param](tmp_path, clock) as store:
+        await store.open()
+        yield store, clock
+        await store.close()
 
 
 def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,

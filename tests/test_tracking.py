@@ -181,7 +181,7 @@ async def test_completed_cases_are_counted_on_time_with_their_durations(setup: S
     for pair in ({"outbound_province": "32", "inbound_province": "33"},
                  {"outbound_province": "33", "inbound_province": "32"}):
         assert setup.gauge("transfer_gateway_stages_finished_total", stage="total", result="on_time", **pair) == 5
-        assert setup.gauge("transfer_gateway_stage_duration_working_days_count", stage="inbound", **pair) == 5
+        assert setup.gauge("transfer_gateway_stage_duration_workdays_count", stage="inbound", **pair) == 5
     await setup.server.monitor.refresh_once()
     credited = sum(setup.gauge("transfer_gateway_funds_fen", status="credited", outbound_province=a,
                                inbound_province=b) for a, b in (("32", "33"), ("33", "32")))

@@ -1,7 +1,8 @@
 """The storage port: everything the gateway keeps, behind one small interface.
 
-Implementations: `gateway.store.sqlite` (embedded default). Every implementation passes the
-contract suite in tests/test_store_contract.py. Guarantees an implementation must give:
+Implementations: `gateway.store.sqlite` (embedded default, one process) and
+`gateway.store.postgres` (shared by several replicas); both run the SQL of `gateway.store.sql`.
+Every implementation passes the contract suite in tests/test_store_contract.py. Guarantees an implementation must give:
 
 - `accept` is atomic: the message, its case update, its delivery and its receipt are committed
   together or not at all; the receipt exists only once all of it is durable.
@@ -9,7 +10,8 @@ contract suite in tests/test_store_contract.py. Guarantees an implementation mus
   returns the stored receipt (`replayed=True`) and writes nothing; with another fingerprint it
   raises IdempotencyConflict.
 - The case decision (`decide`) runs inside the transaction, on the case as committed, so two
-  racing messages for one case are decided one after the other. At most one fund movement per
+  racing messages for one case are decided one after the other. `decide` must be pure: a store
+  may run it more than once in one transaction. At most one fund movement per
   case is also enforced by the schema.
 """
 
@@ -171,6 +173,9 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Finish what was queued, then release the database."""
+
+    def on_wake(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(platform)` when another process commits work for that platform."""
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
         """Store a message with its case update and delivery; see the module docstring.

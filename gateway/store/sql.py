@@ -66,6 +66,102 @@ class Query:
 
 Steps = Generator[Query, Any, T]
 
+# Versioned schema, in SQLite's words (`postgres_ddl` translates): each entry upgrades from the
+# version before it. Never edit a released entry; add one.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE cases (
+        transfer_id     TEXT PRIMARY KEY,
+        state           INTEGER NOT NULL,
+        closed          INTEGER NOT NULL,
+        outbound        TEXT NOT NULL,
+        inbound         TEXT NOT NULL,
+        applicant       TEXT NOT NULL,
+        insurance_type  INTEGER NOT NULL,
+        inbound_insurance_type INTEGER NOT NULL,
+        person_key      BLOB NOT NULL,
+        suspension_date TEXT NOT NULL,
+        enrollment_date TEXT NOT NULL,
+        balance_fen     INTEGER,
+        fund_message_id TEXT,
+        opened_at       INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    -- One open case per person and outbound agency, whatever the code above does.
+    CREATE UNIQUE INDEX cases_one_open_per_person ON cases (person_key, outbound) WHERE closed = 0;
+    CREATE TABLE messages (
+        sequence        INTEGER PRIMARY KEY,
+        message_id      TEXT NOT NULL UNIQUE,
+        transfer_id     TEXT NOT NULL REFERENCES cases (transfer_id),
+        kind            INTEGER NOT NULL,
+        sender          TEXT NOT NULL,
+        receiver        TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        accepted_at     INTEGER NOT NULL,
+        fingerprint     BLOB NOT NULL,
+        ack_status      INTEGER NOT NULL,
+        signed_message  BLOB NOT NULL,
+        receipt         BLOB NOT NULL
+    );
+    CREATE INDEX messages_by_case ON messages (transfer_id, sequence);
+    -- At most one fund movement per case, and its status is the settlement ledger.
+    CREATE TABLE fund_movements (
+        transfer_id     TEXT PRIMARY KEY REFERENCES cases (transfer_id),
+        message_id      TEXT NOT NULL UNIQUE REFERENCES messages (message_id),
+        amount_fen      INTEGER NOT NULL CHECK (amount_fen > 0),
+        status          TEXT NOT NULL CHECK (status IN ('held', 'sent', 'credited', 'rejected')),
+        accepted_at     INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX fund_movements_by_day ON fund_movements (accepted_at);
+    CREATE TABLE deliveries (
+        message_id      TEXT NOT NULL REFERENCES messages (message_id),
+        receiver        TEXT NOT NULL,
+        platform        TEXT NOT NULL,
+        transfer_id     TEXT NOT NULL,
+        sequence        INTEGER NOT NULL,
+        accepted_at     INTEGER NOT NULL,
+        state           INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        visible_at      INTEGER NOT NULL,
+        first_delivered_at INTEGER,
+        acknowledged_at INTEGER,
+        PRIMARY KEY (message_id, receiver)
+    );
+    CREATE INDEX deliveries_open ON deliveries (platform, sequence)
+        WHERE state IN ({PENDING}, {IN_FLIGHT});
+    CREATE INDEX deliveries_open_by_case ON deliveries (platform, transfer_id, sequence)
+        WHERE state IN ({PENDING}, {IN_FLIGHT}, {HELD});
+    CREATE INDEX deliveries_dead ON deliveries (platform) WHERE state = {DEAD_LETTER};
+    CREATE INDEX deliveries_held ON deliveries (accepted_at) WHERE state = {HELD};
+    CREATE INDEX cases_idle ON cases (state, updated_at) WHERE closed = 0;
+    """,
+    """
+    -- Time-limited stages of each case (gateway.sla): started, due and finished.
+    CREATE TABLE case_stages (
+        transfer_id       TEXT NOT NULL REFERENCES cases (transfer_id),
+        stage             TEXT NOT NULL,
+        stage_order       INTEGER NOT NULL,
+        outbound_province TEXT NOT NULL,
+        inbound_province  TEXT NOT NULL,
+        started_at        INTEGER NOT NULL,
+        deadline          INTEGER NOT NULL,
+        finished_at       INTEGER,
+        PRIMARY KEY (transfer_id, stage)
+    );
+    CREATE INDEX case_stages_open ON case_stages (deadline) WHERE finished_at IS NULL;
+    CREATE INDEX cases_by_opening ON cases (opened_at, transfer_id);
+    -- The log's head: the last sequence handed out.
+    CREATE TABLE log_head (sequence INTEGER NOT NULL);
+    INSERT INTO log_head (sequence) SELECT COALESCE(MAX(sequence), 0) FROM messages;
+    """,
+)
+
+
+def postgres_ddl(script: str) -> str:
+    """A migration in PostgreSQL's words: 64-bit integers (times in microseconds) and bytea."""
+    return script.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
