@@ -25,6 +25,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from clients.channel import channel_target
 from clients.deliveries import RecentIds, VerifiedDelivery, open_delivery
 from clients.dispatch import CaseOrderedRunner
 from clients.errors import ClientError, GatewayRejected, GatewayUnavailable, RegistryError, VerificationError
@@ -43,7 +44,7 @@ Handler: TypeAlias = Callable[[VerifiedDelivery], Awaitable[None]]
 class PlatformConfig:
     """Where the gateway is and where this platform's credentials are."""
 
-    address: str           # host:port of the gateway, e.g. "127.0.0.1:50051"
+    address: str           # host:port of the gateway, or several replicas' "ip:port,ip:port"
     platform: str          # platform id in the registry, e.g. "jiangsu"
     ca: Path               # CA certificate that signed the gateway's TLS certificate
     cert: Path             # this platform's TLS client certificate (SAN URI names the platform)
@@ -110,10 +111,10 @@ class PlatformClient:
             root_certificates=config.ca.read_bytes(), private_key=config.key.read_bytes(),
             certificate_chain=config.cert.read_bytes(),
         )
-        options: list[tuple[str, str]] = []
+        target, options = channel_target(config.address)
         if config.target_name_override:
             options.append(("grpc.ssl_target_name_override", config.target_name_override))
-        channel = grpc.aio.secure_channel(config.address, credentials, options=options)
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
         try:
             # On an aio channel the generated stubs are the *AsyncStub types of the .pyi files.
             exchange = cast("exchange_pb2_grpc.ExchangeAsyncStub", exchange_pb2_grpc.ExchangeStub(channel))

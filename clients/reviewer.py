@@ -17,6 +17,7 @@ from typing import cast
 
 import grpc
 
+from clients.channel import channel_target
 from clients.signing import KeyRing
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2
 
@@ -53,7 +54,8 @@ class ReviewerClient:
     async def connect(cls, config: OperatorConfig) -> AsyncIterator[ReviewerClient]:
         credentials = grpc.ssl_channel_credentials(
             config.ca.read_bytes(), config.key.read_bytes(), config.cert.read_bytes())
-        async with grpc.aio.secure_channel(config.address, credentials) as channel:
+        target, options = channel_target(config.address)
+        async with grpc.aio.secure_channel(target, credentials, options=options) as channel:
             admin = cast("admin_pb2_grpc.AdminAsyncStub", admin_pb2_grpc.AdminStub(channel))
             yield cls(admin, KeyRing.load(config.registry))
 

@@ -1,4 +1,4 @@
-"""`transfer-gateway`: serve, make dev certificates, run the demo."""
+"""`transfer-gateway`: serve, make dev certificates, run the demo, benchmark."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import logs
 
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
-def _serve(args: argparse.Namespace) -> int:
+
+def _config(args: argparse.Namespace) -> GatewayConfig | None:
+    """The configuration `serve` and `migrate` use: the file, or the dev layout; then options."""
     from gateway.config import GatewayConfig, load_config
     from gateway.pki import DevPaths
-    from gateway.server import serve
-    from gateway.store.sqlite import SQLiteConfig
+    from gateway.store.engines import store_config
 
     if args.config:
         config = load_config(Path(args.config))
@@ -24,16 +28,47 @@ def _serve(args: argparse.Namespace) -> int:
         certs = Path(args.certs)
         if not DevPaths(certs).registry.exists():
             print(f"no dev certificates in {certs}: run `transfer-gateway certs dev` first", file=sys.stderr)
-            return 2
+            return None
         config = GatewayConfig.dev(certs)
-    if args.listen:
+    if getattr(args, "listen", None):
         config = replace(config, listen=args.listen)
-    if args.metrics_listen is not None:
+    if getattr(args, "metrics_listen", None) is not None:
         config = replace(config, metrics_listen=args.metrics_listen or None)
     if args.store:
-        config = replace(config, store=SQLiteConfig(path=Path(args.store)))
+        config = replace(config, store=store_config(args.store))
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    config = _config(args)
+    if config is None:
+        return 2
     logs.configure(args.log_level)
     asyncio.run(serve(config))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the schema and exit (replicas also migrate at start-up, one at a time)."""
+    from gateway.server import utc_now
+    from gateway.sla import Sla
+    from gateway.store.engines import make_store
+    from gateway.workdays import WorkingCalendar
+
+    config = _config(args)
+    if config is None:
+        return 2
+    logs.configure(args.log_level)
+
+    async def migrate() -> None:
+        store = make_store(config.store, utc_now, Sla(WorkingCalendar()))
+        await store.open()
+        await store.close()
+
+    asyncio.run(migrate())
+    print("schema is current")
     return 0
 
 
@@ -50,6 +85,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     return run_demo(transfers=args.transfers, as_json=args.json)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench.harness import BenchConfig, run_bench
+
+    logs.configure(args.log_level)
+    config = BenchConfig.from_options(quick=args.quick, store=args.store, window=args.window,
+                                      scale_messages=args.scale_messages, cases=args.cases)
+    return run_bench(config, as_json=args.json)
 
 
 def _report_settlement(args: argparse.Namespace) -> int:
@@ -71,8 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--certs", default="certs/dev", help="dev PKI folder when no --config is given")
     serve.add_argument("--listen", help="gRPC address, e.g. 127.0.0.1:50051")
     serve.add_argument("--metrics-listen", help="Prometheus address, e.g. 127.0.0.1:9095 ('' turns it off)")
-    serve.add_argument("--store", help="SQLite database file (default var/gateway.db)")
+    serve.add_argument("--store", help="postgresql://… URL or SQLite database file (default var/gateway.db)")
     serve.set_defaults(run=_serve, log_level="INFO")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
+    migrate.add_argument("--config", help="TOML configuration file (default: dev layout, SQLite)")
+    migrate.add_argument("--certs", default="certs/dev", help="dev PKI folder when no --config is given")
+    migrate.add_argument("--store", help="postgresql://… URL or SQLite database file")
+    migrate.set_defaults(run=_migrate, log_level="INFO")
 
     certs = commands.add_parser("certs", help="certificates and keys")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
@@ -84,6 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--transfers", type=int, default=20, help="number of cases (default 20)")
     demo.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="measure the gateway against a bare gRPC echo server (loopback)")
+    bench.add_argument("--quick", action="store_true", help="shorter windows, 100,000 stored messages (< 3 min)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    bench.add_argument("--store", default="sqlite", help="store to measure (only sqlite exists)")
+    bench.add_argument("--window", type=float, help="seconds of each measured window (default 20, quick 8)")
+    bench.add_argument("--scale-messages", type=int, help="messages in the large store (default 1,000,000)")
+    bench.add_argument("--cases", type=int, help="cases played end to end (default 1000, quick 200)")
+    bench.set_defaults(run=_bench)
 
     report = commands.add_parser("report", help="operator reports")
     report_commands = report.add_subparsers(dest="report_command", required=True)

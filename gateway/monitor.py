@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.sla import Sla
 from gateway.store import Store
@@ -29,6 +30,7 @@ class Monitor:
     def __init__(
         self, *, store: Store, metrics: Metrics, sla: Sla, platforms: Sequence[str],
         clock: Callable[[], dt.datetime], on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
+        on_store: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -36,7 +38,9 @@ class Monitor:
         self._platforms = list(platforms)
         self._clock = clock
         self._on_calendar = on_calendar
+        self._on_store = on_store
         self._reported_unknown: list[int] | None = None
+        self._store_ok = True
 
     def calendar_gaps(self, now: dt.datetime) -> list[int]:
         """Years from today to the horizon that only the Monday–Friday fallback can answer."""
@@ -69,9 +73,21 @@ class Monitor:
                 await self._on_calendar(unknown)
 
     async def run(self, interval: float) -> None:
+        """Read every `interval` seconds; report the store unreachable (and back) as it changes."""
         while True:
+            ok = True
             try:
                 await self.refresh_once()
+            except StoreUnavailable as err:
+                ok = False
+                if self._store_ok:
+                    log.error("store unavailable", extra={"fields": {"reason": err.reason}})
             except Exception:
                 log.exception("monitor reading failed")
+            if ok != self._store_ok:
+                self._store_ok = ok
+                if ok:
+                    log.info("store available again")
+                if self._on_store is not None:
+                    await self._on_store(ok)
             await asyncio.sleep(interval)

@@ -129,11 +129,18 @@ class GatewayServer:
             self._http = http
             self.metrics_port = http.server_port
         self.monitor = Monitor(store=self._store, metrics=self.metrics, sla=self.sla,
-                               platforms=list(registry.platforms), clock=self._clock, on_calendar=self._calendar_health)
+                               platforms=list(registry.platforms), clock=self._clock, on_calendar=self._calendar_health,
+                               on_store=self._store_health)
         await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
         self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
                        asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
         log.info("serving", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}})
+
+    async def _store_health(self, available: bool) -> None:
+        """Without its store the gateway can receipt nothing: load balancers should look elsewhere."""
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
 
     async def _calendar_health(self, unknown_years: list[int]) -> None:
         await self._health.set(CALENDAR_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if unknown_years

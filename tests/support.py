@@ -3,8 +3,12 @@ so the gateway is tested on its own contract (and with deliberately broken input
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import grpc
 import psycopg
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from psycopg import sql as pgsql
 
@@ -144,3 +149,60 @@ def postgres_url() -> str:
 def drop_schema(url: str, schema: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(pgsql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pgsql.Identifier(schema)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_gateway_process(pki: DevPaths, config: Path, port: int, log: Path, store: str,
+                          extra: str = "") -> subprocess.Popen[bytes]:
+    """`transfer-gateway serve --config` as an operator runs it: `store` is the [store] table's
+    body; deliveries are redelivered after 1 s."""
+    config.write_text(f"""
+listen = "127.0.0.1:{port}"
+metrics_listen = ""
+registry = "{pki.registry}"
+shutdown_grace_seconds = 5
+{extra}
+
+[tls]
+ca = "{pki.ca}"
+cert = "{pki.gateway_cert}"
+key = "{pki.gateway_key}"
+
+[signing]
+key = "{pki.gateway_signing_key}"
+key_id = "gateway-dev-1"
+
+[store]
+{store}
+
+[delivery]
+visibility_timeout_seconds = 1
+max_attempts = 50
+""")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=Path(__file__).parent.parent,
+    )
+
+
+async def wait_serving(pki: DevPaths, port: int, timeout: float = 20.0,
+                       want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
+    """Until the gateway's overall health is `want` (SERVING by default)."""
+    async with secure_channel(pki, "jiangsu", port) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == want:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"gateway health did not become {want}")
+            await asyncio.sleep(0.1)

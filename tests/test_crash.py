@@ -7,77 +7,26 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.builders import fund_account, fund_transfer, today_in_china
 from clients.scenario import CasePlan, outbound_messages
 from gateway.pki import DevPaths
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, types_pb2
-from tests.support import failure, secure_channel, sign, signer
+from tests.support import failure, free_port, secure_channel, sign, signer, start_gateway_process, wait_serving
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_gateway(pki: DevPaths, database: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`transfer-gateway serve --config` as an operator runs it, with a short visibility timeout."""
-    config = database.parent / "gateway.toml"
-    config.write_text(f"""
-listen = "127.0.0.1:{port}"
-metrics_listen = ""
-registry = "{pki.registry}"
-shutdown_grace_seconds = 5
-
-[tls]
-ca = "{pki.ca}"
-cert = "{pki.gateway_cert}"
-key = "{pki.gateway_key}"
-
-[signing]
-key = "{pki.gateway_signing_key}"
-key_id = "gateway-dev-1"
-
-[store]
-sqlite = "{database.name}"
-
-[delivery]
-visibility_timeout_seconds = 1
-max_attempts = 50
-""")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=Path(__file__).parent.parent,
-    )
-
-
-async def wait_serving(pki: DevPaths, port: int, timeout: float = 20.0) -> None:
-    async with secure_channel(pki, "jiangsu", port) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("gateway did not start")
-            await asyncio.sleep(0.1)
+    return start_gateway_process(pki, database.parent / "gateway.toml", port, log, f'sqlite = "{database.name}"')
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""`transfer-gateway bench` in a tiny size: it runs every phase and its JSON is complete.
+
+No timing is asserted: figures from a shared machine are reported by the bench, not judged here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.bench.stores import SQLiteBenchStore
+from gateway.bench.workload import presign_cases, store_routes, store_templates
+from gateway.cli import main
+from gateway.pki import DevPaths
+
+WINDOW_FIGURES = ("requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "server_cpu_seconds", "cpu_us_per_request")
+SECTIONS = {
+    "echo": WINDOW_FIGURES,
+    "submit": (*WINDOW_FIGURES, "receipts_checked", "receipt_failures"),
+    "replay": (*WINDOW_FIGURES, "fund_transfers", "double_movements", "missing_movements", "receipt_mismatches"),
+    "cases": ("cases", "completed", "cases_per_s", "deliveries", "delivery_p50_ms", "delivery_p99_ms"),
+    "floors": ("sign_us", "verify_us", "durable_append_us", "durable_append_wall_us", "single_commit_wall_us",
+               "echo_cpu_us", "gateway_cpu_us_per_message", "floor_sum_us"),
+    "versions": ("python", "grpcio", "protobuf", "cryptography", "sqlite"),
+    "machine": ("cpu_count", "platform"),
+}
+SCALE = ("messages_loaded", "load_seconds", "file_mib")
+SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
+RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
+          "cpu_vs_floor")
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_tiny_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--window", "0.4", "--scale-messages", "600", "--cases", "6"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    for section, keys in SECTIONS.items():
+        for key in keys:
+            value = result[section][key]
+            assert finite(value) if section not in ("versions", "machine") else value, (section, key, value)
+    for key in SCALE:
+        assert finite(result["scale"][key]), key
+    for run in ("empty", "large"):
+        for key in SCALE_RUN:
+            assert finite(result["scale"][run][key]), (run, key)
+    for name in RATIOS:
+        assert finite(result[name]), name
+        assert result["targets"][name]["pass"] in (True, False)
+    assert set(result["targets"]) == set(RATIOS)
+    assert result["double_movements"] == 0 and result["replay"]["double_movements"] == 0
+    assert result["replay"]["missing_movements"] == 0 and result["replay"]["receipt_mismatches"] == 0
+    assert result["submit"]["errors"] == 0 and result["submit"]["receipt_failures"] == 0
+    assert result["cases"]["completed"] == 6
+
+
+def test_bulk_loader_writes_closed_cases_into_the_stores_schema(pki: DevPaths, tmp_path: Path) -> None:
+    store = SQLiteBenchStore(tmp_path)
+    location = store.fresh("large")
+    case = presign_cases(pki, 1)[0]
+    loaded = asyncio.run(store.populate(location, 100, store_templates(pki, case), store_routes()))
+
+    assert loaded.messages == 102 and loaded.cases == 17
+    with sqlite3.connect(location["database"]) as conn:
+        counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                  for t in ("cases", "messages", "deliveries", "fund_movements")]
+        open_deliveries = conn.execute("SELECT COUNT(*) FROM deliveries WHERE acknowledged_at IS NULL").fetchone()[0]
+    assert counts == [17, 102, 102, 17] and open_deliveries == 0
+    assert store.audit_funds(location, []).double_movements == 0
