@@ -18,7 +18,7 @@ import pytest
 from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
 from gateway.sla import Sla, Stage
-from gateway.store import CaseQuery, IncomingMessage, Store
+from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from gateway.workdays import WorkingCalendar
@@ -39,17 +39,20 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-@contextmanager
-def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Store]:
-    yield SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
+Factory = Callable[[], Store]  # another store on the same database (a restart, a second replica)
 
 
 @contextmanager
-def postgres_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Store]:
-    """A store in a schema of its own on the test server, dropped afterwards."""
+def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
+    yield lambda: SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
+
+
+@contextmanager
+def postgres_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
+    """Stores in a schema of their own on the test server, dropped afterwards."""
     url, schema = postgres_url(), f"contract_{uuid.uuid4().hex[:12]}"
     try:
-        yield PostgresStore(PostgresConfig(url=url, schema=schema), clock)
+        yield lambda: PostgresStore(PostgresConfig(url=url, schema=schema), clock)
     finally:
         drop_schema(url, schema)
 
@@ -58,12 +61,19 @@ STORES = {"sqlite": sqlite_store, "postgresql": postgres_store}
 
 
 @pytest.fixture(params=sorted(STORES))
-async def store_and_clock(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Clock]]:
+async def factory_and_clock(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Factory, Clock]]:
     clock = Clock()
-    with STORES[request.param](tmp_path, clock) as store:
-        await store.open()
-        yield store, clock
-        await store.close()
+    with STORES[request.param](tmp_path, clock) as make:
+        yield make, clock
+
+
+@pytest.fixture
+async def store_and_clock(factory_and_clock: tuple[Factory, Clock]) -> AsyncIterator[tuple[Store, Clock]]:
+    make, clock = factory_and_clock
+    store = make()
+    await store.open()
+    yield store, clock
+    await store.close()
 
 
 def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,
@@ -252,17 +262,49 @@ async def test_agency_filter_limits_claims(store_and_clock: tuple[Store, Clock])
     assert [d.message_id for d in got] == [m.message_id]
 
 
-async def test_survives_reopen(tmp_path: Path) -> None:
-    clock = Clock()
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "reopen.db"), clock)
+async def test_survives_reopen(factory_and_clock: tuple[Factory, Clock]) -> None:
+    make, _ = factory_and_clock
+    store = make()
     await store.open()
     m = await open_case(store)
     await store.close()
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "reopen.db"), clock)
-    await store.open()
+    store = make()
+    await store.open()  # migrations find the schema current
     again = await store.accept(m, opening(m), receipt_for(m))
     assert again.replayed
     await store.close()
+
+
+async def test_two_postgresql_stores_racing_move_each_case_once(tmp_path: Path) -> None:
+    """Two replicas on one database: rival fund transfers of one case, sent to both at once,
+    and the same message sent to both at once, still make one movement and one log entry."""
+    clock = Clock()
+    with postgres_store(tmp_path, clock) as make:
+        a, b = make(), make()
+        await asyncio.gather(a.open(), b.open())  # concurrent migrations serialize themselves
+        try:
+            cases = [await open_case(a) for _ in range(20)]
+
+            def funds(case: Case | None, _index: CaseIndex) -> Decision:
+                return Decision(case or opened(cases[0]), fund_status=FundStatus.SENT)
+
+            outcomes = []
+            for c in cases:
+                first, rival = (incoming(c.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=body,
+                                         amount=500) for body in (b"f1", b"f2"))
+                outcomes += await asyncio.gather(
+                    a.accept(first, funds, receipt_for(first)), b.accept(rival, funds, receipt_for(rival)),
+                    b.accept(first, funds, receipt_for(first)), return_exceptions=True)
+            accepted = [o for o in outcomes if isinstance(o, AcceptOutcome) and not o.replayed]
+            assert len(accepted) == len(cases)  # one per case; every other answer a refusal or a replay
+            assert all(isinstance(o, AcceptOutcome | RuleViolation) for o in outcomes), outcomes
+            lines = await a.settlement(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
+            assert sum(line.transfers for line in lines) == len(cases)
+            assert sum(line.sent_fen for line in lines) == 500 * len(cases)
+            sequences = sorted(o.sequence for o in outcomes if isinstance(o, AcceptOutcome))
+            assert len(set(sequences)) == len(accepted)  # replays carry the original sequence
+        finally:
+            await asyncio.gather(a.close(), b.close())
 
 
 async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clock: tuple[Store, Clock]) -> None:
