@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,16 +26,6 @@ pytestmark = pytest.mark.slow
 def start_gateway(pki: DevPaths, database: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`transfer-gateway serve --config` as an operator runs it, with a short visibility timeout."""
     return start_gateway_process(pki, database.parent / "gateway.toml", port, log, f'sqlite = "{database.name}"')
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 async def test_sigkill_mid_run_loses_nothing_and_never_doubles_funds(

@@ -68,24 +68,15 @@ def schema() -> Iterator[tuple[str, str]]:
 
 async def start_cluster(pki: DevPaths, tmp_path: Path, url: str, schema: str, replicas: int,
                         processes: list[subprocess.Popen[bytes]]) -> Cluster:
+    """Replicas that give up on an unreachable database after 1 s (UNAVAILABLE)."""
     ports = [free_port() for _ in range(replicas)]
     for i, port in enumerate(ports):  # started together: migrations must serialize themselves
         processes.append(start_gateway_process(
             pki, tmp_path / f"replica{i}.toml", port, tmp_path / f"replica{i}.log",
-            f'postgresql = "{url}"\nschema = "{schema}"', extra="monitor_interval_seconds = 0.2"))
+            f'postgresql = "{url}"\nschema = "{schema}"\ntimeout_seconds = 1', extra="monitor_interval_seconds = 0.2"))
     for port in ports:
         await wait_serving(pki, port)
     return Cluster(pki, url, schema, ports, processes)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -203,9 +194,9 @@ async def test_database_restart_mid_run_receipts_only_what_was_committed(
     async with secure_channel(pki, "jiangsu", cluster.ports[0]) as channel:
         stub = exchange_pb2_grpc.ExchangeStub(channel)
 
-        async def submit_all() -> None:
+        async def submit(messages: list[envelope_pb2.SignedMessage]) -> None:
             nonlocal unavailable
-            for message in signed:
+            for message in messages:
                 while True:  # the same signed bytes again until a receipt: idempotent
                     try:
                         receipts[parse(message.kind, message.payload).header.message_id] = await stub.Submit(
@@ -215,19 +206,21 @@ async def test_database_restart_mid_run_receipts_only_what_was_committed(
                         assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), err
                         unavailable += 1
                         await asyncio.sleep(0.2)
-                await asyncio.sleep(0.02)
 
-        sender = asyncio.create_task(submit_all())
-        while len(receipts) < 15:
-            await asyncio.sleep(0.05)
-        await asyncio.to_thread(pg_ctl, "stop")
+        await submit(signed[:15])
+        racing = asyncio.create_task(submit(signed[15:20]))  # racing the shutdown: kept whole or not at all
         try:
+            await asyncio.to_thread(pg_ctl, "stop")
             await wait_serving(pki, cluster.ports[0], timeout=10, want=health_pb2.HealthCheckResponse.NOT_SERVING)
-            await asyncio.sleep(1)
+            sender = asyncio.create_task(submit(signed[20:]))  # meets the outage first
+            for _ in range(100):  # until the outage has been answered UNAVAILABLE (≈ 1 s pool timeout)
+                if unavailable:
+                    break
+                await asyncio.sleep(0.1)
         finally:
             await asyncio.to_thread(pg_ctl, "start")
         await wait_serving(pki, cluster.ports[0], timeout=30)
-        await asyncio.wait_for(sender, 60)
+        await asyncio.wait_for(asyncio.gather(racing, sender), 60)
     assert unavailable > 0  # the outage was seen, and answered UNAVAILABLE
     assert len(receipts) == len(signed)
     stored = dict(cluster.sql("SELECT message_id, receipt FROM messages"))  # type: ignore[arg-type]
