@@ -100,6 +100,8 @@ class WorkingCalendar:
 
     notices: Mapping[int, YearNotice] = field(default_factory=dict)
     fallback_years: set[int] = field(default_factory=set)  # years answered Monday–Friday so far
+    # Answers so far: every accepted message counts a few dozen days for its deadlines.
+    _days: dict[dt.date, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path | None) -> WorkingCalendar:
@@ -119,6 +121,12 @@ class WorkingCalendar:
         return sorted(y for y in set(years) if self.source(y) is DaySource.FALLBACK)
 
     def is_working_day(self, day: dt.date) -> bool:
+        known = self._days.get(day)
+        if known is None:
+            known = self._days[day] = self._is_working_day(day)
+        return known
+
+    def _is_working_day(self, day: dt.date) -> bool:
         notice = self.notices.get(day.year)
         if notice is not None:
             if day in notice.workdays:
