@@ -1,0 +1,110 @@
+"""The bench's verdicts and how they are shown: a table for people, one JSON line for machines.
+
+Targets are printed beside the figures with PASS or MISS; a miss never fails the command, because
+on a shared two-core machine one noisy run is not a regression.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    ratio: str
+    at_least: bool   # the ratio must be ≥ `bound` (else ≤)
+    bound: float
+    meaning: str
+
+    def passes(self, value: float, result: dict[str, Any]) -> bool:
+        if math.isnan(value):
+            return False
+        ok = value >= self.bound if self.at_least else value <= self.bound
+        if self.ratio == "replay_vs_echo":
+            ok = ok and result["double_movements"] == 0
+        return ok
+
+    @property
+    def text(self) -> str:
+        return f"{'≥' if self.at_least else '≤'} {self.bound:g}"
+
+
+TARGETS = (
+    Target("submit_vs_echo", True, 0.5, "submit req/s ÷ echo req/s"),
+    Target("submit_p99_vs_echo", False, 2.0, "submit p99 ÷ echo p99"),
+    Target("replay_vs_echo", True, 0.7, "replay req/s ÷ echo req/s, and zero double movements"),
+    Target("large_store_vs_empty", True, 0.9, "submit req/s, large store ÷ empty store"),
+    Target("rss_large_vs_empty", False, 1.25, "gateway peak RSS, large store ÷ empty store"),
+    Target("cpu_vs_floor", False, 1.5, "gateway CPU per message ÷ (echo CPU per request + sign + verify + append)"),
+)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    if denominator == 0 or math.isnan(numerator) or math.isnan(denominator):
+        return math.nan
+    return numerator / denominator
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t.ratio: {"value": result[t.ratio], "target": t.text, "pass": t.passes(result[t.ratio], result),
+                      "meaning": t.meaning} for t in TARGETS}
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The human-readable report."""
+    cfg, machine, versions = result["config"], result["machine"], result["versions"]
+    echo, submit, replay = result["echo"], result["submit"], result["replay"]
+    cases, scale, floors = result["cases"], result["scale"], result["floors"]
+    lines = [
+        f"transfer-gateway bench ({cfg['mode']}, store {cfg['store']}) on {machine['cpu_count']} CPUs, "
+        f"Python {versions['python']}, grpcio {versions['grpcio']}, protobuf {versions['protobuf']}, "
+        f"cryptography {versions['cryptography']}, SQLite {versions['sqlite']}",
+        f"{cfg['concurrency']} calls in flight over {cfg['channels']} mTLS channels, "
+        f"{cfg['payload_bytes']}-byte messages, {cfg['window_seconds']:g} s windows after "
+        f"{cfg['warmup_seconds']:g} s warm-up",
+        "",
+        f"{'':30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU µs/req':>20}",
+    ]
+    for label, w in (("echo (bare grpc.aio, mTLS)", echo), ("submit (gateway, empty store)", submit),
+                     ("fund replay storm", replay),
+                     (f"submit, {scale['messages_loaded']:,} stored", scale["large"])):
+        lines.append(f"{label:30}{_n(w['req_per_s']):>10}{_n(w['p50_ms'], 1):>10}{_n(w['p99_ms'], 1):>10}"
+                     f"{_n(w['cpu_us_per_request']):>20}")
+    lines += [
+        "",
+        f"cases end to end: {cases['completed']}/{cases['cases']} completed, {_n(cases['cases_per_s'], 1)} cases/s; "
+        f"delivery (accepted → receiver's handler) p50 {_n(cases['delivery_p50_ms'], 1)} ms, "
+        f"p99 {_n(cases['delivery_p99_ms'], 1)} ms over {cases['deliveries']} deliveries",
+        f"replay storm: {replay['fund_transfers']} fund transfers replayed {replay['requests']:,} times; "
+        f"double movements {replay['double_movements']}, missing {replay['missing_movements']}, "
+        f"receipts differing from the original {replay['receipt_mismatches']}",
+        f"scale: {scale['messages_loaded']:,} messages ({scale['cases_loaded']:,} cases) loaded in "
+        f"{scale['load_seconds']:.1f} s, {scale['file_mib']:,.0f} MiB; "
+        f"peak RSS {scale['empty']['peak_rss_mib']:.0f} MiB empty vs {scale['large']['peak_rss_mib']:.0f} MiB large",
+        f"floors: sign {floors['sign_us']:.1f} µs, verify {floors['verify_us']:.1f} µs, durable append "
+        f"{floors['durable_append_us']:.1f} µs CPU per row (fsync'd batches of {floors['durable_append_batch']}; "
+        f"{floors['durable_append_wall_us']:.0f} µs wall per row, single-row commit "
+        f"{floors['single_commit_wall_us']:.0f} µs wall), echo server {_n(echo['cpu_us_per_request'])} µs CPU per "
+        f"request; gateway {_n(submit['cpu_us_per_request'])} µs CPU per accepted message",
+        "",
+        f"{'ratio':24}{'value':>8}  {'target':8}{'':6}meaning",
+    ]
+    for name, v in result["targets"].items():
+        lines.append(f"{name:24}{_n(v['value'], 2):>8}  {v['target']:8}{'PASS' if v['pass'] else 'MISS':6}"
+                     f"{v['meaning']}")
+    problems = [f"{name}: {w['errors']} errors, e.g. {w['error_examples'][:1]}"
+                for name, w in (("echo", echo), ("submit", submit), ("replay", replay), ("large", scale["large"]))
+                if w["errors"]]
+    problems += [f"{name}: the workload ran out before the window's end" for name, w in
+                 (("submit", submit), ("large", scale["large"])) if w["cut_short"]]
+    problems += [f"cases: {e}" for e in cases["errors"][:3]]
+    if problems:
+        lines += ["", "problems:", *(f"  {p}" for p in problems)]
+    lines.append(f"\n{result['seconds']:.0f} s in all")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""The harness's side of a server process: start it, read its CPU time and peak memory from
+/proc (Linux), stop it.
+
+Reading /proc from outside costs the server nothing and counts every thread it has (gRPC's
+completion-queue threads, the SQLite writer), which in-process accounting would mix up with
+the load generator's own work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+_STARTUP_TIMEOUT = 60.0
+
+
+class ServerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self._process = process
+        self.port = port
+        self.pid = process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the whole process so far (all threads)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident set size so far (VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+
+@asynccontextmanager
+async def running(spec: dict[str, Any], log: Path) -> AsyncIterator[ServerProcess]:
+    """Run `python -m gateway.bench.child spec` until the block ends; its stderr goes to `log`.
+
+    Raises RuntimeError (with the log's tail) if it does not start serving.
+    """
+    with log.open("ab") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.bench.child", json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+        )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), _STARTUP_TIMEOUT)
+            port = int(json.loads(line)["port"])
+        except (TimeoutError, ValueError, KeyError) as exc:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{spec['role']} process did not start: {exc!r}\n{tail}") from exc
+        yield ServerProcess(process, port)
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                process.stdin.write(b"stop\n")
+                await process.stdin.drain()
+                process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), 30.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
