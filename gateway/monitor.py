@@ -24,6 +24,9 @@ log = logging.getLogger("gateway.monitor")
 # How far ahead the calendar must be known: the longest limit (15 working days) with holidays.
 CALENDAR_HORIZON: Final = dt.timedelta(days=60)
 _ALL_TIME: Final = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 1, 1, tzinfo=dt.UTC))
+# The all-time fund totals scan every fund movement (~0.25 s at a million messages): read them
+# less often than the rest.
+FUNDS_INTERVAL: Final = dt.timedelta(seconds=60)
 
 
 class Monitor:
@@ -41,17 +44,21 @@ class Monitor:
         self._on_store = on_store
         self._reported_unknown: list[int] | None = None
         self._store_ok = True
+        self._funds_read_at: dt.datetime | None = None
 
     def calendar_gaps(self, now: dt.datetime) -> list[int]:
         """Years from today to the horizon that only the Monday–Friday fallback can answer."""
         first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
         return self._sla.calendar.unknown_years(range(first, last + 1))
 
-    async def refresh_once(self) -> None:
+    async def refresh_once(self, *, funds: bool = True) -> None:
+        """One reading; `funds=False` skips the fund totals unless they are older than FUNDS_INTERVAL."""
         now = self._clock()
         self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), self._platforms)
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
-        self._metrics.observe_funds(await self._store.settlement(*_ALL_TIME))
+        if funds or self._funds_read_at is None or now - self._funds_read_at >= FUNDS_INTERVAL:
+            self._metrics.observe_funds(await self._store.settlement(*_ALL_TIME))
+            self._funds_read_at = now
         await self._check_calendar(now)
 
     async def _check_calendar(self, now: dt.datetime) -> None:
@@ -77,7 +84,7 @@ class Monitor:
         while True:
             ok = True
             try:
-                await self.refresh_once()
+                await self.refresh_once(funds=False)
             except StoreUnavailable as err:
                 ok = False
                 if self._store_ok:

@@ -48,6 +48,7 @@ async def test_sigkill_mid_run_loses_nothing_and_never_doubles_funds(
 
     receipts: dict[str, envelope_pb2.Receipt] = {}
     acked: set[str] = set()
+    attempted: set[str] = set()
     channel = secure_channel(pki, "jiangsu", port)
     inbound = secure_channel(pki, "zhejiang", port)
     exchange = exchange_pb2_grpc.ExchangeStub(channel)
@@ -77,6 +78,7 @@ async def test_sigkill_mid_run_loses_nothing_and_never_doubles_funds(
                 n += 1
                 if n % 2:  # leave every other delivery unacknowledged
                     mid = envelope_pb2.ReceiptBody.FromString(delivery.receipt.body).message_id
+                    attempted.add(mid)  # if the crash eats the answer, the ack may or may not stand
                     await receiver.AckDelivery(exchange_pb2.AckDeliveryRequest(message_id=mid), timeout=5)
                     acked.add(mid)
         except grpc.aio.AioRpcError:
@@ -124,9 +126,14 @@ async def test_sigkill_mid_run_loses_nothing_and_never_doubles_funds(
 
         # Everything not acknowledged before the crash is delivered now; nothing acknowledged is.
         delivered: set[str] = set()
+        uncertain = attempted - acked
         call = receiver.Subscribe(exchange_pb2.SubscribeRequest())
-        while delivered | acked != accepted:
-            delivery = await asyncio.wait_for(call.read(), 10)
+        while missing := accepted - acked - delivered:
+            try:
+                delivery = await asyncio.wait_for(call.read(), 3 if missing <= uncertain else 10)
+            except TimeoutError:
+                assert missing <= uncertain, f"{len(missing)} accepted messages never delivered"
+                break
             mid = envelope_pb2.ReceiptBody.FromString(delivery.receipt.body).message_id
             assert mid not in acked
             delivered.add(mid)

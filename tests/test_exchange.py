@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
+from gateway.service.exchange import RecentReceipts
 from gateway.signing import LocalSigner
 from mitransfer.v1 import envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
 from tests.support import GatewayHandle, failure, sign
@@ -296,3 +297,13 @@ async def test_logs_carry_no_personal_data(gateway: GatewayHandle, caplog: pytes
     for secret in (p.person.certificate_number, p.person.name, bad.person.certificate_number):
         assert secret not in formatted
         assert secret not in (caught.value.details() or "")
+
+
+def test_recent_receipts_serve_only_the_submitting_platform_and_forget_the_oldest() -> None:
+    recent = RecentReceipts(capacity=2)
+    recent.put(b"a", "jiangsu", b"receipt-a")
+    recent.put(b"b", "jiangsu", b"receipt-b")
+    assert recent.get(b"a", "zhejiang") is None  # another platform goes through the store's checks
+    assert recent.get(b"a", "jiangsu") == b"receipt-a"  # and is now the most recent
+    recent.put(b"c", "jiangsu", b"receipt-c")
+    assert (recent.get(b"a", "jiangsu"), recent.get(b"b", "jiangsu")) == (b"receipt-a", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,6 +32,32 @@ from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, message
 log = logging.getLogger("gateway.exchange")
 
 
+class RecentReceipts:
+    """Receipts of messages this process saw committed, by fingerprint, most recent kept.
+
+    A retry storm resends the same signed bytes; answering it from here skips parsing,
+    validation and a store transaction. Only committed facts enter, so replicas may each keep
+    their own. The submitting platform must match: another platform asking is served by the store.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+
+    def get(self, fingerprint: bytes, platform: str) -> bytes | None:
+        entry = self._entries.get(fingerprint)
+        if entry is None or entry[0] != platform:
+            return None
+        self._entries.move_to_end(fingerprint)
+        return entry[1]
+
+    def put(self, fingerprint: bytes, platform: str, receipt: bytes) -> None:
+        self._entries[fingerprint] = (platform, receipt)
+        self._entries.move_to_end(fingerprint)
+        if len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
@@ -44,12 +71,18 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         self._signer = signer
         self._metrics = metrics
         self._clock = clock
+        self._recent = RecentReceipts()
 
     async def Submit(self, request: envelope_pb2.SignedMessage, context: Any) -> envelope_pb2.Receipt:
         kind_label = messages.kind_name(request.kind)
         try:
             platform = calling_platform(context, self._registry)
-            incoming, message = self._admit(platform, request)
+            payload_type = self._verify(platform, request)
+            known = self._recent.get(fingerprint(payload_type, request.payload), platform.id)
+            if known is not None:  # byte-identical to a message already committed: its receipt
+                self._metrics.messages.labels(kind_label, "replayed", "").inc()
+                return envelope_pb2.Receipt.FromString(known)
+            incoming, message = self._admit(platform, request, payload_type)
             outcome = await self._store.accept(
                 incoming,
                 lambda case, index: case_rules.apply(case, message, rules=self._rules, index=index),
@@ -60,6 +93,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             log.info("rejected", extra={"fields": {"kind": kind_label, "reason": err.reason,
                                                    "code": type(err).__name__}})
             raise
+        self._recent.put(incoming.fingerprint, platform.id, outcome.receipt)
         result = "replayed" if outcome.replayed else "accepted"
         self._metrics.messages.labels(kind_label, result, "").inc()
         if not outcome.replayed:
@@ -72,10 +106,8 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         }})
         return envelope_pb2.Receipt.FromString(outcome.receipt)
 
-    def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage
-    ) -> tuple[IncomingMessage, messages.BusinessMessage]:
-        """Verify, parse, validate and authorize; raises the CallerError that says what is wrong."""
+    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> str:
+        """Check the signature over the bytes as received; returns the payload type."""
         payload_type = messages.payload_type(signed.kind)
         key = self._registry.signing_key(platform, signed.key_id)
         if key is None:
@@ -91,6 +123,12 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 f"signature does not verify with key {signed.key_id} over PAE({payload_type}, payload)",
                 reason="SIGNATURE_INVALID", metadata={"key_id": signed.key_id},
             )
+        return payload_type
+
+    def _admit(
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, payload_type: str
+    ) -> tuple[IncomingMessage, messages.BusinessMessage]:
+        """Parse, validate and authorize; raises the CallerError that says what is wrong."""
         message = messages.parse(signed.kind, signed.payload)
         validate(message, now=self._clock())
         header = message.header

@@ -1,15 +1,18 @@
 """SQLite store (the embedded default): WAL, synchronous=FULL, one writer thread, group commit.
 
-Every operation is a job run on one dedicated thread that owns the connection. The thread takes
-all jobs queued at that moment, runs each inside its own SAVEPOINT (a job that raises is rolled
-back alone), then commits once and answers every caller: many accepts share one fsync, and no
-caller hears of its write before the commit that holds it. The SQL itself is `gateway.store.sql`,
+Every write is a job run on one dedicated thread that owns the writing connection. The thread
+takes all jobs queued at that moment, runs each inside its own SAVEPOINT (a job that raises is
+rolled back alone), then commits once and answers every caller: many accepts share one fsync,
+and no caller hears of its write before the commit that holds it. Reads (tracking, reports, the
+monitor's gauges) run on a second, read-only connection on a thread of their own: WAL lets them
+see every committed write without ever holding up the writer. The SQL itself is `gateway.store.sql`,
 shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import queue
 import sqlite3
@@ -84,6 +87,8 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reads: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -93,13 +98,44 @@ class SQLiteStore:
         self._thread = threading.Thread(target=self._run, args=(ready,), name="sqlite-writer", daemon=True)
         self._thread.start()
         await ready
+        self._reads = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._reader = await self._loop.run_in_executor(self._reads, self._connect_reader)
 
     async def close(self) -> None:
+        if self._reads is not None:
+            reader, reads = self._reader, self._reads
+            self._reader = self._reads = None
+            if reader is not None:
+                await asyncio.get_running_loop().run_in_executor(reads, reader.close)
+            reads.shutdown(wait=True)
         if self._thread is None:
             return
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA busy_timeout={self._config.busy_timeout_ms}")
+        return conn
+
+    def _read_now(self, steps: Steps[T]) -> T:
+        """One read in one snapshot, on the reader thread."""
+        assert self._reader is not None
+        try:
+            self._reader.execute("BEGIN")
+            try:
+                return run_steps(self._reader, steps)
+            finally:
+                self._reader.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE") from exc
+
+    async def _read(self, steps: Steps[T]) -> T:
+        if self._reads is None or self._loop is None:
+            raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
+        return await self._loop.run_in_executor(self._reads, self._read_now, steps)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
@@ -180,8 +216,7 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"commit failed: {exc}", reason="STORE_UNAVAILABLE")
             results = [(job, None, failure) for job in batch]
-        for job, value, error in results:
-            loop.call_soon_threadsafe(_settle, job.future, value, error)
+        loop.call_soon_threadsafe(_settle_all, results)  # one wake-up of the event loop per batch
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None or self._loop is None:
@@ -213,29 +248,34 @@ class SQLiteStore:
         await self._steps(sql.ack_delivery(platform, message_id, now))
 
     async def get_case(self, transfer_id: str) -> CaseView | None:
-        return await self._steps(sql.get_case(transfer_id))
+        return await self._read(sql.get_case(transfer_id))
 
     async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        views = [await self.get_case(tid) for tid in await self._steps(sql.idle_case_ids(state, idle_since, limit))]
+        views = [await self.get_case(tid) for tid in await self._read(sql.idle_case_ids(state, idle_since, limit))]
         return [v for v in views if v is not None]
 
     async def receipt_of(self, message_id: str) -> bytes | None:
-        return await self._steps(sql.receipt_of(message_id))
+        return await self._read(sql.receipt_of(message_id))
 
     async def held_transfers(self) -> list[HeldTransfer]:
-        return await self._steps(sql.held_transfers())
+        return await self._read(sql.held_transfers())
 
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
-        return await self._steps(sql.settlement(start, end))
+        return await self._read(sql.settlement(start, end))
 
     async def delivery_stats(self) -> list[DeliveryStats]:
-        return await self._steps(sql.delivery_stats())
+        return await self._read(sql.delivery_stats())
 
     async def list_cases(self, query: CaseQuery) -> list[CaseView]:
-        return await self._steps(sql.list_cases(query))
+        return await self._read(sql.list_cases(query))
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
-        return await self._steps(sql.stage_counts(now, due_soon_before))
+        return await self._read(sql.stage_counts(now, due_soon_before))
+
+
+def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, value, error in results:
+        _settle(job.future, value, error)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
