@@ -138,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure the gateway against a bare gRPC echo server (loopback)")
     bench.add_argument("--quick", action="store_true", help="shorter windows, 100,000 stored messages (< 3 min)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    bench.add_argument("--store", default="sqlite", help="store to measure (only sqlite exists)")
+    bench.add_argument("--store", default="sqlite",
+                       help="sqlite (default) or a postgresql:// URL: a schema per gateway process, dropped"
+                       " afterwards, and two replicas sharing one")
     bench.add_argument("--window", type=float, help="seconds of each measured window (default 20, quick 8)")
     bench.add_argument("--scale-messages", type=int, help="messages in the large store (default 1,000,000)")
     bench.add_argument("--cases", type=int, help="cases played end to end (default 1000, quick 200)")

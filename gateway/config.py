@@ -60,13 +60,13 @@ class GatewayConfig:
     def dev(
         cls, certs: Path = Path("certs/dev"), database: Path = Path("var/gateway.db"), **overrides: Any
     ) -> GatewayConfig:
-        """The embedded default: dev certificates, SQLite, loopback."""
+        """The embedded default: dev certificates, SQLite at `database` (or `store=`), loopback."""
         paths = DevPaths(certs)
+        overrides.setdefault("store", SQLiteConfig(path=database))
         return cls(
             tls=TLSConfig(ca=paths.ca, cert=paths.gateway_cert, key=paths.gateway_key),
             signing=SigningConfig(key=paths.gateway_signing_key, key_id=GATEWAY_KEY_ID),
             registry=paths.registry,
-            store=SQLiteConfig(path=database),
             **overrides,
         )
 

@@ -12,12 +12,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from gateway.bench.stores import SQLiteBenchStore
+from gateway.bench.stores import PostgresBenchStore, SQLiteBenchStore
 from gateway.bench.workload import presign_cases, store_routes, store_templates
 from gateway.cli import main
 from gateway.pki import DevPaths
+from tests.support import postgres_url
 
 WINDOW_FIGURES = ("requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "server_cpu_seconds", "cpu_us_per_request")
 SECTIONS = {
@@ -40,11 +42,50 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+TINY = ["bench", "--json", "--window", "0.4", "--scale-messages", "600", "--cases", "6"]
+
+
 @pytest.mark.slow
 def test_tiny_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--json", "--window", "0.4", "--scale-messages", "600", "--cases", "6"]) == 0
+    assert main(TINY) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
+    assert_complete(result)
+    assert result["store"] == "sqlite" and result["submit_two_replicas"] is None
+
+
+@pytest.mark.slow
+def test_tiny_bench_on_postgres_reports_two_replicas_and_drops_its_schemas(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url = postgres_url()
+    schemas: list[str] = []
+    fresh = PostgresBenchStore.fresh
+
+    def noted(self: PostgresBenchStore, label: str) -> dict[str, str]:
+        location = fresh(self, label)
+        schemas.append(location["schema"])
+        return location
+
+    monkeypatch.setattr(PostgresBenchStore, "fresh", noted)
+    assert main([*TINY, "--store", url]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert_complete(result)
+    assert result["store"] == "postgresql" and result["versions"]["postgresql"]
+    pair = result["submit_two_replicas"]
+    for key in (*WINDOW_FIGURES, "engine_cpu_us_per_request", "vs_one_replica"):
+        assert finite(pair[key]), key
+    assert pair["replicas"] == 2 and pair["requests"] > 0
+    assert pair["errors"] == 0 and pair["receipts_checked"] > 0 and pair["receipt_failures"] == 0
+    assert finite(result["submit"]["engine_cpu_us_per_request"])
+    assert len(schemas) == 5  # large, empty, replay, the replicas' shared one, cases
+    with psycopg.connect(url) as conn:
+        left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)).fetchall()
+    assert left == []
+
+
+def assert_complete(result: dict[str, Any]) -> None:
+    """Every figure of every store's run is there and finite, and no money moved twice."""
     for section, keys in SECTIONS.items():
         for key in keys:
             value = result[section][key]
@@ -78,3 +119,23 @@ def test_bulk_loader_writes_closed_cases_into_the_stores_schema(pki: DevPaths, t
         open_deliveries = conn.execute("SELECT COUNT(*) FROM deliveries WHERE acknowledged_at IS NULL").fetchone()[0]
     assert counts == [17, 102, 102, 17] and open_deliveries == 0
     assert store.audit_funds(location, []).double_movements == 0
+
+
+def test_postgres_loader_copies_the_same_rows_and_moves_the_log_head(pki: DevPaths) -> None:
+    url = postgres_url()
+    store = PostgresBenchStore(url)
+    try:
+        location = store.fresh("loader")
+        case = presign_cases(pki, 1)[0]
+        loaded = asyncio.run(store.populate(location, 100, store_templates(pki, case), store_routes()))
+
+        assert loaded.messages == 102 and loaded.cases == 17 and loaded.file_bytes > 0
+        with psycopg.connect(url, options=f"-c search_path={location['schema']}") as conn:
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                      for t in ("cases", "messages", "deliveries", "fund_movements")]
+            head = conn.execute("SELECT sequence FROM log_head").fetchone()
+        assert counts == [17, 102, 102, 17] and head == (102,)
+        audit = store.audit_funds(location, [])
+        assert audit.double_movements == 0 and audit.missing_movements == 0
+    finally:
+        store.cleanup()

@@ -73,7 +73,8 @@ async def start_cluster(pki: DevPaths, tmp_path: Path, url: str, schema: str, re
     for i, port in enumerate(ports):  # started together: migrations must serialize themselves
         processes.append(start_gateway_process(
             pki, tmp_path / f"replica{i}.toml", port, tmp_path / f"replica{i}.log",
-            f'postgresql = "{url}"\nschema = "{schema}"\ntimeout_seconds = 1\npool_max = 4', extra="monitor_interval_seconds = 0.2"))
+            f'postgresql = "{url}"\nschema = "{schema}"\ntimeout_seconds = 1\npool_max = 4',
+            extra="monitor_interval_seconds = 0.2"))
     for port in ports:
         await wait_serving(pki, port)
     return Cluster(pki, url, schema, ports, processes)

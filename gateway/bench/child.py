@@ -1,7 +1,8 @@
 """A server in a process of its own, so that its CPU time and memory are its alone.
 
 Either the gateway, assembled as `transfer-gateway serve` assembles it, or a bare grpc.aio echo
-server with the same mutual TLS (the stack's limit). The harness runs
+server with the same mutual TLS (the stack's limit). The gateway's store is a SQLite file
+(`"database"` in the spec) or a PostgreSQL schema (`"store"`: the URL, `"schema"`). The harness runs
 `python -m gateway.bench.child '<json spec>'`; the child prints `{"port": N}` on stdout once it
 serves, and stops gracefully when its stdin yields a line or closes (so it also ends with the
 harness).
@@ -13,12 +14,16 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway.pki import DevPaths
+
+if TYPE_CHECKING:
+    from gateway.store.engines import StoreConfig
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -46,14 +51,25 @@ async def start_echo(pki: DevPaths) -> tuple[int, Callable[[], Awaitable[None]]]
     return port, stop
 
 
-async def start_gateway(pki: DevPaths, database: Path, log_level: str) -> tuple[int, Callable[[], Awaitable[None]]]:
+def store_of(spec: dict[str, Any]) -> StoreConfig:
+    """The store a gateway spec names."""
+    from gateway.store.postgres import PostgresConfig
+    from gateway.store.sqlite import SQLiteConfig
+
+    if "store" in spec:
+        return PostgresConfig(url=spec["store"], schema=spec["schema"])
+    return SQLiteConfig(path=Path(spec["database"]))
+
+
+async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tuple[int, Callable[[], Awaitable[None]]]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr)."""
     from gateway import logs
     from gateway.config import GatewayConfig
     from gateway.server import GatewayServer
 
     logs.configure(log_level)
-    server = GatewayServer(GatewayConfig.dev(pki.root, database, listen="127.0.0.1:0", metrics_listen=None))
+    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen=None), store=store)
+    server = GatewayServer(config)
     await server.start()
 
     async def stop() -> None:
@@ -67,7 +83,7 @@ async def _serve(spec: dict[str, Any]) -> None:
     if spec["role"] == "echo":
         port, stop = await start_echo(pki)
     elif spec["role"] == "gateway":
-        port, stop = await start_gateway(pki, Path(spec["database"]), spec.get("log_level", "INFO"))
+        port, stop = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"))
     else:
         raise SystemExit(f"unknown role {spec['role']!r}")
     print(json.dumps({"port": port}), flush=True)

@@ -9,8 +9,13 @@ On loopback with a fresh dev PKI:
    the replay storm; then load them in turns, a slice of each per round, so that whatever slows
    the machine down meanwhile slows all four alike. The idle ones keep running, as a gateway
    does between bursts: their periodic readings (the monitor) come at their natural rate;
+   On a store that replicas can share (PostgreSQL), a fifth turn goes to two gateway processes on
+   one schema, the submit load split evenly between them;
 4. audit the replay gateway's store for double fund movements;
 5. play whole cases end to end between the two reference platforms on a fresh gateway.
+
+Each gateway process gets a store of its own (a SQLite file, or a PostgreSQL schema dropped at the
+end of the run, however it ends).
 
 The load generator is this process; the server under load is another. They share the machine's
 two cores.
@@ -46,8 +51,8 @@ from clients.signing import KeyRing
 from gateway.bench import report, servers
 from gateway.bench.floors import Floors, measure_floors
 from gateway.bench.load import Meter, measure, percentile
-from gateway.bench.stores import BenchStore, FundAudit, LoadReport, open_store
-from gateway.bench.targets import EchoTarget, ReplayTarget, SubmitTarget, Target
+from gateway.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
+from gateway.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
 from gateway.bench.workload import PLATFORMS, SignedCase, presign_cases, store_routes, store_templates
 from gateway.messages import payload_type
 from gateway.pki import DEV_PLATFORMS, DevPaths, write_dev_pki
@@ -57,6 +62,7 @@ from mitransfer.v1 import envelope_pb2
 _PER_CASE = 6      # messages in each pre-signed case
 _REPLAY_SET = 128  # distinct fund transfers the storm repeats: few, so that clients collide on them
 _SETTLE = 0.5      # seconds of load before each later slice of a server (its connections are warm)
+_REPLICAS = 2      # gateway processes sharing one store, where the store allows it
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class BenchConfig:
     cases: int                  # cases played end to end
     concurrency: int = 64       # calls in flight, in every phase
     channels: int = 4           # mTLS channels they are spread over (half per platform when both send)
-    store: str = "sqlite"
+    store: str = "sqlite"       # "sqlite" or a postgresql:// URL (a schema per gateway process)
     floor_iterations: int = 2000
     max_rate: float = 5000.0    # messages pre-signed for this rate; a faster gateway ends its window early
     log_level: str = "INFO"     # the gateway's, as `serve` runs it
@@ -136,12 +142,20 @@ class _Rounds:
     empty_rss: int
     large_rss: int
     audit: FundAudit
+    replicas: ReplicaTargets | None  # two gateways on one shared store, if the store allows it
 
 
 async def _bench(config: BenchConfig, workdir: Path) -> dict[str, Any]:
+    store = open_store(config.store, workdir)
+    try:
+        return await _bench_on(config, workdir, store)
+    finally:
+        store.cleanup()  # after every gateway process has stopped
+
+
+async def _bench_on(config: BenchConfig, workdir: Path, store: BenchStore) -> dict[str, Any]:
     started = time.perf_counter()
     pki = write_dev_pki(workdir / "pki")
-    store = open_store(config.store, workdir)
     submit_seconds = config.warmup + (config.rounds - 1) * config.settle + config.window
     pool = max(_REPLAY_SET * 2, math.ceil(config.max_rate * submit_seconds / _PER_CASE))
     _progress(f"signing {pool * _PER_CASE:,} messages")
@@ -166,24 +180,28 @@ async def _bench(config: BenchConfig, workdir: Path) -> dict[str, Any]:
     _progress(f"{config.cases} cases end to end")
     e2e = await _cases(config, pki, workdir, store.fresh("cases"))
 
-    result = _result(config, rounds, load, floors, e2e, pki)
+    result = _result(config, store, rounds, load, floors, e2e, pki)
     result["config"].update(payload_bytes=payload_bytes, presigned_messages=len(sizes))
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
-def _result(config: BenchConfig, rounds: _Rounds, load: LoadReport, floors: Floors, e2e: dict[str, Any],
-            pki: DevPaths) -> dict[str, Any]:
+def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadReport, floors: Floors,
+            e2e: dict[str, Any], pki: DevPaths) -> dict[str, Any]:
     echo, submit, large, replay = (t.measured() for t in (rounds.echo, rounds.submit, rounds.large, rounds.replay))
     keyring = KeyRing.load(pki.registry)
     floor_sum = echo.cpu_us_per_call + floors.sign_us + floors.verify_us + floors.append_cpu_us
     audit = rounds.audit
+    versions = {"python": platform.python_version(), "grpcio": grpc.__version__, "protobuf": protobuf.__version__,
+                "cryptography": cryptography.__version__, "sqlite": sqlite3.sqlite_version}
+    if store.name != "sqlite":
+        versions[store.name] = store.version()
     result: dict[str, Any] = {
         "bench": "transfer-gateway",
-        "config": {**asdict(config), "window_seconds": config.window, "warmup_seconds": config.warmup},
-        "versions": {"python": platform.python_version(), "grpcio": grpc.__version__,
-                     "protobuf": protobuf.__version__, "cryptography": cryptography.__version__,
-                     "sqlite": sqlite3.sqlite_version},
+        "store": store.name,
+        "config": {**asdict(config), "store": redact(config.store), "window_seconds": config.window,
+                   "warmup_seconds": config.warmup},
+        "versions": versions,
         "machine": {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                     "platform": platform.platform(), "machine": platform.machine()},
         "echo": echo.figures(),
@@ -193,6 +211,7 @@ def _result(config: BenchConfig, rounds: _Rounds, load: LoadReport, floors: Floo
         "replay": {**replay.figures(), "fund_transfers": audit.cases_checked,
                    "double_movements": audit.double_movements, "missing_movements": audit.missing_movements,
                    "receipt_mismatches": rounds.replay.mismatches},
+        "submit_two_replicas": _replica_figures(rounds.replicas, submit.per_second, keyring),
         "cases": e2e,
         "scale": {
             "messages_loaded": load.messages, "cases_loaded": load.cases, "load_seconds": round(load.seconds, 2),
@@ -218,6 +237,17 @@ def _result(config: BenchConfig, rounds: _Rounds, load: LoadReport, floors: Floo
     return result
 
 
+def _replica_figures(replicas: ReplicaTargets | None, one_replica: float, keyring: KeyRing) -> dict[str, Any] | None:
+    """Two replicas' combined figures (CPU: both gateway processes), beside one replica's req/s."""
+    if replicas is None:
+        return None
+    window = replicas.measured()
+    return {**window.figures(), "replicas": len(replicas.replicas),
+            "vs_one_replica": report.ratio(window.per_second, one_replica),
+            "accepted_by_kind": replicas.accepted_by_kind, "receipts_checked": len(replicas.sampled),
+            "receipt_failures": replicas.receipt_failures(keyring)}
+
+
 def _gateway_spec(pki: DevPaths, location: dict[str, str], config: BenchConfig) -> dict[str, Any]:
     return {"role": "gateway", "pki": str(pki.root), "log_level": config.log_level, **location}
 
@@ -238,6 +268,12 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
         large_server = await start("gateway-large", _gateway_spec(pki, large_store, config))
         large = SubmitTarget("large", large_server, pki, config.channels, cases)
         targets.append(large)
+        pair: ReplicaTargets | None = None
+        if store.replicas:
+            shared = store.fresh("replicas")
+            pair = ReplicaTargets("replicas", [await start(f"gateway-replica-{i}", _gateway_spec(pki, shared, config))
+                                               for i in range(_REPLICAS)], pki, config.channels, cases)
+            targets.append(pair)
         replay_server = await start("gateway-replay", _gateway_spec(pki, replay_store, config))
         primer = SubmitTarget("primer", replay_server, pki, config.channels, cases[:_REPLAY_SET + _REPLAY_SET // 4])
         targets.append(primer)
@@ -245,18 +281,19 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             await _drain(primer, config.concurrency)  # the fund transfers the storm repeats are accepted first
             replay = ReplayTarget("replay", replay_server, pki, config.channels, primer.funds[:_REPLAY_SET])
             targets.append(replay)
-            turns: list[Target] = [echo, submit, large, replay]
+            turns: list[Target] = [echo, submit, large, replay, *([pair] if pair else [])]
             for r in range(config.rounds):
                 for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
                     t.windows.append(await measure(
                         config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
-                        window=config.window / config.rounds, server_cpu=t.server.cpu_seconds))
+                        window=config.window / config.rounds, server_cpu=t.cpu_seconds,
+                        engine_cpu=None if t is echo else store.engine_cpu_seconds))
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:
             for t in targets:
                 await t.close()
     audit = store.audit_funds(replay_store, [s.transfer_id for s, _ in replay.storm])
-    return _Rounds(echo, submit, large, replay, empty_rss, large_rss, audit)
+    return _Rounds(echo, submit, large, replay, empty_rss, large_rss, audit, pair)
 
 
 async def _drain(target: Target, workers: int) -> None:

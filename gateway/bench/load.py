@@ -2,8 +2,9 @@
 
 Workers start together and run through a warm-up (connections, TLS handshakes, caches) before
 the window opens; only calls that complete inside the window count, and the server's CPU time
-is read at both edges of the same window. The window closes early, and says so, if the workload
-runs out before its time. Windows of one server taken at different moments add up (`combine`).
+(and a separate store engine's, PostgreSQL's) is read at both edges of the same window. The
+window closes early, and says so, if the workload runs out before its time. Windows of one server
+taken at different moments add up (`combine`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Window:
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: list[str] = field(default_factory=list)
     cut_short: bool = False  # the workload ran out before the window's time
+    engine_cpu_seconds: float = math.nan  # a store engine in processes of its own (PostgreSQL), else NaN
 
     @classmethod
     def combine(cls, windows: list[Window]) -> Window:
@@ -83,6 +85,7 @@ class Window:
             server_cpu_seconds=sum(w.server_cpu_seconds for w in windows), errors=dict(errors),
             error_examples=[e for w in windows for e in w.error_examples][:3],
             cut_short=any(w.cut_short for w in windows),
+            engine_cpu_seconds=sum(w.engine_cpu_seconds for w in windows) if windows else math.nan,
         )
 
     @property
@@ -113,6 +116,8 @@ class Window:
             "cpu_us_per_request": round(self.cpu_us_per_call, 1),
             "errors": sum(self.errors.values()), "error_codes": self.errors, "error_examples": self.error_examples,
             "cut_short": self.cut_short,
+            "engine_cpu_us_per_request": round(self.engine_cpu_seconds / self.completed * 1e6, 1)
+            if self.completed else math.nan,
         }
 
 
@@ -120,19 +125,24 @@ Worker = Callable[[int, Meter], Coroutine[Any, Any, None]]
 
 
 async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
-                  server_cpu: Callable[[], float]) -> Window:
+                  server_cpu: Callable[[], float], engine_cpu: Callable[[], float] | None = None) -> Window:
     """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`."""
+    def engine() -> float:
+        return engine_cpu() if engine_cpu is not None else math.nan
+
     meter = Meter()
     tasks = [asyncio.create_task(worker(i, meter)) for i in range(workers)]
     exhausted = asyncio.create_task(meter.exhausted.wait())
     try:
         await asyncio.wait({exhausted}, timeout=warmup)
-        cpu_start = server_cpu()
+        cpu_start, engine_start = server_cpu(), engine()
         meter.opened_at = time.perf_counter()
         if not exhausted.done():
             await asyncio.wait({exhausted}, timeout=window)
         meter.closed_at = time.perf_counter()
-        cpu = server_cpu() - cpu_start
+        cpu, engine_used = server_cpu() - cpu_start, engine() - engine_start
+        if engine_used < 0:
+            engine_used = math.nan  # a backend exited meanwhile (the engine restarted): not measurable
     finally:
         meter.running = False
         exhausted.cancel()
@@ -143,6 +153,7 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
     return Window(
         latencies=sorted(meter.latencies), seconds=meter.closed_at - meter.opened_at, server_cpu_seconds=cpu,
         errors=dict(meter.errors), error_examples=meter.examples, cut_short=meter.exhausted.is_set(),
+        engine_cpu_seconds=engine_used,
     )
 
 

@@ -61,21 +61,28 @@ def table(result: dict[str, Any]) -> str:
     cfg, machine, versions = result["config"], result["machine"], result["versions"]
     echo, submit, replay = result["echo"], result["submit"], result["replay"]
     cases, scale, floors = result["cases"], result["scale"], result["floors"]
+    pair = result.get("submit_two_replicas")
+    engine = "PostgreSQL" if result.get("store") == "postgresql" else ""
     lines = [
         f"transfer-gateway bench ({cfg['mode']}, store {cfg['store']}) on {machine['cpu_count']} CPUs, "
         f"Python {versions['python']}, grpcio {versions['grpcio']}, protobuf {versions['protobuf']}, "
-        f"cryptography {versions['cryptography']}, SQLite {versions['sqlite']}",
+        f"cryptography {versions['cryptography']}, SQLite {versions['sqlite']}"
+        + (f", PostgreSQL {versions['postgresql']}" if "postgresql" in versions else ""),
         f"{cfg['concurrency']} calls in flight over {cfg['channels']} mTLS channels, "
         f"{cfg['payload_bytes']}-byte messages, {cfg['window_seconds']:g} s windows after "
         f"{cfg['warmup_seconds']:g} s warm-up",
         "",
-        f"{'':30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU µs/req':>20}",
+        f"{'':30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU µs/req':>20}"
+        + (f"{engine + ' CPU µs/req':>24}" if engine else ""),
     ]
-    for label, w in (("echo (bare grpc.aio, mTLS)", echo), ("submit (gateway, empty store)", submit),
-                     ("fund replay storm", replay),
-                     (f"submit, {scale['messages_loaded']:,} stored", scale["large"])):
+    rows = [("echo (bare grpc.aio, mTLS)", echo), ("submit (gateway, empty store)", submit),
+            ("fund replay storm", replay), (f"submit, {scale['messages_loaded']:,} stored", scale["large"])]
+    if pair:
+        rows.append((f"submit, {pair['replicas']} replicas (sum)", pair))
+    for label, w in rows:
         lines.append(f"{label:30}{_n(w['req_per_s']):>10}{_n(w['p50_ms'], 1):>10}{_n(w['p99_ms'], 1):>10}"
-                     f"{_n(w['cpu_us_per_request']):>20}")
+                     f"{_n(w['cpu_us_per_request']):>20}"
+                     + (f"{_n(w.get('engine_cpu_us_per_request') or math.nan):>24}" if engine else ""))
     lines += [
         "",
         f"cases end to end: {cases['completed']}/{cases['cases']} completed, {_n(cases['cases_per_s'], 1)} cases/s; "
@@ -84,6 +91,9 @@ def table(result: dict[str, Any]) -> str:
         f"replay storm: {replay['fund_transfers']} fund transfers replayed {replay['requests']:,} times; "
         f"double movements {replay['double_movements']}, missing {replay['missing_movements']}, "
         f"receipts differing from the original {replay['receipt_mismatches']}",
+        *([f"two replicas on one store: {_n(pair['req_per_s'])} req/s together, "
+           f"{_n(pair['vs_one_replica'], 2)}× one replica; receipts failing {pair['receipt_failures']}"]
+          if pair else []),
         f"scale: {scale['messages_loaded']:,} messages ({scale['cases_loaded']:,} cases) loaded in "
         f"{scale['load_seconds']:.1f} s, {scale['file_mib']:,.0f} MiB; "
         f"peak RSS {scale['empty']['peak_rss_mib']:.0f} MiB empty vs {scale['large']['peak_rss_mib']:.0f} MiB large",
@@ -98,11 +108,11 @@ def table(result: dict[str, Any]) -> str:
     for name, v in result["targets"].items():
         lines.append(f"{name:24}{_n(v['value'], 2):>8}  {v['target']:8}{'PASS' if v['pass'] else 'MISS':6}"
                      f"{v['meaning']}")
-    problems = [f"{name}: {w['errors']} errors, e.g. {w['error_examples'][:1]}"
-                for name, w in (("echo", echo), ("submit", submit), ("replay", replay), ("large", scale["large"]))
-                if w["errors"]]
+    runs = [("echo", echo), ("submit", submit), ("replay", replay), ("large", scale["large"])]
+    runs += [("two replicas", pair)] if pair else []
+    problems = [f"{name}: {w['errors']} errors, e.g. {w['error_examples'][:1]}" for name, w in runs if w["errors"]]
     problems += [f"{name}: the workload ran out before the window's end" for name, w in
-                 (("submit", submit), ("large", scale["large"])) if w["cut_short"]]
+                 runs[1:] if w["cut_short"] and name != "replay"]
     problems += [f"cases: {e}" for e in cases["errors"][:3]]
     if problems:
         lines += ["", "problems:", *(f"  {p}" for p in problems)]

@@ -3,7 +3,8 @@
 
 Reading /proc from outside costs the server nothing and counts every thread it has (gRPC's
 completion-queue threads, the SQLite writer), which in-process accounting would mix up with
-the load generator's own work.
+the load generator's own work. A PostgreSQL server on the same machine is read the same way:
+the CPU of all its processes (backends, WAL writer, checkpointer) is the store's share.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -39,6 +41,28 @@ class ServerProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc status")
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of every process named `postgres` on this machine; NaN if none.
+
+    A backend that exits takes its time with it, so only differences over a span in which the
+    gateway's pooled connections stay open mean anything.
+    """
+    total, found = 0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        if name == "postgres":
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else math.nan
 
 
 @asynccontextmanager

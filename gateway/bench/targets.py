@@ -4,14 +4,16 @@
 - `SubmitTarget`: a gateway, sent pre-signed cases in order (each message needs the one before
   it); it keeps the fund transfers it got accepted, and a sample of receipts to check later;
 - `ReplayTarget`: a gateway, sent the same already-accepted fund transfers again and again; it
-  counts answers that are not byte for byte the original receipt.
+  counts answers that are not byte for byte the original receipt;
+- `ReplicaTargets`: gateway replicas on one shared store, sent one stream of cases, each case
+  whole to one replica, the workers split evenly between them (as a load balancer would).
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -53,6 +55,10 @@ class Target(ABC):
     def measured(self) -> Window:
         return Window.combine(self.windows)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time so far of the process(es) this target loads."""
+        return self.server.cpu_seconds()
+
     async def close(self) -> None:
         for c in self._channels:
             await c.close()
@@ -87,9 +93,9 @@ class _GatewayTarget(Target):
 
 class SubmitTarget(_GatewayTarget):
     def __init__(self, name: str, server: ServerProcess, pki: DevPaths, channels: int,
-                 cases: Sequence[SignedCase]) -> None:
+                 cases: Iterable[SignedCase]) -> None:
         super().__init__(name, server, pki, channels)
-        self._pending: Iterator[SignedCase] = iter(cases)
+        self._pending: Iterator[SignedCase] = iter(cases)  # an iterator passed in is shared, not copied
         self.funds: list[tuple[Submission, bytes]] = []    # accepted fund transfers and their receipts
         self.sampled: list[tuple[Submission, bytes]] = []  # receipts to verify once the clock stopped
         self.accepted_by_kind: dict[str, int] = {}         # over the whole run, warm-ups included
@@ -146,3 +152,41 @@ class ReplayTarget(_GatewayTarget):
             receipt = await timed_call(meter, self.call_for(s, index), s.data)
             if receipt is not None and receipt != original:
                 self.mismatches += 1
+
+
+class ReplicaTargets(Target):
+    """Submit load spread over replicas: worker i drives replica i mod n over that replica's share
+    of the channels; the cases come from one stream, so no case is sent twice."""
+
+    def __init__(self, name: str, replicas: Sequence[ServerProcess], pki: DevPaths, channels: int,
+                 cases: Sequence[SignedCase]) -> None:
+        stream = iter(cases)
+        share = max(len(PLATFORMS), channels // len(replicas))
+        self.replicas = [SubmitTarget(f"{name}-{i}", server, pki, share, stream) for i, server in enumerate(replicas)]
+        super().__init__(name, replicas[0], [])
+
+    async def worker(self, index: int, meter: Meter) -> None:
+        n = len(self.replicas)
+        await self.replicas[index % n].worker(index // n, meter)
+
+    def cpu_seconds(self) -> float:
+        return sum(r.server.cpu_seconds() for r in self.replicas)
+
+    async def close(self) -> None:
+        for r in self.replicas:
+            await r.close()
+
+    @property
+    def accepted_by_kind(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for r in self.replicas:
+            for kind, n in r.accepted_by_kind.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    @property
+    def sampled(self) -> list[tuple[Submission, bytes]]:
+        return [s for r in self.replicas for s in r.sampled]
+
+    def receipt_failures(self, keyring: KeyRing) -> int:
+        return sum(r.receipt_failures(keyring) for r in self.replicas)
