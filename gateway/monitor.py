@@ -65,7 +65,7 @@ class Monitor:
         unknown = self.calendar_gaps(now)
         first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
         calendar = self._sla.calendar
-        for year in {*range(first, last + 1), *calendar.fallback_years}:
+        for year in {*range(first, last + 1), *frozenset(calendar.fallback_years)}:  # the writer adds to it
             self._metrics.calendar_fallback.labels(str(year)).set(
                 1 if calendar.source(year) is DaySource.FALLBACK else 0)
         if unknown != self._reported_unknown:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -364,8 +365,9 @@ async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tupl
         seen["320500"] = index.open_case_for(b"same-person", "320500")
         return Decision(opened(second, person=b"same-person"))
 
-    with pytest.raises(RuleViolation):  # the partial unique index refuses a second open case
+    with pytest.raises(RuleViolation) as refused:  # the partial unique index refuses a second open case
         await store.accept(second, look, receipt_for(second))
+    assert refused.value.reason == "CASE_ALREADY_OPEN"  # in the rule's words, whichever engine
     assert seen == {"320100": first.transfer_id, "320500": None}
 
 
@@ -422,3 +424,27 @@ async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock
         late.transfer_id]
     assert len(await store.list_cases(CaseQuery(opened_before=T0 + dt.timedelta(days=1)))) == 3
     assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
+
+
+async def test_a_case_from_before_stages_were_kept_still_moves(tmp_path: Path) -> None:
+    """A database upgraded from the first schema holds open cases without stage rows: a message
+    that would finish one of their stages is accepted, not refused."""
+    clock = Clock()
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "old.db"), clock)
+    await store.open()
+    try:
+        m = await open_case(store)
+        with sqlite3.connect(tmp_path / "old.db") as conn:  # as if opened before migration 2
+            conn.execute("DELETE FROM case_stages WHERE transfer_id = ?", (m.transfer_id,))
+        table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+
+        def sent(case: Case | None, _index: CaseIndex) -> Decision:
+            assert case is not None
+            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+        outcome = await store.accept(table, sent, receipt_for(table))
+        assert not outcome.replayed and outcome.finished_stages == ()
+        view = await store.get_case(m.transfer_id)
+        assert view is not None and [s.stage for s in view.stages] == [Stage.INBOUND]
+    finally:
+        await store.close()

@@ -29,7 +29,7 @@ import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
 
-from gateway.errors import RuleViolation, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from gateway.sla import Sla
 from gateway.store import (
     AcceptOutcome,
@@ -154,9 +154,10 @@ class PostgresStore:
                     raise StoreUnavailable("the database kept aborting the transaction",
                                            reason="STORE_UNAVAILABLE") from None
             except psycopg.errors.IntegrityError as err:  # the schema's last word on a rule
-                raise RuleViolation(f"refused by the store's constraints: {err.diag.constraint_name}",
-                                    reason="STORE_CONSTRAINT_VIOLATED") from err
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as err:
+                raise sql.constraint_violation(err.diag.constraint_name or "") from err
+            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as err:
+                # The database is away or unreachable: worth retrying. Any other database error
+                # is a bug of ours and surfaces as INTERNAL.
                 raise StoreUnavailable(f"store error: {type(err).__name__}", reason="STORE_UNAVAILABLE") from err
         raise AssertionError("unreachable")
 
@@ -191,7 +192,7 @@ class PostgresStore:
         self._wakers.append(callback)
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self._run(lambda: sql.accept(message, decide, make_receipt, self._clock(), self._sla))
+        return await self._run(lambda: sql.accept(message, decide, make_receipt, self._clock, self._sla))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,

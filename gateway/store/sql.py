@@ -13,13 +13,13 @@ deadlines compare them).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
 from gateway.case import Case, Decision, MessageRef, Side
-from gateway.errors import IdempotencyConflict, NotFound
+from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
 from gateway.sla import Sla, Stage, province
 from gateway.store import (
     AcceptOutcome,
@@ -244,10 +244,11 @@ def load_stages(transfer_id: str) -> Steps[list[StageRecord]]:
     return [StageRecord(Stage(r[0]), time_of(r[1]), time_of(r[2]), opt_time(r[3])) for r in rows]
 
 
-def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, now: dt.datetime,
+def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
            sla: Sla) -> Steps[AcceptOutcome]:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt."""
     yield Query("", (m.transfer_id,), Fetch.LOCK_CASE)
+    now = clock()  # after the case lock: within a case, acceptance times follow the log's order
     known = yield Query("SELECT fingerprint, receipt, sequence FROM messages WHERE message_id = ?",
                         (m.message_id,), Fetch.ONE)
     if known is not None:
@@ -293,10 +294,11 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, now: d
           province(after.inbound), now_us, us(s.deadline)) for s in stages.started], Fetch.MANY)
     finished: list[StageRecord] = []
     for stage in stages.finished:
-        started_at, deadline = yield Query(
+        row = yield Query(
             "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
             " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)), Fetch.ONE)
-        finished.append(StageRecord(stage, time_of(started_at), time_of(deadline), now))
+        if row is not None:  # None: a case opened before stages were kept has nothing to finish
+            finished.append(StageRecord(stage, time_of(row[0]), time_of(row[1]), now))
     state = HELD if decision.hold_delivery else PENDING
     yield Query(
         "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
@@ -516,3 +518,15 @@ def stage_counts(now: dt.datetime, due_soon_before: dt.datetime) -> Steps[list[S
         " ORDER BY stage, outbound_province, inbound_province",
         (us(now), us(now), us(due_soon_before)))
     return [StageCount(Stage(r[0]), r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+
+# The unique index behind the one-open-case rule: a race between replicas ends here.
+ONE_OPEN_CASE_INDEX = "cases_one_open_per_person"
+
+
+def constraint_violation(constraint: str) -> RuleViolation:
+    """The rule a schema constraint enforces, refused in the rule's own words where there is one."""
+    if ONE_OPEN_CASE_INDEX in constraint or "cases.person_key, cases.outbound" in constraint:
+        return RuleViolation("this person already has an open case at this outbound agency",
+                             reason="CASE_ALREADY_OPEN")
+    return RuleViolation(f"refused by the store's constraints: {constraint}", reason="STORE_CONSTRAINT_VIOLATED")

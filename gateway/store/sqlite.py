@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import RuleViolation, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from gateway.sla import Sla
 from gateway.store import (
     AcceptOutcome,
@@ -129,7 +129,7 @@ class SQLiteStore:
                 return run_steps(self._reader, steps)
             finally:
                 self._reader.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE") from exc
 
     async def _read(self, steps: Steps[T]) -> T:
@@ -187,7 +187,14 @@ class SQLiteStore:
                     stopping = True
                     break
                 batch.append(job)
-            self._run_batch(conn, loop, batch)
+            try:
+                self._run_batch(conn, loop, batch)
+            except BaseException as exc:  # never leave callers waiting on a dead writer
+                failure = StoreUnavailable(f"store writer failed: {exc}", reason="STORE_UNAVAILABLE")
+                failed: list[tuple[_Job, Any, BaseException | None]] = [(job, None, failure) for job in batch]
+                loop.call_soon_threadsafe(_settle_all, failed)
+                if not isinstance(exc, Exception):
+                    raise
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
@@ -202,9 +209,8 @@ class SQLiteStore:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     if isinstance(exc, sqlite3.IntegrityError):  # the schema's last word on a rule
-                        exc = RuleViolation(f"refused by the store's constraints: {exc}",
-                                            reason="STORE_CONSTRAINT_VIOLATED")
-                    elif isinstance(exc, sqlite3.Error):
+                        exc = sql.constraint_violation(str(exc))
+                    elif isinstance(exc, sqlite3.OperationalError):  # busy, locked, disk: retry later
                         exc = StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE")
                     results.append((job, None, exc))
                 else:
@@ -219,7 +225,7 @@ class SQLiteStore:
         loop.call_soon_threadsafe(_settle_all, results)  # one wake-up of the event loop per batch
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None or self._loop is None:
+        if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put(_Job(fn, future))
@@ -235,7 +241,7 @@ class SQLiteStore:
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
         return await self._submit(
-            lambda conn: run_steps(conn, sql.accept(message, decide, make_receipt, self._clock(), self._sla)))
+            lambda conn: run_steps(conn, sql.accept(message, decide, make_receipt, self._clock, self._sla)))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
