@@ -46,10 +46,10 @@ class Monitor:
         self._store_ok = True
         self._funds_read_at: dt.datetime | None = None
 
-    def calendar_gaps(self, now: dt.datetime) -> list[int]:
-        """Years from today to the horizon that only the Monday–Friday fallback can answer."""
-        first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
-        return self._sla.calendar.unknown_years(range(first, last + 1))
+    @staticmethod
+    def horizon_years(now: dt.datetime) -> range:
+        """The years from today to the horizon, whose working days deadlines may need."""
+        return range(local_date(now).year, local_date(now + CALENDAR_HORIZON).year + 1)
 
     async def refresh_once(self, *, funds: bool = True) -> None:
         """One reading; `funds=False` skips the fund totals unless they are older than FUNDS_INTERVAL."""
@@ -62,10 +62,9 @@ class Monitor:
         await self._check_calendar(now)
 
     async def _check_calendar(self, now: dt.datetime) -> None:
-        unknown = self.calendar_gaps(now)
-        first, last = local_date(now).year, local_date(now + CALENDAR_HORIZON).year
-        calendar = self._sla.calendar
-        for year in {*range(first, last + 1), *frozenset(calendar.fallback_years)}:  # the writer adds to it
+        calendar, years = self._sla.calendar, self.horizon_years(now)
+        unknown = calendar.unknown_years(years)
+        for year in {*years, *frozenset(calendar.fallback_years)}:  # the writer adds to it
             self._metrics.calendar_fallback.labels(str(year)).set(
                 1 if calendar.source(year) is DaySource.FALLBACK else 0)
         if unknown != self._reported_unknown:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -35,6 +34,7 @@ from clients.scenario import run_cases
 from gateway.pki import DevPaths
 from gateway.server import GatewayServer
 from tests.conftest import test_config as gateway_config
+from tests.support import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
@@ -51,12 +51,6 @@ def tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip("SKIPPED, NOT TESTED: " + message)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str) -> Any:

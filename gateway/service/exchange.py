@@ -77,12 +77,12 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         kind_label = messages.kind_name(request.kind)
         try:
             platform = calling_platform(context, self._registry)
-            payload_type = self._verify(platform, request)
-            known = self._recent.get(fingerprint(payload_type, request.payload), platform.id)
+            digest = fingerprint(self._verify(platform, request), request.payload)
+            known = self._recent.get(digest, platform.id)
             if known is not None:  # byte-identical to a message already committed: its receipt
                 self._metrics.messages.labels(kind_label, "replayed", "").inc()
                 return envelope_pb2.Receipt.FromString(known)
-            incoming, message = self._admit(platform, request, payload_type)
+            incoming, message = self._admit(platform, request, digest)
             outcome = await self._store.accept(
                 incoming,
                 lambda case, index: case_rules.apply(case, message, rules=self._rules, index=index),
@@ -128,7 +128,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         return payload_type
 
     def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, payload_type: str
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, digest: bytes
     ) -> tuple[IncomingMessage, messages.BusinessMessage]:
         """Parse, validate and authorize; raises the CallerError that says what is wrong."""
         message = messages.parse(signed.kind, signed.payload)
@@ -149,7 +149,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             receiver=header.receiver,
             deliveries=((receiver_platform, header.receiver),),
             created_at=header.created_at.ToDatetime(dt.UTC),
-            fingerprint=fingerprint(payload_type, signed.payload),
+            fingerprint=digest,
             signed_message=signed.SerializeToString(),
             ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,
             fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,

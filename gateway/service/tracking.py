@@ -95,16 +95,17 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
 
 
 def _token(view: CaseView) -> str:
-    us = (view.opened_at - _EPOCH) // dt.timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(f"{us}:{view.case.transfer_id}".encode()).decode()
+    """The last case of a page: its opening time (ISO, to the microsecond) and id."""
+    return base64.urlsafe_b64encode(f"{view.opened_at.isoformat()} {view.case.transfer_id}".encode()).decode()
 
 
 def _parse_token(token: str) -> tuple[dt.datetime, str] | None:
     try:
-        us, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        return _EPOCH + dt.timedelta(microseconds=int(us)), transfer_id
-    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        opened, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
+        after = dt.datetime.fromisoformat(opened)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+    return (after, transfer_id) if after.tzinfo is not None and transfer_id else None
 
 
 def case_to_proto(view: CaseView, rules: CaseRules, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:

@@ -209,9 +209,7 @@ class PostgresStore:
         return await self._run(lambda: sql.get_case(transfer_id))
 
     async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        ids = await self._run(lambda: sql.idle_case_ids(state, idle_since, limit))
-        views = [await self.get_case(tid) for tid in ids]
-        return [v for v in views if v is not None]
+        return await self._run(lambda: sql.idle_cases(state, idle_since, limit))
 
     async def receipt_of(self, message_id: str) -> bytes | None:
         return await self._run(lambda: sql.receipt_of(message_id))

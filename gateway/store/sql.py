@@ -406,10 +406,15 @@ def get_case(transfer_id: str) -> Steps[CaseView | None]:
                     stages=stages)
 
 
-def idle_case_ids(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[str]]:
+def idle_cases(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[CaseView]]:
     rows = yield Query("SELECT transfer_id FROM cases WHERE state = ? AND updated_at < ? ORDER BY updated_at LIMIT ?",
                        (state, us(idle_since), limit))
-    return [str(r[0]) for r in rows]
+    views = []
+    for (transfer_id,) in rows:
+        view = yield from get_case(str(transfer_id))
+        if view is not None:
+            views.append(view)
+    return views
 
 
 def receipt_of(message_id: str) -> Steps[bytes | None]:

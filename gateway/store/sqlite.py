@@ -240,8 +240,7 @@ class SQLiteStore:
         """One process owns the file: the gateway's own notifications are all there is."""
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self._submit(
-            lambda conn: run_steps(conn, sql.accept(message, decide, make_receipt, self._clock, self._sla)))
+        return await self._steps(sql.accept(message, decide, make_receipt, self._clock, self._sla))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
@@ -257,8 +256,7 @@ class SQLiteStore:
         return await self._read(sql.get_case(transfer_id))
 
     async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        views = [await self.get_case(tid) for tid in await self._read(sql.idle_case_ids(state, idle_since, limit))]
-        return [v for v in views if v is not None]
+        return await self._read(sql.idle_cases(state, idle_since, limit))
 
     async def receipt_of(self, message_id: str) -> bytes | None:
         return await self._read(sql.receipt_of(message_id))
