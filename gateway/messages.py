@@ -37,12 +37,16 @@ RECEIPT_PAYLOAD_TYPE: Final = envelope_pb2.ReceiptBody.DESCRIPTOR.full_name
 REVIEW_DECISION_PAYLOAD_TYPE: Final = admin_pb2.ReviewDecision.DESCRIPTOR.full_name
 
 
+_KIND_NAMES: Final[dict[int, str]] = {
+    number: name.removeprefix("MESSAGE_KIND_").lower()
+    for name, number in envelope_pb2.MessageKind.items() if number != envelope_pb2.MESSAGE_KIND_UNSPECIFIED
+}
+
+
 def kind_name(kind: MessageKind) -> str:
     """Short lower-case name of a kind for logs and metric labels (`fund_transfer`); "unknown"
     for a number the contracts do not define."""
-    if kind not in envelope_pb2.MessageKind.values() or kind == envelope_pb2.MESSAGE_KIND_UNSPECIFIED:
-        return "unknown"
-    return envelope_pb2.MessageKind.Name(kind).removeprefix("MESSAGE_KIND_").lower()
+    return _KIND_NAMES.get(kind, "unknown")
 
 
 def payload_type(kind: MessageKind) -> str:

@@ -22,7 +22,7 @@ from gateway.routing import Router
 from gateway.service.admin import AdminService
 from gateway.service.authored import GatewayAuthor
 from gateway.service.exchange import ExchangeService
-from gateway.service.interceptor import GatewayInterceptor
+from gateway.service.instrument import InstrumentedServer
 from gateway.service.tracking import TrackingService
 from gateway.signing import LocalSigner
 from gateway.sla import Sla
@@ -91,23 +91,23 @@ class GatewayServer:
         self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
 
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(self.metrics)],
             options=[("grpc.so_reuseport", 0)],  # never share a port silently with another process
         )
+        services = InstrumentedServer(server, self.metrics)  # registers with metrics and error mapping
         exchange_pb2_grpc.add_ExchangeServicer_to_server(
             ExchangeService(registry=registry, store=self._store, router=self._router, signer=signer,
                             metrics=self.metrics, rules=cfg.rules, sla=self.sla, clock=self._clock),
-            server,
+            services,
         )
         tracking_pb2_grpc.add_TrackingServicer_to_server(
             TrackingService(registry=registry, store=self._store, rules=cfg.rules, sla=self.sla, clock=self._clock),
-            server)
+            services)
         author = GatewayAuthor(registry=registry, store=self._store, router=self._router, signer=signer,
                                metrics=self.metrics, sla=self.sla)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(registry=registry, store=self._store, author=author, rules=cfg.rules, metrics=self.metrics,
                          clock=self._clock),
-            server,
+            services,
         )
         self.sweeper = CaseSweeper(store=self._store, author=author, rules=cfg.rules, metrics=self.metrics,
                                    clock=self._clock)

@@ -8,7 +8,7 @@ repeat a person's certificate number or name.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import re
 from collections.abc import Iterable
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -31,6 +31,16 @@ _RESIDENT_TYPES: Final = frozenset({types_pb2.INSURANCE_TYPE_RESIDENT_BASIC,
                                     types_pb2.INSURANCE_TYPE_RESIDENT_CRITICAL_ILLNESS})
 Ack = messages_pb2.Acknowledgement
 Notice = messages_pb2.OutboundNotice
+# The enums' defined numbers, once: the generated `values()` builds a list on every call.
+_CERTIFICATE_TYPES: Final = frozenset(types_pb2.CertificateType.values())
+_INSURANCE_TYPES: Final = frozenset(types_pb2.InsuranceType.values())
+_CHANNELS: Final = frozenset(messages_pb2.TransferRequest.Channel.values())
+_REASON_CODES: Final = frozenset(types_pb2.ReasonCode.values())
+_ACK_STATUSES: Final = frozenset(Ack.Status.values())
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+_EARLIEST_US: Final = (EARLIEST - _EPOCH) // _MICROSECOND
 
 
 def is_region_code(code: str) -> bool:
@@ -65,10 +75,8 @@ def _add(v: list[FieldViolation], field: str, description: str) -> None:
 
 
 def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
+    """Canonical form: what str(uuid.UUID(value)) gives back, lower-case 8-4-4-4-12 hex."""
+    return _CANONICAL_UUID.fullmatch(value) is not None
 
 
 def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -> None:
@@ -82,16 +90,16 @@ def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -
         _add(v, "header.receiver", "must differ from the sender")
     if not h.HasField("created_at"):
         _add(v, "header.created_at", "is required")
-    else:
-        created = h.created_at.ToDatetime(dt.UTC)
-        if created > now + CLOCK_SKEW:
+    else:  # in epoch microseconds, as ToDatetime would truncate them (it costs more than this check)
+        created = h.created_at.seconds * 1_000_000 + h.created_at.nanos // 1000
+        if created > (now + CLOCK_SKEW - _EPOCH) // _MICROSECOND:
             _add(v, "header.created_at", "is more than 5 minutes in the future")
-        elif created < EARLIEST:
+        elif created < _EARLIEST_US:
             _add(v, "header.created_at", "is before 2000-01-01")
 
 
 def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> None:
-    if not p.certificate_type or p.certificate_type not in types_pb2.CertificateType.values():
+    if not p.certificate_type or p.certificate_type not in _CERTIFICATE_TYPES:
         _add(v, "person.certificate_type", "must be a defined certificate type")
     if not p.certificate_number:
         _add(v, "person.certificate_number", "is required")
@@ -109,7 +117,7 @@ def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> Non
 
 
 def _insurance(v: list[FieldViolation], value: int, field: str = "insurance_type") -> None:
-    if not value or value not in types_pb2.InsuranceType.values():
+    if not value or value not in _INSURANCE_TYPES:
         _add(v, field, "must be a defined insurance type")
 
 
@@ -117,7 +125,7 @@ def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.d
     _person(v, r.person, now.astimezone(CHINA).date())
     _insurance(v, r.outbound_insurance_type, "outbound_insurance_type")
     _insurance(v, r.inbound_insurance_type, "inbound_insurance_type")
-    if not r.channel or r.channel not in messages_pb2.TransferRequest.Channel.values():
+    if not r.channel or r.channel not in _CHANNELS:
         _add(v, "channel", "must be a defined channel")
 
 
@@ -151,7 +159,7 @@ def _reasons(v: list[FieldViolation], reasons: Iterable[types_pb2.Reason], *, re
         _add(v, "reasons", f"reasons are only for a refusal or rejection, not when {status}")
     seen: set[int] = set()
     for i, r in enumerate(listed):
-        if not r.code or r.code not in types_pb2.ReasonCode.values():
+        if not r.code or r.code not in _REASON_CODES:
             _add(v, f"reasons[{i}].code", "must be a defined reason code")
         elif r.code in seen:
             _add(v, f"reasons[{i}].code", "is listed twice")
@@ -248,7 +256,7 @@ def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement) -> None:
         _add(v, "answers_message_id", "must be a canonical lower-case UUID")
     elif a.answers_message_id == a.header.message_id:
         _add(v, "answers_message_id", "a message cannot answer itself")
-    if not a.status or a.status not in Ack.Status.values():
+    if not a.status or a.status not in _ACK_STATUSES:
         _add(v, "status", "must be a defined status")
         return
     status = Ack.Status.Name(a.status).removeprefix("STATUS_").lower()
