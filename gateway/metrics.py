@@ -6,6 +6,8 @@ methods, codes, message kinds, reason codes and platform ids; never persons or m
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.sla import Sla, province
@@ -104,6 +106,16 @@ class Metrics:
         )
         self._stage_labels: set[tuple[str, str, str]] = set()
         self._fund_labels: set[tuple[str, str, str]] = set()
+        self._message_children: dict[tuple[str, str, str], Any] = {}
+
+    def count_message(self, kind: str, result: str, reason: str = "") -> None:
+        """One submitted message in `transfer_gateway_messages_total` (children kept: once per message,
+        `labels()` would cost more than the increment)."""
+        key = (kind, result, reason)
+        child = self._message_children.get(key)
+        if child is None:
+            child = self._message_children[key] = self.messages.labels(*key)
+        child.inc()
 
     def observe_finished(self, outcome: AcceptOutcome, sla: Sla) -> None:
         """Record the stages a message finished (nothing on a replay)."""

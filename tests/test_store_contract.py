@@ -195,6 +195,30 @@ async def test_one_fund_movement_per_case_even_if_decide_allows_two(store_and_cl
     assert view is not None and b.message_id not in {v.message_id for v in view.messages}
 
 
+async def test_a_failure_after_writing_undoes_only_its_own_message(store_and_clock: tuple[Store, Clock]) -> None:
+    """Accepts committed together (SQLite's group commit) stand or fall alone: one that fails
+    after its case row and log head were written leaves nothing, the others keep their places."""
+    store, _ = store_and_clock
+    openings = [incoming(str(uuid.uuid4())) for _ in range(24)]
+    doomed = openings[11]
+
+    def no_receipt(_sequence: int, _at: dt.datetime) -> bytes:
+        raise RuntimeError("signer unavailable")
+
+    results = await asyncio.gather(
+        *(store.accept(m, opening(m), no_receipt if m is doomed else receipt_for(m)) for m in openings),
+        return_exceptions=True)
+    assert isinstance(results[11], RuntimeError)
+    kept = [r for r in results if isinstance(r, AcceptOutcome)]
+    assert len(kept) == len(openings) - 1
+    assert sorted(r.sequence for r in kept) == list(range(1, len(openings)))  # no gap where it failed
+    assert await store.get_case(doomed.transfer_id) is None
+    assert await store.receipt_of(doomed.message_id) is None
+    for m in openings:
+        if m is not doomed:
+            assert await store.receipt_of(m.message_id) is not None
+
+
 async def test_concurrent_accepts_are_decided_one_after_another(store_and_clock: tuple[Store, Clock]) -> None:
     store, _ = store_and_clock
     m = await open_case(store)

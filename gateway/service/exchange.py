@@ -80,7 +80,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             digest = fingerprint(self._verify(platform, request), request.payload)
             known = self._recent.get(digest, platform.id)
             if known is not None:  # byte-identical to a message already committed: its receipt
-                self._metrics.messages.labels(kind_label, "replayed", "").inc()
+                self._metrics.count_message(kind_label, "replayed")
                 return envelope_pb2.Receipt.FromString(known)
             incoming, message = self._admit(platform, request, digest)
             outcome = await self._store.accept(
@@ -89,13 +89,13 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 receipt_maker(self._signer, incoming, hashlib.sha256(request.payload).digest()),
             )
         except CallerError as err:
-            self._metrics.messages.labels(kind_label, "rejected", err.reason).inc()
+            self._metrics.count_message(kind_label, "rejected", err.reason)
             log.info("rejected", extra={"fields": {"kind": kind_label, "reason": err.reason,
                                                    "code": type(err).__name__}})
             raise
         self._recent.put(incoming.fingerprint, platform.id, outcome.receipt)
         result = "replayed" if outcome.replayed else "accepted"
-        self._metrics.messages.labels(kind_label, result, "").inc()
+        self._metrics.count_message(kind_label, result)
         if not outcome.replayed:
             self._metrics.observe_finished(outcome, self._sla)
             for receiving_platform, _ in incoming.deliveries:

@@ -1,8 +1,9 @@
 """SQLite store (the embedded default): WAL, synchronous=FULL, one writer thread, group commit.
 
 Every write is a job run on one dedicated thread that owns the writing connection. The thread
-takes all jobs queued at that moment, runs each inside its own SAVEPOINT (a job that raises is
-rolled back alone), then commits once and answers every caller: many accepts share one fsync,
+takes all jobs queued at that moment, runs them in one transaction (a job that raises after
+writing has the batch run again with a SAVEPOINT around each job, so it is rolled back alone),
+then commits once and answers every caller: many accepts share one fsync,
 and no caller hears of its write before the commit that holds it. Reads (tracking, reports, the
 monitor's gauges) run on a second, read-only connection on a thread of their own: WAL lets them
 see every committed write without ever holding up the writer. The SQL itself is `gateway.store.sql`,
@@ -64,17 +65,24 @@ def run_steps(conn: sqlite3.Connection, steps: Steps[T]) -> T:
     try:
         while True:
             q = steps.send(result)
+            result = None
             if q.fetch in (Fetch.LOCK_CASE, Fetch.WAKE):  # one writer, one process: nothing to do
-                result = None
+                pass
             elif q.fetch is Fetch.MANY:
-                conn.executemany(q.sql, q.params)
-                result = None
+                if len(q.params) == 1:  # the usual case (one delivery, one stage): no executemany setup
+                    conn.execute(q.sql, q.params[0])
+                elif q.params:
+                    conn.executemany(q.sql, q.params)
             else:
                 cursor = conn.execute(q.sql, q.params)
                 result = (cursor.fetchone() if q.fetch is Fetch.ONE else cursor.rowcount
                           if q.fetch is Fetch.ROWCOUNT else cursor.fetchall())
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+class _PartialWrite(Exception):
+    """A job failed after it had written: only rolling the batch back undoes its writes."""
 
 
 class SQLiteStore:
@@ -198,24 +206,14 @@ class SQLiteStore:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    if isinstance(exc, sqlite3.IntegrityError):  # the schema's last word on a rule
-                        exc = sql.constraint_violation(str(exc))
-                    elif isinstance(exc, sqlite3.OperationalError):  # busy, locked, disk: retry later
-                        exc = StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE")
-                    results.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, value, None))
+            try:
+                results = _run_jobs(conn, batch, savepoints=False)
+            except _PartialWrite:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                results = _run_jobs(conn, batch, savepoints=True)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -233,24 +231,25 @@ class SQLiteStore:
 
     # -- the port ----------------------------------------------------------------------------
 
-    async def _steps(self, steps: Steps[T]) -> T:
-        return await self._submit(lambda conn: run_steps(conn, steps))
+    async def _steps(self, operation: Callable[[], Steps[T]]) -> T:
+        """Run `operation()` as a write job; a batch that must be rolled back runs it again."""
+        return await self._submit(lambda conn: run_steps(conn, operation()))
 
     def on_wake(self, callback: Callable[[str], None]) -> None:
         """One process owns the file: the gateway's own notifications are all there is."""
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self._steps(sql.accept(message, decide, make_receipt, self._clock, self._sla))
+        return await self._steps(lambda: sql.accept(message, decide, make_receipt, self._clock, self._sla))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
         max_attempts: int, now: dt.datetime,
     ) -> list[ClaimedDelivery]:
-        return await self._steps(sql.claim_deliveries(platform, agencies, limit=limit, lease=lease,
+        return await self._steps(lambda: sql.claim_deliveries(platform, agencies, limit=limit, lease=lease,
                                                       max_attempts=max_attempts, now=now, lock_rows=""))
 
     async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        await self._steps(sql.ack_delivery(platform, message_id, now))
+        await self._steps(lambda: sql.ack_delivery(platform, message_id, now))
 
     async def get_case(self, transfer_id: str) -> CaseView | None:
         return await self._read(sql.get_case(transfer_id))
@@ -275,6 +274,39 @@ class SQLiteStore:
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
         return await self._read(sql.stage_counts(now, due_soon_before))
+
+
+def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
+              ) -> list[tuple[_Job, Any, BaseException | None]]:
+    """Run a batch's jobs in the open transaction, each one's outcome kept for its caller.
+
+    Without savepoints (the fast path), a job that fails before writing anything, as a refused
+    message does, leaves nothing to undo; one that fails after writing raises _PartialWrite, and
+    the caller rolls the batch back and runs it again with a savepoint around every job.
+    """
+    results: list[tuple[_Job, Any, BaseException | None]] = []
+    for job in batch:
+        if savepoints:
+            conn.execute("SAVEPOINT job")
+        changes = conn.total_changes
+        try:
+            value = job.fn(conn)
+        except Exception as exc:
+            if savepoints:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            elif conn.total_changes != changes:
+                raise _PartialWrite from exc
+            if isinstance(exc, sqlite3.IntegrityError):  # the schema's last word on a rule
+                exc = sql.constraint_violation(str(exc))
+            elif isinstance(exc, sqlite3.OperationalError):  # busy, locked, disk: retry later
+                exc = StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE")
+            results.append((job, None, exc))
+        else:
+            if savepoints:
+                conn.execute("RELEASE job")
+            results.append((job, value, None))
+    return results
 
 
 def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:
