@@ -84,6 +84,24 @@ async def test_flipped_byte_or_foreign_key_is_unauthenticated_and_stores_nothing
     assert gateway.count("messages") == 0 and gateway.count("cases") == 0
 
 
+async def test_undecodable_request_is_invalid_and_the_log_keeps_the_bytes_as_sent(gateway: GatewayHandle) -> None:
+    submit = gateway.channel("jiangsu").unary_unary("/mitransfer.v1.Exchange/Submit")
+    code, reason, fields = await refused(submit(b"\xff\xff\xff not protobuf"))
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "PAYLOAD_UNDECODABLE", ["request"])
+    # Its fields in reverse order: the same signed message to the gateway, other bytes than a
+    # serializer writes. The log keeps what arrived, not a re-serialization of it.
+    signed = sign(outbound_messages(plan())[0], gateway.signer("jiangsu"))
+    fields_alone = []
+    for descriptor, value in signed.ListFields():
+        alone = envelope_pb2.SignedMessage()
+        setattr(alone, descriptor.name, value)
+        fields_alone.append(alone.SerializeToString())
+    sent = b"".join(reversed(fields_alone))
+    assert sent != signed.SerializeToString() and envelope_pb2.SignedMessage.FromString(sent) == signed
+    receipt = envelope_pb2.Receipt.FromString(await submit(sent))
+    assert gateway.count("messages", "signed_message = ? AND sequence = ?", sent, body(receipt).sequence) == 1
+
+
 async def test_platform_may_send_only_as_its_own_agencies(gateway: GatewayHandle) -> None:
     # Zhejiang signs with its own key a message claiming Jiangsu's agency as sender.
     notice = outbound_messages(plan(outbound="320100", inbound="330100"))[0]

@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from gateway import case as case_rules
 from gateway import messages
 from gateway.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
@@ -23,13 +25,23 @@ from gateway.receipts import receipt_maker
 from gateway.registry import Platform, Registry
 from gateway.routing import Router
 from gateway.service.auth import calling_platform
-from gateway.signing import Signer, fingerprint, pae
+from gateway.service.instrument import raw_bytes
+from gateway.signing import Signer, pae
 from gateway.sla import Sla
 from gateway.store import IncomingMessage, Store
 from gateway.validation import validate
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
 log = logging.getLogger("gateway.exchange")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _signed_message(data: bytes) -> envelope_pb2.SignedMessage:
+    try:
+        return envelope_pb2.SignedMessage.FromString(data)
+    except DecodeError as exc:
+        raise InvalidMessage([FieldViolation("request", f"not a SignedMessage: {exc}")],
+                             reason="PAYLOAD_UNDECODABLE") from exc
 
 
 class RecentReceipts:
@@ -73,20 +85,25 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         self._clock = clock
         self._recent = RecentReceipts()
 
-    async def Submit(self, request: envelope_pb2.SignedMessage, context: Any) -> envelope_pb2.Receipt:
-        kind_label = messages.kind_name(request.kind)
+    @raw_bytes
+    async def Submit(self, request: bytes, context: Any) -> bytes:  # type: ignore[override]
+        """Takes the SignedMessage as it arrived, bytes that are also what the log keeps (nothing
+        re-serialized), and answers with the stored Receipt's bytes."""
+        kind_label = "unknown"
         try:
+            signed = _signed_message(request)
+            kind_label = messages.kind_name(signed.kind)
             platform = calling_platform(context, self._registry)
-            digest = fingerprint(self._verify(platform, request), request.payload)
+            digest = hashlib.sha256(self._verify(platform, signed)).digest()
             known = self._recent.get(digest, platform.id)
             if known is not None:  # byte-identical to a message already committed: its receipt
                 self._metrics.count_message(kind_label, "replayed")
-                return envelope_pb2.Receipt.FromString(known)
-            incoming, message = self._admit(platform, request, digest)
+                return known
+            incoming, message = self._admit(platform, signed, request, digest)
             outcome = await self._store.accept(
                 incoming,
                 lambda case, index: case_rules.apply(case, message, rules=self._rules, index=index),
-                receipt_maker(self._signer, incoming, hashlib.sha256(request.payload).digest()),
+                receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest()),
             )
         except CallerError as err:
             self._metrics.count_message(kind_label, "rejected", err.reason)
@@ -102,14 +119,16 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 self._router.notify(receiving_platform)
         # Per message at DEBUG: the store's log is the record of every message, and a JSON line
         # per message costs as much as verifying its signature.
-        log.debug(result, extra={"fields": {
-            "kind": kind_label, "message_id": incoming.message_id, "transfer_id": incoming.transfer_id,
-            "sender": incoming.sender, "receiver": incoming.receiver, "sequence": outcome.sequence,
-        }})
-        return envelope_pb2.Receipt.FromString(outcome.receipt)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(result, extra={"fields": {
+                "kind": kind_label, "message_id": incoming.message_id, "transfer_id": incoming.transfer_id,
+                "sender": incoming.sender, "receiver": incoming.receiver, "sequence": outcome.sequence,
+            }})
+        return outcome.receipt
 
-    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> str:
-        """Check the signature over the bytes as received; returns the payload type."""
+    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> bytes:
+        """Check the signature over the bytes as received; returns those bytes, PAE(type, payload),
+        whose SHA-256 is the message's fingerprint."""
         payload_type = messages.payload_type(signed.kind)
         key = self._registry.signing_key(platform, signed.key_id)
         if key is None:
@@ -125,10 +144,10 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 f"signature does not verify with key {signed.key_id} over PAE({payload_type}, payload)",
                 reason="SIGNATURE_INVALID", metadata={"key_id": signed.key_id},
             )
-        return payload_type
+        return signed_bytes
 
     def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, digest: bytes
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, received: bytes, digest: bytes
     ) -> tuple[IncomingMessage, messages.BusinessMessage]:
         """Parse, validate and authorize; raises the CallerError that says what is wrong."""
         message = messages.parse(signed.kind, signed.payload)
@@ -148,9 +167,10 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             sender=header.sender,
             receiver=header.receiver,
             deliveries=((receiver_platform, header.receiver),),
-            created_at=header.created_at.ToDatetime(dt.UTC),
+            created_at=_EPOCH + dt.timedelta(seconds=header.created_at.seconds,
+                                             microseconds=header.created_at.nanos // 1000),
             fingerprint=digest,
-            signed_message=signed.SerializeToString(),
+            signed_message=received,
             ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,
             fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
         )

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,6 +23,14 @@ from gateway.metrics import Metrics
 from gateway.service.status import grpc_code, to_status
 
 log = logging.getLogger("gateway.rpc")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def raw_bytes(method: F) -> F:
+    """Mark a unary servicer method that takes its request's bytes and returns its response's
+    bytes: grpc neither parses nor serializes for it (the method parses what it needs)."""
+    method.raw_bytes = True  # type: ignore[attr-defined]
+    return method
 
 
 class InstrumentedServer:
@@ -47,10 +55,11 @@ class InstrumentedServer:
         if not service.startswith(self._prefix):
             return handler
         if handler.unary_unary is not None:
+            raw = getattr(handler.unary_unary, "raw_bytes", False)
             return grpc.unary_unary_rpc_method_handler(
                 _unary(self._metrics, handler.unary_unary, service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                request_deserializer=None if raw else handler.request_deserializer,
+                response_serializer=None if raw else handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(

@@ -212,7 +212,9 @@ def _decide(decide: Decide, case: Case | None) -> Steps[Decision]:
             answers[ask.key] = None if row is None else str(row[0])
 
 
-def load_case(transfer_id: str) -> Steps[Case | None]:
+def load_case(transfer_id: str, message_rows: list[tuple[str, int, str]] | None = None) -> Steps[Case | None]:
+    """The case as committed; `message_rows` (message_id, kind, sender) are its messages if the
+    caller read them already."""
     row = yield Query(
         "SELECT state, outbound, inbound, applicant, insurance_type, inbound_insurance_type, person_key,"
         " suspension_date, enrollment_date, balance_fen, fund_message_id FROM cases WHERE transfer_id = ?",
@@ -220,8 +222,10 @@ def load_case(transfer_id: str) -> Steps[Case | None]:
     if row is None:
         return None
     outbound = row[1]
-    rows = yield Query("SELECT message_id, kind, sender FROM messages WHERE transfer_id = ?", (transfer_id,))
-    refs = {message_id: MessageRef(kind, _side_of(kind, sender, outbound)) for message_id, kind, sender in rows}
+    if message_rows is None:
+        message_rows = yield Query("SELECT message_id, kind, sender FROM messages WHERE transfer_id = ?",
+                                   (transfer_id,))
+    refs = {message_id: MessageRef(kind, _side_of(kind, sender, outbound)) for message_id, kind, sender in message_rows}
     return Case(
         transfer_id=transfer_id, state=row[0], outbound=outbound, inbound=row[2], applicant=row[3],
         insurance_type=row[4], inbound_insurance_type=row[5], person_key=bytes(row[6]), suspension_date=row[7],
@@ -249,16 +253,20 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt."""
     yield Query("", (m.transfer_id,), Fetch.LOCK_CASE)
     now = clock()  # after the case lock: within a case, acceptance times follow the log's order
-    known = yield Query("SELECT fingerprint, receipt, sequence FROM messages WHERE message_id = ?",
-                        (m.message_id,), Fetch.ONE)
-    if known is not None:
-        if bytes(known[0]) != m.fingerprint:
-            raise IdempotencyConflict(
-                f"message_id {m.message_id} was already used for a different message",
-                reason="MESSAGE_ID_REUSED", metadata={"message_id": m.message_id},
-            )
-        return AcceptOutcome(receipt=bytes(known[1]), sequence=known[2], replayed=True)
-    before = yield from load_case(m.transfer_id)
+    # One read for both questions: was this message id seen (anywhere), and what has the case so far.
+    rows = yield Query(
+        "SELECT message_id, kind, sender, transfer_id, sequence, CASE WHEN message_id = ? THEN fingerprint END,"
+        " CASE WHEN message_id = ? THEN receipt END FROM messages WHERE message_id = ? OR transfer_id = ?",
+        (m.message_id, m.message_id, m.message_id, m.transfer_id))
+    for message_id, _, _, _, sequence, seen_fingerprint, receipt in rows:
+        if message_id == m.message_id:
+            if bytes(seen_fingerprint) != m.fingerprint:
+                raise IdempotencyConflict(
+                    f"message_id {m.message_id} was already used for a different message",
+                    reason="MESSAGE_ID_REUSED", metadata={"message_id": m.message_id},
+                )
+            return AcceptOutcome(receipt=bytes(receipt), sequence=sequence, replayed=True)
+    before = yield from load_case(m.transfer_id, [(r[0], r[1], r[2]) for r in rows if r[3] == m.transfer_id])
     decision = yield from _decide(decide, before)
     after = decision.case
     now_us = us(now)
