@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 from gateway.errors import RuleViolation
 from gateway.messages import BusinessMessage, MessageKind, kind_of
@@ -277,18 +277,16 @@ def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, inde
         side = _side(case, header.sender, header.receiver)
         opening = False
     transition = _transition(case, event, side, rules)
-    decision = _check_content(case, message, event, rules)
+    facts, fund_status = _check_content(case, message, event, rules)
     if opening and event is not Event.NOTICE_REFUSED:
-        _check_one_open_case(decision.case, index)
-    refs = dict(decision.case.messages)
-    refs[header.message_id] = MessageRef(kind_of(message), side)
-    target = decision.case.state if transition.target is None else transition.target
-    after = replace(decision.case, state=target, messages=refs)
+        _check_one_open_case(case, index)
+    target = case.state if transition.target is None else transition.target
+    refs = {**case.messages, header.message_id: MessageRef(kind_of(message), side)}
+    after = replace(case, state=target, messages=refs, **facts)
     if event is Event.FUND_TRANSFER:
         held = target == _S.CASE_STATE_HELD_FOR_REVIEW
-        return replace(decision, case=after, hold_delivery=held,
-                       fund_status=FundStatus.HELD if held else FundStatus.SENT)
-    return replace(decision, case=after)
+        return Decision(after, hold_delivery=held, fund_status=FundStatus.HELD if held else FundStatus.SENT)
+    return Decision(after, fund_status=fund_status)
 
 
 def review(case: Case | None, *, approved: bool, message_id: str, rules: CaseRules) -> Decision:
@@ -401,12 +399,18 @@ def _covered(case: Case, insurance: int, what: str) -> None:
                          f"{what} {insurance} is not covered by the transfer measures (310 or 390 only)", case)
 
 
-def _check_content(case: Case, message: BusinessMessage, event: Event, rules: CaseRules) -> Decision:
-    """Rules comparing the message with the case so far; the decision carries the new facts."""
+# What a message's content adds to its case: the case fields it sets, and the status its fund
+# movement moves to (None: unchanged).
+_Facts: TypeAlias = tuple[dict[str, Any], FundStatus | None]
+_NO_FACTS: Final[_Facts] = ({}, None)
+
+
+def _check_content(case: Case, message: BusinessMessage, event: Event, rules: CaseRules) -> _Facts:
+    """Rules comparing the message with the case so far; returns the facts it adds."""
     if isinstance(message, messages_pb2.TransferRequest):
         _covered(case, message.outbound_insurance_type, "outbound insurance type")
         _covered(case, message.inbound_insurance_type, "inbound insurance type")
-        return Decision(case)
+        return _NO_FACTS
     if isinstance(message, messages_pb2.OutboundNotice):
         _covered(case, message.insurance_type, "insurance type")
         if person_key(message.person) != case.person_key:
@@ -418,7 +422,7 @@ def _check_content(case: Case, message: BusinessMessage, event: Event, rules: Ca
         if accepted and message.retired and message.insurance_type == types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC:
             raise _violation("RETIRED_NOT_COVERED",
                              "retired employees are not covered: refuse the case with REASON_CODE_RETIRED", case)
-        return Decision(replace(case, suspension_date=_iso(message.suspension_date) if accepted else ""))
+        return {"suspension_date": _iso(message.suspension_date) if accepted else ""}, None
     if isinstance(message, messages_pb2.InformationTable):
         if person_key(message.person) != case.person_key:
             raise _violation("PERSON_MISMATCH", "the table's person is not the notice's person", case)
@@ -428,18 +432,18 @@ def _check_content(case: Case, message: BusinessMessage, event: Event, rules: Ca
         if _iso(message.suspension_date) != case.suspension_date:
             raise _violation("SUSPENSION_DATE_MISMATCH",
                              f"the table's suspension date is not the notice's {case.suspension_date}", case)
-        return Decision(replace(case, balance_fen=message.account_balance_fen))
+        return {"balance_fen": message.account_balance_fen}, None
     if isinstance(message, messages_pb2.FundTransfer):
         if message.amount_fen != case.balance_fen:
             raise _violation("FUND_AMOUNT_MISMATCH",
                              f"amount_fen {message.amount_fen} is not the table's balance {case.balance_fen}", case)
-        return Decision(replace(case, fund_message_id=message.header.message_id))
+        return {"fund_message_id": message.header.message_id}, None
     if isinstance(message, messages_pb2.Withdrawal):
-        return Decision(case)
+        return _NO_FACTS
     return _check_acknowledgement(case, message, event)
 
 
-def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event) -> Decision:
+def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event) -> _Facts:
     answered = case.messages.get(message.answers_message_id)
     if answered is None or answered.side is _side(case, message.header.sender, message.header.receiver):
         raise _violation("ACK_TARGET_UNKNOWN", f"answers_message_id {message.answers_message_id} is no message of "
@@ -450,16 +454,16 @@ def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, ev
                          f"{event.value} must answer the {envelope_pb2.MessageKind.Name(wanted)}", case)
     if event is Event.ACK_ACCEPTED:
         _covered(case, message.inbound_insurance_type, "inbound insurance type")
-        return Decision(replace(case, inbound_insurance_type=message.inbound_insurance_type,
-                                enrollment_date=_iso(message.inbound_enrollment_date)))
+        return {"inbound_insurance_type": message.inbound_insurance_type,
+                "enrollment_date": _iso(message.inbound_enrollment_date)}, None
     if event is Event.ACK_FUNDS_CREDITED:
         if message.credited_amount_fen != case.balance_fen:
             raise _violation("CREDITED_AMOUNT_MISMATCH", f"credited_amount_fen {message.credited_amount_fen} is not "
                              f"the amount sent {case.balance_fen}", case)
-        return Decision(case, fund_status=FundStatus.CREDITED)
+        return {}, FundStatus.CREDITED
     if event is Event.ACK_REJECTED and case.fund_message_id is not None:
-        return Decision(case, fund_status=FundStatus.REJECTED)
-    return Decision(case)
+        return {}, FundStatus.REJECTED
+    return _NO_FACTS
 
 
 def mermaid() -> str:

@@ -70,7 +70,7 @@ class InstrumentedServer:
         return handler
 
 
-class _GenericHandler(grpc.GenericRpcHandler):
+class _GenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     """A generic handler's answers, each wrapped once and remembered by method path."""
 
     def __init__(self, inner: grpc.GenericRpcHandler, server: InstrumentedServer) -> None:
@@ -79,7 +79,7 @@ class _GenericHandler(grpc.GenericRpcHandler):
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        path: str = handler_call_details.method
         try:
             return self._wrapped[path]
         except KeyError:

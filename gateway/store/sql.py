@@ -3,7 +3,7 @@
 Each operation is a generator that yields `Query` objects and receives their results; an
 engine's driver runs it inside one transaction (SQLite: `sqlite.py`, on its writer thread;
 PostgreSQL: `postgres.py`, on an async connection). Queries use `?` placeholders and portable
-SQL; what differs between engines is a `Query.kind` the driver interprets (locking a case,
+SQL; what differs between engines is a `Query.fetch` the driver interprets (locking a case,
 waking other replicas) and the dialect's schema.
 
 Times are stored as integer microseconds since the epoch, converted exactly (page tokens and
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from gateway.case import Case, Decision, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
@@ -57,14 +56,14 @@ class Fetch(Enum):
     WAKE = "wake"          # tell other processes a platform may have deliveries (params: platform)
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):  # a tuple: an accept makes about ten, and a frozen dataclass costs more to build
     sql: str
     params: Sequence[Any] = ()
     fetch: Fetch = Fetch.ALL
 
 
 Steps = Generator[Query, Any, T]
+_STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
 
 # Versioned schema, in SQLite's words (`postgres_ddl` translates): each entry upgrades from the
 # version before it. Never edit a released entry; add one.
@@ -212,7 +211,7 @@ def _decide(decide: Decide, case: Case | None) -> Steps[Decision]:
             answers[ask.key] = None if row is None else str(row[0])
 
 
-def load_case(transfer_id: str, message_rows: list[tuple[str, int, str]] | None = None) -> Steps[Case | None]:
+def load_case(transfer_id: str, message_rows: list[tuple[str, Any, str]] | None = None) -> Steps[Case | None]:
     """The case as committed; `message_rows` (message_id, kind, sender) are its messages if the
     caller read them already."""
     row = yield Query(
@@ -298,7 +297,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     yield Query(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(after.transfer_id, str(s.stage), list(Stage).index(s.stage), province(after.outbound),
+        [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
           province(after.inbound), now_us, us(s.deadline)) for s in stages.started], Fetch.MANY)
     finished: list[StageRecord] = []
     for stage in stages.finished:
