@@ -319,9 +319,25 @@ async def test_logs_carry_no_personal_data(gateway: GatewayHandle, caplog: pytes
 
 def test_recent_receipts_serve_only_the_submitting_platform_and_forget_the_oldest() -> None:
     recent = RecentReceipts(capacity=2)
-    recent.put(b"a", "jiangsu", b"receipt-a")
-    recent.put(b"b", "jiangsu", b"receipt-b")
-    assert recent.get(b"a", "zhejiang") is None  # another platform goes through the store's checks
-    assert recent.get(b"a", "jiangsu") == b"receipt-a"  # and is now the most recent
-    recent.put(b"c", "jiangsu", b"receipt-c")
-    assert (recent.get(b"a", "jiangsu"), recent.get(b"b", "jiangsu")) == (b"receipt-a", None)
+    recent.put(b"a", "jiangsu", "fund_transfer", b"receipt-a")
+    recent.put(b"b", "jiangsu", "fund_transfer", b"receipt-b")
+    assert recent.get(b"a", "zhejiang") is None  # another platform goes through every check
+    assert recent.get(b"a", "jiangsu") == ("fund_transfer", b"receipt-a")  # and is now the most recent
+    recent.put(b"c", "jiangsu", "acknowledgement", b"receipt-c")
+    assert (recent.get(b"a", "jiangsu"), recent.get(b"b", "jiangsu")) == (("fund_transfer", b"receipt-a"), None)
+
+
+async def test_a_committed_message_with_a_broken_signature_is_still_refused(gateway: GatewayHandle) -> None:
+    """Byte-identical retries are answered from memory; anything else is checked in full."""
+    signed = sign(outbound_messages(plan())[0], gateway.signer("jiangsu"))
+    jiangsu = gateway.exchange("jiangsu")
+    first = await jiangsu.Submit(signed)
+    assert await jiangsu.Submit(signed) == first
+    broken = envelope_pb2.SignedMessage()
+    broken.CopyFrom(signed)
+    broken.signature = bytes([signed.signature[0] ^ 0x01]) + signed.signature[1:]
+    assert (await refused(jiangsu.Submit(broken)))[:2] == (grpc.StatusCode.UNAUTHENTICATED, "SIGNATURE_INVALID")
+    # The same bytes from a platform that did not send them: its key does not match.
+    assert (await refused(gateway.exchange("zhejiang").Submit(signed)))[:2] == (
+        grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_SIGNING_KEY")
+    assert gateway.count("messages") == 1

@@ -45,27 +45,32 @@ def _signed_message(data: bytes) -> envelope_pb2.SignedMessage:
 
 
 class RecentReceipts:
-    """Receipts of messages this process saw committed, by fingerprint, most recent kept.
+    """Receipts of requests this process saw committed, by the SHA-256 of the request's bytes,
+    most recent kept.
 
-    A retry storm resends the same signed bytes; answering it from here skips parsing,
-    validation and a store transaction. Only committed facts enter, so replicas may each keep
-    their own. The submitting platform must match: another platform asking is served by the store.
+    A retry storm resends the same signed bytes. Bytes identical to a request whose signature was
+    verified and whose message was committed need neither again: answering from here skips
+    parsing, the signature check, validation and a store transaction. Other bytes (another
+    signature over the same payload, say) miss and are checked in full. Only committed facts
+    enter, so replicas may each keep their own. The submitting platform must match: another
+    platform sending the same bytes is checked in full, and refused.
     """
 
     def __init__(self, capacity: int = 65_536) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[str, str, bytes]] = OrderedDict()
 
-    def get(self, fingerprint: bytes, platform: str) -> bytes | None:
-        entry = self._entries.get(fingerprint)
+    def get(self, request_digest: bytes, platform: str) -> tuple[str, bytes] | None:
+        """(kind label, receipt) of a committed request from `platform` with these bytes."""
+        entry = self._entries.get(request_digest)
         if entry is None or entry[0] != platform:
             return None
-        self._entries.move_to_end(fingerprint)
-        return entry[1]
+        self._entries.move_to_end(request_digest)
+        return entry[1], entry[2]
 
-    def put(self, fingerprint: bytes, platform: str, receipt: bytes) -> None:
-        self._entries[fingerprint] = (platform, receipt)
-        self._entries.move_to_end(fingerprint)
+    def put(self, request_digest: bytes, platform: str, kind: str, receipt: bytes) -> None:
+        self._entries[request_digest] = (platform, kind, receipt)
+        self._entries.move_to_end(request_digest)
         if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
@@ -91,14 +96,16 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         re-serialized), and answers with the stored Receipt's bytes."""
         kind_label = "unknown"
         try:
+            platform = calling_platform(context, self._registry)
+            request_digest = hashlib.sha256(request).digest()
+            known = self._recent.get(request_digest, platform.id)
+            if known is not None:  # byte-identical to a request already verified and committed
+                kind_label, receipt = known
+                self._metrics.count_message(kind_label, "replayed")
+                return receipt
             signed = _signed_message(request)
             kind_label = messages.kind_name(signed.kind)
-            platform = calling_platform(context, self._registry)
             digest = hashlib.sha256(self._verify(platform, signed)).digest()
-            known = self._recent.get(digest, platform.id)
-            if known is not None:  # byte-identical to a message already committed: its receipt
-                self._metrics.count_message(kind_label, "replayed")
-                return known
             incoming, message = self._admit(platform, signed, request, digest)
             outcome = await self._store.accept(
                 incoming,
@@ -110,7 +117,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             log.info("rejected", extra={"fields": {"kind": kind_label, "reason": err.reason,
                                                    "code": type(err).__name__}})
             raise
-        self._recent.put(incoming.fingerprint, platform.id, outcome.receipt)
+        self._recent.put(request_digest, platform.id, kind_label, outcome.receipt)
         result = "replayed" if outcome.replayed else "accepted"
         self._metrics.count_message(kind_label, result)
         if not outcome.replayed:
