@@ -3,7 +3,8 @@
 Submit runs the gateway's pipeline in this order, and stores nothing until every step passed:
 who is calling (mTLS) → which key (registry) → signature over the bytes as received → parse →
 validate fields → may this platform send as this agency → store atomically with the case
-decision → signed receipt.
+decision → signed receipt. A request byte for byte identical to one this process already verified
+and committed, from the same platform, is answered with its receipt right after the first step.
 """
 
 from __future__ import annotations
