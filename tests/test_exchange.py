@@ -284,11 +284,16 @@ async def test_health_serving_then_not_serving_while_draining(gateway: GatewayHa
 
 
 async def test_metrics_endpoint_has_rpc_and_message_counters(gateway: GatewayHandle) -> None:
-    await gateway.exchange("jiangsu").Submit(sign(outbound_messages(plan())[0], gateway.signer("jiangsu")))
+    jiangsu = gateway.exchange("jiangsu")
+    await jiangsu.Submit(sign(outbound_messages(plan())[0], gateway.signer("jiangsu")))
+    await refused(jiangsu.Submit(sign(outbound_messages(plan(seed=2))[0], gateway.signer("zhejiang"))))
     text = await asyncio.to_thread(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{gateway.server.metrics_port}/metrics").read().decode())
-    assert ('grpc_server_handled_total{grpc_code="OK",grpc_method="Submit",grpc_service="mitransfer.v1.Exchange",'
-            'grpc_type="unary"} 1.0') in text
+    for code in ("OK", "UNAUTHENTICATED"):
+        assert (f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="Submit",'
+                'grpc_service="mitransfer.v1.Exchange",grpc_type="unary"} 1.0') in text
+    assert ('grpc_server_started_total{grpc_method="Submit",grpc_service="mitransfer.v1.Exchange",'
+            'grpc_type="unary"} 2.0') in text
     assert 'transfer_gateway_messages_total{kind="outbound_notice",reason="",result="accepted"} 1.0' in text
     assert "11010519" not in text and "测试" not in text  # no personal data in metrics
 

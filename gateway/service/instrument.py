@@ -92,48 +92,64 @@ class _GenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         return handler
 
 
-class _Codes:
-    """`grpc_server_handled_total` children of one method, by code, made on first use."""
+class _Method:
+    """One method's RPC metric children, made once, shared by all its calls."""
 
-    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
-        self._counter = metrics.rpc_handled
-        self._labels = labels
-        self._children: dict[str, Any] = {}
+    def __init__(self, metrics: Metrics, grpc_type: str, service: str, method: str) -> None:
+        labels = (grpc_type, service, method)
+        self.name = method
+        self.started, self.received = metrics.rpc_started.labels(*labels), metrics.rpc_msg_received.labels(*labels)
+        self.sent, self._seconds = metrics.rpc_msg_sent.labels(*labels), metrics.rpc_seconds.labels(*labels)
+        self._handled, self._labels = metrics.rpc_handled, labels
+        self._codes: dict[str, Any] = {}
 
-    def inc(self, code: str) -> None:
-        child = self._children.get(code)
+    def finished(self, code: str, seconds: float) -> None:
+        child = self._codes.get(code)
         if child is None:
-            child = self._children[code] = self._counter.labels(*self._labels, code)
+            child = self._codes[code] = self._handled.labels(*self._labels, code)
         child.inc()
+        self._seconds.observe(seconds)
+
+
+class _Call:
+    """One call of a method: counted on entry, its outcome on exit, where a GatewayError becomes
+    the status with details (aborting the call)."""
+
+    __slots__ = ("_context", "_method", "_start")
+
+    def __init__(self, method: _Method, context: Any) -> None:
+        self._method = method
+        self._context = context
+        self._start = 0.0
+
+    async def __aenter__(self) -> None:
+        self._method.started.inc()
+        self._method.received.inc()
+        self._start = time.perf_counter()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        code = "OK"
+        try:
+            if isinstance(exc, GatewayError):
+                code = grpc_code(exc).name
+                await self._context.abort_with_status(to_status(exc))
+            elif isinstance(exc, asyncio.CancelledError):
+                code = "CANCELLED"
+            elif isinstance(exc, Exception):
+                code = "UNKNOWN"
+                log.error("unhandled error", exc_info=exc, extra={"fields": {"method": self._method.name}})
+        finally:
+            self._method.finished(code, time.perf_counter() - self._start)
 
 
 def _unary(m: Metrics, behavior: Callable[..., Awaitable[Any]], service: str, method: str) -> Callable[..., Any]:
-    labels = ("unary", service, method)
-    started, received = m.rpc_started.labels(*labels), m.rpc_msg_received.labels(*labels)
-    sent, seconds, handled = m.rpc_msg_sent.labels(*labels), m.rpc_seconds.labels(*labels), _Codes(m, labels)
+    calls = _Method(m, "unary", service, method)
 
     async def wrapped(request: Any, context: Any) -> Any:
-        started.inc()
-        received.inc()
-        start = time.perf_counter()
-        code = "OK"
-        try:
+        async with _Call(calls, context):
             response = await behavior(request, context)
-            sent.inc()
+            calls.sent.inc()
             return response
-        except GatewayError as err:
-            code = grpc_code(err).name
-            await context.abort_with_status(to_status(err))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "UNKNOWN"
-            log.exception("unhandled error", extra={"fields": {"method": method}})
-            raise
-        finally:
-            handled.inc(code)
-            seconds.observe(time.perf_counter() - start)
 
     return wrapped
 
@@ -141,31 +157,12 @@ def _unary(m: Metrics, behavior: Callable[..., Awaitable[Any]], service: str, me
 def _server_stream(
     m: Metrics, behavior: Callable[..., AsyncIterator[Any]], service: str, method: str
 ) -> Callable[..., AsyncIterator[Any]]:
-    labels = ("server_stream", service, method)
-    started, received = m.rpc_started.labels(*labels), m.rpc_msg_received.labels(*labels)
-    sent, seconds, handled = m.rpc_msg_sent.labels(*labels), m.rpc_seconds.labels(*labels), _Codes(m, labels)
+    calls = _Method(m, "server_stream", service, method)
 
     async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
-        started.inc()
-        received.inc()
-        start = time.perf_counter()
-        code = "OK"
-        try:
+        async with _Call(calls, context):
             async for response in behavior(request, context):
                 yield response
-                sent.inc()
-        except GatewayError as err:
-            code = grpc_code(err).name
-            await context.abort_with_status(to_status(err))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "UNKNOWN"
-            log.exception("unhandled error", extra={"fields": {"method": method}})
-            raise
-        finally:
-            handled.inc(code)
-            seconds.observe(time.perf_counter() - start)
+                calls.sent.inc()
 
     return wrapped
