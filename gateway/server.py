@@ -46,6 +46,15 @@ CALENDAR_HEALTH = "transfer-gateway.calendar"
 _GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
 
+def tune_collector() -> None:
+    """For a process that runs one gateway, once it has started: everything built so far lives
+    as long as the process, so keep it out of the collector's full passes, and collect the young
+    generation less often (a call allocates hundreds of objects, nearly all freed by reference
+    counting anyway). Process-wide, hence called by the process's entry point, not the server."""
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -136,11 +145,6 @@ class GatewayServer:
         await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
         self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
                        asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
-        # Everything built so far lives as long as the process: keep it out of the collector's
-        # full passes, and collect the young generation less often (a call allocates hundreds of
-        # objects, nearly all freed by reference counting anyway).
-        gc.freeze()
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         log.info("serving", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}})
 
     async def _store_health(self, available: bool) -> None:
@@ -177,6 +181,7 @@ async def serve(config: GatewayConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully."""
     server = GatewayServer(config)
     await server.start()
+    tune_collector()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -90,6 +90,8 @@ def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -
         _add(v, "header.receiver", "must differ from the sender")
     if not h.HasField("created_at"):
         _add(v, "header.created_at", "is required")
+    elif not 0 <= h.created_at.nanos < 1_000_000_000:
+        _add(v, "header.created_at", "nanos must be between 0 and 999,999,999")
     else:  # in epoch microseconds, as ToDatetime would truncate them (it costs more than this check)
         created = h.created_at.seconds * 1_000_000 + h.created_at.nanos // 1000
         if created > (now + CLOCK_SKEW - _EPOCH) // _MICROSECOND:

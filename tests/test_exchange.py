@@ -102,6 +102,13 @@ async def test_undecodable_request_is_invalid_and_the_log_keeps_the_bytes_as_sen
     assert gateway.count("messages", "signed_message = ? AND sequence = ?", sent, body(receipt).sequence) == 1
 
 
+async def test_unknown_method_is_unimplemented(gateway: GatewayHandle) -> None:
+    for path in ("/mitransfer.v1.Exchange/Nope", "/nowhere.Service/Method"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway.channel("jiangsu").unary_unary(path)(b"")
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 async def test_platform_may_send_only_as_its_own_agencies(gateway: GatewayHandle) -> None:
     # Zhejiang signs with its own key a message claiming Jiangsu's agency as sender.
     notice = outbound_messages(plan(outbound="320100", inbound="330100"))[0]

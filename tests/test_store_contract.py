@@ -472,3 +472,33 @@ async def test_a_case_from_before_stages_were_kept_still_moves(tmp_path: Path) -
         assert view is not None and [s.stage for s in view.stages] == [Stage.INBOUND]
     finally:
         await store.close()
+
+
+async def test_sqlite_disk_full_mid_batch_leaves_no_half_committed_accepts(tmp_path: Path) -> None:
+    """When SQLite itself rolls a batch's transaction back (disk full here), no later job of the
+    batch may run on in autocommit: every caller that hears of a failure finds nothing stored."""
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "full.db"), Clock())
+    await store.open()
+    try:
+        for _ in range(5):
+            await open_case(store)
+        pages = await store._submit(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+        await store._submit(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+        # Alternately a case whose first row needs new pages (a huge person key) and a small one
+        # that fits in the pages there are.
+        openings = [incoming(str(uuid.uuid4())) for _ in range(16)]
+
+        def decide_for(i: int, m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
+            person = b"p" * 6000 + m.transfer_id.encode() if i % 2 == 0 else None
+            return lambda case, _index: Decision(case or opened(m, person))
+
+        results = await asyncio.gather(
+            *(store.accept(m, decide_for(i, m), receipt_for(m)) for i, m in enumerate(openings)),
+            return_exceptions=True)
+        assert any(isinstance(r, BaseException) for r in results)
+        for m, result in zip(openings, results, strict=True):
+            stored = await store.get_case(m.transfer_id)
+            assert (stored is None) == isinstance(result, BaseException), result
+    finally:
+        await store.close()
+

@@ -65,12 +65,13 @@ async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tu
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr)."""
     from gateway import logs
     from gateway.config import GatewayConfig
-    from gateway.server import GatewayServer
+    from gateway.server import GatewayServer, tune_collector
 
     logs.configure(log_level)
     config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen=None), store=store)
     server = GatewayServer(config)
     await server.start()
+    tune_collector()  # as `serve` does
 
     async def stop() -> None:
         await server.stop(grace=1.0)

@@ -76,20 +76,19 @@ class _GenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     def __init__(self, inner: grpc.GenericRpcHandler, server: InstrumentedServer) -> None:
         self._inner = inner
         self._server = server
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         path: str = handler_call_details.method
-        try:
-            return self._wrapped[path]
-        except KeyError:
-            pass
+        wrapped = self._wrapped.get(path)
+        if wrapped is not None:
+            return wrapped
         handler = self._inner.service(handler_call_details)
-        if handler is not None:
-            service, _, method = path[1:].rpartition("/")
-            handler = self._server.wrap(service, method, handler)
-        self._wrapped[path] = handler
-        return handler
+        if handler is None:
+            return None  # not remembered: a caller could otherwise grow the map with made-up paths
+        service, _, method = path[1:].rpartition("/")
+        wrapped = self._wrapped[path] = self._server.wrap(service, method, handler)
+        return wrapped
 
 
 class _Method:

@@ -282,7 +282,9 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
 
     Without savepoints (the fast path), a job that fails before writing anything, as a refused
     message does, leaves nothing to undo; one that fails after writing raises _PartialWrite, and
-    the caller rolls the batch back and runs it again with a savepoint around every job.
+    the caller rolls the batch back and runs it again with a savepoint around every job. An error
+    after which SQLite has rolled the whole transaction back fails the whole batch: the jobs after
+    it would otherwise run in autocommit, each statement committed on its own.
     """
     results: list[tuple[_Job, Any, BaseException | None]] = []
     for job in batch:
@@ -292,6 +294,8 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
         try:
             value = job.fn(conn)
         except Exception as exc:
+            if not conn.in_transaction:  # SQLite rolled it all back itself (disk full, I/O error)
+                raise sqlite3.OperationalError(f"transaction rolled back by SQLite: {exc}") from exc
             if savepoints:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
