@@ -104,6 +104,11 @@ def assert_complete(result: dict[str, Any]) -> None:
     for run in (result["submit"], result["scale"]["large"]):  # the large store takes new messages after the loaded
         assert run["errors"] == 0 and run["receipt_failures"] == 0
     assert result["cases"]["completed"] == 6
+    for section in ("echo", "submit", "replay"):  # the server's CPU by kind of thread, parts of its whole
+        parts = result[section]["cpu_us_per_request_by_thread"]
+        assert set(parts) == {"event_loop", "grpc_core", "other_threads"}, section
+        assert all(finite(v) and v >= 0 for v in parts.values()), (section, parts)
+        assert sum(parts.values()) <= result[section]["cpu_us_per_request"] * 1.05 + 1, (section, parts)
 
 
 def test_bulk_loader_writes_closed_cases_into_the_stores_schema(pki: DevPaths, tmp_path: Path) -> None:

@@ -287,7 +287,8 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                     t.windows.append(await measure(
                         config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
                         window=config.window / config.rounds, server_cpu=t.cpu_seconds,
-                        engine_cpu=None if t is echo else store.engine_cpu_seconds))
+                        engine_cpu=None if t is echo else store.engine_cpu_seconds,
+                        server_threads=t.cpu_seconds_by_thread))
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:
             for t in targets:

@@ -73,6 +73,7 @@ class Window:
     error_examples: list[str] = field(default_factory=list)
     cut_short: bool = False  # the workload ran out before the window's time
     engine_cpu_seconds: float = math.nan  # a store engine in processes of its own (PostgreSQL), else NaN
+    thread_cpu_seconds: dict[str, float] = field(default_factory=dict)  # server_cpu_seconds by kind of thread
 
     @classmethod
     def combine(cls, windows: list[Window]) -> Window:
@@ -86,6 +87,8 @@ class Window:
             error_examples=[e for w in windows for e in w.error_examples][:3],
             cut_short=any(w.cut_short for w in windows),
             engine_cpu_seconds=sum(w.engine_cpu_seconds for w in windows) if windows else math.nan,
+            thread_cpu_seconds={kind: sum(w.thread_cpu_seconds.get(kind, 0.0) for w in windows)
+                                for kind in dict.fromkeys(k for w in windows for k in w.thread_cpu_seconds)},
         )
 
     @property
@@ -118,6 +121,9 @@ class Window:
             "cut_short": self.cut_short,
             "engine_cpu_us_per_request": round(self.engine_cpu_seconds / self.completed * 1e6, 1)
             if self.completed else math.nan,
+            "cpu_us_per_request_by_thread": {
+                kind: round(seconds / self.completed * 1e6, 1) if self.completed else math.nan
+                for kind, seconds in self.thread_cpu_seconds.items()},
         }
 
 
@@ -125,8 +131,11 @@ Worker = Callable[[int, Meter], Coroutine[Any, Any, None]]
 
 
 async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
-                  server_cpu: Callable[[], float], engine_cpu: Callable[[], float] | None = None) -> Window:
-    """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`."""
+                  server_cpu: Callable[[], float], engine_cpu: Callable[[], float] | None = None,
+                  server_threads: Callable[[], dict[str, float]] | None = None) -> Window:
+    """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`.
+
+    `server_threads`, if given, splits the server's CPU time by kind of thread, read at the same edges."""
     def engine() -> float:
         return engine_cpu() if engine_cpu is not None else math.nan
 
@@ -135,12 +144,15 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
     exhausted = asyncio.create_task(meter.exhausted.wait())
     try:
         await asyncio.wait({exhausted}, timeout=warmup)
+        threads_start = server_threads() if server_threads is not None else {}
         cpu_start, engine_start = server_cpu(), engine()
         meter.opened_at = time.perf_counter()
         if not exhausted.done():
             await asyncio.wait({exhausted}, timeout=window)
         meter.closed_at = time.perf_counter()
         cpu, engine_used = server_cpu() - cpu_start, engine() - engine_start
+        threads_end = server_threads() if server_threads is not None else {}
+        threads_used = {kind: threads_end[kind] - seconds for kind, seconds in threads_start.items()}
         if engine_used < 0:
             engine_used = math.nan  # a backend exited meanwhile (the engine restarted): not measurable
     finally:
@@ -153,7 +165,7 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
     return Window(
         latencies=sorted(meter.latencies), seconds=meter.closed_at - meter.opened_at, server_cpu_seconds=cpu,
         errors=dict(meter.errors), error_examples=meter.examples, cut_short=meter.exhausted.is_set(),
-        engine_cpu_seconds=engine_used,
+        engine_cpu_seconds=engine_used, thread_cpu_seconds=threads_used,
     )
 
 

@@ -102,6 +102,8 @@ def table(result: dict[str, Any]) -> str:
         f"{floors['durable_append_wall_us']:.0f} µs wall per row, single-row commit "
         f"{floors['single_commit_wall_us']:.0f} µs wall), echo server {_n(echo['cpu_us_per_request'])} µs CPU per "
         f"request; gateway {_n(submit['cpu_us_per_request'])} µs CPU per accepted message",
+        "gateway CPU per accepted message by thread: " + ", ".join(
+            f"{kind.replace('_', ' ')} {_n(us)} µs" for kind, us in submit["cpu_us_per_request_by_thread"].items()),
         "",
         f"{'ratio':24}{'value':>8}  {'target':8}{'':6}meaning",
     ]

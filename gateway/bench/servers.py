@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 _STARTUP_TIMEOUT = 60.0
+_GRPC_CORE_THREADS = ("event_engine", "grpc", "default-executo", "resolver-execu", "timer")  # their OS names
+
+
+def _cpu_seconds(stat: str) -> float:
+    """User + system CPU time in a /proc stat line."""
+    fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 class ServerProcess:
@@ -31,9 +38,24 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process so far (all threads)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return _cpu_seconds(Path(f"/proc/{self.pid}/stat").read_text())
+
+    def cpu_seconds_by_thread(self) -> dict[str, float]:
+        """The process's CPU time so far in three parts: its first thread (the event loop), gRPC
+        core's threads, and all other threads (the SQLite writer and reader, grpc.aio's poller,
+        executors; threads that ended count here too)."""
+        loop = grpc_core = 0.0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            if task.name == str(self.pid):
+                loop = _cpu_seconds(stat)
+            elif stat.partition("(")[2].rpartition(")")[0].startswith(_GRPC_CORE_THREADS):
+                grpc_core += _cpu_seconds(stat)
+        total = self.cpu_seconds()
+        return {"event_loop": loop, "grpc_core": grpc_core, "other_threads": max(0.0, total - loop - grpc_core)}
 
     def peak_rss_bytes(self) -> int:
         """The process's peak resident set size so far (VmHWM)."""

@@ -59,6 +59,10 @@ class Target(ABC):
         """The CPU time so far of the process(es) this target loads."""
         return self.server.cpu_seconds()
 
+    def cpu_seconds_by_thread(self) -> dict[str, float]:
+        """The same, by kind of thread (see ServerProcess.cpu_seconds_by_thread)."""
+        return self.server.cpu_seconds_by_thread()
+
     async def close(self) -> None:
         for c in self._channels:
             await c.close()
@@ -171,6 +175,13 @@ class ReplicaTargets(Target):
 
     def cpu_seconds(self) -> float:
         return sum(r.server.cpu_seconds() for r in self.replicas)
+
+    def cpu_seconds_by_thread(self) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for r in self.replicas:
+            for kind, seconds in r.server.cpu_seconds_by_thread().items():
+                parts[kind] = parts.get(kind, 0.0) + seconds
+        return parts
 
     async def close(self) -> None:
         for r in self.replicas:
