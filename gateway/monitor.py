@@ -17,13 +17,14 @@ from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.sla import Sla
 from gateway.store import Store
+from gateway.timestamps import EPOCH
 from gateway.workdays import DaySource, local_date
 
 log = logging.getLogger("gateway.monitor")
 
 # How far ahead the calendar must be known: the longest limit (15 working days) with holidays.
 CALENDAR_HORIZON: Final = dt.timedelta(days=60)
-_ALL_TIME: Final = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 1, 1, tzinfo=dt.UTC))
+_ALL_TIME: Final = (EPOCH, dt.datetime(9999, 1, 1, tzinfo=dt.UTC))
 # The all-time fund totals scan every fund movement (~0.25 s at a million messages): read them
 # less often than the rest.
 FUNDS_INTERVAL: Final = dt.timedelta(seconds=60)

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway import idnumbers
 from gateway.errors import FieldViolation, InvalidMessage
 from gateway.messages import BusinessMessage
+from gateway.timestamps import micros, timestamp_micros
 from mitransfer.v1 import messages_pb2, types_pb2
 
 CHINA: Final = ZoneInfo("Asia/Shanghai")
@@ -38,9 +39,7 @@ _CHANNELS: Final = frozenset(messages_pb2.TransferRequest.Channel.values())
 _REASON_CODES: Final = frozenset(types_pb2.ReasonCode.values())
 _ACK_STATUSES: Final = frozenset(Ack.Status.values())
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND: Final = dt.timedelta(microseconds=1)
-_EARLIEST_US: Final = (EARLIEST - _EPOCH) // _MICROSECOND
+_EARLIEST_US: Final = micros(EARLIEST)
 
 
 def is_region_code(code: str) -> bool:
@@ -93,8 +92,8 @@ def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -
     elif not 0 <= h.created_at.nanos < 1_000_000_000:
         _add(v, "header.created_at", "nanos must be between 0 and 999,999,999")
     else:  # in epoch microseconds, as ToDatetime would truncate them (it costs more than this check)
-        created = h.created_at.seconds * 1_000_000 + h.created_at.nanos // 1000
-        if created > (now + CLOCK_SKEW - _EPOCH) // _MICROSECOND:
+        created = timestamp_micros(h.created_at)
+        if created > micros(now + CLOCK_SKEW):
             _add(v, "header.created_at", "is more than 5 minutes in the future")
         elif created < _EARLIEST_US:
             _add(v, "header.created_at", "is before 2000-01-01")

@@ -30,11 +30,11 @@ from gateway.service.instrument import raw_bytes
 from gateway.signing import Signer, pae
 from gateway.sla import Sla
 from gateway.store import IncomingMessage, Store
+from gateway.timestamps import datetime_of
 from gateway.validation import validate
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
 log = logging.getLogger("gateway.exchange")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _signed_message(data: bytes) -> envelope_pb2.SignedMessage:
@@ -175,8 +175,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             sender=header.sender,
             receiver=header.receiver,
             deliveries=((receiver_platform, header.receiver),),
-            created_at=_EPOCH + dt.timedelta(seconds=header.created_at.seconds,
-                                             microseconds=header.created_at.nanos // 1000),
+            created_at=datetime_of(header.created_at),
             fingerprint=digest,
             signed_message=received,
             ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,

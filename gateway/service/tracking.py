@@ -15,6 +15,7 @@ from gateway.registry import Registry
 from gateway.service.auth import tracking_scope
 from gateway.sla import Sla, Stage, Timeliness
 from gateway.store import CaseQuery, CaseView, Store
+from gateway.timestamps import EPOCH
 from gateway.workdays import local_date
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
 
@@ -26,7 +27,6 @@ TIMELINESS: Final = {
 }
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class TrackingService(tracking_pb2_grpc.TrackingServicer):
@@ -80,7 +80,7 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
             raise InvalidMessage(bad, reason="QUERY_INVALID")
         deadline_between = None
         if r.overdue:
-            deadline_between = (_EPOCH, now)
+            deadline_between = (EPOCH, now)
         elif r.due_soon:
             deadline_between = (now, self._sla.calendar.due_soon_before(now))
         size = r.page_size or DEFAULT_PAGE

@@ -35,6 +35,7 @@ from gateway.store import (
     StageCount,
     StageRecord,
 )
+from gateway.timestamps import from_micros, micros
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
 PENDING = tracking_pb2.DELIVERY_STATE_PENDING
@@ -161,21 +162,8 @@ def postgres_ddl(script: str) -> str:
     """A migration in PostgreSQL's words: 64-bit integers (times in microseconds) and bytea."""
     return script.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-
-def us(t: dt.datetime) -> int:
-    """Microseconds since the epoch, exactly (no float rounding)."""
-    return (t - _EPOCH) // _MICROSECOND
-
-
-def time_of(value: int) -> dt.datetime:
-    return _EPOCH + value * _MICROSECOND
-
-
 def opt_time(value: int | None) -> dt.datetime | None:
-    return None if value is None else time_of(value)
+    return None if value is None else from_micros(value)
 
 
 class _Ask(BaseException):
@@ -244,7 +232,7 @@ def load_stages(transfer_id: str) -> Steps[list[StageRecord]]:
     rows = yield Query(
         "SELECT stage, started_at, deadline, finished_at FROM case_stages WHERE transfer_id = ?"
         " ORDER BY started_at, stage_order", (transfer_id,))
-    return [StageRecord(Stage(r[0]), time_of(r[1]), time_of(r[2]), opt_time(r[3])) for r in rows]
+    return [StageRecord(Stage(r[0]), from_micros(r[1]), from_micros(r[2]), opt_time(r[3])) for r in rows]
 
 
 def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
@@ -268,7 +256,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     before = yield from load_case(m.transfer_id, [(r[0], r[1], r[2]) for r in rows if r[3] == m.transfer_id])
     decision = yield from _decide(decide, before)
     after = decision.case
-    now_us = us(now)
+    now_us = micros(now)
     stages = sla.changes(before, after, now)
     row = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
            after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id, now_us)
@@ -291,21 +279,21 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     yield Query(
         "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
         " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, us(m.created_at),
+        (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
          now_us, m.fingerprint, m.ack_status, m.signed_message, receipt), Fetch.ROWCOUNT)
     yield from _effects(m, decision, now_us)
     yield Query(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
-          province(after.inbound), now_us, us(s.deadline)) for s in stages.started], Fetch.MANY)
+          province(after.inbound), now_us, micros(s.deadline)) for s in stages.started], Fetch.MANY)
     finished: list[StageRecord] = []
     for stage in stages.finished:
         row = yield Query(
             "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
             " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)), Fetch.ONE)
         if row is not None:  # None: a case opened before stages were kept has nothing to finish
-            finished.append(StageRecord(stage, time_of(row[0]), time_of(row[1]), now))
+            finished.append(StageRecord(stage, from_micros(row[0]), from_micros(row[1]), now))
     state = HELD if decision.hold_delivery else PENDING
     yield Query(
         "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
@@ -341,7 +329,7 @@ def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: i
     """Lease the oldest open delivery of each case (order within a case holds across
     redeliveries). `lock_rows` is the engine's row-locking clause (PostgreSQL: skip rows another
     replica is claiming)."""
-    now_us = us(now)
+    now_us = micros(now)
     where_agency = ""
     params: list[Any] = [platform, now_us]
     if agencies is not None:
@@ -359,7 +347,7 @@ def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: i
             ORDER BY d.sequence LIMIT ?{lock_rows}""",
         (*params, limit))
     claimed = []
-    visible_at = us(now + lease)
+    visible_at = micros(now + lease)
     for message_id, receiver, transfer_id, attempts, signed, receipt in rows:
         key = (message_id, receiver)
         if attempts >= max_attempts:
@@ -378,7 +366,7 @@ def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None
     updated = yield Query(
         "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
         " WHERE message_id = ? AND platform = ? AND state NOT IN (?, ?)",
-        (ACKNOWLEDGED, us(now), message_id, platform, HELD, CANCELLED), Fetch.ROWCOUNT)
+        (ACKNOWLEDGED, micros(now), message_id, platform, HELD, CANCELLED), Fetch.ROWCOUNT)
     if not updated:
         raise NotFound(f"no delivery {message_id} for platform {platform}",
                        reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
@@ -402,20 +390,20 @@ def get_case(transfer_id: str) -> Steps[CaseView | None]:
         (transfer_id,))
     views = [
         MessageView(
-            message_id=r[0], kind=r[1], sender=r[2], receiver=r[3], sequence=r[4], created_at=time_of(r[5]),
-            accepted_at=time_of(r[6]), ack_status=r[7], delivery_state=r[8], delivery_attempts=r[9],
+            message_id=r[0], kind=r[1], sender=r[2], receiver=r[3], sequence=r[4], created_at=from_micros(r[5]),
+            accepted_at=from_micros(r[6]), ack_status=r[7], delivery_state=r[8], delivery_attempts=r[9],
             delivered_at=opt_time(r[10]), acknowledged_at=opt_time(r[11]),
         )
         for r in rows
     ]
     stages = yield from load_stages(transfer_id)
-    return CaseView(case=case, opened_at=time_of(opened), updated_at=time_of(updated), messages=views,
+    return CaseView(case=case, opened_at=from_micros(opened), updated_at=from_micros(updated), messages=views,
                     stages=stages)
 
 
 def idle_cases(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[CaseView]]:
     rows = yield Query("SELECT transfer_id FROM cases WHERE state = ? AND updated_at < ? ORDER BY updated_at LIMIT ?",
-                       (state, us(idle_since), limit))
+                       (state, micros(idle_since), limit))
     views = []
     for (transfer_id,) in rows:
         view = yield from get_case(str(transfer_id))
@@ -435,7 +423,7 @@ def held_transfers() -> Steps[list[HeldTransfer]]:
         " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
         " WHERE f.status = 'held' ORDER BY f.accepted_at")
     return [HeldTransfer(transfer_id=r[0], message_id=r[1], outbound=r[2], inbound=r[3], amount_fen=r[4],
-                         held_since=time_of(r[5])) for r in rows]
+                         held_since=from_micros(r[5])) for r in rows]
 
 
 def settlement(start: dt.datetime, end: dt.datetime) -> Steps[list[SettlementLine]]:
@@ -443,7 +431,7 @@ def settlement(start: dt.datetime, end: dt.datetime) -> Steps[list[SettlementLin
         "SELECT substr(c.outbound, 1, 2), substr(c.inbound, 1, 2), f.status, SUM(f.amount_fen), COUNT(*)"
         " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
         " WHERE f.accepted_at >= ? AND f.accepted_at < ? GROUP BY 1, 2, 3",
-        (us(start), us(end)))
+        (micros(start), micros(end)))
     pairs: dict[tuple[str, str], dict[str, int]] = {}
     for out_p, in_p, status, amount, count in rows:
         totals = pairs.setdefault((out_p, in_p), {"transfers": 0})
@@ -498,17 +486,17 @@ def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
         args.append(query.inbound_province)
     if query.opened_from is not None:
         where.append("opened_at >= ?")
-        args.append(us(query.opened_from))
+        args.append(micros(query.opened_from))
     if query.opened_before is not None:
         where.append("opened_at < ?")
-        args.append(us(query.opened_before))
+        args.append(micros(query.opened_before))
     if query.deadline_between is not None:
         where.append("EXISTS (SELECT 1 FROM case_stages s WHERE s.transfer_id = cases.transfer_id"
                      " AND s.finished_at IS NULL AND s.deadline > ? AND s.deadline <= ?)")
-        args += [us(query.deadline_between[0]), us(query.deadline_between[1])]
+        args += [micros(query.deadline_between[0]), micros(query.deadline_between[1])]
     if query.after is not None:
         where.append("(opened_at, transfer_id) > (?, ?)")
-        args += [us(query.after[0]), query.after[1]]
+        args += [micros(query.after[0]), query.after[1]]
     rows = yield Query(f"SELECT transfer_id, opened_at, updated_at FROM cases WHERE {' AND '.join(where)}"
                        " ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
     views = []
@@ -516,7 +504,7 @@ def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
         case = yield from load_case(transfer_id)
         assert case is not None
         stages = yield from load_stages(transfer_id)
-        views.append(CaseView(case=case, opened_at=time_of(opened), updated_at=time_of(updated), messages=(),
+        views.append(CaseView(case=case, opened_at=from_micros(opened), updated_at=from_micros(updated), messages=(),
                               stages=stages))
     return views
 
@@ -528,7 +516,7 @@ def stage_counts(now: dt.datetime, due_soon_before: dt.datetime) -> Steps[list[S
         " SUM(CASE WHEN deadline > ? AND deadline <= ? THEN 1 ELSE 0 END)"
         " FROM case_stages WHERE finished_at IS NULL GROUP BY stage, outbound_province, inbound_province"
         " ORDER BY stage, outbound_province, inbound_province",
-        (us(now), us(now), us(due_soon_before)))
+        (micros(now), micros(now), micros(due_soon_before)))
     return [StageCount(Stage(r[0]), r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
 
