@@ -166,37 +166,47 @@ def opt_time(value: int | None) -> dt.datetime | None:
     return None if value is None else from_micros(value)
 
 
-class _Ask(BaseException):
-    """Raised by the index inside `decide` for an answer not fetched yet (BaseException: the rules
-    must not catch it)."""
-
-    def __init__(self, key: tuple[bytes, str]) -> None:
-        self.key = key
-
-
 class _Index:
-    """The rules' view of other cases, answered from the transaction (see `_decide`)."""
+    """The rules' view of other cases, answered from the transaction (see `_decide`). A question
+    not fetched yet is answered "no open case", the usual answer, and noted."""
 
     def __init__(self, answers: dict[tuple[bytes, str], str | None]) -> None:
         self._answers = answers
+        self.guessed: list[tuple[bytes, str]] = []
 
     def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
         key = (person_key, outbound)
         if key not in self._answers:
-            raise _Ask(key)
+            self.guessed.append(key)
+            return None
         return self._answers[key]
 
 
 def _decide(decide: Decide, case: Case | None) -> Steps[Decision]:
-    """Run the (pure) decision; each question it asks the index is fetched and it runs again."""
+    """Run the (pure) decision; it runs again only if an index answer it was given on trust turns
+    out otherwise, so the usual message is decided once."""
     answers: dict[tuple[bytes, str], str | None] = {}
     while True:
+        index = _Index(answers)
         try:
-            return decide(case, _Index(answers))
-        except _Ask as ask:
-            row = yield Query("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
-                              ask.key, Fetch.ONE)
-            answers[ask.key] = None if row is None else str(row[0])
+            decision = decide(case, index)
+        except Exception:
+            if not (yield from _fetch_guessed(index, answers)):
+                raise
+            continue
+        if not (yield from _fetch_guessed(index, answers)):
+            return decision
+
+
+def _fetch_guessed(index: _Index, answers: dict[tuple[bytes, str], str | None]) -> Steps[bool]:
+    """Fetch the answers `index` guessed; True if any was not "no open case"."""
+    wrong = False
+    for key in index.guessed:
+        row = yield Query("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
+                          key, Fetch.ONE)
+        answers[key] = None if row is None else str(row[0])
+        wrong = wrong or row is not None
+    return wrong
 
 
 def load_case(transfer_id: str, message_rows: list[tuple[str, Any, str]] | None = None) -> Steps[Case | None]:
