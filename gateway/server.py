@@ -28,7 +28,6 @@ from gateway.service.tracking import TrackingService
 from gateway.signing import LocalSigner
 from gateway.sla import Sla
 from gateway.store.engines import make_store
-from gateway.store.sqlite import SQLiteConfig
 from gateway.sweeper import CaseSweeper
 from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -84,20 +83,16 @@ class GatewayServer:
         self._router = Router(self._store, config.delivery, clock)
         self._http: object | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._registry: Registry | None = None
 
     async def start(self) -> None:
         cfg = self._config
         registry = Registry.load(cfg.registry)
-        self._registry = registry
         signer = LocalSigner.from_pem(cfg.signing.key_id, cfg.signing.key.read_bytes())
         registered = registry.gateway_keys.get(signer.key_id)
         if registered is None or registered.public_pem() != signer.verifying_key().public_pem():
             raise ValueError(f"signing key {signer.key_id} is not the registry's gateway key of that id")
         if registry.dev_only:
             log.warning("running with a DEV ONLY registry and certificates")
-        if isinstance(cfg.store, SQLiteConfig):
-            cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
         await self._store.open()
         self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
 
@@ -132,8 +127,7 @@ class GatewayServer:
         self.port = server.add_secure_port(cfg.listen, credentials)
         await server.start()
         self._server = server
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._store_health(True)
         if cfg.metrics_listen:
             host, port = _split_address(cfg.metrics_listen)
             http, _thread = start_http_server(port, addr=host, registry=self.prometheus)

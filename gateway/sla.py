@@ -70,8 +70,8 @@ class Limits:
             raise ValueError("every limit is at least one working day")
 
     def of(self, stage: Stage) -> int:
-        return {Stage.OUTBOUND: self.outbound, Stage.REVIEW: self.review, Stage.INBOUND: self.inbound,
-                Stage.TOTAL: self.total}[stage]
+        limit: int = getattr(self, stage.value)  # the fields are named as the stages
+        return limit
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,14 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from typing import Final
-from zoneinfo import ZoneInfo
 
 from gateway import idnumbers
 from gateway.errors import FieldViolation, InvalidMessage
 from gateway.messages import BusinessMessage
 from gateway.timestamps import micros, timestamp_micros
+from gateway.workdays import local_date
 from mitransfer.v1 import messages_pb2, types_pb2
 
-CHINA: Final = ZoneInfo("Asia/Shanghai")
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 EARLIEST: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MAX_FUND_FEN: Final = 10_000_000_000  # 1e8 yuan: a sanity cap, far above any personal account
@@ -123,7 +122,7 @@ def _insurance(v: list[FieldViolation], value: int, field: str = "insurance_type
 
 
 def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.datetime) -> None:
-    _person(v, r.person, now.astimezone(CHINA).date())
+    _person(v, r.person, local_date(now))
     _insurance(v, r.outbound_insurance_type, "outbound_insurance_type")
     _insurance(v, r.inbound_insurance_type, "inbound_insurance_type")
     if not r.channel or r.channel not in _CHANNELS:
@@ -172,7 +171,7 @@ def _reasons(v: list[FieldViolation], reasons: Iterable[types_pb2.Reason], *, re
 
 
 def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.datetime) -> None:
-    today = now.astimezone(CHINA).date()
+    today = local_date(now)
     _person(v, n.person, today)
     _insurance(v, n.insurance_type)
     if n.outcome == Notice.OUTCOME_ACCEPTED:
@@ -189,7 +188,7 @@ def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.dat
 
 
 def _table(v: list[FieldViolation], t: messages_pb2.InformationTable, now: dt.datetime) -> None:
-    _person(v, t.person, now.astimezone(CHINA).date())
+    _person(v, t.person, local_date(now))
     _insurance(v, t.insurance_type)
     suspended = _date(v, "suspension_date", t.suspension_date, t.HasField("suspension_date"))
     if not t.periods:

@@ -502,3 +502,14 @@ async def test_sqlite_disk_full_mid_batch_leaves_no_half_committed_accepts(tmp_p
     finally:
         await store.close()
 
+
+
+async def test_sqlite_store_creates_its_folder(tmp_path: Path) -> None:
+    """`transfer-gateway migrate` on a fresh checkout opens the store before anything made var/."""
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "var" / "deeper" / "gateway.db"), Clock())
+    await store.open()
+    try:
+        m = await open_case(store)
+        assert await store.get_case(m.transfer_id) is not None
+    finally:
+        await store.close()

@@ -7,7 +7,6 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from gateway import case as case_rules
 from gateway.errors import FieldViolation, InvalidMessage, NotFound, RuleViolation
@@ -16,10 +15,10 @@ from gateway.registry import Registry
 from gateway.service.auth import calling_operator
 from gateway.service.authored import GatewayAuthor
 from gateway.store import Store
+from gateway.workdays import start_of
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, tracking_pb2
 
 log = logging.getLogger("gateway.admin")
-CHINA = ZoneInfo("Asia/Shanghai")
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -92,7 +91,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             day = dt.date(d.year, d.month, d.day)
         except ValueError:
             raise InvalidMessage([FieldViolation("date", "is not a calendar date")]) from None
-        start = dt.datetime.combine(day, dt.time(), CHINA)
+        start = start_of(day)
         report = admin_pb2.SettlementReport(date=request.date)
         for line in await self._store.settlement(start, start + dt.timedelta(days=1)):
             report.lines.add(

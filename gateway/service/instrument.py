@@ -35,13 +35,12 @@ def raw_bytes(method: F) -> F:
 
 class InstrumentedServer:
     """Stands in for the grpc.aio server while the generated `add_*Servicer_to_server` functions
-    register handlers: methods under `service_prefix` get metrics and error mapping, others
-    (health, reflection) are registered as they are."""
+    register the gateway's own services: each method gets metrics and error mapping. Health and
+    reflection register on the server itself."""
 
-    def __init__(self, server: grpc.aio.Server, metrics: Metrics, service_prefix: str = "mitransfer.") -> None:
+    def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
         self._server = server
         self._metrics = metrics
-        self._prefix = service_prefix
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_GenericHandler(h, self) for h in handlers))
@@ -51,9 +50,7 @@ class InstrumentedServer:
             service, {name: self.wrap(service, name, handler) for name, handler in handlers.items()})
 
     def wrap(self, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler with metrics and error mapping, if it is one of the gateway's own."""
-        if not service.startswith(self._prefix):
-            return handler
+        """The handler with metrics and error mapping."""
         if handler.unary_unary is not None:
             raw = getattr(handler.unary_unary, "raw_bytes", False)
             return grpc.unary_unary_rpc_method_handler(

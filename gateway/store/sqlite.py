@@ -101,6 +101,7 @@ class SQLiteStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._config.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="sqlite-writer", daemon=True)
