@@ -196,6 +196,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
                 "cryptography": cryptography.__version__, "sqlite": sqlite3.sqlite_version}
     if store.name != "sqlite":
         versions[store.name] = store.version()
+    submit_figures = submit.figures()
     result: dict[str, Any] = {
         "bench": "transfer-gateway",
         "store": store.name,
@@ -205,7 +206,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "machine": {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                     "platform": platform.platform(), "machine": platform.machine()},
         "echo": echo.figures(),
-        "submit": {**submit.figures(), "accepted_by_kind": rounds.submit.accepted_by_kind,
+        "submit": {**submit_figures, "accepted_by_kind": rounds.submit.accepted_by_kind,
                    "receipts_checked": len(rounds.submit.sampled),
                    "receipt_failures": rounds.submit.receipt_failures(keyring)},
         "replay": {**replay.figures(), "fund_transfers": audit.cases_checked,
@@ -216,7 +217,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "scale": {
             "messages_loaded": load.messages, "cases_loaded": load.cases, "load_seconds": round(load.seconds, 2),
             "file_mib": round(load.file_bytes / 2**20, 1),
-            "empty": {**{k: submit.figures()[k] for k in ("requests", "req_per_s", "p50_ms", "p99_ms",
+            "empty": {**{k: submit_figures[k] for k in ("requests", "req_per_s", "p50_ms", "p99_ms",
                                                           "cpu_us_per_request")},
                       "peak_rss_mib": round(rounds.empty_rss / 2**20, 1)},
             "large": {**large.figures(), "receipts_checked": len(rounds.large.sampled),
@@ -286,9 +287,8 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                 for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
                     t.windows.append(await measure(
                         config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
-                        window=config.window / config.rounds, server_cpu=t.cpu_seconds,
-                        engine_cpu=None if t is echo else store.engine_cpu_seconds,
-                        server_threads=t.cpu_seconds_by_thread))
+                        window=config.window / config.rounds, server_cpu=t.cpu_seconds_by_thread,
+                        engine_cpu=None if t is echo else store.engine_cpu_seconds))
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:
             for t in targets:

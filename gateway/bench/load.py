@@ -68,12 +68,11 @@ class Window:
 
     latencies: list[float]  # seconds, ascending
     seconds: float
-    server_cpu_seconds: float
+    thread_cpu_seconds: dict[str, float]  # the server's CPU time in the window, by kind of thread
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: list[str] = field(default_factory=list)
     cut_short: bool = False  # the workload ran out before the window's time
     engine_cpu_seconds: float = math.nan  # a store engine in processes of its own (PostgreSQL), else NaN
-    thread_cpu_seconds: dict[str, float] = field(default_factory=dict)  # server_cpu_seconds by kind of thread
 
     @classmethod
     def combine(cls, windows: list[Window]) -> Window:
@@ -83,13 +82,17 @@ class Window:
             errors.update(w.errors)
         return cls(
             latencies=sorted(x for w in windows for x in w.latencies), seconds=sum(w.seconds for w in windows),
-            server_cpu_seconds=sum(w.server_cpu_seconds for w in windows), errors=dict(errors),
+            errors=dict(errors),
             error_examples=[e for w in windows for e in w.error_examples][:3],
             cut_short=any(w.cut_short for w in windows),
             engine_cpu_seconds=sum(w.engine_cpu_seconds for w in windows) if windows else math.nan,
             thread_cpu_seconds={kind: sum(w.thread_cpu_seconds.get(kind, 0.0) for w in windows)
                                 for kind in dict.fromkeys(k for w in windows for k in w.thread_cpu_seconds)},
         )
+
+    @property
+    def server_cpu_seconds(self) -> float:
+        return sum(self.thread_cpu_seconds.values())
 
     @property
     def completed(self) -> int:
@@ -131,11 +134,10 @@ Worker = Callable[[int, Meter], Coroutine[Any, Any, None]]
 
 
 async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
-                  server_cpu: Callable[[], float], engine_cpu: Callable[[], float] | None = None,
-                  server_threads: Callable[[], dict[str, float]] | None = None) -> Window:
+                  server_cpu: Callable[[], dict[str, float]], engine_cpu: Callable[[], float] | None = None) -> Window:
     """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`.
 
-    `server_threads`, if given, splits the server's CPU time by kind of thread, read at the same edges."""
+    `server_cpu` gives the server's CPU time so far by kind of thread; the window's is their sum."""
     def engine() -> float:
         return engine_cpu() if engine_cpu is not None else math.nan
 
@@ -144,14 +146,12 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
     exhausted = asyncio.create_task(meter.exhausted.wait())
     try:
         await asyncio.wait({exhausted}, timeout=warmup)
-        threads_start = server_threads() if server_threads is not None else {}
-        cpu_start, engine_start = server_cpu(), engine()
+        threads_start, engine_start = server_cpu(), engine()
         meter.opened_at = time.perf_counter()
         if not exhausted.done():
             await asyncio.wait({exhausted}, timeout=window)
         meter.closed_at = time.perf_counter()
-        cpu, engine_used = server_cpu() - cpu_start, engine() - engine_start
-        threads_end = server_threads() if server_threads is not None else {}
+        threads_end, engine_used = server_cpu(), engine() - engine_start
         threads_used = {kind: threads_end[kind] - seconds for kind, seconds in threads_start.items()}
         if engine_used < 0:
             engine_used = math.nan  # a backend exited meanwhile (the engine restarted): not measurable
@@ -163,9 +163,10 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
         if isinstance(result, BaseException):
             raise result
     return Window(
-        latencies=sorted(meter.latencies), seconds=meter.closed_at - meter.opened_at, server_cpu_seconds=cpu,
+        latencies=sorted(meter.latencies), seconds=meter.closed_at - meter.opened_at,
+        thread_cpu_seconds=threads_used,
         errors=dict(meter.errors), error_examples=meter.examples, cut_short=meter.exhausted.is_set(),
-        engine_cpu_seconds=engine_used, thread_cpu_seconds=threads_used,
+        engine_cpu_seconds=engine_used,
     )
 
 

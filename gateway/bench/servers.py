@@ -24,6 +24,11 @@ _STARTUP_TIMEOUT = 60.0
 _GRPC_CORE_THREADS = ("event_engine", "grpc", "default-executo", "resolver-execu", "timer")  # their OS names
 
 
+def _command(stat: str) -> str:
+    """The command (thread) name in a /proc stat line."""
+    return stat.partition("(")[2].rpartition(")")[0]
+
+
 def _cpu_seconds(stat: str) -> float:
     """User + system CPU time in a /proc stat line."""
     fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
@@ -52,7 +57,7 @@ class ServerProcess:
                 continue  # ended meanwhile
             if task.name == str(self.pid):
                 loop = _cpu_seconds(stat)
-            elif stat.partition("(")[2].rpartition(")")[0].startswith(_GRPC_CORE_THREADS):
+            elif _command(stat).startswith(_GRPC_CORE_THREADS):
                 grpc_core += _cpu_seconds(stat)
         total = self.cpu_seconds()
         return {"event_loop": loop, "grpc_core": grpc_core, "other_threads": max(0.0, total - loop - grpc_core)}
@@ -71,7 +76,7 @@ def postgres_cpu_seconds() -> float:
     A backend that exits takes its time with it, so only differences over a span in which the
     gateway's pooled connections stay open mean anything.
     """
-    total, found = 0, False
+    total, found = 0.0, False
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -79,12 +84,10 @@ def postgres_cpu_seconds() -> float:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # gone meanwhile
-        name, _, rest = stat.partition("(")[2].rpartition(")")
-        if name == "postgres":
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])
+        if _command(stat) == "postgres":
+            total += _cpu_seconds(stat)
             found = True
-    return total / os.sysconf("SC_CLK_TCK") if found else math.nan
+    return total if found else math.nan
 
 
 @asynccontextmanager

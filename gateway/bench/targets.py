@@ -55,12 +55,9 @@ class Target(ABC):
     def measured(self) -> Window:
         return Window.combine(self.windows)
 
-    def cpu_seconds(self) -> float:
-        """The CPU time so far of the process(es) this target loads."""
-        return self.server.cpu_seconds()
-
     def cpu_seconds_by_thread(self) -> dict[str, float]:
-        """The same, by kind of thread (see ServerProcess.cpu_seconds_by_thread)."""
+        """The CPU time so far of the process(es) this target loads, by kind of thread (see
+        ServerProcess.cpu_seconds_by_thread)."""
         return self.server.cpu_seconds_by_thread()
 
     async def close(self) -> None:
@@ -172,9 +169,6 @@ class ReplicaTargets(Target):
     async def worker(self, index: int, meter: Meter) -> None:
         n = len(self.replicas)
         await self.replicas[index % n].worker(index // n, meter)
-
-    def cpu_seconds(self) -> float:
-        return sum(r.server.cpu_seconds() for r in self.replicas)
 
     def cpu_seconds_by_thread(self) -> dict[str, float]:
         parts: dict[str, float] = {}
