@@ -20,7 +20,7 @@ from gateway.server import GatewayServer
 
 
 def _agencies(platform: str) -> tuple[str, ...]:
-    return next(tuple(code for code, _ in p.agencies) for p in DEV_PLATFORMS if p.id == platform)
+    return next(p.agency_codes for p in DEV_PLATFORMS if p.id == platform)
 
 
 class _Progress:

@@ -124,8 +124,8 @@ class Metrics:
             assert record.finished_at is not None
             self.stage_duration.labels(record.stage, *pair).observe(
                 sla.calendar.elapsed(record.started_at, record.finished_at))
-            on_time = record.finished_at < record.deadline
-            self.stages_finished.labels(record.stage, *pair, "on_time" if on_time else "late").inc()
+            result = sla.timeliness(record.deadline, record.finished_at, record.finished_at)  # on_time or late
+            self.stages_finished.labels(record.stage, *pair, result).inc()
 
     def observe_stages(self, counts: list[StageCount]) -> None:
         """Set the open/overdue/due-soon gauges from a store reading; label sets no longer seen read 0."""

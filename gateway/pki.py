@@ -37,6 +37,10 @@ class DevPlatform:
     def key_id(self) -> str:
         return f"{self.id}-dev-1"
 
+    @property
+    def agency_codes(self) -> tuple[str, ...]:
+        return tuple(code for code, _ in self.agencies)
+
 
 DEV_PLATFORMS: tuple[DevPlatform, ...] = (
     DevPlatform("jiangsu", "江苏省医疗保障信息平台", "32",

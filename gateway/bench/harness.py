@@ -322,7 +322,7 @@ class _TimedPlatformClient(PlatformClient):
 
 
 async def _cases(config: BenchConfig, pki: DevPaths, workdir: Path, location: dict[str, str]) -> dict[str, Any]:
-    agencies = {p.id: tuple(code for code, _ in p.agencies) for p in DEV_PLATFORMS}
+    agencies = {p.id: p.agency_codes for p in DEV_PLATFORMS}
     seen: list[float] = []
     async with servers.running(_gateway_spec(pki, location, config), workdir / "gateway-cases.log") as server:
         address = f"127.0.0.1:{server.port}"

@@ -233,8 +233,7 @@ class PostgresBenchStore:
                         with cursor.copy(statement) as copy:
                             for values in table.rows(chunk[name]):
                                 copy.write_row(values)
-            if conn.execute("SELECT to_regclass('log_head')").fetchone() not in (None, (None,)):
-                conn.execute("UPDATE log_head SET sequence = %s", (sequence,))  # the log goes on after the rows
+            conn.execute("UPDATE log_head SET sequence = %s", (sequence,))  # the log goes on after the rows
             # Statistics and the visibility map now, so that autovacuum does not catch up mid-measurement;
             # the checkpoint puts everything on disk before anything is measured.
             for name in tables:
@@ -413,8 +412,7 @@ def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], route
             for name, (table, statement) in tables.items():
                 conn.executemany(statement, table.rows(chunk[name]))
             conn.execute("COMMIT")
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_head'").fetchone():
-            conn.execute("UPDATE log_head SET sequence = ?", (sequence,))  # the log goes on after the loaded rows
+        conn.execute("UPDATE log_head SET sequence = ?", (sequence,))  # the log goes on after the loaded rows
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()

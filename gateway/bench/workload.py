@@ -21,7 +21,7 @@ from clients.scenario import CasePlan, outbound_messages
 from clients.signing import Signer
 from gateway.bench.stores import Route, Template
 from gateway.case import CaseRules
-from gateway.pki import DEV_PLATFORMS, DevPaths
+from gateway.pki import DEV_PLATFORMS, GATEWAY_KEY_ID, DevPaths
 from gateway.receipts import issue_receipt
 from gateway.signing import LocalSigner
 from mitransfer.v1 import envelope_pb2, messages_pb2
@@ -49,7 +49,7 @@ def presign_cases(pki: DevPaths, count: int, *, seed: int = 20260101) -> list[Si
     """
     signers = {p.id: Signer.from_pem(p.key_id, pki.platform_signing_key(p.id).read_bytes())
                for p in DEV_PLATFORMS if p.id in PLATFORMS}
-    agencies = {p.id: tuple(code for code, _ in p.agencies) for p in DEV_PLATFORMS if p.id in PLATFORMS}
+    agencies = {p.id: p.agency_codes for p in DEV_PLATFORMS if p.id in PLATFORMS}
     threshold = CaseRules().review_threshold_fen
     rng = random.Random(seed)
     cases: list[SignedCase] = []
@@ -78,7 +78,7 @@ def presign_cases(pki: DevPaths, count: int, *, seed: int = 20260101) -> list[Si
 
 def store_templates(pki: DevPaths, case: SignedCase) -> list[Template]:
     """One real message of each step of a case, with a real receipt, for the bulk loader to copy."""
-    signer = LocalSigner.from_pem("gateway-dev-1", pki.gateway_signing_key.read_bytes())
+    signer = LocalSigner.from_pem(GATEWAY_KEY_ID, pki.gateway_signing_key.read_bytes())
     templates = []
     for sequence, s in enumerate(case, start=1):
         signed = envelope_pb2.SignedMessage.FromString(s.data)
@@ -94,7 +94,7 @@ def store_templates(pki: DevPaths, case: SignedCase) -> list[Template]:
 
 def store_routes() -> list[Route]:
     """Every pair of a Jiangsu and a Zhejiang agency, in both directions."""
-    agencies = {p.id: [code for code, _ in p.agencies] for p in DEV_PLATFORMS if p.id in PLATFORMS}
+    agencies = {p.id: p.agency_codes for p in DEV_PLATFORMS if p.id in PLATFORMS}
     a, b = PLATFORMS
     return [Route(x, a, y, b) for x in agencies[a] for y in agencies[b]] + \
         [Route(y, b, x, a) for x in agencies[a] for y in agencies[b]]
