@@ -209,15 +209,21 @@ def _fetch_guessed(index: _Index, answers: dict[tuple[bytes, str], str | None]) 
     return wrong
 
 
+_CASE_COLUMNS = ("state, outbound, inbound, applicant, insurance_type, inbound_insurance_type, person_key,"
+                 " suspension_date, enrollment_date, balance_fen, fund_message_id")  # as `_case_from` reads them
+
+
 def load_case(transfer_id: str, message_rows: list[tuple[str, Any, str]] | None = None) -> Steps[Case | None]:
     """The case as committed; `message_rows` (message_id, kind, sender) are its messages if the
     caller read them already."""
-    row = yield Query(
-        "SELECT state, outbound, inbound, applicant, insurance_type, inbound_insurance_type, person_key,"
-        " suspension_date, enrollment_date, balance_fen, fund_message_id FROM cases WHERE transfer_id = ?",
-        (transfer_id,), Fetch.ONE)
+    row = yield Query(f"SELECT {_CASE_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,), Fetch.ONE)
     if row is None:
         return None
+    return (yield from _case_from(transfer_id, row, message_rows))
+
+
+def _case_from(transfer_id: str, row: Sequence[Any], message_rows: list[tuple[str, Any, str]] | None) -> Steps[Case]:
+    """A case from its `_CASE_COLUMNS`, with its messages (read here unless given)."""
     outbound = row[1]
     if message_rows is None:
         message_rows = yield Query("SELECT message_id, kind, sender FROM messages WHERE transfer_id = ?",
@@ -384,11 +390,12 @@ def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None
 
 
 def get_case(transfer_id: str) -> Steps[CaseView | None]:
-    case = yield from load_case(transfer_id)
-    if case is None:
+    row = yield Query(f"SELECT opened_at, updated_at, {_CASE_COLUMNS} FROM cases WHERE transfer_id = ?",
+                      (transfer_id,), Fetch.ONE)
+    if row is None:
         return None
-    opened, updated = yield Query("SELECT opened_at, updated_at FROM cases WHERE transfer_id = ?",
-                                  (transfer_id,), Fetch.ONE)
+    opened, updated = row[0], row[1]
+    case = yield from _case_from(transfer_id, row[2:], None)
     rows = yield Query(
         """SELECT m.message_id, m.kind, m.sender, m.receiver, m.sequence, m.created_at, m.accepted_at,
                   m.ack_status, MIN(d.state), MIN(d.attempts), MIN(d.first_delivered_at), MAX(d.acknowledged_at)
@@ -507,12 +514,11 @@ def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
     if query.after is not None:
         where.append("(opened_at, transfer_id) > (?, ?)")
         args += [micros(query.after[0]), query.after[1]]
-    rows = yield Query(f"SELECT transfer_id, opened_at, updated_at FROM cases WHERE {' AND '.join(where)}"
-                       " ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
+    rows = yield Query(f"SELECT transfer_id, opened_at, updated_at, {_CASE_COLUMNS} FROM cases"
+                       f" WHERE {' AND '.join(where)} ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
     views = []
-    for transfer_id, opened, updated in rows:
-        case = yield from load_case(transfer_id)
-        assert case is not None
+    for transfer_id, opened, updated, *columns in rows:
+        case = yield from _case_from(transfer_id, columns, None)
         stages = yield from load_stages(transfer_id)
         views.append(CaseView(case=case, opened_at=from_micros(opened), updated_at=from_micros(updated), messages=(),
                               stages=stages))
