@@ -6,24 +6,31 @@ No timing is asserted: figures from a shared machine are reported by the bench, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 
+from gateway.bench.child import SUBMIT_METHOD, start_floors
 from gateway.bench.stores import PostgresBenchStore, SQLiteBenchStore
 from gateway.bench.workload import presign_cases, store_routes, store_templates
 from gateway.cli import main
+from gateway.messages import RECEIPT_PAYLOAD_TYPE, payload_type
 from gateway.pki import DevPaths
-from tests.support import postgres_url
+from gateway.signing import LocalSigner, pae
+from mitransfer.v1 import envelope_pb2
+from tests.support import postgres_url, secure_channel
 
 WINDOW_FIGURES = ("requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "server_cpu_seconds", "cpu_us_per_request")
 SECTIONS = {
     "echo": WINDOW_FIGURES,
+    "floor_server": (*WINDOW_FIGURES, "stored"),
     "submit": (*WINDOW_FIGURES, "receipts_checked", "receipt_failures"),
     "replay": (*WINDOW_FIGURES, "fund_transfers", "double_movements", "missing_movements", "receipt_mismatches"),
     "cases": ("cases", "completed", "cases_per_s", "deliveries", "delivery_p50_ms", "delivery_p99_ms"),
@@ -36,6 +43,7 @@ SCALE = ("messages_loaded", "load_seconds", "file_mib")
 SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
 RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
           "cpu_vs_floor")
+REFERENCES = ("floor_server_vs_echo", "floor_server_cpu_vs_floor", "submit_vs_floor_server", "cpu_vs_floor_server")
 
 
 def finite(value: Any) -> bool:
@@ -99,16 +107,46 @@ def assert_complete(result: dict[str, Any]) -> None:
         assert finite(result[name]), name
         assert result["targets"][name]["pass"] in (True, False)
     assert set(result["targets"]) == set(RATIOS)
+    for name in REFERENCES:
+        assert finite(result[name]), name
+    in_situ = result["floor_server"]  # every answered call was appended (warm-up calls too)
+    assert in_situ["errors"] == 0 and in_situ["stored"] >= in_situ["requests"] > 0
     assert result["double_movements"] == 0 and result["replay"]["double_movements"] == 0
     assert result["replay"]["missing_movements"] == 0 and result["replay"]["receipt_mismatches"] == 0
     for run in (result["submit"], result["scale"]["large"]):  # the large store takes new messages after the loaded
         assert run["errors"] == 0 and run["receipt_failures"] == 0
     assert result["cases"]["completed"] == 6
-    for section in ("echo", "submit", "replay"):  # the server's CPU by kind of thread, parts of its whole
+    for section in ("echo", "floor_server", "submit", "replay"):  # the server's CPU by kind of thread, in parts
         parts = result[section]["cpu_us_per_request_by_thread"]
         assert set(parts) == {"event_loop", "grpc_core", "other_threads"}, section
         assert all(finite(v) and v >= 0 for v in parts.values()), (section, parts)
         assert sum(parts.values()) <= result[section]["cpu_us_per_request"] * 1.05 + 1, (section, parts)
+
+
+async def test_floors_server_verifies_signs_and_appends_durably(pki: DevPaths, tmp_path: Path) -> None:
+    first = presign_cases(pki, 1)[0][0]
+    signed = envelope_pb2.SignedMessage.FromString(first.data)
+    port, stop = await start_floors(pki, tmp_path / "floors.db")
+    channel = secure_channel(pki, first.platform, port)
+    try:
+        submit = channel.unary_unary(SUBMIT_METHOD)
+        signature = await submit(signed.SerializeToString())
+        forged = envelope_pb2.SignedMessage()
+        forged.CopyFrom(signed)
+        forged.signature = bytes([signed.signature[0] ^ 1]) + signed.signature[1:]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await submit(forged.SerializeToString())
+    finally:
+        await channel.close()
+        await stop()
+
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    fingerprint = hashlib.sha256(pae(payload_type(signed.kind), signed.payload)).digest()
+    gateway_key = LocalSigner.from_pem("gw", pki.gateway_signing_key.read_bytes()).verifying_key()
+    assert gateway_key.verify(signature, pae(RECEIPT_PAYLOAD_TYPE, fingerprint))
+    with sqlite3.connect(tmp_path / "floors.db") as conn:  # committed before the answer: the signed bytes
+        assert conn.execute("SELECT message_id, signed_message FROM log").fetchall() == [
+            (fingerprint, signed.SerializeToString())]
 
 
 def test_bulk_loader_writes_closed_cases_into_the_stores_schema(pki: DevPaths, tmp_path: Path) -> None:

@@ -1,7 +1,14 @@
 """A server in a process of its own, so that its CPU time and memory are its alone.
 
-Either the gateway, assembled as `transfer-gateway serve` assembles it, or a bare grpc.aio echo
-server with the same mutual TLS (the stack's limit). The gateway's store is a SQLite file
+One of three:
+- the gateway, assembled as `transfer-gateway serve` assembles it;
+- a bare grpc.aio echo server with the same mutual TLS (the stack's limit);
+- the floors in situ: a Submit that does only what the floors measure, in the gateway's way
+  (who is calling, parse, verify, sign, one durable group-committed append) and nothing else, no
+  validation, case, routing or metrics. What it costs beyond the floors measured alone is what
+  any server on this stack pays for them.
+
+The gateway's store is a SQLite file
 (`"database"` in the spec) or a PostgreSQL schema (`"store"`: the URL, `"schema"`). The harness runs
 `python -m gateway.bench.child '<json spec>'`; the child prints `{"port": N}` on stdout once it
 serves, and stops gracefully when its stdin yields a line or closes (so it also ends with the
@@ -11,8 +18,12 @@ harness).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import queue
+import sqlite3
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from gateway.bench.floors import LOG_TABLE
 from gateway.pki import DevPaths
+from mitransfer.v1 import exchange_pb2
 
 if TYPE_CHECKING:
     from gateway.store.engines import StoreConfig
 
 ECHO_METHOD = "/bench.Echo/Echo"
+SUBMIT_METHOD = f"/{exchange_pb2.DESCRIPTOR.services_by_name['Exchange'].full_name}/Submit"
 
 
 async def _echo(request: bytes, context: Any) -> bytes:
@@ -34,10 +48,17 @@ async def _echo(request: bytes, context: Any) -> bytes:
 
 async def start_echo(pki: DevPaths) -> tuple[int, Callable[[], Awaitable[None]]]:
     """A unary bytes-in, bytes-out server: no interceptor, no parsing, the gateway's mTLS setup."""
+    return await _start_bare(pki, ECHO_METHOD, _echo)
+
+
+async def _start_bare(pki: DevPaths, method: str, handler: Callable[[bytes, Any], Awaitable[bytes]]
+                      ) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """A grpc.aio server of one unary bytes method (no interceptor, no (de)serializers) with the
+    gateway's mTLS setup."""
+    _, service, name = method.split("/")
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    handler = grpc.method_handlers_generic_handler(
-        ECHO_METHOD.split("/")[1], {"Echo": grpc.unary_unary_rpc_method_handler(_echo)})
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        service, {name: grpc.unary_unary_rpc_method_handler(handler)}),))
     credentials = grpc.ssl_server_credentials(
         [(pki.gateway_key.read_bytes(), pki.gateway_cert.read_bytes())],
         root_certificates=pki.ca.read_bytes(), require_client_auth=True,
@@ -47,6 +68,95 @@ async def start_echo(pki: DevPaths) -> tuple[int, Callable[[], Awaitable[None]]]
 
     async def stop() -> None:
         await server.stop(1.0)
+
+    return port, stop
+
+
+class _GroupCommitLog:
+    """Durable appends as the SQLite store makes them: one writer thread takes every append queued
+    at that moment, inserts them and commits once (WAL, synchronous=FULL); each caller hears after
+    the commit that holds its row."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._appends: queue.SimpleQueue[tuple[bytes, bytes, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._loop = asyncio.get_running_loop()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(LOG_TABLE)
+        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, key: bytes, data: bytes) -> None:
+        done = self._loop.create_future()
+        self._appends.put((key, data, done))
+        await done
+
+    def _run(self) -> None:
+        while (first := self._appends.get()) is not None:
+            batch = [first]
+            while True:
+                try:
+                    item = self._appends.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._appends.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT INTO log (message_id, signed_message) VALUES (?, ?)",
+                                   [(key, data) for key, data, _ in batch])
+            self._conn.execute("COMMIT")
+            self._loop.call_soon_threadsafe(_resolve, [done for _, _, done in batch])
+
+    async def close(self) -> None:
+        self._appends.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._conn.close()
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+async def start_floors(pki: DevPaths, database: Path) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """The floors in situ on `Exchange.Submit`: the caller's platform from its certificate, the
+    SignedMessage parsed, its signature verified with that platform's registered key, a receipt
+    signed by the gateway's key, the message appended durably; the answer, after the commit, is
+    the receipt's signature. A wrong signature is refused, so the check cannot be skipped."""
+    from gateway import messages
+    from gateway.registry import Registry
+    from gateway.server import tune_collector
+    from gateway.service.auth import calling_platform
+    from gateway.signing import LocalSigner, pae
+    from mitransfer.v1 import envelope_pb2
+
+    registry = Registry.load(pki.registry)
+    signer = LocalSigner.from_pem("floors", pki.gateway_signing_key.read_bytes())
+    log = _GroupCommitLog(database)
+
+    async def submit(request: bytes, context: Any) -> bytes:
+        platform = calling_platform(context, registry)
+        signed = envelope_pb2.SignedMessage.FromString(request)
+        key = registry.signing_key(platform, signed.key_id)
+        signed_bytes = pae(messages.payload_type(signed.kind), signed.payload)
+        if key is None or not key.verify(signed.signature, signed_bytes):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "signature does not verify")
+        fingerprint = hashlib.sha256(signed_bytes).digest()
+        receipt = signer.sign(pae(messages.RECEIPT_PAYLOAD_TYPE, fingerprint))
+        await log.append(fingerprint, request)
+        return receipt
+
+    port, stop_server = await _start_bare(pki, SUBMIT_METHOD, submit)
+    tune_collector()  # as the gateway's child does
+
+    async def stop() -> None:
+        await stop_server()
+        await log.close()
 
     return port, stop
 
@@ -83,6 +193,8 @@ async def _serve(spec: dict[str, Any]) -> None:
     pki = DevPaths(Path(spec["pki"]))
     if spec["role"] == "echo":
         port, stop = await start_echo(pki)
+    elif spec["role"] == "floors":
+        port, stop = await start_floors(pki, Path(spec["database"]))
     elif spec["role"] == "gateway":
         port, stop = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"))
     else:

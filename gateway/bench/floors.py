@@ -20,6 +20,8 @@ from pathlib import Path
 from gateway.signing import LocalSigner, pae
 
 _ROUNDS = 5
+LOG_TABLE = ("CREATE TABLE IF NOT EXISTS log (sequence INTEGER PRIMARY KEY, message_id BLOB NOT NULL UNIQUE,"
+             " signed_message BLOB NOT NULL)")  # the durable append's table, here and in the floors server
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,7 @@ def measure_floors(signer: LocalSigner, payload_type: str, payload: bytes, workd
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("CREATE TABLE log (sequence INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,"
-                     " signed_message BLOB NOT NULL)")
+        conn.execute(LOG_TABLE)
         batches = max(1, iterations // batch)
 
         def appends() -> None:

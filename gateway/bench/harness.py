@@ -4,10 +4,11 @@ On loopback with a fresh dev PKI:
 
 1. pre-sign the workload (whole valid cases) and measure the floors (sign, verify, append);
 2. bulk-load the large store;
-3. start four servers, each in a process of its own: the bare echo server, a gateway on an empty
-   store, a gateway on the large store, and a gateway primed with accepted fund transfers for
-   the replay storm; then load them in turns, a slice of each per round, so that whatever slows
-   the machine down meanwhile slows all four alike. The idle ones keep running, as a gateway
+3. start five servers, each in a process of its own: the bare echo server, the floors in situ (a
+   Submit doing only what the floors measure), a gateway on an empty store, a gateway on the
+   large store, and a gateway primed with accepted fund transfers for the replay storm; then load
+   them in turns, a slice of each per round, so that whatever slows the machine down meanwhile
+   slows all five alike. The idle ones keep running, as a gateway
    does between bursts: their periodic readings (the monitor) come at their natural rate;
    On a store that replicas can share (PostgreSQL), a fifth turn goes to two gateway processes on
    one schema, the submit load split evenly between them;
@@ -136,6 +137,8 @@ def _progress(text: str) -> None:
 @dataclass(frozen=True)
 class _Rounds:
     echo: EchoTarget
+    floors: SubmitTarget
+    floors_stored: int  # rows the floors server appended, counted after it stopped
     submit: SubmitTarget
     large: SubmitTarget
     replay: ReplayTarget
@@ -188,7 +191,8 @@ async def _bench_on(config: BenchConfig, workdir: Path, store: BenchStore) -> di
 
 def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadReport, floors: Floors,
             e2e: dict[str, Any], pki: DevPaths) -> dict[str, Any]:
-    echo, submit, large, replay = (t.measured() for t in (rounds.echo, rounds.submit, rounds.large, rounds.replay))
+    echo, in_situ, submit, large, replay = (t.measured() for t in (rounds.echo, rounds.floors, rounds.submit,
+                                                                    rounds.large, rounds.replay))
     keyring = KeyRing.load(pki.registry)
     floor_sum = echo.cpu_us_per_call + floors.sign_us + floors.verify_us + floors.append_cpu_us
     audit = rounds.audit
@@ -206,6 +210,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "machine": {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                     "platform": platform.platform(), "machine": platform.machine()},
         "echo": echo.figures(),
+        "floor_server": {**in_situ.figures(), "stored": rounds.floors_stored},
         "submit": {**submit_figures, "accepted_by_kind": rounds.submit.accepted_by_kind,
                    "receipts_checked": len(rounds.submit.sampled),
                    "receipt_failures": rounds.submit.receipt_failures(keyring)},
@@ -233,6 +238,10 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "large_store_vs_empty": report.ratio(large.per_second, submit.per_second),
         "rss_large_vs_empty": report.ratio(rounds.large_rss, rounds.empty_rss),
         "cpu_vs_floor": report.ratio(submit.cpu_us_per_call, floor_sum),
+        "floor_server_vs_echo": report.ratio(in_situ.per_second, echo.per_second),
+        "floor_server_cpu_vs_floor": report.ratio(in_situ.cpu_us_per_call, floor_sum),
+        "submit_vs_floor_server": report.ratio(submit.per_second, in_situ.per_second),
+        "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),
     }
     result["targets"] = report.verdicts(result)
     return result
@@ -256,6 +265,7 @@ def _gateway_spec(pki: DevPaths, location: dict[str, str], config: BenchConfig) 
 async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, store: BenchStore,
                           large_store: dict[str, str], cases: Sequence[SignedCase], payload: bytes) -> _Rounds:
     replay_store = store.fresh("replay")
+    floors_log = workdir / "floors.db"  # SQLite whatever the store: the append floor is SQLite's
     targets: list[Target] = []
     async with contextlib.AsyncExitStack() as stack:
         async def start(name: str, spec: dict[str, Any]) -> servers.ServerProcess:
@@ -263,6 +273,9 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
 
         echo = EchoTarget(await start("echo", {"role": "echo", "pki": str(pki.root)}), pki, config.channels, payload)
         targets.append(echo)
+        floors_spec = {"role": "floors", "pki": str(pki.root), "database": str(floors_log)}
+        floors = SubmitTarget("floors", await start("floors", floors_spec), pki, config.channels, cases)
+        targets.append(floors)
         empty_server = await start("gateway-empty", _gateway_spec(pki, store.fresh("empty"), config))
         submit = SubmitTarget("submit", empty_server, pki, config.channels, cases)
         targets.append(submit)
@@ -282,7 +295,7 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             await _drain(primer, config.concurrency)  # the fund transfers the storm repeats are accepted first
             replay = ReplayTarget("replay", replay_server, pki, config.channels, primer.funds[:_REPLAY_SET])
             targets.append(replay)
-            turns: list[Target] = [echo, submit, large, replay, *([pair] if pair else [])]
+            turns: list[Target] = [echo, floors, submit, large, replay, *([pair] if pair else [])]
             for r in range(config.rounds):
                 for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
                     t.windows.append(await measure(
@@ -294,7 +307,9 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             for t in targets:
                 await t.close()
     audit = store.audit_funds(replay_store, [s.transfer_id for s, _ in replay.storm])
-    return _Rounds(echo, submit, large, replay, empty_rss, large_rss, audit, pair)
+    with contextlib.closing(sqlite3.connect(floors_log)) as conn:
+        (stored,) = conn.execute("SELECT COUNT(*) FROM log").fetchone()
+    return _Rounds(echo, floors, stored, submit, large, replay, empty_rss, large_rss, audit, pair)
 
 
 async def _drain(target: Target, workers: int) -> None:

@@ -41,6 +41,16 @@ TARGETS = (
 )
 
 
+# Where the targets' floors stand in situ: the floors server against the echo server and the
+# floors measured alone, and the gateway against the floors server. Reported, not judged.
+REFERENCES = (
+    ("floor_server_vs_echo", "floors server req/s ÷ echo req/s"),
+    ("floor_server_cpu_vs_floor", "floors server CPU per message ÷ (echo CPU + sign + verify + append)"),
+    ("submit_vs_floor_server", "submit req/s ÷ floors server req/s"),
+    ("cpu_vs_floor_server", "gateway CPU per message ÷ floors server CPU per message"),
+)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     if denominator == 0 or math.isnan(numerator) or math.isnan(denominator):
         return math.nan
@@ -75,7 +85,8 @@ def table(result: dict[str, Any]) -> str:
         f"{'':30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'server CPU µs/req':>20}"
         + (f"{engine + ' CPU µs/req':>24}" if engine else ""),
     ]
-    rows = [("echo (bare grpc.aio, mTLS)", echo), ("submit (gateway, empty store)", submit),
+    rows = [("echo (bare grpc.aio, mTLS)", echo), ("floors in situ", result["floor_server"]),
+            ("submit (gateway, empty store)", submit),
             ("fund replay storm", replay), (f"submit, {scale['messages_loaded']:,} stored", scale["large"])]
     if pair:
         rows.append((f"submit, {pair['replicas']} replicas (sum)", pair))
@@ -110,7 +121,10 @@ def table(result: dict[str, Any]) -> str:
     for name, v in result["targets"].items():
         lines.append(f"{name:24}{_n(v['value'], 2):>8}  {v['target']:8}{'PASS' if v['pass'] else 'MISS':6}"
                      f"{v['meaning']}")
-    runs = [("echo", echo), ("submit", submit), ("replay", replay), ("large", scale["large"])]
+    lines += ["", f"{'reference':26}{'value':>8}  meaning"]
+    lines += [f"{name:26}{_n(result[name], 2):>8}  {meaning}" for name, meaning in REFERENCES]
+    runs = [("echo", echo), ("floors", result["floor_server"]), ("submit", submit), ("replay", replay),
+            ("large", scale["large"])]
     runs += [("two replicas", pair)] if pair else []
     problems = [f"{name}: {w['errors']} errors, e.g. {w['error_examples'][:1]}" for name, w in runs if w["errors"]]
     problems += [f"{name}: the workload ran out before the window's end" for name, w in

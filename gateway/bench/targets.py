@@ -20,14 +20,13 @@ import grpc
 
 from clients.errors import VerificationError
 from clients.signing import KeyRing
-from gateway.bench.child import ECHO_METHOD
+from gateway.bench.child import ECHO_METHOD, SUBMIT_METHOD
 from gateway.bench.load import Meter, Window, timed_call
 from gateway.bench.servers import ServerProcess
 from gateway.bench.workload import FUND_TRANSFER, PLATFORMS, SignedCase, Submission
 from gateway.pki import DevPaths
-from mitransfer.v1 import envelope_pb2, exchange_pb2
+from mitransfer.v1 import envelope_pb2
 
-SUBMIT_METHOD = f"/{exchange_pb2.DESCRIPTOR.services_by_name['Exchange'].full_name}/Submit"
 _RECEIPTS_SAMPLED = 200
 
 
