@@ -43,7 +43,8 @@ SCALE = ("messages_loaded", "load_seconds", "file_mib")
 SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
 RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
           "cpu_vs_floor")
-REFERENCES = ("floor_server_vs_echo", "floor_server_cpu_vs_floor", "submit_vs_floor_server", "cpu_vs_floor_server")
+REFERENCES = ("floor_server_vs_echo", "floor_server_p99_vs_echo", "floor_server_cpu_vs_floor",
+              "submit_vs_floor_server", "cpu_vs_floor_server")
 
 
 def finite(value: Any) -> bool:

@@ -239,6 +239,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "rss_large_vs_empty": report.ratio(rounds.large_rss, rounds.empty_rss),
         "cpu_vs_floor": report.ratio(submit.cpu_us_per_call, floor_sum),
         "floor_server_vs_echo": report.ratio(in_situ.per_second, echo.per_second),
+        "floor_server_p99_vs_echo": report.ratio(in_situ.p99_ms, echo.p99_ms),
         "floor_server_cpu_vs_floor": report.ratio(in_situ.cpu_us_per_call, floor_sum),
         "submit_vs_floor_server": report.ratio(submit.per_second, in_situ.per_second),
         "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),

@@ -45,6 +45,7 @@ TARGETS = (
 # floors measured alone, and the gateway against the floors server. Reported, not judged.
 REFERENCES = (
     ("floor_server_vs_echo", "floors server req/s ÷ echo req/s"),
+    ("floor_server_p99_vs_echo", "floors server p99 ÷ echo p99"),
     ("floor_server_cpu_vs_floor", "floors server CPU per message ÷ (echo CPU + sign + verify + append)"),
     ("submit_vs_floor_server", "submit req/s ÷ floors server req/s"),
     ("cpu_vs_floor_server", "gateway CPU per message ÷ floors server CPU per message"),
