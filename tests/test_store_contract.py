@@ -13,20 +13,23 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
 from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
 from gateway.sla import Sla, Stage
-from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store
+from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store, sql
 from gateway.store.postgres import PostgresConfig, PostgresStore
-from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from gateway.store.sql import Query, Steps
+from gateway.store.sqlite import SQLiteConfig, SQLiteStore, run_steps
 from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.support import drop_schema, postgres_url
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+T = TypeVar("T")
 
 
 class Clock:
@@ -448,6 +451,52 @@ async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock
         late.transfer_id]
     assert len(await store.list_cases(CaseQuery(opened_before=T0 + dt.timedelta(days=1)))) == 3
     assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
+
+
+def _counting(steps: Steps[T], queries: list[Query]) -> Steps[T]:
+    """`steps`, noting every query it asks for."""
+    result: Any = None
+    while True:
+        try:
+            query = steps.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        queries.append(query)
+        result = yield query
+
+
+async def test_case_views_are_read_in_three_queries_however_many_cases(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "views.db"), clock)
+    await store.open()
+    try:
+        def sent(case: Case | None, _index: CaseIndex) -> Decision:
+            assert case is not None
+            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+        cases = [await open_case(store) for _ in range(12)]
+        for m in cases[::3]:  # a second message, and a stage finished, in some of them
+            clock.advance(60)
+            table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+                             body=m.message_id.encode())
+            await store.accept(table, sent, receipt_for(table))
+        one_by_one = [await store.get_case(m.transfer_id) for m in cases]
+    finally:
+        await store.close()
+
+    with sqlite3.connect(tmp_path / "views.db") as conn:
+        listed_queries: list[Query] = []
+        listed = run_steps(conn, _counting(sql.list_cases(CaseQuery()), listed_queries))
+        idle_queries: list[Query] = []
+        idle = run_steps(conn, _counting(sql.idle_cases(tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED,
+                                                        clock.now + dt.timedelta(days=1), 100), idle_queries))
+    assert len(listed_queries) == len(idle_queries) == 3
+    views = sorted((v for v in one_by_one if v is not None), key=lambda v: (v.opened_at, v.case.transfer_id))
+    assert [(v.case, v.stages) for v in listed] == [(v.case, v.stages) for v in views]  # in the listing's order
+    assert all(not v.messages for v in listed)
+    untouched = [v for v in views if v.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED]
+    assert sorted(idle, key=lambda v: v.case.transfer_id) == sorted(untouched, key=lambda v: v.case.transfer_id)
+    assert len(idle) == 8 and sum(len(v.messages) for v in views) == 16
 
 
 async def test_a_case_from_before_stages_were_kept_still_moves(tmp_path: Path) -> None:

@@ -213,22 +213,16 @@ _CASE_COLUMNS = ("state, outbound, inbound, applicant, insurance_type, inbound_i
                  " suspension_date, enrollment_date, balance_fen, fund_message_id")  # as `_case_from` reads them
 
 
-def load_case(transfer_id: str, message_rows: list[tuple[str, Any, str]] | None = None) -> Steps[Case | None]:
-    """The case as committed; `message_rows` (message_id, kind, sender) are its messages if the
-    caller read them already."""
+def load_case(transfer_id: str, message_rows: list[tuple[str, Any, str]]) -> Steps[Case | None]:
+    """The case as committed, given its messages' (message_id, kind, sender) rows."""
     row = yield Query(f"SELECT {_CASE_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,), Fetch.ONE)
-    if row is None:
-        return None
-    return (yield from _case_from(transfer_id, row, message_rows))
+    return None if row is None else _case_from(transfer_id, row, message_rows)
 
 
-def _case_from(transfer_id: str, row: Sequence[Any], message_rows: list[tuple[str, Any, str]] | None) -> Steps[Case]:
-    """A case from its `_CASE_COLUMNS`, with its messages (read here unless given)."""
+def _case_from(transfer_id: str, row: Sequence[Any], message_rows: Sequence[Sequence[Any]]) -> Case:
+    """A case from its `_CASE_COLUMNS` and its messages' (message_id, kind, sender, …) rows."""
     outbound = row[1]
-    if message_rows is None:
-        message_rows = yield Query("SELECT message_id, kind, sender FROM messages WHERE transfer_id = ?",
-                                   (transfer_id,))
-    refs = {message_id: MessageRef(kind, _side_of(kind, sender, outbound)) for message_id, kind, sender in message_rows}
+    refs = {r[0]: MessageRef(r[1], _side_of(r[1], r[2], outbound)) for r in message_rows}
     return Case(
         transfer_id=transfer_id, state=row[0], outbound=outbound, inbound=row[2], applicant=row[3],
         insurance_type=row[4], inbound_insurance_type=row[5], person_key=bytes(row[6]), suspension_date=row[7],
@@ -242,13 +236,6 @@ def _side_of(kind: int, sender: str, outbound: str) -> Side:
     if kind == envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
         return Side.GATEWAY
     return Side.OUTBOUND if sender == outbound else Side.INBOUND
-
-
-def load_stages(transfer_id: str) -> Steps[list[StageRecord]]:
-    rows = yield Query(
-        "SELECT stage, started_at, deadline, finished_at FROM case_stages WHERE transfer_id = ?"
-        " ORDER BY started_at, stage_order", (transfer_id,))
-    return [StageRecord(Stage(r[0]), from_micros(r[1]), from_micros(r[2]), opt_time(r[3])) for r in rows]
 
 
 def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
@@ -389,43 +376,68 @@ def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None
     yield Query("", (platform,), Fetch.WAKE)  # the next message of that case may now go out
 
 
+_VIEW_COLUMNS = f"transfer_id, opened_at, updated_at, {_CASE_COLUMNS}"  # as `_views` reads them
+
+
 def get_case(transfer_id: str) -> Steps[CaseView | None]:
-    row = yield Query(f"SELECT opened_at, updated_at, {_CASE_COLUMNS} FROM cases WHERE transfer_id = ?",
-                      (transfer_id,), Fetch.ONE)
-    if row is None:
-        return None
-    opened, updated = row[0], row[1]
-    case = yield from _case_from(transfer_id, row[2:], None)
-    rows = yield Query(
-        """SELECT m.message_id, m.kind, m.sender, m.receiver, m.sequence, m.created_at, m.accepted_at,
-                  m.ack_status, MIN(d.state), MIN(d.attempts), MIN(d.first_delivered_at), MAX(d.acknowledged_at)
-           FROM messages m JOIN deliveries d ON d.message_id = m.message_id
-           WHERE m.transfer_id = ?
-           GROUP BY m.sequence, m.message_id, m.kind, m.sender, m.receiver, m.created_at, m.accepted_at,
-                    m.ack_status
-           ORDER BY m.sequence""",
-        (transfer_id,))
-    views = [
-        MessageView(
-            message_id=r[0], kind=r[1], sender=r[2], receiver=r[3], sequence=r[4], created_at=from_micros(r[5]),
-            accepted_at=from_micros(r[6]), ack_status=r[7], delivery_state=r[8], delivery_attempts=r[9],
-            delivered_at=opt_time(r[10]), acknowledged_at=opt_time(r[11]),
-        )
-        for r in rows
-    ]
-    stages = yield from load_stages(transfer_id)
-    return CaseView(case=case, opened_at=from_micros(opened), updated_at=from_micros(updated), messages=views,
-                    stages=stages)
+    rows = yield Query(f"SELECT {_VIEW_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,))
+    views = yield from _views(rows, with_messages=True)
+    return views[0] if views else None
 
 
 def idle_cases(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[CaseView]]:
-    rows = yield Query("SELECT transfer_id FROM cases WHERE state = ? AND updated_at < ? ORDER BY updated_at LIMIT ?",
-                       (state, micros(idle_since), limit))
+    rows = yield Query(f"SELECT {_VIEW_COLUMNS} FROM cases WHERE state = ? AND updated_at < ? ORDER BY updated_at"
+                       " LIMIT ?", (state, micros(idle_since), limit))
+    return (yield from _views(rows, with_messages=True))
+
+
+def _views(rows: Sequence[Sequence[Any]], *, with_messages: bool) -> Steps[list[CaseView]]:
+    """Views of the cases whose `_VIEW_COLUMNS` rows are given, in their order. The messages and
+    stages of all of them are read with one query each, whatever their number: with their
+    delivery state if `with_messages`, else only as the case's rules need them."""
+    if not rows:
+        return []
+    transfer_ids = tuple(str(r[0]) for r in rows)
+    marks = ", ".join("?" * len(transfer_ids))
+    if with_messages:
+        message_rows = yield Query(
+            f"""SELECT m.message_id, m.kind, m.sender, m.receiver, m.sequence, m.created_at, m.accepted_at,
+                       m.ack_status, MIN(d.state), MIN(d.attempts), MIN(d.first_delivered_at),
+                       MAX(d.acknowledged_at), m.transfer_id
+                FROM messages m JOIN deliveries d ON d.message_id = m.message_id
+                WHERE m.transfer_id IN ({marks})
+                GROUP BY m.sequence, m.message_id, m.kind, m.sender, m.receiver, m.created_at, m.accepted_at,
+                         m.ack_status, m.transfer_id
+                ORDER BY m.sequence""", transfer_ids)
+    else:
+        message_rows = yield Query(
+            f"SELECT message_id, kind, sender, transfer_id FROM messages WHERE transfer_id IN ({marks})",
+            transfer_ids)
+    stage_rows = yield Query(
+        f"SELECT transfer_id, stage, started_at, deadline, finished_at FROM case_stages"
+        f" WHERE transfer_id IN ({marks}) ORDER BY started_at, stage_order", transfer_ids)
+    messages: dict[str, list[Sequence[Any]]] = {t: [] for t in transfer_ids}
+    for r in message_rows:
+        messages[r[-1]].append(r)
+    stages: dict[str, list[StageRecord]] = {t: [] for t in transfer_ids}
+    for t, stage, started, deadline, finished in stage_rows:
+        stages[t].append(StageRecord(Stage(stage), from_micros(started), from_micros(deadline), opt_time(finished)))
     views = []
-    for (transfer_id,) in rows:
-        view = yield from get_case(str(transfer_id))
-        if view is not None:
-            views.append(view)
+    for transfer_id, opened, updated, *columns in rows:
+        mine = messages[transfer_id]
+        views.append(CaseView(
+            case=_case_from(transfer_id, columns, mine), opened_at=from_micros(opened),
+            updated_at=from_micros(updated), stages=stages[transfer_id],
+            messages=[
+                MessageView(
+                    message_id=r[0], kind=r[1], sender=r[2], receiver=r[3], sequence=r[4],
+                    created_at=from_micros(r[5]), accepted_at=from_micros(r[6]), ack_status=r[7],
+                    delivery_state=r[8], delivery_attempts=r[9], delivered_at=opt_time(r[10]),
+                    acknowledged_at=opt_time(r[11]),
+                )
+                for r in mine
+            ] if with_messages else (),
+        ))
     return views
 
 
@@ -514,15 +526,9 @@ def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
     if query.after is not None:
         where.append("(opened_at, transfer_id) > (?, ?)")
         args += [micros(query.after[0]), query.after[1]]
-    rows = yield Query(f"SELECT transfer_id, opened_at, updated_at, {_CASE_COLUMNS} FROM cases"
-                       f" WHERE {' AND '.join(where)} ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
-    views = []
-    for transfer_id, opened, updated, *columns in rows:
-        case = yield from _case_from(transfer_id, columns, None)
-        stages = yield from load_stages(transfer_id)
-        views.append(CaseView(case=case, opened_at=from_micros(opened), updated_at=from_micros(updated), messages=(),
-                              stages=stages))
-    return views
+    rows = yield Query(f"SELECT {_VIEW_COLUMNS} FROM cases WHERE {' AND '.join(where)}"
+                       " ORDER BY opened_at, transfer_id LIMIT ?", (*args, query.limit))
+    return (yield from _views(rows, with_messages=False))
 
 
 def stage_counts(now: dt.datetime, due_soon_before: dt.datetime) -> Steps[list[StageCount]]:
