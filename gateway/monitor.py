@@ -17,17 +17,12 @@ from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.sla import Sla
 from gateway.store import Store
-from gateway.timestamps import EPOCH
 from gateway.workdays import DaySource, local_date
 
 log = logging.getLogger("gateway.monitor")
 
 # How far ahead the calendar must be known: the longest limit (15 working days) with holidays.
 CALENDAR_HORIZON: Final = dt.timedelta(days=60)
-_ALL_TIME: Final = (EPOCH, dt.datetime(9999, 1, 1, tzinfo=dt.UTC))
-# The all-time fund totals scan every fund movement (~0.25 s at a million messages): read them
-# less often than the rest.
-FUNDS_INTERVAL: Final = dt.timedelta(seconds=60)
 
 
 class Monitor:
@@ -45,21 +40,18 @@ class Monitor:
         self._on_store = on_store
         self._reported_unknown: list[int] | None = None
         self._store_ok = True
-        self._funds_read_at: dt.datetime | None = None
 
     @staticmethod
     def horizon_years(now: dt.datetime) -> range:
         """The years from today to the horizon, whose working days deadlines may need."""
         return range(local_date(now).year, local_date(now + CALENDAR_HORIZON).year + 1)
 
-    async def refresh_once(self, *, funds: bool = True) -> None:
-        """One reading; `funds=False` skips the fund totals unless they are older than FUNDS_INTERVAL."""
+    async def refresh_once(self) -> None:
+        """One reading of every gauge."""
         now = self._clock()
         self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), self._platforms)
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
-        if funds or self._funds_read_at is None or now - self._funds_read_at >= FUNDS_INTERVAL:
-            self._metrics.observe_funds(await self._store.settlement(*_ALL_TIME))
-            self._funds_read_at = now
+        self._metrics.observe_funds(await self._store.fund_totals())
         await self._check_calendar(now)
 
     async def _check_calendar(self, now: dt.datetime) -> None:
@@ -84,7 +76,7 @@ class Monitor:
         while True:
             ok = True
             try:
-                await self.refresh_once(funds=False)
+                await self.refresh_once()
             except StoreUnavailable as err:
                 ok = False
                 if self._store_ok:

@@ -51,6 +51,9 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# (transfers in the fund totals, their amount, the amount of every movement)
+FUND_TOTALS_CHECK = ("SELECT (SELECT SUM(transfers) FROM fund_totals), (SELECT SUM(amount_fen) FROM fund_totals),"
+                     " (SELECT SUM(amount_fen) FROM fund_movements)")
 TINY = ["bench", "--json", "--window", "0.4", "--scale-messages", "600", "--cases", "6"]
 
 
@@ -161,7 +164,9 @@ def test_bulk_loader_writes_closed_cases_into_the_stores_schema(pki: DevPaths, t
         counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                   for t in ("cases", "messages", "deliveries", "fund_movements")]
         open_deliveries = conn.execute("SELECT COUNT(*) FROM deliveries WHERE acknowledged_at IS NULL").fetchone()[0]
+        totals = conn.execute(FUND_TOTALS_CHECK).fetchone()
     assert counts == [17, 102, 102, 17] and open_deliveries == 0
+    assert totals[0] == 17 and totals[1] == totals[2] > 0  # the fund totals add up the loaded movements
     assert store.audit_funds(location, []).double_movements == 0
 
 
@@ -178,7 +183,9 @@ def test_postgres_loader_copies_the_same_rows_and_moves_the_log_head(pki: DevPat
             counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[index]
                       for t in ("cases", "messages", "deliveries", "fund_movements")]
             head = conn.execute("SELECT sequence FROM log_head").fetchone()
+            totals = conn.execute(FUND_TOTALS_CHECK).fetchone()
         assert counts == [17, 102, 102, 17] and head == (102,)
+        assert totals is not None and totals[0] == 17 and totals[1] == totals[2] > 0
         audit = store.audit_funds(location, [])
         assert audit.double_movements == 0 and audit.missing_movements == 0
     finally:

@@ -1,6 +1,7 @@
 """The settlement ledger balances after any history of cases: hypothesis drives random cases
 through the real rules (gateway.case) and the real SQLite store, and after every step the
-ledger must equal a model kept by the test, with sent = credited + held + rejected + in flight."""
+ledger must equal a model kept by the test, with sent = credited + held + rejected + in flight,
+and the running fund totals must equal the ledger."""
 
 from __future__ import annotations
 
@@ -147,6 +148,8 @@ class Ledger(RuleBasedStateMachine):
             assert line.sent_fen == line.credited_fen + line.held_fen + line.rejected_fen + line.in_flight_fen
             assert (line.held_fen, line.in_flight_fen, line.credited_fen, line.rejected_fen, line.transfers) == (
                 e["held"], e["sent"], e["credited"], e["rejected"], e["n"])
+        # The running totals the gauges read agree with the ledger added up from every movement.
+        assert self.loop.run_until_complete(self.store.fund_totals()) == lines
 
 
 Ledger.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)

@@ -378,6 +378,36 @@ async def test_settlement_adds_up_per_province_pair(store_and_clock: tuple[Store
     assert line.sent_fen == 100 + 200 + 300 + 400
     assert (line.held_fen, line.credited_fen, line.in_flight_fen, line.rejected_fen) == (200, 300, 500, 0)
     assert await store.settlement(T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)) == []
+    assert await store.fund_totals() == lines  # kept by each accept, the same as adding up every movement
+
+
+async def test_fund_totals_are_added_up_from_the_movements_stored_before_them(tmp_path: Path) -> None:
+    """A database from before the running totals gets them from its movements when it upgrades."""
+    clock = Clock()
+    path = tmp_path / "upgrade.db"
+    store = SQLiteStore(SQLiteConfig(path=path), clock)
+    await store.open()
+    try:
+        for i, status in enumerate([FundStatus.SENT, FundStatus.HELD, FundStatus.CREDITED]):
+            m = await open_case(store)
+            fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=f"f{i}".encode(),
+                            amount=100 * (i + 1))
+            await store.accept(fund, lambda case, _i, s=status: Decision(case, fund_status=s), receipt_for(fund))
+        kept = await store.fund_totals()
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:  # back to the schema before the totals
+        conn.execute("DROP TABLE fund_totals")
+        conn.execute("DELETE FROM schema_version WHERE version > 2")
+    store = SQLiteStore(SQLiteConfig(path=path), clock)
+    await store.open()
+    try:
+        upgraded = await store.fund_totals()
+        everything = await store.settlement(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
+    finally:
+        await store.close()
+    assert upgraded == kept == everything and len(everything) == 1
+    assert (everything[0].transfers, everything[0].sent_fen, everything[0].held_fen) == (3, 600, 200)
 
 
 async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tuple[Store, Clock]) -> None:

@@ -7,8 +7,8 @@ store's own migrations created, in a few big transactions (the RPC path would ta
 million messages): SQLite by `executemany`, PostgreSQL by `COPY`. They name only the columns they
 fill and read the rest from the catalogue, so a column added later with a default costs nothing
 and one without a default gets a zero of its type; tables they do not know stay empty, except the
-log's head (if the store keeps one), which moves past the loaded rows so that the next accepted
-message follows them.
+log's head, which moves past the loaded rows so that the next accepted message follows them, and
+the fund totals, added up from the loaded movements as the migration that made them does.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from gateway.bench.servers import postgres_cpu_seconds
+from gateway.store import sql
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.v1 import envelope_pb2, tracking_pb2
@@ -234,6 +235,8 @@ class PostgresBenchStore:
                             for values in table.rows(chunk[name]):
                                 copy.write_row(values)
             conn.execute("UPDATE log_head SET sequence = %s", (sequence,))  # the log goes on after the rows
+            conn.execute("DELETE FROM fund_totals")
+            conn.execute(sql.FUND_TOTALS_FROM_MOVEMENTS)
             # Statistics and the visibility map now, so that autovacuum does not catch up mid-measurement;
             # the checkpoint puts everything on disk before anything is measured.
             for name in tables:
@@ -413,6 +416,8 @@ def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], route
                 conn.executemany(statement, table.rows(chunk[name]))
             conn.execute("COMMIT")
         conn.execute("UPDATE log_head SET sequence = ?", (sequence,))  # the log goes on after the loaded rows
+        conn.execute("DELETE FROM fund_totals")
+        conn.execute(sql.FUND_TOTALS_FROM_MOVEMENTS)
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()

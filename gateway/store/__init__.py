@@ -209,6 +209,10 @@ class Store(Protocol):
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
         """Fund transfers accepted in [start, end), per province pair, by their status now."""
 
+    async def fund_totals(self) -> list[SettlementLine]:
+        """Every fund transfer ever accepted, per province pair, by its status now: totals kept by
+        each accept, so reading them costs the same however many there are."""
+
     async def delivery_stats(self) -> list[DeliveryStats]:
         """Backlog figures per receiving platform that has any delivery."""
 

@@ -220,6 +220,9 @@ class PostgresStore:
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
         return await self._run(lambda: sql.settlement(start, end))
 
+    async def fund_totals(self) -> list[SettlementLine]:
+        return await self._run(sql.fund_totals)
+
     async def delivery_stats(self) -> list[DeliveryStats]:
         return await self._run(sql.delivery_stats)
 

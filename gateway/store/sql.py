@@ -66,6 +66,12 @@ class Query(NamedTuple):  # a tuple: an accept makes about ten, and a frozen dat
 Steps = Generator[Query, Any, T]
 _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
 
+# The fund totals of the movements already stored (a migration, and the bench's bulk loaders).
+FUND_TOTALS_FROM_MOVEMENTS = (
+    "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
+    " SELECT substr(c.outbound, 1, 2), substr(c.inbound, 1, 2), f.status, SUM(f.amount_fen), COUNT(*)"
+    " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id GROUP BY 1, 2, 3")
+
 # Versioned schema, in SQLite's words (`postgres_ddl` translates): each entry upgrades from the
 # version before it. Never edit a released entry; add one.
 MIGRATIONS: tuple[str, ...] = (
@@ -155,7 +161,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE log_head (sequence INTEGER NOT NULL);
     INSERT INTO log_head (sequence) SELECT COALESCE(MAX(sequence), 0) FROM messages;
     """,
+    f"""
+    -- Fund movements added up per province pair and status, kept by every accept that inserts a
+    -- movement or changes its status: the gauges read a few rows, not every movement ever made.
+    CREATE TABLE fund_totals (
+        outbound_province TEXT NOT NULL,
+        inbound_province  TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        amount_fen        INTEGER NOT NULL,
+        transfers         INTEGER NOT NULL,
+        PRIMARY KEY (outbound_province, inbound_province, status)
+    );
+    {FUND_TOTALS_FROM_MOVEMENTS};
+    """,
 )
+
 
 
 def postgres_ddl(script: str) -> str:
@@ -284,7 +304,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
          now_us, m.fingerprint, m.ack_status, m.signed_message, receipt), Fetch.ROWCOUNT)
-    yield from _effects(m, decision, now_us)
+    yield from _effects(m, decision, now_us, (province(after.outbound), province(after.inbound)))
     yield Query(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -309,22 +329,38 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
                          inbound=after.inbound, finished_stages=tuple(finished))
 
 
-def _effects(m: IncomingMessage, decision: Decision, now_us: int) -> Steps[None]:
+def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tuple[str, str]) -> Steps[None]:
     if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
         yield Query(
             "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us),
             Fetch.ROWCOUNT)
+        yield _add_to_totals(provinces, str(decision.fund_status), m.fund_amount_fen, 1)
     elif decision.fund_status is not None:
+        status = str(decision.fund_status)
+        was = yield Query("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?", (m.transfer_id,),
+                          Fetch.ONE)
         yield Query("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
-                    (str(decision.fund_status), now_us, m.transfer_id), Fetch.ROWCOUNT)
+                    (status, now_us, m.transfer_id), Fetch.ROWCOUNT)
+        if was is not None and was[0] != status:  # the movement moves from one total to another
+            yield _add_to_totals(provinces, was[0], -was[1], -1)
+            yield _add_to_totals(provinces, status, was[1], 1)
     if decision.release_message is not None:
         yield Query("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
                     (PENDING, now_us, decision.release_message, HELD), Fetch.ROWCOUNT)
     if decision.cancel_message is not None:
         yield Query("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
                     (CANCELLED, decision.cancel_message, HELD), Fetch.ROWCOUNT)
+
+
+def _add_to_totals(provinces: tuple[str, str], status: str, amount_fen: int, transfers: int) -> Query:
+    return Query(
+        "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (outbound_province, inbound_province, status) DO UPDATE SET"
+        " amount_fen = fund_totals.amount_fen + excluded.amount_fen,"
+        " transfers = fund_totals.transfers + excluded.transfers",
+        (*provinces, status, amount_fen, transfers), Fetch.ROWCOUNT)
 
 
 def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
@@ -461,10 +497,20 @@ def settlement(start: dt.datetime, end: dt.datetime) -> Steps[list[SettlementLin
         " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
         " WHERE f.accepted_at >= ? AND f.accepted_at < ? GROUP BY 1, 2, 3",
         (micros(start), micros(end)))
+    return _settlement_lines(rows)
+
+
+def fund_totals() -> Steps[list[SettlementLine]]:
+    rows = yield Query("SELECT outbound_province, inbound_province, status, amount_fen, transfers FROM fund_totals")
+    return _settlement_lines(rows)
+
+
+def _settlement_lines(rows: Sequence[Sequence[Any]]) -> list[SettlementLine]:
+    """Lines per province pair from (outbound province, inbound province, status, fen, transfers) rows."""
     pairs: dict[tuple[str, str], dict[str, int]] = {}
     for out_p, in_p, status, amount, count in rows:
         totals = pairs.setdefault((out_p, in_p), {"transfers": 0})
-        totals[status] = int(amount)
+        totals[status] = totals.get(status, 0) + int(amount)
         totals["transfers"] += int(count)
     return [
         SettlementLine(

@@ -267,6 +267,9 @@ class SQLiteStore:
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
         return await self._read(sql.settlement(start, end))
 
+    async def fund_totals(self) -> list[SettlementLine]:
+        return await self._read(sql.fund_totals())
+
     async def delivery_stats(self) -> list[DeliveryStats]:
         return await self._read(sql.delivery_stats())
 
