@@ -510,6 +510,8 @@ async def test_case_views_are_read_in_three_queries_however_many_cases(tmp_path:
             table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
                              body=m.message_id.encode())
             await store.accept(table, sent, receipt_for(table))
+        undelivered = replace(incoming(cases[1].transfer_id, body=b"to no platform"), deliveries=())
+        await store.accept(undelivered, same, receipt_for(undelivered))  # the case's, but no MessageView
         one_by_one = [await store.get_case(m.transfer_id) for m in cases]
     finally:
         await store.close()
@@ -527,6 +529,7 @@ async def test_case_views_are_read_in_three_queries_however_many_cases(tmp_path:
     untouched = [v for v in views if v.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED]
     assert sorted(idle, key=lambda v: v.case.transfer_id) == sorted(untouched, key=lambda v: v.case.transfer_id)
     assert len(idle) == 8 and sum(len(v.messages) for v in views) == 16
+    assert sum(len(v.case.messages) for v in views) == 17
 
 
 async def test_a_case_from_before_stages_were_kept_still_moves(tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ class Query(NamedTuple):  # a tuple: an accept makes about ten, and a frozen dat
 Steps = Generator[Query, Any, T]
 _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
 
-# The fund totals of the movements already stored (a migration, and the bench's bulk loaders).
+# The fund totals of the movements already stored: migration 3 runs it (so it changes only with a
+# new migration), and so do the bench's bulk loaders.
 FUND_TOTALS_FROM_MOVEMENTS = (
     "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
     " SELECT substr(c.outbound, 1, 2), substr(c.inbound, 1, 2), f.status, SUM(f.amount_fen), COUNT(*)"
@@ -177,7 +178,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-
 def postgres_ddl(script: str) -> str:
     """A migration in PostgreSQL's words: 64-bit integers (times in microseconds) and bytea."""
     return script.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
@@ -279,6 +279,10 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     before = yield from load_case(m.transfer_id, [(r[0], r[1], r[2]) for r in rows if r[3] == m.transfer_id])
     decision = yield from _decide(decide, before)
     after = decision.case
+    fund_was = None  # (status, amount) of the case's fund movement, if this message changes it
+    if m.kind != envelope_pb2.MESSAGE_KIND_FUND_TRANSFER and decision.fund_status is not None:
+        fund_was = yield Query("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?",
+                               (m.transfer_id,), Fetch.ONE)
     now_us = micros(now)
     stages = sla.changes(before, after, now)
     row = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
@@ -304,7 +308,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
          now_us, m.fingerprint, m.ack_status, m.signed_message, receipt), Fetch.ROWCOUNT)
-    yield from _effects(m, decision, now_us, (province(after.outbound), province(after.inbound)))
+    yield from _effects(m, decision, now_us, (province(after.outbound), province(after.inbound)), fund_was)
     yield Query(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -329,23 +333,21 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
                          inbound=after.inbound, finished_stages=tuple(finished))
 
 
-def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tuple[str, str]) -> Steps[None]:
+def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tuple[str, str],
+             fund_was: Sequence[Any] | None) -> Steps[None]:
     if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
         yield Query(
             "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us),
             Fetch.ROWCOUNT)
-        yield _add_to_totals(provinces, str(decision.fund_status), m.fund_amount_fen, 1)
+        yield _add_to_totals(provinces, [(str(decision.fund_status), m.fund_amount_fen, 1)])
     elif decision.fund_status is not None:
         status = str(decision.fund_status)
-        was = yield Query("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?", (m.transfer_id,),
-                          Fetch.ONE)
         yield Query("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
                     (status, now_us, m.transfer_id), Fetch.ROWCOUNT)
-        if was is not None and was[0] != status:  # the movement moves from one total to another
-            yield _add_to_totals(provinces, was[0], -was[1], -1)
-            yield _add_to_totals(provinces, status, was[1], 1)
+        if fund_was is not None and fund_was[0] != status:  # the movement moves from one total to another
+            yield _add_to_totals(provinces, [(fund_was[0], -fund_was[1], -1), (status, fund_was[1], 1)])
     if decision.release_message is not None:
         yield Query("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
                     (PENDING, now_us, decision.release_message, HELD), Fetch.ROWCOUNT)
@@ -354,13 +356,15 @@ def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tup
                     (CANCELLED, decision.cancel_message, HELD), Fetch.ROWCOUNT)
 
 
-def _add_to_totals(provinces: tuple[str, str], status: str, amount_fen: int, transfers: int) -> Query:
+def _add_to_totals(provinces: tuple[str, str], changes: Sequence[tuple[str, int, int]]) -> Query:
+    """One statement adding (status, fen, transfers) `changes`, each to a status of its own."""
     return Query(
         "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (outbound_province, inbound_province, status) DO UPDATE SET"
+        f" VALUES {', '.join('(?, ?, ?, ?, ?)' for _ in changes)}"
+        " ON CONFLICT (outbound_province, inbound_province, status) DO UPDATE SET"
         " amount_fen = fund_totals.amount_fen + excluded.amount_fen,"
         " transfers = fund_totals.transfers + excluded.transfers",
-        (*provinces, status, amount_fen, transfers), Fetch.ROWCOUNT)
+        tuple(v for status, fen, transfers in changes for v in (*provinces, status, fen, transfers)), Fetch.ROWCOUNT)
 
 
 def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
@@ -434,24 +438,26 @@ def _views(rows: Sequence[Sequence[Any]], *, with_messages: bool) -> Steps[list[
     if not rows:
         return []
     transfer_ids = tuple(str(r[0]) for r in rows)
-    marks = ", ".join("?" * len(transfer_ids))
-    if with_messages:
+    # The list padded to a power of two (repeating its last id) keeps the number of statement
+    # texts small, so that pages of every size do not crowd PostgreSQL's prepared statements.
+    padded = transfer_ids + transfer_ids[-1:] * ((1 << (len(transfer_ids) - 1).bit_length()) - len(transfer_ids))
+    marks = ", ".join("?" * len(padded))
+    if with_messages:  # a message without a delivery (to no platform) is the case's, but not a MessageView
         message_rows = yield Query(
             f"""SELECT m.message_id, m.kind, m.sender, m.receiver, m.sequence, m.created_at, m.accepted_at,
                        m.ack_status, MIN(d.state), MIN(d.attempts), MIN(d.first_delivered_at),
                        MAX(d.acknowledged_at), m.transfer_id
-                FROM messages m JOIN deliveries d ON d.message_id = m.message_id
+                FROM messages m LEFT JOIN deliveries d ON d.message_id = m.message_id
                 WHERE m.transfer_id IN ({marks})
                 GROUP BY m.sequence, m.message_id, m.kind, m.sender, m.receiver, m.created_at, m.accepted_at,
                          m.ack_status, m.transfer_id
-                ORDER BY m.sequence""", transfer_ids)
+                ORDER BY m.sequence""", padded)
     else:
         message_rows = yield Query(
-            f"SELECT message_id, kind, sender, transfer_id FROM messages WHERE transfer_id IN ({marks})",
-            transfer_ids)
+            f"SELECT message_id, kind, sender, transfer_id FROM messages WHERE transfer_id IN ({marks})", padded)
     stage_rows = yield Query(
         f"SELECT transfer_id, stage, started_at, deadline, finished_at FROM case_stages"
-        f" WHERE transfer_id IN ({marks}) ORDER BY started_at, stage_order", transfer_ids)
+        f" WHERE transfer_id IN ({marks}) ORDER BY started_at, stage_order", padded)
     messages: dict[str, list[Sequence[Any]]] = {t: [] for t in transfer_ids}
     for r in message_rows:
         messages[r[-1]].append(r)
@@ -471,7 +477,7 @@ def _views(rows: Sequence[Sequence[Any]], *, with_messages: bool) -> Steps[list[
                     delivery_state=r[8], delivery_attempts=r[9], delivered_at=opt_time(r[10]),
                     acknowledged_at=opt_time(r[11]),
                 )
-                for r in mine
+                for r in mine if r[8] is not None
             ] if with_messages else (),
         ))
     return views
