@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from gateway.bench.floors import LOG_TABLE
-from gateway.pki import DevPaths
+from gateway.pki import GATEWAY_KEY_ID, DevPaths
 from mitransfer.v1 import exchange_pb2
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ async def start_floors(pki: DevPaths, database: Path) -> tuple[int, Callable[[],
     from mitransfer.v1 import envelope_pb2
 
     registry = Registry.load(pki.registry)
-    signer = LocalSigner.from_pem("floors", pki.gateway_signing_key.read_bytes())
+    signer = LocalSigner.from_pem(GATEWAY_KEY_ID, pki.gateway_signing_key.read_bytes())
     log = _GroupCommitLog(database)
 
     async def submit(request: bytes, context: Any) -> bytes:

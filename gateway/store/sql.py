@@ -308,7 +308,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
          now_us, m.fingerprint, m.ack_status, m.signed_message, receipt), Fetch.ROWCOUNT)
-    yield from _effects(m, decision, now_us, (province(after.outbound), province(after.inbound)), fund_was)
+    yield from _effects(m, decision, now_us, fund_was)
     yield Query(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -333,21 +333,20 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
                          inbound=after.inbound, finished_stages=tuple(finished))
 
 
-def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tuple[str, str],
-             fund_was: Sequence[Any] | None) -> Steps[None]:
+def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: Sequence[Any] | None) -> Steps[None]:
     if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
         yield Query(
             "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us),
             Fetch.ROWCOUNT)
-        yield _add_to_totals(provinces, [(str(decision.fund_status), m.fund_amount_fen, 1)])
+        yield _add_to_totals(decision.case, [(str(decision.fund_status), m.fund_amount_fen, 1)])
     elif decision.fund_status is not None:
         status = str(decision.fund_status)
         yield Query("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
                     (status, now_us, m.transfer_id), Fetch.ROWCOUNT)
         if fund_was is not None and fund_was[0] != status:  # the movement moves from one total to another
-            yield _add_to_totals(provinces, [(fund_was[0], -fund_was[1], -1), (status, fund_was[1], 1)])
+            yield _add_to_totals(decision.case, [(fund_was[0], -fund_was[1], -1), (status, fund_was[1], 1)])
     if decision.release_message is not None:
         yield Query("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
                     (PENDING, now_us, decision.release_message, HELD), Fetch.ROWCOUNT)
@@ -356,8 +355,10 @@ def _effects(m: IncomingMessage, decision: Decision, now_us: int, provinces: tup
                     (CANCELLED, decision.cancel_message, HELD), Fetch.ROWCOUNT)
 
 
-def _add_to_totals(provinces: tuple[str, str], changes: Sequence[tuple[str, int, int]]) -> Query:
-    """One statement adding (status, fen, transfers) `changes`, each to a status of its own."""
+def _add_to_totals(case: Case, changes: Sequence[tuple[str, int, int]]) -> Query:
+    """One statement adding (status, fen, transfers) `changes` to the case's province pair, each
+    to a status of its own."""
+    provinces = (province(case.outbound), province(case.inbound))
     return Query(
         "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
         f" VALUES {', '.join('(?, ?, ?, ?, ?)' for _ in changes)}"
