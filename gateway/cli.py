@@ -10,16 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import logs
+from gateway.app import logs
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.app.config import GatewayConfig
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig | None:
     """The configuration `serve` and `migrate` use: the file, or the dev layout; then options."""
-    from gateway.config import GatewayConfig, load_config
-    from gateway.pki import DevPaths
+    from gateway.app.config import GatewayConfig, load_config
+    from gateway.app.devpki import DevPaths
     from gateway.store.engines import store_config
 
     if args.config:
@@ -40,7 +40,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
+    from gateway.app.server import serve
 
     config = _config(args)
     if config is None:
@@ -52,10 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the schema and exit (replicas also migrate at start-up, one at a time)."""
-    from gateway.server import utc_now
-    from gateway.sla import Sla
+    from gateway.app.server import utc_now
+    from gateway.core.sla import Sla
+    from gateway.core.workdays import WorkingCalendar
     from gateway.store.engines import make_store
-    from gateway.workdays import WorkingCalendar
 
     config = _config(args)
     if config is None:
@@ -73,7 +73,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _certs_dev(args: argparse.Namespace) -> int:
-    from gateway.pki import write_dev_pki
+    from gateway.app.devpki import write_dev_pki
 
     paths = write_dev_pki(Path(args.out))
     print(f"wrote DEV ONLY PKI and registry to {paths.root}")
@@ -81,14 +81,14 @@ def _certs_dev(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.devtools.demo import run_demo
 
     logs.configure(args.log_level)
     return run_demo(transfers=args.transfers, as_json=args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.harness import BenchConfig, run_bench
+    from gateway.devtools.bench.harness import BenchConfig, run_bench
 
     logs.configure(args.log_level)
     config = BenchConfig.from_options(quick=args.quick, store=args.store, window=args.window,
@@ -99,7 +99,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _report_settlement(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from gateway.report import run_settlement_report
+    from gateway.app.settlement import run_settlement_report
 
     return run_settlement_report(address=args.gateway, day=dt.date.fromisoformat(args.date), certs=Path(args.certs),
                                  operator=args.operator, json_output=args.json)

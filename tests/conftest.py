@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.pki import DevPaths, write_dev_pki
-from gateway.routing import DeliveryConfig
-from gateway.server import GatewayServer
+from gateway.app.config import GatewayConfig
+from gateway.app.devpki import DevPaths, write_dev_pki
+from gateway.app.server import GatewayServer
+from gateway.service.routing import DeliveryConfig
 from tests.support import GatewayHandle
 
 

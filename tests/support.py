@@ -20,10 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from psycopg import sql as pgsql
 
-from gateway import messages
-from gateway.pki import DevPaths
-from gateway.server import GatewayServer
-from gateway.signing import LocalSigner, pae
+from gateway.app.devpki import DevPaths
+from gateway.app.server import GatewayServer
+from gateway.core import messages
+from gateway.core.signing import LocalSigner, pae
 from mitransfer.v1 import admin_pb2_grpc, envelope_pb2, exchange_pb2_grpc, tracking_pb2_grpc
 
 KEY_IDS = {"jiangsu": "jiangsu-dev-1", "zhejiang": "zhejiang-dev-1", "anhui": "anhui-dev-1"}

@@ -13,10 +13,10 @@ import pytest
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
-from gateway.messages import REVIEW_DECISION_PAYLOAD_TYPE
-from gateway.pki import DevPaths
-from gateway.report import fetch_settlement
-from gateway.signing import LocalSigner, pae
+from gateway.app.devpki import DevPaths
+from gateway.app.settlement import fetch_settlement
+from gateway.core.messages import REVIEW_DECISION_PAYLOAD_TYPE
+from gateway.core.signing import LocalSigner, pae
 from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
 from tests.support import GatewayHandle, failure, sign
 
@@ -154,8 +154,8 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
 async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPaths, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from gateway.case import CaseRules
-    from gateway.server import GatewayServer
+    from gateway.app.server import GatewayServer
+    from gateway.core.case import CaseRules
     from tests.conftest import test_config
 
     config = replace(test_config(pki, tmp_path / "g.db"), sweep_interval=0.1,

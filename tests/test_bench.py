@@ -17,13 +17,13 @@ import grpc
 import psycopg
 import pytest
 
-from gateway.bench.child import SUBMIT_METHOD, start_floors
-from gateway.bench.stores import PostgresBenchStore, SQLiteBenchStore
-from gateway.bench.workload import presign_cases, store_routes, store_templates
+from gateway.app.devpki import DevPaths
 from gateway.cli import main
-from gateway.messages import RECEIPT_PAYLOAD_TYPE, payload_type
-from gateway.pki import DevPaths
-from gateway.signing import LocalSigner, pae
+from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, payload_type
+from gateway.core.signing import LocalSigner, pae
+from gateway.devtools.bench.child import SUBMIT_METHOD, start_floors
+from gateway.devtools.bench.stores import PostgresBenchStore, SQLiteBenchStore
+from gateway.devtools.bench.workload import presign_cases, store_routes, store_templates
 from mitransfer.v1 import envelope_pb2
 from tests.support import postgres_url, secure_channel
 

@@ -1,5 +1,5 @@
 """The case state machine, every (state, event, side, funds) combination against a table written
-from the rules (not derived from gateway.case.TRANSITIONS, so the two can disagree)."""
+from the rules (not derived from gateway.core.case.TRANSITIONS, so the two can disagree)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
-from gateway import case as rules
-from gateway.case import Case, CaseRules, Event, FundStatus, MessageRef, Side
-from gateway.errors import RuleViolation
-from gateway.messages import BusinessMessage
+from gateway.core import case as rules
+from gateway.core.case import Case, CaseRules, Event, FundStatus, MessageRef, Side
+from gateway.core.errors import RuleViolation
+from gateway.core.messages import BusinessMessage
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 S = tracking_pb2
@@ -380,7 +380,7 @@ def test_every_rule_is_explained_in_the_readme() -> None:
     from pathlib import Path
 
     root = Path(__file__).parent.parent
-    source = "".join((root / "gateway" / name).read_text() for name in ("case.py", "service/admin.py"))
+    source = "".join((root / "gateway" / name).read_text() for name in ("core/case.py", "service/admin.py"))
     named = set(re.findall(r'_violation\(\s*"([A-Z_]+)"', source))
     named |= set(re.findall(r'RuleViolation\([^;]*?reason="([A-Z_]+)"', source, re.DOTALL))
     readme = (root / "README.md").read_text(encoding="utf-8")

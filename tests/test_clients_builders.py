@@ -320,7 +320,7 @@ def _gateway(module: str) -> Any:
 def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: int) -> None:
     """Outbound messages and the inbound role's answers, in delivery order, through the gateway's
     state machine, which must end COMPLETED."""
-    case_rules = _gateway("gateway.case")
+    case_rules = _gateway("gateway.core.case")
     from mitransfer.v1 import tracking_pb2
 
     notice, table, funds = _table_and_funds(insurance, balance)
@@ -343,7 +343,7 @@ def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: in
 
 
 def test_built_messages_pass_the_gateways_validation() -> None:
-    validation = _gateway("gateway.validation")
+    validation = _gateway("gateway.core.validation")
     notice, table, funds = _table_and_funds(310, 4321)
     assert funds is not None
     _, acks = _answer([notice, table, funds])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.continuity import add_months, continuity
+from gateway.core.continuity import add_months, continuity
 
 
 @pytest.mark.parametrize(("suspended", "enrolled", "gap", "continuous", "benefits_from"), [

@@ -16,7 +16,7 @@ import pytest
 
 from clients.builders import fund_account, fund_transfer, today_in_china
 from clients.scenario import CasePlan, outbound_messages
-from gateway.pki import DevPaths
+from gateway.app.devpki import DevPaths
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, types_pb2
 from tests.support import failure, free_port, secure_channel, sign, signer, start_gateway_process, wait_serving
 
@@ -55,7 +55,7 @@ async def test_sigkill_mid_run_loses_nothing_and_never_doubles_funds(
     receiver = exchange_pb2_grpc.ExchangeStub(inbound)
 
     def message_id(sm: envelope_pb2.SignedMessage) -> str:
-        from gateway.messages import parse
+        from gateway.core.messages import parse
         return parse(sm.kind, sm.payload).header.message_id
 
     async def submit(sm: envelope_pb2.SignedMessage) -> bool:

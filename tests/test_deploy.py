@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.app.config import load_config
 from gateway.store.postgres import PostgresConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
+from gateway.core.signing import LocalSigner
 from gateway.service.exchange import RecentReceipts
-from gateway.signing import LocalSigner
 from mitransfer.v1 import envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
 from tests.support import GatewayHandle, failure, sign
 
@@ -49,7 +49,7 @@ async def test_receipt_is_signed_by_the_gateway_and_attests_the_payload(gateway:
     assert b.message_id == notice.header.message_id and b.sequence >= 1
     assert b.payload_sha256 == hashlib.sha256(signed.payload).digest()
     gateway_key = LocalSigner.from_pem("gateway-dev-1", gateway.pki.gateway_signing_key.read_bytes())
-    from gateway.signing import pae
+    from gateway.core.signing import pae
     assert gateway_key.verifying_key().verify(receipt.signature, pae("mitransfer.v1.ReceiptBody", receipt.body))
 
 
@@ -308,7 +308,7 @@ async def test_metrics_endpoint_has_rpc_and_message_counters(gateway: GatewayHan
 async def test_logs_carry_no_personal_data(gateway: GatewayHandle, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from gateway.logs import JsonFormatter
+    from gateway.app.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     stub, key = gateway.exchange("jiangsu"), gateway.signer("jiangsu")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.idnumbers import check_character, problems
+from gateway.core.idnumbers import check_character, problems
 
 TODAY = dt.date(2026, 11, 22)
 

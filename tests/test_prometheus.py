@@ -31,8 +31,8 @@ import yaml
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import run_cases
-from gateway.pki import DevPaths
-from gateway.server import GatewayServer
+from gateway.app.devpki import DevPaths
+from gateway.app.server import GatewayServer
 from tests.conftest import test_config as gateway_config
 from tests.support import free_port
 

@@ -24,8 +24,8 @@ from clients.deliveries import VerifiedDelivery
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import CasePlan, outbound_messages, run_cases
-from gateway.messages import parse
-from gateway.pki import DevPaths
+from gateway.app.devpki import DevPaths
+from gateway.core.messages import parse
 from mitransfer.v1 import envelope_pb2, exchange_pb2_grpc, tracking_pb2, types_pb2
 from tests.support import (
     drop_schema,

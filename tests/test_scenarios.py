@@ -14,7 +14,7 @@ from clients import builders
 from clients.errors import GatewayRejected
 from clients.platform import PlatformClient, PlatformConfig
 from clients.scenario import CasePlan, outbound_messages
-from gateway.messages import BusinessMessage
+from gateway.core.messages import BusinessMessage
 from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
 from tests.support import GatewayHandle, failure, sign
 
@@ -68,7 +68,7 @@ async def state(client: PlatformClient, plan: CasePlan) -> tracking_pb2.Case:
 
 async def received(gateway: GatewayHandle, platform: str) -> list[BusinessMessage | admin_pb2.ReviewDecision]:
     """What the platform's subscription brings within half a second (each acknowledged)."""
-    from gateway.messages import parse
+    from gateway.core.messages import parse
 
     stub = gateway.exchange(platform)
     call = stub.Subscribe(exchange_pb2.SubscribeRequest())

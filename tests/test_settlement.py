@@ -1,5 +1,5 @@
 """The settlement ledger balances after any history of cases: hypothesis drives random cases
-through the real rules (gateway.case) and the real SQLite store, and after every step the
+through the real rules (gateway.core.case) and the real SQLite store, and after every step the
 ledger must equal a model kept by the test, with sent = credited + held + rejected + in flight,
 and the running fund totals must equal the ledger."""
 
@@ -17,10 +17,10 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
-from gateway import case as rules
-from gateway.errors import RuleViolation
-from gateway.messages import BusinessMessage, kind_of, payload_type
-from gateway.signing import fingerprint
+from gateway.core import case as rules
+from gateway.core.errors import RuleViolation
+from gateway.core.messages import BusinessMessage, kind_of, payload_type
+from gateway.core.signing import fingerprint
 from gateway.store import IncomingMessage
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2

@@ -1,4 +1,4 @@
-"""Stages and their deadlines along a case (gateway.sla), independent of storage."""
+"""Stages and their deadlines along a case (gateway.core.sla), independent of storage."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from gateway.case import Case
-from gateway.sla import ACTIVE, Limits, Sla, Stage, Timeliness
-from gateway.workdays import CHINA, WorkingCalendar, start_of
+from gateway.core.case import Case
+from gateway.core.sla import ACTIVE, Limits, Sla, Stage, Timeliness
+from gateway.core.workdays import CHINA, WorkingCalendar, start_of
 from mitransfer.v1 import tracking_pb2
 
 S = tracking_pb2

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
-from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
-from gateway.sla import Sla, Stage
+from gateway.core.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
+from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
+from gateway.core.sla import Sla, Stage
+from gateway.core.workdays import WorkingCalendar
 from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store, sql
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sql import Query, Steps
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore, run_steps
-from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.support import drop_schema, postgres_url
 

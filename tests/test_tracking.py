@@ -20,9 +20,9 @@ from clients.errors import GatewayRejected
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import CasePlan, run_cases, send_case
-from gateway.config import SlaConfig
-from gateway.pki import DevPaths
-from gateway.server import CALENDAR_HEALTH, GatewayServer
+from gateway.app.config import SlaConfig
+from gateway.app.devpki import DevPaths
+from gateway.app.server import CALENDAR_HEALTH, GatewayServer
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc
 from tests.conftest import test_config as gateway_config
 from tests.support import failure, operator_channel, secure_channel

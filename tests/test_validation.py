@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
-from gateway.errors import InvalidMessage
-from gateway.messages import BusinessMessage
-from gateway.validation import MAX_FUND_FEN, is_region_code, validate
+from gateway.core.errors import InvalidMessage
+from gateway.core.messages import BusinessMessage
+from gateway.core.validation import MAX_FUND_FEN, is_region_code, validate
 from mitransfer.v1 import messages_pb2, types_pb2
 
 NOW = dt.datetime.now(dt.UTC)

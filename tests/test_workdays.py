@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.workdays import CHINA, CalendarFileError, DaySource, WorkingCalendar, load_notices, start_of
+from gateway.core.workdays import CHINA, CalendarFileError, DaySource, WorkingCalendar, load_notices, start_of
 
 
 def at(y: int, m: int, d: int, h: int = 10, minute: int = 0) -> dt.datetime:

@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gateway import case as case_rules
-from gateway.errors import FieldViolation, InvalidMessage, NotFound, RuleViolation
-from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.core import case as case_rules
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, RuleViolation
+from gateway.core.registry import Registry
+from gateway.core.workdays import start_of
 from gateway.service.auth import calling_operator
 from gateway.service.authored import GatewayAuthor
+from gateway.service.metrics import Metrics
 from gateway.store import Store
-from gateway.workdays import start_of
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, tracking_pb2
 
 log = logging.getLogger("gateway.admin")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import NotPermitted
-from gateway.registry import Operator, Platform, Registry
+from gateway.core.errors import NotPermitted
+from gateway.core.registry import Operator, Platform, Registry
 
 
 def _sans(context: Any) -> list[str]:

@@ -12,13 +12,13 @@ from typing import Final
 
 from google.protobuf.message import Message
 
-from gateway.messages import MessageKind
-from gateway.metrics import Metrics
-from gateway.receipts import receipt_maker
-from gateway.registry import Registry
-from gateway.routing import Router
-from gateway.signing import Signer, fingerprint, pae
-from gateway.sla import Sla
+from gateway.core.messages import MessageKind
+from gateway.core.registry import Registry
+from gateway.core.signing import Signer, fingerprint, pae
+from gateway.core.sla import Sla
+from gateway.service.metrics import Metrics
+from gateway.service.receipts import receipt_maker
+from gateway.service.routing import Router
 from gateway.store import AcceptOutcome, Decide, IncomingMessage, Store
 from mitransfer.v1 import envelope_pb2
 

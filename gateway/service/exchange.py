@@ -18,20 +18,20 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from gateway import case as case_rules
-from gateway import messages
-from gateway.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
-from gateway.metrics import Metrics
-from gateway.receipts import receipt_maker
-from gateway.registry import Platform, Registry
-from gateway.routing import Router
+from gateway.core import case as case_rules
+from gateway.core import messages
+from gateway.core.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
+from gateway.core.registry import Platform, Registry
+from gateway.core.signing import Signer, pae
+from gateway.core.sla import Sla
+from gateway.core.timestamps import datetime_of
+from gateway.core.validation import validate
 from gateway.service.auth import calling_platform
 from gateway.service.instrument import raw_bytes
-from gateway.signing import Signer, pae
-from gateway.sla import Sla
+from gateway.service.metrics import Metrics
+from gateway.service.receipts import receipt_maker
+from gateway.service.routing import Router
 from gateway.store import IncomingMessage, Store
-from gateway.timestamps import datetime_of
-from gateway.validation import validate
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
 log = logging.getLogger("gateway.exchange")

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gateway.errors import GatewayError
-from gateway.metrics import Metrics
+from gateway.core.errors import GatewayError
+from gateway.service.metrics import Metrics
 from gateway.service.status import grpc_code, to_status
 
 log = logging.getLogger("gateway.rpc")

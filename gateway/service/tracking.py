@@ -8,15 +8,15 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, Final
 
-from gateway.case import CaseRules
-from gateway.continuity import continuity
-from gateway.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
-from gateway.registry import Registry
+from gateway.core.case import CaseRules
+from gateway.core.continuity import continuity
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
+from gateway.core.registry import Registry
+from gateway.core.sla import Sla, Stage, Timeliness
+from gateway.core.timestamps import EPOCH
+from gateway.core.workdays import local_date
 from gateway.service.auth import tracking_scope
-from gateway.sla import Sla, Stage, Timeliness
 from gateway.store import CaseQuery, CaseView, Store
-from gateway.timestamps import EPOCH
-from gateway.workdays import local_date
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
 
 STAGES: Final = {Stage.OUTBOUND: tracking_pb2.STAGE_OUTBOUND, Stage.REVIEW: tracking_pb2.STAGE_REVIEW,

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.case import Case, CaseIndex, Decision
-from gateway.messages import MessageKind
-from gateway.sla import Stage
+from gateway.core.case import Case, CaseIndex, Decision
+from gateway.core.messages import MessageKind
+from gateway.core.sla import Stage
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class IncomingMessage:
 
 @dataclass(frozen=True)
 class StageRecord:
-    """A time-limited stage of a case (see gateway.sla)."""
+    """A time-limited stage of a case (see gateway.core.sla)."""
 
     stage: Stage
     started_at: dt.datetime

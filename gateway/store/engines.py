@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
-from gateway.sla import Sla
+from gateway.core.sla import Sla
 from gateway.store import Store
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore

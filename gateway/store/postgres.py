@@ -29,8 +29,9 @@ import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
 
-from gateway.errors import StoreUnavailable
-from gateway.sla import Sla
+from gateway.core.errors import StoreUnavailable
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
 from gateway.store import (
     AcceptOutcome,
     CaseQuery,
@@ -46,7 +47,6 @@ from gateway.store import (
     sql,
 )
 from gateway.store.sql import MIGRATIONS, Fetch, Steps, postgres_ddl
-from gateway.workdays import WorkingCalendar
 
 log = logging.getLogger("gateway.store.postgres")
 

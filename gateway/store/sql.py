@@ -17,9 +17,10 @@ from collections.abc import Callable, Generator, Sequence
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 
-from gateway.case import Case, Decision, MessageRef, Side
-from gateway.errors import IdempotencyConflict, NotFound, RuleViolation
-from gateway.sla import Sla, Stage, province
+from gateway.core.case import Case, Decision, MessageRef, Side
+from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
+from gateway.core.sla import Sla, Stage, province
+from gateway.core.timestamps import from_micros, micros
 from gateway.store import (
     AcceptOutcome,
     CaseQuery,
@@ -35,7 +36,6 @@ from gateway.store import (
     StageCount,
     StageRecord,
 )
-from gateway.timestamps import from_micros, micros
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
 PENDING = tracking_pb2.DELIVERY_STATE_PENDING
@@ -144,7 +144,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX cases_idle ON cases (state, updated_at) WHERE closed = 0;
     """,
     """
-    -- Time-limited stages of each case (gateway.sla): started, due and finished.
+    -- Time-limited stages of each case (gateway.core.sla): started, due and finished.
     CREATE TABLE case_stages (
         transfer_id       TEXT NOT NULL REFERENCES cases (transfer_id),
         stage             TEXT NOT NULL,

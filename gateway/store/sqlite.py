@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import StoreUnavailable
-from gateway.sla import Sla
+from gateway.core.errors import StoreUnavailable
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
 from gateway.store import (
     AcceptOutcome,
     CaseQuery,
@@ -40,7 +41,6 @@ from gateway.store import (
     sql,
 )
 from gateway.store.sql import MIGRATIONS, Fetch, Steps
-from gateway.workdays import WorkingCalendar
 
 T = TypeVar("T")
 

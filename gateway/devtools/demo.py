@@ -14,9 +14,9 @@ from pathlib import Path
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import ScenarioResult, run_cases
-from gateway.config import GatewayConfig
-from gateway.pki import DEV_PLATFORMS, write_dev_pki
-from gateway.server import GatewayServer
+from gateway.app.config import GatewayConfig
+from gateway.app.devpki import DEV_PLATFORMS, write_dev_pki
+from gateway.app.server import GatewayServer
 
 
 def _agencies(platform: str) -> tuple[str, ...]:

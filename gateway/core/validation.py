@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from gateway import idnumbers
-from gateway.errors import FieldViolation, InvalidMessage
-from gateway.messages import BusinessMessage
-from gateway.timestamps import micros, timestamp_micros
-from gateway.workdays import local_date
+from gateway.core import idnumbers
+from gateway.core.errors import FieldViolation, InvalidMessage
+from gateway.core.messages import BusinessMessage
+from gateway.core.timestamps import micros, timestamp_micros
+from gateway.core.workdays import local_date
 from mitransfer.v1 import messages_pb2, types_pb2
 
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)

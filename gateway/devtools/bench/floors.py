@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.signing import LocalSigner, pae
+from gateway.core.signing import LocalSigner, pae
 
 _ROUNDS = 5
 LOG_TABLE = ("CREATE TABLE IF NOT EXISTS log (sequence INTEGER PRIMARY KEY, message_id BLOB NOT NULL UNIQUE,"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
 
-from gateway.errors import RuleViolation
-from gateway.messages import BusinessMessage, MessageKind, kind_of
+from gateway.core.errors import RuleViolation
+from gateway.core.messages import BusinessMessage, MessageKind, kind_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
@@ -260,7 +260,7 @@ def _violation(rule: str, text: str, case: Case | None, **extra: str) -> RuleVio
 
 
 def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, index: CaseIndex) -> Decision:
-    """The decision on `message` (validated by gateway.validation), or RuleViolation.
+    """The decision on `message` (validated by gateway.core.validation), or RuleViolation.
 
     `case` is None for a transfer id the gateway has not seen.
     """

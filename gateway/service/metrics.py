@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.sla import Sla, province
+from gateway.core.sla import Sla, province
 from gateway.store import AcceptOutcome, DeliveryStats, SettlementLine, StageCount
 
 _WORKING_DAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0)

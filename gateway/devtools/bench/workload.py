@@ -19,11 +19,11 @@ from clients.messages import kind_of
 from clients.roles import InboundCase, answer_as_inbound
 from clients.scenario import CasePlan, outbound_messages
 from clients.signing import Signer
-from gateway.bench.stores import Route, Template
-from gateway.case import CaseRules
-from gateway.pki import DEV_PLATFORMS, GATEWAY_KEY_ID, DevPaths
-from gateway.receipts import issue_receipt
-from gateway.signing import LocalSigner
+from gateway.app.devpki import DEV_PLATFORMS, GATEWAY_KEY_ID, DevPaths
+from gateway.core.case import CaseRules
+from gateway.core.signing import LocalSigner
+from gateway.devtools.bench.stores import Route, Template
+from gateway.service.receipts import issue_receipt
 from mitransfer.v1 import envelope_pb2, messages_pb2
 
 PLATFORMS = ("jiangsu", "zhejiang")

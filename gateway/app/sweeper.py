@@ -13,14 +13,14 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from gateway import case as case_rules
-from gateway.errors import RuleViolation
-from gateway.metrics import Metrics
+from gateway.core import case as case_rules
+from gateway.core.errors import RuleViolation
 from gateway.service.authored import GatewayAuthor
+from gateway.service.metrics import Metrics
 from gateway.store import Store
 from mitransfer.v1 import admin_pb2, envelope_pb2, tracking_pb2
 
-log = logging.getLogger("gateway.sweeper")
+log = logging.getLogger("gateway.app.sweeper")
 
 
 class CaseSweeper:

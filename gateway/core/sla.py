@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from gateway.case import Case
-from gateway.workdays import WorkingCalendar, local_date
+from gateway.core.case import Case
+from gateway.core.workdays import WorkingCalendar, local_date
 from mitransfer.v1 import tracking_pb2
 
 _S = tracking_pb2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from gateway.pki import DevPaths
+from gateway.app.devpki import DevPaths
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 

@@ -13,13 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from gateway.errors import StoreUnavailable
-from gateway.metrics import Metrics
-from gateway.sla import Sla
+from gateway.core.errors import StoreUnavailable
+from gateway.core.sla import Sla
+from gateway.core.workdays import DaySource, local_date
+from gateway.service.metrics import Metrics
 from gateway.store import Store
-from gateway.workdays import DaySource, local_date
 
-log = logging.getLogger("gateway.monitor")
+log = logging.getLogger("gateway.app.monitor")
 
 # How far ahead the calendar must be known: the longest limit (15 working days) with holidays.
 CALENDAR_HORIZON: Final = dt.timedelta(days=60)

@@ -9,7 +9,7 @@ from typing import Final, TypeAlias
 
 from google.protobuf.message import DecodeError
 
-from gateway.errors import FieldViolation, InvalidMessage
+from gateway.core.errors import FieldViolation, InvalidMessage
 from mitransfer.v1 import admin_pb2, envelope_pb2, messages_pb2
 
 BusinessMessage: TypeAlias = (

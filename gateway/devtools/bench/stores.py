@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql as pgsql
 
-from gateway.bench.servers import postgres_cpu_seconds
+from gateway.devtools.bench.servers import postgres_cpu_seconds
 from gateway.store import sql
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore

@@ -15,24 +15,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from gateway.config import GatewayConfig
-from gateway.metrics import Metrics
-from gateway.monitor import Monitor
-from gateway.registry import Registry
-from gateway.routing import Router
+from gateway.app.config import GatewayConfig
+from gateway.app.monitor import Monitor
+from gateway.app.sweeper import CaseSweeper
+from gateway.core.registry import Registry
+from gateway.core.signing import LocalSigner
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
 from gateway.service.authored import GatewayAuthor
 from gateway.service.exchange import ExchangeService
 from gateway.service.instrument import InstrumentedServer
+from gateway.service.metrics import Metrics
+from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
-from gateway.signing import LocalSigner
-from gateway.sla import Sla
 from gateway.store.engines import make_store
-from gateway.sweeper import CaseSweeper
-from gateway.workdays import WorkingCalendar
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.app.server")
 
 SERVICE_NAMES = (
     exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name,

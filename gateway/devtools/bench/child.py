@@ -10,7 +10,7 @@ One of three:
 
 The gateway's store is a SQLite file
 (`"database"` in the spec) or a PostgreSQL schema (`"store"`: the URL, `"schema"`). The harness runs
-`python -m gateway.bench.child '<json spec>'`; the child prints `{"port": N}` on stdout once it
+`python -m gateway.devtools.bench.child '<json spec>'`; the child prints `{"port": N}` on stdout once it
 serves, and stops gracefully when its stdin yields a line or closes (so it also ends with the
 harness).
 """
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from gateway.bench.floors import LOG_TABLE
-from gateway.pki import GATEWAY_KEY_ID, DevPaths
+from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
+from gateway.devtools.bench.floors import LOG_TABLE
 from mitransfer.v1 import exchange_pb2
 
 if TYPE_CHECKING:
@@ -137,11 +137,11 @@ async def start_floors(pki: DevPaths, database: Path) -> tuple[int, Callable[[],
     SignedMessage parsed, its signature verified with that platform's registered key, a receipt
     signed by the gateway's key, the message appended durably; the answer, after the commit, is
     the receipt's signature. A wrong signature is refused, so the check cannot be skipped."""
-    from gateway import messages
-    from gateway.registry import Registry
-    from gateway.server import tune_collector
+    from gateway.app.server import tune_collector
+    from gateway.core import messages
+    from gateway.core.registry import Registry
+    from gateway.core.signing import LocalSigner, pae
     from gateway.service.auth import calling_platform
-    from gateway.signing import LocalSigner, pae
     from mitransfer.v1 import envelope_pb2
 
     registry = Registry.load(pki.registry)
@@ -182,9 +182,9 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
 
 async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tuple[int, Callable[[], Awaitable[None]]]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr)."""
-    from gateway import logs
-    from gateway.config import GatewayConfig
-    from gateway.server import GatewayServer, tune_collector
+    from gateway.app import logs
+    from gateway.app.config import GatewayConfig
+    from gateway.app.server import GatewayServer, tune_collector
 
     logs.configure(log_level)
     config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen=None), store=store)

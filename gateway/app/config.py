@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.case import CaseRules
-from gateway.pki import GATEWAY_KEY_ID, DevPaths
-from gateway.routing import DeliveryConfig
-from gateway.sla import Limits
+from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
+from gateway.core.case import CaseRules
+from gateway.core.sla import Limits
+from gateway.service.routing import DeliveryConfig
 from gateway.store.engines import StoreConfig
 from gateway.store.postgres import PostgresConfig
 from gateway.store.sqlite import SQLiteConfig

@@ -49,15 +49,15 @@ from clients.platform import Handler, PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import run_cases
 from clients.signing import KeyRing
-from gateway.bench import report, servers
-from gateway.bench.floors import Floors, measure_floors
-from gateway.bench.load import Meter, measure, percentile
-from gateway.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
-from gateway.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
-from gateway.bench.workload import PLATFORMS, SignedCase, presign_cases, store_routes, store_templates
-from gateway.messages import payload_type
-from gateway.pki import DEV_PLATFORMS, DevPaths, write_dev_pki
-from gateway.signing import LocalSigner
+from gateway.app.devpki import DEV_PLATFORMS, DevPaths, write_dev_pki
+from gateway.core.messages import payload_type
+from gateway.core.signing import LocalSigner
+from gateway.devtools.bench import report, servers
+from gateway.devtools.bench.floors import Floors, measure_floors
+from gateway.devtools.bench.load import Meter, measure, percentile
+from gateway.devtools.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
+from gateway.devtools.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
+from gateway.devtools.bench.workload import PLATFORMS, SignedCase, presign_cases, store_routes, store_templates
 from mitransfer.v1 import envelope_pb2
 
 _PER_CASE = 6      # messages in each pre-signed case

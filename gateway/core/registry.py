@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import NotPermitted
-from gateway.signing import SignatureKeyError, VerifyingKey
+from gateway.core.errors import NotPermitted
+from gateway.core.signing import SignatureKeyError, VerifyingKey
 
 
 class RegistryError(ValueError):

@@ -92,13 +92,13 @@ def postgres_cpu_seconds() -> float:
 
 @asynccontextmanager
 async def running(spec: dict[str, Any], log: Path) -> AsyncIterator[ServerProcess]:
-    """Run `python -m gateway.bench.child spec` until the block ends; its stderr goes to `log`.
+    """Run `python -m gateway.devtools.bench.child spec` until the block ends; its stderr goes to `log`.
 
     Raises RuntimeError (with the log's tail) if it does not start serving.
     """
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.bench.child", json.dumps(spec),
+            sys.executable, "-m", "gateway.devtools.bench.child", json.dumps(spec),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
         )
     assert process.stdin is not None and process.stdout is not None

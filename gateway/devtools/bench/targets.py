@@ -20,11 +20,11 @@ import grpc
 
 from clients.errors import VerificationError
 from clients.signing import KeyRing
-from gateway.bench.child import ECHO_METHOD, SUBMIT_METHOD
-from gateway.bench.load import Meter, Window, timed_call
-from gateway.bench.servers import ServerProcess
-from gateway.bench.workload import FUND_TRANSFER, PLATFORMS, SignedCase, Submission
-from gateway.pki import DevPaths
+from gateway.app.devpki import DevPaths
+from gateway.devtools.bench.child import ECHO_METHOD, SUBMIT_METHOD
+from gateway.devtools.bench.load import Meter, Window, timed_call
+from gateway.devtools.bench.servers import ServerProcess
+from gateway.devtools.bench.workload import FUND_TRANSFER, PLATFORMS, SignedCase, Submission
 from mitransfer.v1 import envelope_pb2
 
 _RECEIPTS_SAMPLED = 200

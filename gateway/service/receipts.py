@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from gateway.messages import RECEIPT_PAYLOAD_TYPE, MessageKind
-from gateway.signing import Signer, pae
+from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, MessageKind
+from gateway.core.signing import Signer, pae
+from gateway.core.timestamps import timestamp_of
 from gateway.store import IncomingMessage, MakeReceipt
-from gateway.timestamps import timestamp_of
 from mitransfer.v1 import envelope_pb2
 
 
