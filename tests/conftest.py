@@ -38,7 +38,7 @@ async def gateway(pki: DevPaths, tmp_path: Path) -> AsyncIterator[GatewayHandle]
         yield handle
     finally:
         await handle.close_channels()
-        await server.stop(grace=0.5)
+        await server.stop(grace=0.1)
 
 
 def utc(*args: int) -> dt.datetime:

@@ -120,7 +120,7 @@ def test_a_deadline_is_a_local_midnight_after_the_start(day: dt.date, hour: int,
 
 
 def test_the_shipped_example_is_the_2026_notice_day_for_day() -> None:
-    example = Path(__file__).resolve().parent.parent / "deploy" / "calendar" / "example.toml"
+    example = Path(__file__).resolve().parent.parent.parent / "deploy" / "calendar" / "example.toml"
     overridden, official = WorkingCalendar.load(example), WorkingCalendar()
     assert overridden.source(2026) is DaySource.OVERRIDE
     day = dt.date(2026, 1, 1)

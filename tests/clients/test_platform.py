@@ -25,7 +25,7 @@ from clients.retry import RetryPolicy
 from clients.scenario import ReferencePlatform
 from clients.signing import pae
 from mitransfer.v1 import envelope_pb2, exchange_pb2, messages_pb2
-from tests.test_clients_signing import NORTH_AGENCIES, SOUTH_AGENCIES, Keys, issue_receipt, make_keys, sample_notice
+from tests.clients.test_signing import NORTH_AGENCIES, SOUTH_AGENCIES, Keys, issue_receipt, make_keys, sample_notice
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.004, deadline=2.0, attempt_timeout=1.0)
 

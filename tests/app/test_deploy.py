@@ -14,7 +14,7 @@ import pytest
 from gateway.app.config import load_config
 from gateway.store.postgres import PostgresConfig
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 
 
 def test_the_systemd_unit_verifies(tmp_path: Path) -> None:

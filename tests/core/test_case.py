@@ -193,7 +193,7 @@ def test_every_transition(state: int, event: Event, side: Side, funds: bool) -> 
 def test_the_readme_diagram_is_generated_from_the_table() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text(encoding="utf-8")
     assert f"```mermaid\n{rules.mermaid()}\n```" in readme
 
 
@@ -379,7 +379,7 @@ def test_every_rule_is_explained_in_the_readme() -> None:
     import re
     from pathlib import Path
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parent.parent.parent
     source = "".join((root / "gateway" / name).read_text() for name in ("core/case.py", "service/admin.py"))
     named = set(re.findall(r'_violation\(\s*"([A-Z_]+)"', source))
     named |= set(re.findall(r'RuleViolation\([^;]*?reason="([A-Z_]+)"', source, re.DOTALL))

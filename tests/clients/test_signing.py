@@ -27,7 +27,7 @@ from mitransfer.v1 import envelope_pb2, messages_pb2
 
 NORTH_AGENCIES = ("110100", "119900")  # platform "north", province 11
 SOUTH_AGENCIES = ("440100", "440300")  # platform "south", province 44
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def public_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> str:

@@ -36,7 +36,9 @@ from gateway.app.server import GatewayServer
 from tests.conftest import test_config as gateway_config
 from tests.support import free_port
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+pytestmark = pytest.mark.slow  # a real Prometheus scraping for seconds
+
+DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD = DEPLOY / "grafana" / "transfer-gateway.json"
 # What Grafana would put in for its variables, with windows that fit a 1 s scrape interval.
