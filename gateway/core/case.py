@@ -7,7 +7,7 @@ ledger). Every refusal is a `RuleViolation` (FAILED_PRECONDITION) whose reason n
 with the state in its metadata. The store calls `apply` inside the transaction that records the
 message, so decision and write are atomic and races resolve to exactly one winner.
 
-`TRANSITIONS` is the whole process; the README's diagram is generated from it (`mermaid()`).
+`TRANSITIONS` is the whole process; the diagram in docs/integrating.md is generated from it (`mermaid()`).
 """
 
 from __future__ import annotations
@@ -467,7 +467,7 @@ def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, ev
 
 
 def mermaid() -> str:
-    """The state diagram of TRANSITIONS in Mermaid syntax (the README embeds it)."""
+    """The state diagram of TRANSITIONS in Mermaid syntax (docs/integrating.md embeds it)."""
     lines = ["stateDiagram-v2"]
     for t in TRANSITIONS:
         if t.target is None:

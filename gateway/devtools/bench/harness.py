@@ -1,4 +1,4 @@
-"""`transfer-gateway bench`: every figure of the README's Performance section, in one run.
+"""`transfer-gateway bench`: every figure of docs/performance.md, in one run.
 
 On loopback with a fresh dev PKI:
 
