@@ -3,107 +3,79 @@
 Business messages (sent by platforms, with a Header) and gateway notices (review decisions and
 expiries, written and signed by the gateway itself, delivered to both sides of a case).
 
-The one table tying a `MessageKind` to its class; signing, verification and parsing ask it.
+The table is `mitransfer.protocol.kinds`, the one the gateway uses too; here its errors become
+`VerificationError`s with the same reason codes.
 """
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
-
-from google.protobuf.message import DecodeError
-
 from clients.errors import VerificationError
-from mitransfer.v1 import admin_pb2, envelope_pb2, messages_pb2
-
-BusinessMessage: TypeAlias = (
-    messages_pb2.TransferRequest
-    | messages_pb2.OutboundNotice
-    | messages_pb2.InformationTable
-    | messages_pb2.FundTransfer
-    | messages_pb2.Acknowledgement
-    | messages_pb2.Withdrawal
+from mitransfer.protocol import kinds
+from mitransfer.protocol.errors import ProtocolError
+from mitransfer.protocol.kinds import (
+    RECEIPT_PAYLOAD_TYPE,
+    BusinessMessage,
+    GatewayNotice,
+    MessageKind,
+    is_gateway_kind,
 )
-GatewayNotice: TypeAlias = admin_pb2.ReviewDecision | admin_pb2.CaseExpired
-MessageKind: TypeAlias = envelope_pb2.MessageKind.ValueType
 
-_CLASSES: Final[dict[MessageKind, type[BusinessMessage]]] = {
-    envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST: messages_pb2.TransferRequest,
-    envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE: messages_pb2.OutboundNotice,
-    envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE: messages_pb2.InformationTable,
-    envelope_pb2.MESSAGE_KIND_FUND_TRANSFER: messages_pb2.FundTransfer,
-    envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT: messages_pb2.Acknowledgement,
-    envelope_pb2.MESSAGE_KIND_WITHDRAWAL: messages_pb2.Withdrawal,
-}
-# Signed by a gateway key, never by a platform's.
-_GATEWAY_CLASSES: Final[dict[MessageKind, type[GatewayNotice]]] = {
-    envelope_pb2.MESSAGE_KIND_REVIEW_DECISION: admin_pb2.ReviewDecision,
-    envelope_pb2.MESSAGE_KIND_CASE_EXPIRED: admin_pb2.CaseExpired,
-}
-
-RECEIPT_PAYLOAD_TYPE: Final = envelope_pb2.ReceiptBody.DESCRIPTOR.full_name  # "mitransfer.v1.ReceiptBody"
+__all__ = [
+    "RECEIPT_PAYLOAD_TYPE", "BusinessMessage", "GatewayNotice", "MessageKind", "is_gateway_kind", "kind_name",
+    "kind_of", "parse", "parse_gateway_notice", "payload_type",
+]
 
 
 def kind_of(message: BusinessMessage) -> MessageKind:
     """The kind of a business message instance. Raises TypeError for anything else."""
-    for kind, cls in _CLASSES.items():
-        if isinstance(message, cls):
-            return kind
-    raise TypeError(f"not a business message: {type(message).__name__}")
-
-
-def is_gateway_kind(kind: MessageKind) -> bool:
-    """True for the kinds the gateway itself writes and signs."""
-    return kind in _GATEWAY_CLASSES
+    kind = kinds.kind_of(message)
+    if is_gateway_kind(kind):
+        raise TypeError(f"not a business message: {type(message).__name__}")
+    return kind
 
 
 def kind_name(kind: MessageKind) -> str:
-    """Short name for output and logs: `fund_transfer`."""
-    if kind not in _CLASSES and kind not in _GATEWAY_CLASSES:
-        return f"kind_{int(kind)}"
-    return envelope_pb2.MessageKind.Name(kind).removeprefix("MESSAGE_KIND_").lower()
+    """Short name for output and logs: `fund_transfer` (`kind_99` for a number no contract defines)."""
+    row = kinds.KINDS.get(kind)
+    return row.name if row is not None else f"kind_{int(kind)}"
 
 
 def payload_type(kind: MessageKind) -> str:
-    """The DSSE payload type of a kind: its message's full protobuf name.
+    """The DSSE payload type of a kind (business or gateway notice): its message's full protobuf name.
 
     Raises:
-        VerificationError: (reason UNKNOWN_KIND) not one of the four business kinds.
+        VerificationError: (UNKNOWN_KIND) a number no contract defines.
     """
-    cls = _CLASSES.get(kind) or _GATEWAY_CLASSES.get(kind)
-    if cls is None:
-        raise VerificationError(f"unknown message kind {int(kind)}", reason="UNKNOWN_KIND")
-    return cls.DESCRIPTOR.full_name
+    try:
+        return kinds.payload_type(kind)
+    except ProtocolError as exc:
+        raise _refused(exc) from exc
 
 
 def parse(kind: MessageKind, payload: bytes) -> BusinessMessage:
     """Parse a payload whose signature was already verified.
 
     Raises:
-        VerificationError: (reason UNKNOWN_KIND or PAYLOAD_UNDECODABLE).
+        VerificationError: (UNKNOWN_KIND or PAYLOAD_UNDECODABLE).
     """
-    if kind not in _CLASSES:
-        raise VerificationError(f"kind {int(kind)} is not a business message", reason="UNKNOWN_KIND")
-    message = _CLASSES[kind]()
     try:
-        message.ParseFromString(payload)
-    except DecodeError as exc:
-        raise VerificationError(f"payload is not a {message.DESCRIPTOR.name}",
-                                reason="PAYLOAD_UNDECODABLE") from exc
-    return message
+        return kinds.parse_business(kind, payload)
+    except ProtocolError as exc:
+        raise _refused(exc) from exc
 
 
 def parse_gateway_notice(kind: MessageKind, payload: bytes) -> GatewayNotice:
     """Parse a gateway notice whose gateway signature was already verified.
 
     Raises:
-        VerificationError: (reason UNKNOWN_KIND or PAYLOAD_UNDECODABLE).
+        VerificationError: (UNKNOWN_KIND or PAYLOAD_UNDECODABLE).
     """
-    cls = _GATEWAY_CLASSES.get(kind)
-    if cls is None:
-        raise VerificationError(f"kind {int(kind)} is not a gateway notice", reason="UNKNOWN_KIND")
-    notice = cls()
     try:
-        notice.ParseFromString(payload)
-    except DecodeError as exc:
-        raise VerificationError(f"payload is not a {notice.DESCRIPTOR.name}", reason="PAYLOAD_UNDECODABLE") from exc
-    return notice
+        return kinds.parse_notice(kind, payload)
+    except ProtocolError as exc:
+        raise _refused(exc) from exc
+
+
+def _refused(exc: ProtocolError) -> VerificationError:
+    """Data from the gateway or a peer that does not fit the protocol: never act on it."""
+    return VerificationError(str(exc), reason=exc.reason)

@@ -5,113 +5,88 @@ its sender. Verifiers check the signature over the bytes as received and only th
 nothing is ever re-serialized to be verified (protobuf serialization is not canonical).
 
 Which algorithm verifies a key comes from the registry entry, never from the message, so a
-sender cannot choose a weaker one.
+sender cannot choose a weaker one. PAE, the signature suites and the registry's format are
+`mitransfer.protocol`'s, the very ones the gateway uses.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from google.protobuf.message import DecodeError
 
 from clients.errors import RegistryError, VerificationError
 from clients.messages import RECEIPT_PAYLOAD_TYPE, BusinessMessage, MessageKind, is_gateway_kind, payload_type
+from mitransfer.protocol import registry as registry_format
+from mitransfer.protocol import suites
+from mitransfer.protocol.dsse import pae
+from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
 from mitransfer.v1 import envelope_pb2
 
-PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-PrivateKey: TypeAlias = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+__all__ = ["GATEWAY", "KeyRing", "Signer", "VerifyingKey", "load_verifying_key", "pae"]
 
 GATEWAY = "gateway"  # owner of the receipt-signing keys in a KeyRing
 
 
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE pre-authentication encoding: b"DSSEv1 <len(type)> <type> <len(payload)> <payload>".
-
-    Lengths are decimal byte counts; the type is encoded as UTF-8.
-    """
-    type_bytes = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
-
-
-class Algorithm(StrEnum):
-    """Signature algorithms a registry entry may name."""
-
-    ED25519 = "ed25519"
-    ECDSA_P256_SHA256 = "ecdsa-p256-sha256"  # ECDSA on P-256 with SHA-256, DER-encoded signature
-
-
 @dataclass(frozen=True)
 class VerifyingKey:
-    """A registered public key, the algorithm the registry assigns to it, and who owns it."""
+    """A registered public key, with the suite the registry assigns to it, and who owns it."""
 
-    key_id: str
-    algorithm: Algorithm
-    public_key: PublicKey
+    key: suites.VerifyingKey
     owner: str  # a platform id, or GATEWAY
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
+    @property
+    def algorithm(self) -> str:
+        """The registry's name of its algorithm ("ed25519", "ecdsa-p256-sha256")."""
+        return self.key.algorithm
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if `signature` is this key's signature over `data` under its algorithm."""
-        try:
-            if self.algorithm is Algorithm.ED25519 and isinstance(self.public_key, ed25519.Ed25519PublicKey):
-                self.public_key.verify(signature, data)
-                return True
-            if self.algorithm is Algorithm.ECDSA_P256_SHA256 and isinstance(
-                self.public_key, ec.EllipticCurvePublicKey
-            ):
-                self.public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-                return True
-        except (InvalidSignature, ValueError):
-            return False
-        return False
+        return self.key.verify(signature, data)
 
 
 def load_verifying_key(key_id: str, algorithm: str, pem: str, owner: str) -> VerifyingKey:
     """Load an SPKI PEM public key that must match `algorithm`. Raises RegistryError."""
     try:
-        alg = Algorithm(algorithm)
-        key = serialization.load_pem_public_key(pem.encode("ascii"))
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise RegistryError(f"key {key_id}: {exc}") from exc
-    if alg is Algorithm.ED25519 and isinstance(key, ed25519.Ed25519PublicKey):
-        return VerifyingKey(key_id, alg, key, owner)
-    if (
-        alg is Algorithm.ECDSA_P256_SHA256
-        and isinstance(key, ec.EllipticCurvePublicKey)
-        and isinstance(key.curve, ec.SECP256R1)
-    ):
-        return VerifyingKey(key_id, alg, key, owner)
-    raise RegistryError(f"key {key_id} is not an {alg.value} public key")
+        return VerifyingKey(suites.load_verifying_key(key_id, algorithm, pem.encode("utf-8")), owner)
+    except UnusableKey as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
 class Signer:
-    """The platform's signing key (a local PKCS8 key; an HSM would replace `sign_bytes` only)."""
+    """The platform's signing key (a local PKCS8 key; an HSM would replace `sign_bytes` only).
+
+    `private_key` is the signing library's key object (pyca/cryptography's Ed25519 or ECDSA P-256
+    private key). Raises ValueError if no signature suite holds a key of its type.
+    """
 
     key_id: str
-    private_key: PrivateKey
+    private_key: Any
+    _key: suites.SigningKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", suites.signing_key(self.key_id, self.private_key))
 
     @classmethod
     def from_pem(cls, key_id: str, pem: bytes) -> Signer:
         """From an unencrypted PKCS8 PEM (Ed25519 or ECDSA P-256). Raises ValueError."""
-        key = serialization.load_pem_private_key(pem, password=None)
-        if isinstance(key, ed25519.Ed25519PrivateKey) or (
-            isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
-        ):
-            return cls(key_id, key)
-        raise ValueError(f"signing key {key_id}: only Ed25519 and ECDSA P-256 keys are supported")
+        return cls(key_id, suites.load_signing_key(key_id, pem).key)
+
+    @property
+    def algorithm(self) -> str:
+        """The registry's name of its algorithm."""
+        return self._key.algorithm
 
     def sign_bytes(self, data: bytes) -> bytes:
-        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
-            return self.private_key.sign(data)
-        return self.private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        return self._key.sign(data)
 
     def sign(self, kind: MessageKind, message: BusinessMessage) -> envelope_pb2.SignedMessage:
         """Serialize `message` once and sign those very bytes.
@@ -138,43 +113,31 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:
-        """Read registry.json. Raises RegistryError."""
+        """Read registry.json. Raises RegistryError naming the file and the field."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            text = path.read_bytes()
+        except OSError as exc:
             raise RegistryError(f"cannot read registry {path}: {exc}") from exc
-        return cls.from_registry(data)
+        try:
+            return cls.of(registry_format.from_json(text))
+        except RegistryFormatError as exc:
+            raise RegistryError(f"registry {path}: {exc}") from exc
 
     @classmethod
     def from_registry(cls, data: Mapping[str, Any]) -> KeyRing:
         """Build from the parsed registry JSON. Raises RegistryError if it is inconsistent."""
         try:
-            gateway_keys = {
-                str(k["key_id"]): load_verifying_key(str(k["key_id"]), str(k["algorithm"]),
-                                                     str(k["public_key"]), GATEWAY)
-                for k in data["gateway"]["keys"]
-            }
-            platform_keys: dict[str, VerifyingKey] = {}
-            for p in data["platforms"]:
-                for k in p["keys"]:
-                    key_id = str(k["key_id"])
-                    if key_id in platform_keys or key_id in gateway_keys:
-                        raise RegistryError(f"key id {key_id} is listed twice")
-                    platform_keys[key_id] = load_verifying_key(key_id, str(k["algorithm"]),
-                                                               str(k["public_key"]), str(p["id"]))
-            provinces = {str(p["id"]): {str(x) for x in p["provinces"]} for p in data["platforms"]}
-            agencies: dict[str, str] = {}
-            for a in data["agencies"]:
-                code, platform = str(a["code"]), str(a["platform"])
-                if platform not in provinces:
-                    raise RegistryError(f"agency {code}: unknown platform {platform}")
-                if code[:2] not in provinces[platform]:
-                    raise RegistryError(f"agency {code} is outside the provinces of platform {platform}")
-                if code in agencies:
-                    raise RegistryError(f"agency {code} is listed twice")
-                agencies[code] = platform
-        except (KeyError, TypeError) as exc:
-            raise RegistryError(f"registry is missing or mistypes {exc}") from exc
+            return cls.of(registry_format.from_dict(data))
+        except RegistryFormatError as exc:
+            raise RegistryError(str(exc)) from exc
+
+    @classmethod
+    def of(cls, document: registry_format.RegistryDocument) -> KeyRing:
+        """The keys and agencies of a checked registry document."""
+        gateway_keys = {key_id: VerifyingKey(key, GATEWAY) for key_id, key in document.gateway_keys.items()}
+        platform_keys = {key_id: VerifyingKey(key, platform.id)
+                         for platform in document.platforms.values() for key_id, key in platform.keys.items()}
+        agencies = {code: agency.platform for code, agency in document.agencies.items()}
         return cls(platform_keys, gateway_keys, agencies)
 
     def platform_of_agency(self, code: str) -> str | None:

@@ -1,9 +1,11 @@
-"""Generate the Python package `mitransfer` from proto/ (the one command for generated code).
+"""Generate `mitransfer/v1/` from proto/mitransfer/v1 (the one command for generated code).
 
-    python scripts/gen_protos.py          # regenerate mitransfer/ in place
-    python scripts/gen_protos.py --check  # exit 1 if mitransfer/ differs from what proto/ makes
+    python scripts/gen_protos.py          # regenerate mitransfer/v1/ in place
+    python scripts/gen_protos.py --check  # exit 1 if mitransfer/v1/ differs from what proto/ makes
 
 Output: *_pb2.py, *_pb2_grpc.py and typed *.pyi stubs (mypy-protobuf). Never edit it by hand.
+Only mitransfer/v1/ is generated: mitransfer/__init__.py, mitransfer/py.typed and the protocol
+helpers in mitransfer/protocol/ are kept by hand and never touched here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE = "mitransfer"
+GENERATED = Path(PACKAGE) / "v1"  # the only folder this script writes
 
 
 def generate(out: Path) -> None:
@@ -36,9 +39,11 @@ def generate(out: Path) -> None:
     # The protoc plugins (protoc-gen-mypy…) live beside this interpreter, active venv or not.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-    for folder in [out / PACKAGE, *(p for p in (out / PACKAGE).rglob("*") if p.is_dir())]:
+    for folder in [out / GENERATED, *(p for p in (out / GENERATED).rglob("*") if p.is_dir())]:
         (folder / "__init__.py").touch()
-    (out / PACKAGE / "py.typed").touch()
+    unexpected = sorted(str(p.relative_to(out)) for p in (out / PACKAGE).iterdir() if p.name != GENERATED.name)
+    if unexpected:  # a .proto outside proto/mitransfer/v1 would land beside the hand-kept files
+        raise SystemExit(f"protoc wrote outside {GENERATED}/: {', '.join(unexpected)}")
 
 
 def _differences(a: Path, b: Path) -> list[str]:
@@ -57,17 +62,17 @@ def main() -> int:
         out = Path(tmp)
         generate(out)
         if args.check:
-            stale = _differences(out / PACKAGE, ROOT / PACKAGE)
+            stale = _differences(out / GENERATED, ROOT / GENERATED)
             if stale:
                 print("generated code is stale; run: python scripts/gen_protos.py", file=sys.stderr)
                 for name in stale:
-                    print(f"  {name}", file=sys.stderr)
+                    print(f"  {GENERATED / name}", file=sys.stderr)
                 return 1
             print("generated code is current")
             return 0
-        shutil.rmtree(ROOT / PACKAGE, ignore_errors=True)
-        shutil.copytree(out / PACKAGE, ROOT / PACKAGE)
-    print(f"generated {PACKAGE}/ from proto/")
+        shutil.rmtree(ROOT / GENERATED, ignore_errors=True)
+        shutil.copytree(out / GENERATED, ROOT / GENERATED)
+    print(f"generated {GENERATED}/ from proto/")
     return 0
 
 

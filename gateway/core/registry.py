@@ -1,58 +1,28 @@
-"""The agency registry: which platform speaks for which pooling-region agencies, with which keys.
+"""The agency registry as the gateway uses it: who is calling, who speaks for which agency.
 
 A provincial platform is identified by the SAN URI of its client certificate; it may act for the
 agencies the registry assigns to it (all within its provinces) and signs with its registered
-keys. The registry is public information (no private keys) and is read once at start-up.
+keys. The registry is public information (no private keys) and is read once at start-up; its
+format and consistency checks are `mitransfer.protocol.registry`, shared with the platforms.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gateway.core.errors import NotPermitted
-from gateway.core.signing import SignatureKeyError, VerifyingKey
+from gateway.core.signing import VerifyingKey
+from mitransfer.protocol import registry as registry_format
+from mitransfer.protocol.errors import RegistryFormatError
+from mitransfer.protocol.registry import Agency, Operator, Platform, RegistryDocument
+
+__all__ = ["Agency", "Operator", "Platform", "Registry", "RegistryError"]
 
 
 class RegistryError(ValueError):
-    """The registry file is inconsistent; the gateway refuses to start with it."""
-
-
-@dataclass(frozen=True)
-class Platform:
-    """A provincial platform (省级医保信息平台)."""
-
-    id: str
-    name: str
-    certificate_uri: str
-    provinces: frozenset[str]
-    keys: Mapping[str, VerifyingKey] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Agency:
-    """A pooling-region agency (统筹区经办机构), named by its 6-character 医保区划 code."""
-
-    code: str
-    name: str
-    platform: str
-
-    @property
-    def province(self) -> str:
-        return self.code[:2]
-
-
-@dataclass(frozen=True)
-class Operator:
-    """A member of the national platform's staff (a reviewer, an operator), not a province."""
-
-    id: str
-    name: str
-    certificate_uri: str
-    roles: frozenset[str]
+    """The registry file is unreadable or inconsistent; the gateway refuses to start with it."""
 
 
 @dataclass(frozen=True)
@@ -65,58 +35,33 @@ class Registry:
 
     @classmethod
     def load(cls, path: Path) -> Registry:
-        """Read and check a registry JSON file. Raises RegistryError."""
+        """Read and check a registry JSON file. Raises RegistryError naming the file and field."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            text = path.read_bytes()
+        except OSError as exc:
             raise RegistryError(f"cannot read registry {path}: {exc}") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.of(registry_format.from_json(text))
+        except RegistryFormatError as exc:
+            raise RegistryError(f"registry {path}: {exc}") from exc
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Registry:
-        """Build from parsed JSON, checking that keys, agencies and platforms fit together."""
+    def from_dict(cls, data: object) -> Registry:
+        """Build from parsed JSON, checking that keys, agencies and platforms fit together.
+
+        Raises:
+            RegistryError: the first problem found, naming its field.
+        """
         try:
-            gateway_keys = _keys(data["gateway"]["keys"])
-            platforms: dict[str, Platform] = {}
-            for p in data["platforms"]:
-                platform = Platform(
-                    id=str(p["id"]),
-                    name=str(p["name"]),
-                    certificate_uri=str(p["certificate_uri"]),
-                    provinces=frozenset(str(x) for x in p["provinces"]),
-                    keys=_keys(p["keys"]),
-                )
-                if platform.id in platforms:
-                    raise RegistryError(f"platform {platform.id} listed twice")
-                platforms[platform.id] = platform
-            agencies: dict[str, Agency] = {}
-            for a in data["agencies"]:
-                agency = Agency(code=str(a["code"]), name=str(a["name"]), platform=str(a["platform"]))
-                owner = platforms.get(agency.platform)
-                if owner is None:
-                    raise RegistryError(f"agency {agency.code}: unknown platform {agency.platform}")
-                if agency.province not in owner.provinces:
-                    raise RegistryError(
-                        f"agency {agency.code} is outside the provinces of platform {owner.id}"
-                    )
-                if agency.code in agencies:
-                    raise RegistryError(f"agency {agency.code} listed twice")
-                agencies[agency.code] = agency
-            operators = {
-                str(o["id"]): Operator(id=str(o["id"]), name=str(o["name"]),
-                                       certificate_uri=str(o["certificate_uri"]),
-                                       roles=frozenset(str(r) for r in o["roles"]))
-                for o in data.get("operators", [])
-            }
-        except (KeyError, TypeError) as exc:
-            raise RegistryError(f"registry is missing or mistypes {exc}") from exc
-        all_key_ids = [k for p in platforms.values() for k in p.keys] + list(gateway_keys)
-        if len(all_key_ids) != len(set(all_key_ids)):
-            raise RegistryError("key ids must be unique across the registry")
-        uris = [p.certificate_uri for p in platforms.values()] + [o.certificate_uri for o in operators.values()]
-        if len(uris) != len(set(uris)):
-            raise RegistryError("certificate URIs must be unique")
-        return cls(platforms, agencies, gateway_keys, operators, dev_only=bool(data.get("dev_only", False)))
+            return cls.of(registry_format.from_dict(data))
+        except RegistryFormatError as exc:
+            raise RegistryError(str(exc)) from exc
+
+    @classmethod
+    def of(cls, document: RegistryDocument) -> Registry:
+        """The gateway's view of a checked registry document."""
+        return cls(document.platforms, document.agencies, document.gateway_keys, document.operators,
+                   dev_only=document.dev_only)
 
     def platform_by_uri(self, uri: str) -> Platform | None:
         for platform in self.platforms.values():
@@ -149,14 +94,3 @@ class Registry:
                 reason="AGENCY_NOT_OF_PLATFORM",
                 metadata={"agency": agency_code, "platform": platform.id},
             )
-
-
-def _keys(entries: Any) -> dict[str, VerifyingKey]:
-    keys: dict[str, VerifyingKey] = {}
-    for entry in entries:
-        key_id = str(entry["key_id"])
-        try:
-            keys[key_id] = VerifyingKey.from_pem(key_id, str(entry["algorithm"]), entry["public_key"].encode())
-        except (SignatureKeyError, ValueError) as exc:
-            raise RegistryError(f"key {key_id}: {exc}") from exc
-    return keys

@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from gateway.core import idnumbers
 from gateway.core.errors import FieldViolation, InvalidMessage
 from gateway.core.messages import BusinessMessage
 from gateway.core.timestamps import micros, timestamp_micros
 from gateway.core.workdays import local_date
+from mitransfer.protocol import idnumbers
 from mitransfer.v1 import messages_pb2, types_pb2
 
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)

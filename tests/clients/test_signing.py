@@ -1,5 +1,7 @@
-"""clients.signing: PAE vectors, sign/verify, receipts, the registry key ring. No server needed.
+"""clients.signing: sign/verify, receipts, the registry key ring. No server needed.
 
+PAE, the suites and the registry's format have their own tests (tests/protocol); here, what the
+client makes of them: its Signer, its KeyRing's owners and checks, and its error types.
 The helpers at the top (throwaway keys, a tiny registry, receipts as the gateway issues them)
 are imported by the other tests of `clients`.
 """
@@ -16,8 +18,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from hypothesis import given
-from hypothesis import strategies as st
 
 from clients import builders
 from clients.errors import RegistryError, VerificationError
@@ -88,34 +88,6 @@ def sample_notice(outbound: str = NORTH_AGENCIES[0], inbound: str = SOUTH_AGENCI
 @pytest.fixture(scope="module")
 def keys() -> Keys:
     return make_keys()
-
-
-# --- PAE -----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("payload_type", "payload", "expected"), [
-    ("http://example.com/HelloWorld", b"hello world", b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"),
-    ("", b"", b"DSSEv1 0  0 "),
-    ("mitransfer.v1.OutboundNotice", b"\x00 \n", b"DSSEv1 28 mitransfer.v1.OutboundNotice 3 \x00 \n"),
-    ("类型", b"x", "DSSEv1 6 类型 1 x".encode()),  # lengths count UTF-8 bytes, not characters
-])
-def test_pae_vectors(payload_type: str, payload: bytes, expected: bytes) -> None:
-    assert pae(payload_type, payload) == expected
-
-
-def _unpae(data: bytes) -> tuple[str, bytes]:
-    """Decode PAE again, to show nothing is lost or ambiguous."""
-    prefix, rest = data.split(b" ", 1)
-    assert prefix == b"DSSEv1"
-    type_len, rest = rest.split(b" ", 1)
-    t, rest = rest[: int(type_len)], rest[int(type_len) + 1:]
-    body_len, body = rest.split(b" ", 1)
-    assert len(body) == int(body_len)
-    return t.decode(), body
-
-
-@given(st.text(max_size=40), st.binary(max_size=200))
-def test_pae_is_decodable(payload_type: str, payload: bytes) -> None:
-    assert _unpae(pae(payload_type, payload)) == (payload_type, payload)
 
 
 # --- signing and verifying messages ---------------------------------------------------------------
@@ -261,74 +233,37 @@ def test_ecdsa_p256_key_verifies_by_registry_algorithm() -> None:
         ring.verify_message(signed)
 
 
-def _declare(algorithm: str, key: Any) -> dict[str, Any]:
-    registry = make_keys().registry
-    registry["platforms"][0]["keys"] = [{"key_id": "k", "algorithm": algorithm, "public_key": public_pem(key)}]
-    return registry
-
-
-def _drop(*path: str) -> dict[str, Any]:
-    registry = make_keys().registry
-    target = registry
-    for step in path[:-1]:
-        target = target[step]
-    del target[path[-1]]
-    return registry
-
-
-def _duplicate_key_id() -> dict[str, Any]:
-    registry = make_keys().registry
-    registry["platforms"][1]["keys"][0]["key_id"] = registry["platforms"][0]["keys"][0]["key_id"]
-    return registry
-
-
-def _agency_of_unknown_platform() -> dict[str, Any]:
-    registry = make_keys().registry
-    registry["agencies"].append({"code": "500100", "name": "x", "platform": "west"})
-    return registry
-
-
-def _agency_outside_provinces() -> dict[str, Any]:
-    registry = make_keys().registry
-    registry["agencies"].append({"code": "500100", "name": "x", "platform": "north"})
-    return registry
-
-
-def _duplicate_agency() -> dict[str, Any]:
-    registry = make_keys().registry
-    registry["agencies"].append(dict(registry["agencies"][0]))
-    return registry
-
-
-@pytest.mark.parametrize("registry", [
-    pytest.param(lambda: _declare("ed25519", ec.generate_private_key(ec.SECP256R1())), id="ec-key-declared-ed25519"),
-    pytest.param(lambda: _declare("ecdsa-p256-sha256", ed25519.Ed25519PrivateKey.generate()), id="ed-declared-ecdsa"),
-    pytest.param(lambda: _declare("ecdsa-p256-sha256", ec.generate_private_key(ec.SECP384R1())), id="p384-as-p256"),
-    pytest.param(lambda: _declare("rsa-pss", ed25519.Ed25519PrivateKey.generate()), id="unknown-algorithm"),
-    pytest.param(lambda: _drop("gateway"), id="no-gateway"),
-    pytest.param(lambda: _drop("agencies"), id="no-agencies"),
-    pytest.param(_duplicate_key_id, id="duplicate-key-id"),
-    pytest.param(_agency_of_unknown_platform, id="agency-of-unknown-platform"),
-    pytest.param(_agency_outside_provinces, id="agency-outside-provinces"),
-    pytest.param(_duplicate_agency, id="duplicate-agency"),
+@pytest.mark.parametrize(("edit", "reason"), [
+    pytest.param(lambda r: r["agencies"].append({"code": "500100", "name": "x", "platform": "north"}),
+                 "AGENCY_OUTSIDE_PROVINCES", id="inconsistent"),
+    pytest.param(lambda r: r["gateway"]["keys"][0].update(algorithm="rsa-pss"), "KEY_UNUSABLE", id="unusable-key"),
+    pytest.param(lambda r: r.pop("agencies"), "REGISTRY_MALFORMED", id="malformed"),
 ])
-def test_bad_registries_are_refused(registry: Any) -> None:
-    with pytest.raises(RegistryError):
-        KeyRing.from_registry(registry())
-
-
-def test_bad_pem_is_refused() -> None:
+def test_a_bad_registry_is_a_registry_error(edit: Any, reason: str) -> None:
+    """Whatever the registry's format refuses, the client reports as its own RegistryError."""
     registry = make_keys().registry
-    registry["gateway"]["keys"][0]["public_key"] = "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"
-    with pytest.raises(RegistryError):
+    edit(registry)
+    with pytest.raises(RegistryError) as err:
         KeyRing.from_registry(registry)
+    assert getattr(err.value.__cause__, "reason", None) == reason
+
+
+def test_a_bad_registry_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    path.write_text('{"gateway": {"keys": []}, "platforms": []}')
+    with pytest.raises(RegistryError, match=f"registry {path}: registry field agencies is missing"):
+        KeyRing.load(path)
+
+
+def test_key_owners_come_from_the_registry(keys: Keys) -> None:
+    assert {k: v.owner for k, v in keys.keyring.platform_keys.items()} == {"north-1": "north", "south-1": "south"}
+    assert {k: v.owner for k, v in keys.keyring.gateway_keys.items()} == {"gw-1": "gateway"}
+    assert keys.keyring.platform_keys["north-1"].algorithm == "ed25519"
 
 
 def test_dev_registry_and_keys_agree() -> None:
     """The committed dev material: each platform's signing key is the registry's public key."""
     dev = ROOT / "certs" / "dev"
-    if not (dev / "registry.json").exists():
-        pytest.skip("no dev certificates")
     ring = KeyRing.load(dev / "registry.json")
     assert ring.agencies_of("jiangsu") == ("320100", "320500", "329900")
     assert set(ring.gateway_keys) == {"gateway-dev-1"}

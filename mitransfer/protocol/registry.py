@@ -1,0 +1,236 @@
+"""The agency registry's public format: parsed once, checked, as plain frozen dataclasses.
+
+The registry is a JSON document published by the national platform and read by the gateway and
+by every provincial platform. It says which platform (by the SAN URI of its client certificate)
+speaks for which pooling-region agencies, within which provinces, with which signing keys; which
+keys sign the gateway's receipts and notices; and which of the national platform's staff
+(reviewers, operators) may call the admin service. It holds no secret.
+
+    {"dev_only": false,
+     "gateway":   {"keys": [KEY, ...]},
+     "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...]}, ...],
+     "agencies":  [{"code": "320100", "name", "platform"}, ...],
+     "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...]}, ...]}   (optional)
+    KEY = {"key_id", "algorithm": "ed25519" | "ecdsa-p256-sha256", "public_key": SPKI PEM}
+
+Checks: every field present with its type (strings, lists, `dev_only` a boolean), provinces of
+2 digits and agency codes of 6 digits; platform ids, agency codes, key ids (across the whole
+document) and certificate URIs (platforms and operators) unique; each agency's platform listed
+and the agency inside that platform's provinces; each key readable as its algorithm
+(`mitransfer.protocol.suites`). Fields this format does not define are ignored, so a document
+with fields added later still reads.
+
+The gateway's `Registry` and the reference client's `KeyRing` each build their own view of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, NoReturn
+
+from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
+from mitransfer.protocol.suites import VerifyingKey, load_verifying_key
+
+_MALFORMED: Final = "REGISTRY_MALFORMED"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A provincial platform (省级医保信息平台)."""
+
+    id: str
+    name: str
+    certificate_uri: str  # the SAN URI of its client certificate: how the gateway knows it
+    provinces: frozenset[str]  # 2-digit province codes its agencies lie in
+    keys: Mapping[str, VerifyingKey]  # key id → key it signs its messages with
+
+
+@dataclass(frozen=True)
+class Agency:
+    """A pooling-region agency (统筹区经办机构), named by its 6-digit 医保区划 code."""
+
+    code: str
+    name: str
+    platform: str  # the id of the platform that speaks for it
+
+    @property
+    def province(self) -> str:
+        return self.code[:2]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A member of the national platform's staff (a reviewer, an operator), not a province."""
+
+    id: str
+    name: str
+    certificate_uri: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RegistryDocument:
+    """A registry as published, checked. Mappings keep the document's order."""
+
+    gateway_keys: Mapping[str, VerifyingKey]  # key id → key that signs receipts and notices
+    platforms: Mapping[str, Platform]         # platform id → platform
+    agencies: Mapping[str, Agency]            # agency code → agency
+    operators: Mapping[str, Operator]         # operator id → operator
+    dev_only: bool                            # development material: never in production
+
+
+def from_json(text: str | bytes) -> RegistryDocument:
+    """Parse and check a registry document.
+
+    Raises:
+        RegistryFormatError: not JSON (an object key given twice counts as malformed), or see
+            `from_dict`.
+    """
+    try:
+        data = json.loads(text, object_pairs_hook=_no_repeated_keys)
+    except ValueError as exc:
+        raise RegistryFormatError(f"registry is not a JSON document: {exc}", reason=_MALFORMED, field="") from exc
+    return from_dict(data)
+
+
+def from_dict(data: object) -> RegistryDocument:
+    """Check a registry already parsed from JSON.
+
+    Raises:
+        RegistryFormatError: the first problem found, naming its field (see the module's checks).
+    """
+    doc = _object(data, "")
+    seen_key_ids: set[str] = set()
+    gateway_keys = _keys(_object(_get(doc, "gateway", ""), "gateway"), "gateway", seen_key_ids)
+    platforms: dict[str, Platform] = {}
+    uris: set[str] = set()
+    for i, p in _objects(doc, "platforms", ""):
+        where = f"platforms[{i}]"
+        platform = Platform(
+            id=_string(p, "id", where),
+            name=_string(p, "name", where),
+            certificate_uri=_unique(_string(p, "certificate_uri", where), uris, f"{where}.certificate_uri"),
+            provinces=frozenset(_digits(x, 2, f"{where}.provinces[{j}]") for j, x in _items(p, "provinces", where)),
+            keys=_keys(p, where, seen_key_ids),
+        )
+        _unique(platform.id, platforms, f"{where}.id")
+        platforms[platform.id] = platform
+        uris.add(platform.certificate_uri)
+    agencies: dict[str, Agency] = {}
+    for i, a in _objects(doc, "agencies", ""):
+        where = f"agencies[{i}]"
+        agency = Agency(_digits(_get(a, "code", where), 6, f"{where}.code"), _string(a, "name", where),
+                        _string(a, "platform", where))
+        owner = platforms.get(agency.platform)
+        if owner is None:
+            raise RegistryFormatError(f"agency {agency.code}: unknown platform {agency.platform!r}",
+                                      reason="UNKNOWN_PLATFORM", field=f"{where}.platform")
+        if agency.province not in owner.provinces:
+            raise RegistryFormatError(f"agency {agency.code} is outside the provinces of platform {owner.id}",
+                                      reason="AGENCY_OUTSIDE_PROVINCES", field=f"{where}.code")
+        _unique(agency.code, agencies, f"{where}.code")
+        agencies[agency.code] = agency
+    operators: dict[str, Operator] = {}
+    for i, o in _objects(doc, "operators", "", optional=True):
+        where = f"operators[{i}]"
+        operator = Operator(
+            id=_string(o, "id", where),
+            name=_string(o, "name", where),
+            certificate_uri=_unique(_string(o, "certificate_uri", where), uris, f"{where}.certificate_uri"),
+            roles=frozenset(_text(x, f"{where}.roles[{j}]") for j, x in _items(o, "roles", where)),
+        )
+        _unique(operator.id, operators, f"{where}.id")
+        operators[operator.id] = operator
+        uris.add(operator.certificate_uri)
+    dev_only = doc.get("dev_only", False)
+    if not isinstance(dev_only, bool):
+        _malformed("dev_only", "must be true or false")
+    return RegistryDocument(gateway_keys, MappingProxyType(platforms),
+                            MappingProxyType(agencies), MappingProxyType(operators), dev_only)
+
+
+# --- field readers: each names the field it refuses ----------------------------------------------
+
+def _malformed(where: str, problem: str) -> NoReturn:
+    """`where` is the field's path from the document's root ("" for the root itself)."""
+    what = f"registry field {where}" if where else "registry"
+    raise RegistryFormatError(f"{what} {problem}", reason=_MALFORMED, field=where)
+
+
+def _path(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"object key {key[:40]!r} given twice")
+        result[key] = value
+    return result
+
+
+def _object(value: object, where: str) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        _malformed(where, "must be an object")
+    return value
+
+
+def _get(obj: Mapping[str, object], name: str, where: str) -> object:
+    if name not in obj:
+        _malformed(_path(where, name), "is missing")
+    return obj[name]
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        _malformed(where, "must be a non-empty string")
+    return value
+
+
+def _string(obj: Mapping[str, object], name: str, where: str) -> str:
+    return _text(_get(obj, name, where), _path(where, name))
+
+
+def _digits(value: object, count: int, where: str) -> str:
+    if not isinstance(value, str) or len(value) != count or not value.isascii() or not value.isdigit():
+        _malformed(where, f"must be a string of {count} digits")
+    return value
+
+
+def _items(obj: Mapping[str, object], name: str, where: str, *, optional: bool = False) -> list[tuple[int, object]]:
+    value = obj.get(name, []) if optional else _get(obj, name, where)
+    if not isinstance(value, list):
+        _malformed(_path(where, name), "must be a list")
+    return list(enumerate(value))
+
+
+def _objects(obj: Mapping[str, object], name: str, where: str, *,
+             optional: bool = False) -> list[tuple[int, Mapping[str, object]]]:
+    return [(i, _object(item, f"{_path(where, name)}[{i}]")) for i, item in _items(obj, name, where, optional=optional)]
+
+
+def _unique(value: str, seen: Collection[str], where: str) -> str:
+    """`value`, unless `seen` already holds it. Callers add it to `seen` themselves."""
+    if value in seen:
+        raise RegistryFormatError(f"registry field {where}: {value[:80]!r} is listed twice",
+                                  reason="DUPLICATE_ID", field=where)
+    return value
+
+
+def _keys(owner: Mapping[str, object], where: str, seen: set[str]) -> Mapping[str, VerifyingKey]:
+    """The `keys` list of the gateway or of a platform; key ids are unique across the document."""
+    keys: dict[str, VerifyingKey] = {}
+    for i, k in _objects(owner, "keys", where):
+        at = f"{where}.keys[{i}]"
+        key_id = _unique(_string(k, "key_id", at), seen, f"{at}.key_id")
+        seen.add(key_id)
+        algorithm, pem = _string(k, "algorithm", at), _string(k, "public_key", at)
+        try:
+            keys[key_id] = load_verifying_key(key_id, algorithm, pem.encode("utf-8"))
+        except UnusableKey as exc:
+            raise RegistryFormatError(f"registry field {at}: {exc}", reason="KEY_UNUSABLE", field=at) from exc
+    return MappingProxyType(keys)

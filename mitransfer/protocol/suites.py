@@ -1,0 +1,241 @@
+"""Signature suites: the algorithms a registry entry may name, as one table.
+
+A suite says how to read a key of its algorithm from PEM, how to sign and how to verify. Which
+suite verifies a key is fixed by the registry entry's `algorithm`, never by the message, so a
+sender cannot choose a weaker one. Keys are the signing library's own objects (pyca/cryptography
+for the suites here); a suite's functions only ever receive keys its `is_public_key` or
+`is_private_key` accepted.
+
+Adding an algorithm is one more `Suite` in `SUITES`: a name, its two key tests, `sign`, `verify`
+and `generate`, and, for a library other than pyca/cryptography, its own PEM readers (SM2 with SM3
+from tongsuopy, whose key objects follow pyca's interface, needs exactly that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from mitransfer.protocol.errors import UnusableKey
+
+
+def _read_public_pem(pem: bytes) -> object:
+    """An SPKI PEM public key of any type pyca/cryptography knows. Raises ValueError."""
+    try:
+        return serialization.load_pem_public_key(pem)
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _read_private_pem(pem: bytes) -> object:
+    """An unencrypted PKCS8 PEM private key of any type pyca/cryptography knows. Raises ValueError."""
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except (UnsupportedAlgorithm, TypeError) as exc:  # TypeError: the key is encrypted
+        raise ValueError(str(exc)) from exc
+
+
+def _public_of(private_key: Any) -> object:
+    return private_key.public_key()
+
+
+def _spki_pem(public_key: Any) -> bytes:
+    data: bytes = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return data
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One signature algorithm as a registry entry names it, and how to use its keys."""
+
+    name: str
+    """The registry's `algorithm` value: "ed25519"."""
+    is_public_key: Callable[[object], bool] = field(repr=False)
+    """Whether a library object is a public key of this suite."""
+    is_private_key: Callable[[object], bool] = field(repr=False)
+    """Whether a library object is a private key of this suite."""
+    sign: Callable[[Any, bytes], bytes] = field(repr=False)
+    """(private key, data) → signature."""
+    verify: Callable[[Any, bytes, bytes], bool] = field(repr=False)
+    """(public key, signature, data) → whether it verifies; False, never an exception, for any bad signature."""
+    generate: Callable[[], object] = field(repr=False)
+    """A new private key (development keys, tests)."""
+    read_public: Callable[[bytes], object] = field(default=_read_public_pem, repr=False)
+    """SPKI PEM → public key object; raises ValueError if it cannot be read."""
+    read_private: Callable[[bytes], object] = field(default=_read_private_pem, repr=False)
+    """Unencrypted PKCS8 PEM → private key object; raises ValueError if it cannot be read."""
+    public_of: Callable[[Any], object] = field(default=_public_of, repr=False)
+    """Private key → its public key."""
+    public_pem: Callable[[Any], bytes] = field(default=_spki_pem, repr=False)
+    """Public key → SPKI PEM."""
+
+
+# --- Ed25519 (RFC 8032) ---------------------------------------------------------------------------
+
+def _is_ed25519_public(key: object) -> bool:
+    return isinstance(key, ed25519.Ed25519PublicKey)
+
+
+def _is_ed25519_private(key: object) -> bool:
+    return isinstance(key, ed25519.Ed25519PrivateKey)
+
+
+def _ed25519_sign(key: ed25519.Ed25519PrivateKey, data: bytes) -> bytes:
+    return key.sign(data)
+
+
+def _ed25519_verify(key: ed25519.Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# --- ECDSA on P-256 with SHA-256, DER-encoded signatures (FIPS 186-5) -----------------------------
+
+def _is_p256_public(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def _is_p256_private(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def _p256_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def _p256_verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+ED25519: Final = Suite(
+    "ed25519", _is_ed25519_public, _is_ed25519_private, _ed25519_sign, _ed25519_verify,
+    ed25519.Ed25519PrivateKey.generate,
+)
+ECDSA_P256_SHA256: Final = Suite(
+    "ecdsa-p256-sha256", _is_p256_public, _is_p256_private, _p256_sign, _p256_verify,
+    lambda: ec.generate_private_key(ec.SECP256R1()),
+)
+
+SUITES: Final[Mapping[str, Suite]] = MappingProxyType({s.name: s for s in (ED25519, ECDSA_P256_SHA256)})
+"""Every suite a registry may name, by name."""
+
+
+def suite(name: str) -> Suite:
+    """The suite a registry entry names.
+
+    Raises:
+        UnusableKey: (UNKNOWN_ALGORITHM) no suite of that name.
+    """
+    found = SUITES.get(name)
+    if found is None:
+        known = ", ".join(SUITES)
+        raise UnusableKey(f"unknown signature algorithm {name[:40]!r} (known: {known})", reason="UNKNOWN_ALGORITHM")
+    return found
+
+
+@dataclass(frozen=True)
+class VerifyingKey:
+    """A public key by its key id, with the suite that verifies it."""
+
+    key_id: str
+    suite: Suite
+    key: Any  # the library's public key object; `suite.is_public_key(key)`
+
+    @property
+    def algorithm(self) -> str:
+        return self.suite.name
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """True if `signature` is this key's signature over `data` under its suite."""
+        return self.suite.verify(self.key, signature, data)
+
+    def public_pem(self) -> bytes:
+        """The key as SPKI PEM."""
+        return self.suite.public_pem(self.key)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key by its key id, with the suite that signs with it."""
+
+    key_id: str
+    suite: Suite
+    key: Any  # the library's private key object; `suite.is_private_key(key)`
+
+    @property
+    def algorithm(self) -> str:
+        return self.suite.name
+
+    def sign(self, data: bytes) -> bytes:
+        """This key's signature over `data` (callers sign PAE, see `mitransfer.protocol.dsse`)."""
+        return self.suite.sign(self.key, data)
+
+    def verifying_key(self) -> VerifyingKey:
+        """The public half, under the same key id and suite."""
+        return VerifyingKey(self.key_id, self.suite, self.suite.public_of(self.key))
+
+
+def load_verifying_key(key_id: str, algorithm: str, pem: bytes) -> VerifyingKey:
+    """Read an SPKI PEM public key that must be a key of the named algorithm.
+
+    Raises:
+        UnusableKey: UNKNOWN_ALGORITHM, KEY_UNREADABLE or KEY_ALGORITHM_MISMATCH.
+    """
+    chosen = suite(algorithm)
+    try:
+        key = chosen.read_public(pem)
+    except ValueError as exc:
+        raise UnusableKey(f"key {key_id} is not a readable PEM public key: {exc}", reason="KEY_UNREADABLE") from exc
+    if not chosen.is_public_key(key):
+        raise UnusableKey(f"key {key_id} is not an {chosen.name} public key", reason="KEY_ALGORITHM_MISMATCH")
+    return VerifyingKey(key_id, chosen, key)
+
+
+def signing_key(key_id: str, key: object) -> SigningKey:
+    """Wrap a library private key object in the suite that holds it.
+
+    Raises:
+        UnusableKey: (KEY_ALGORITHM_MISMATCH) no suite holds a key of this type.
+    """
+    for candidate in SUITES.values():
+        if candidate.is_private_key(key):
+            return SigningKey(key_id, candidate, key)
+    raise UnusableKey(f"signing key {key_id}: a {type(key).__name__} is not a private key of any suite "
+                      f"({', '.join(SUITES)})", reason="KEY_ALGORITHM_MISMATCH")
+
+
+def load_signing_key(key_id: str, pem: bytes) -> SigningKey:
+    """Read an unencrypted PKCS8 PEM private key; its suite is the one that holds it.
+
+    Raises:
+        UnusableKey: KEY_UNREADABLE (no suite reads it) or KEY_ALGORITHM_MISMATCH (a key of a type
+            no suite holds, such as RSA or P-384).
+    """
+    unreadable: list[str] = []
+    read: object = None
+    for candidate in SUITES.values():
+        try:
+            key = candidate.read_private(pem)
+        except ValueError as exc:
+            unreadable.append(str(exc))
+            continue
+        if candidate.is_private_key(key):
+            return SigningKey(key_id, candidate, key)
+        read = key
+    if read is None:
+        raise UnusableKey(f"signing key {key_id} is not a readable unencrypted PKCS8 PEM key: {unreadable[0]}",
+                          reason="KEY_UNREADABLE")
+    return signing_key(key_id, read)  # raises: no suite holds it
