@@ -1,6 +1,7 @@
 """transfer-gateway: the national exchange gateway for medical insurance relationship transfers.
 
-Layout: `mitransfer` holds the generated contracts; in this package, `messages`, `validation`,
-`idnumbers`, `case`, `signing` and `registry` are the pure core (no gRPC, no database);
-`store` is the storage port and its implementations; `service` is the thin gRPC edge.
+Layers, lowest first (docs/architecture.md): `core` (the pure domain), `store` (the storage port
+and its engines), `service` (the gRPC edge), `app` (the process), `devtools` (demo and bench);
+`cli` is the entry point that wires them. The contracts and the protocol's shared rules are in
+the `mitransfer` package.
 """
