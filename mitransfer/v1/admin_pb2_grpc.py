@@ -27,7 +27,10 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """The Admin service: for the national platform's own staff, never for provincial platforms.
+    Callers present a certificate whose SAN URI names an operator in the registry; each RPC needs
+    a role (reviewer, operator).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -53,7 +56,10 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The Admin service: for the national platform's own staff, never for provincial platforms.
+    Callers present a certificate whose SAN URI names an operator in the registry; each RPC needs
+    a role (reviewer, operator).
+    """
 
     def ListHeldFundTransfers(self, request, context):
         """Fund transfers held for review (role reviewer), oldest first.
@@ -106,7 +112,10 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """The Admin service: for the national platform's own staff, never for provincial platforms.
+    Callers present a certificate whose SAN URI names an operator in the registry; each RPC needs
+    a role (reviewer, operator).
+    """
 
     @staticmethod
     def ListHeldFundTransfers(request,

@@ -32,18 +32,19 @@ class _MessageKind:
 class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MESSAGE_KIND_UNSPECIFIED: _MessageKind.ValueType  # 0
+    """Not set: refused (INVALID_ARGUMENT, UNKNOWN_MESSAGE_KIND)."""
     MESSAGE_KIND_OUTBOUND_NOTICE: _MessageKind.ValueType  # 1
-    """mitransfer.v1.OutboundNotice"""
+    """转出通知 payload: mitransfer.v1.OutboundNotice"""
     MESSAGE_KIND_INFORMATION_TABLE: _MessageKind.ValueType  # 2
-    """mitransfer.v1.InformationTable"""
+    """信息表 payload: mitransfer.v1.InformationTable"""
     MESSAGE_KIND_FUND_TRANSFER: _MessageKind.ValueType  # 3
-    """mitransfer.v1.FundTransfer"""
+    """资金划转 payload: mitransfer.v1.FundTransfer"""
     MESSAGE_KIND_ACKNOWLEDGEMENT: _MessageKind.ValueType  # 4
-    """mitransfer.v1.Acknowledgement"""
+    """回执 payload: mitransfer.v1.Acknowledgement"""
     MESSAGE_KIND_TRANSFER_REQUEST: _MessageKind.ValueType  # 5
-    """mitransfer.v1.TransferRequest"""
+    """转移申请 payload: mitransfer.v1.TransferRequest"""
     MESSAGE_KIND_WITHDRAWAL: _MessageKind.ValueType  # 6
-    """mitransfer.v1.Withdrawal"""
+    """撤回申请 payload: mitransfer.v1.Withdrawal"""
     MESSAGE_KIND_REVIEW_DECISION: _MessageKind.ValueType  # 7
     """Made by the gateway itself, never submitted: a reviewer's decision on a held fund transfer,
     signed by the gateway and delivered to both sides (payload: mitransfer.v1.ReviewDecision).
@@ -57,18 +58,19 @@ class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """报文类型 the kind of a business message; fixes payload_type for the signature."""
 
 MESSAGE_KIND_UNSPECIFIED: MessageKind.ValueType  # 0
+"""Not set: refused (INVALID_ARGUMENT, UNKNOWN_MESSAGE_KIND)."""
 MESSAGE_KIND_OUTBOUND_NOTICE: MessageKind.ValueType  # 1
-"""mitransfer.v1.OutboundNotice"""
+"""转出通知 payload: mitransfer.v1.OutboundNotice"""
 MESSAGE_KIND_INFORMATION_TABLE: MessageKind.ValueType  # 2
-"""mitransfer.v1.InformationTable"""
+"""信息表 payload: mitransfer.v1.InformationTable"""
 MESSAGE_KIND_FUND_TRANSFER: MessageKind.ValueType  # 3
-"""mitransfer.v1.FundTransfer"""
+"""资金划转 payload: mitransfer.v1.FundTransfer"""
 MESSAGE_KIND_ACKNOWLEDGEMENT: MessageKind.ValueType  # 4
-"""mitransfer.v1.Acknowledgement"""
+"""回执 payload: mitransfer.v1.Acknowledgement"""
 MESSAGE_KIND_TRANSFER_REQUEST: MessageKind.ValueType  # 5
-"""mitransfer.v1.TransferRequest"""
+"""转移申请 payload: mitransfer.v1.TransferRequest"""
 MESSAGE_KIND_WITHDRAWAL: MessageKind.ValueType  # 6
-"""mitransfer.v1.Withdrawal"""
+"""撤回申请 payload: mitransfer.v1.Withdrawal"""
 MESSAGE_KIND_REVIEW_DECISION: MessageKind.ValueType  # 7
 """Made by the gateway itself, never submitted: a reviewer's decision on a held fund transfer,
 signed by the gateway and delivered to both sides (payload: mitransfer.v1.ReviewDecision).
@@ -92,7 +94,7 @@ class SignedMessage(_message.Message):
     kind: Global___MessageKind.ValueType
     """报文类型 which message the payload holds"""
     payload: _builtins.bytes
-    """报文 the message, serialized by the sender"""
+    """报文 the message, serialized once by the sender; the gateway never re-serializes it"""
     key_id: _builtins.str
     """签名密钥标识 the signing key, as named in the agency registry"""
     signature: _builtins.bytes
@@ -128,15 +130,15 @@ class ReceiptBody(_message.Message):
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """报文编号"""
+    """报文编号 the accepted message's id"""
     transfer_id: _builtins.str
-    """转移业务编号"""
+    """转移业务编号 its case's transfer id"""
     kind: Global___MessageKind.ValueType
-    """报文类型"""
+    """报文类型 its kind"""
     sender: _builtins.str
-    """发送方经办机构"""
+    """发送方经办机构 its sender agency ("gateway" for what the gateway writes)"""
     receiver: _builtins.str
-    """接收方经办机构"""
+    """接收方经办机构 its receiver agency ("*" for what the gateway writes to both sides)"""
     payload_sha256: _builtins.bytes
     """报文摘要 SHA-256 of the signed payload bytes"""
     sequence: _builtins.int
@@ -178,9 +180,9 @@ class Receipt(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
-    """serialized ReceiptBody"""
+    """回执内容 a serialized ReceiptBody, the bytes the signature covers"""
     key_id: _builtins.str
-    """网关签名密钥标识 the gateway's key id"""
+    """网关签名密钥标识 the gateway's key id, one of the registry's gateway keys"""
     signature: _builtins.bytes
     """签名 signature over PAE("mitransfer.v1.ReceiptBody", body)"""
     def __init__(

@@ -27,7 +27,10 @@ if _version_not_supported:
 
 
 class ExchangeStub:
-    """Missing associated documentation comment in .proto file."""
+    """The Exchange service: provincial platforms submit signed messages and receive the ones
+    addressed to their agencies. Every call is made over mutual TLS; the client certificate's
+    SAN URI names the platform, and the agency registry says which agencies it speaks for.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -53,7 +56,10 @@ class ExchangeStub:
 
 
 class ExchangeServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The Exchange service: provincial platforms submit signed messages and receive the ones
+    addressed to their agencies. Every call is made over mutual TLS; the client certificate's
+    SAN URI names the platform, and the agency registry says which agencies it speaks for.
+    """
 
     def Submit(self, request, context):
         """Submit one signed business message. The gateway verifies the signature, validates the
@@ -119,7 +125,10 @@ def add_ExchangeServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Exchange:
-    """Missing associated documentation comment in .proto file."""
+    """The Exchange service: provincial platforms submit signed messages and receive the ones
+    addressed to their agencies. Every call is made over mutual TLS; the client certificate's
+    SAN URI names the platform, and the agency registry says which agencies it speaks for.
+    """
 
     @staticmethod
     def Submit(request,

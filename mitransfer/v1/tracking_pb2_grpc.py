@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TrackingStub:
-    """Missing associated documentation comment in .proto file."""
+    """The Tracking service: where a case stands and what was exchanged in it, with times.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +48,8 @@ class TrackingStub:
 
 
 class TrackingServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The Tracking service: where a case stands and what was exchanged in it, with times.
+    """
 
     def GetCase(self, request, context):
         """One case. A platform sees the cases in which one of its agencies is a side
@@ -89,7 +91,8 @@ def add_TrackingServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Tracking:
-    """Missing associated documentation comment in .proto file."""
+    """The Tracking service: where a case stands and what was exchanged in it, with times.
+    """
 
     @staticmethod
     def GetCase(request,

@@ -29,6 +29,7 @@ class _CertificateType:
 class _CertificateTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CertificateType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CERTIFICATE_TYPE_UNSPECIFIED: _CertificateType.ValueType  # 0
+    """Not set: refused."""
     CERTIFICATE_TYPE_RESIDENT_ID_CARD: _CertificateType.ValueType  # 1
     """01 居民身份证（户口簿）resident identity card or household register:
     an 18-character GB 11643-1999 number with an ISO 7064 MOD 11-2 check character.
@@ -52,6 +53,7 @@ class CertificateType(_CertificateType, metaclass=_CertificateTypeEnumTypeWrappe
     """Identity document type (人员证件类型, psn_cert_type)."""
 
 CERTIFICATE_TYPE_UNSPECIFIED: CertificateType.ValueType  # 0
+"""Not set: refused."""
 CERTIFICATE_TYPE_RESIDENT_ID_CARD: CertificateType.ValueType  # 1
 """01 居民身份证（户口簿）resident identity card or household register:
 an 18-character GB 11643-1999 number with an ISO 7064 MOD 11-2 check character.
@@ -79,6 +81,7 @@ class _InsuranceType:
 class _InsuranceTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InsuranceType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     INSURANCE_TYPE_UNSPECIFIED: _InsuranceType.ValueType  # 0
+    """Not set: refused."""
     INSURANCE_TYPE_EMPLOYEE_BASIC: _InsuranceType.ValueType  # 310
     """310 职工基本医疗保险 employee basic medical insurance (has a personal account)."""
     INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY: _InsuranceType.ValueType  # 320
@@ -98,6 +101,7 @@ class InsuranceType(_InsuranceType, metaclass=_InsuranceTypeEnumTypeWrapper):
     """Insurance type (险种类型, insutype)."""
 
 INSURANCE_TYPE_UNSPECIFIED: InsuranceType.ValueType  # 0
+"""Not set: refused."""
 INSURANCE_TYPE_EMPLOYEE_BASIC: InsuranceType.ValueType  # 310
 """310 职工基本医疗保险 employee basic medical insurance (has a personal account)."""
 INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY: InsuranceType.ValueType  # 320
@@ -121,8 +125,10 @@ class _ReasonCode:
 class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     REASON_CODE_UNSPECIFIED: _ReasonCode.ValueType  # 0
+    """Not set: refused."""
     REASON_CODE_UNSETTLED_HOSPITAL_STAY: _ReasonCode.ValueType  # 1
-    """Outbound refusals (转出地不予转出).
+    """Outbound refusals (转出地不予转出), 1 to 19.
+
     在院未结算 unsettled hospital stay
     """
     REASON_CODE_ARREARS: _ReasonCode.ValueType  # 2
@@ -138,7 +144,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     REASON_CODE_RETIRED: _ReasonCode.ValueType  # 7
     """已退休 retired employee, not covered"""
     REASON_CODE_IDENTITY_MISMATCH: _ReasonCode.ValueType  # 20
-    """Inbound rejections (转入地退回).
+    """Inbound rejections (转入地退回), 20 to 98.
+
     身份信息不符 identity does not match
     """
     REASON_CODE_NOT_ENROLLED_AT_INBOUND: _ReasonCode.ValueType  # 21
@@ -154,8 +161,10 @@ class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """Why a case is refused or a message rejected (不予办理/退回原因)."""
 
 REASON_CODE_UNSPECIFIED: ReasonCode.ValueType  # 0
+"""Not set: refused."""
 REASON_CODE_UNSETTLED_HOSPITAL_STAY: ReasonCode.ValueType  # 1
-"""Outbound refusals (转出地不予转出).
+"""Outbound refusals (转出地不予转出), 1 to 19.
+
 在院未结算 unsettled hospital stay
 """
 REASON_CODE_ARREARS: ReasonCode.ValueType  # 2
@@ -171,7 +180,8 @@ REASON_CODE_ACCOUNT_OVERDRAWN: ReasonCode.ValueType  # 6
 REASON_CODE_RETIRED: ReasonCode.ValueType  # 7
 """已退休 retired employee, not covered"""
 REASON_CODE_IDENTITY_MISMATCH: ReasonCode.ValueType  # 20
-"""Inbound rejections (转入地退回).
+"""Inbound rejections (转入地退回), 20 to 98.
+
 身份信息不符 identity does not match
 """
 REASON_CODE_NOT_ENROLLED_AT_INBOUND: ReasonCode.ValueType  # 21
