@@ -1,96 +1,124 @@
-"""`transfer-gateway`: serve, make dev certificates, run the demo, benchmark."""
+"""`transfer-gateway`: serve, check a configuration, migrate, review held transfers, report,
+make dev certificates, run the demo, benchmark.
+
+Every command ends the same way on failure: one `error:` line naming the file, setting or
+address (and a `hint:` when one helps), and an exit code by kind: 78 for configuration, 69 for
+an unreachable dependency, 1 otherwise (`gateway.app.failures`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.app import logs
+from gateway.app.build import BuildInfo
+from gateway.app.failures import ConfigError, ExitCode, OperatorError, boundary
 
 if TYPE_CHECKING:
     from gateway.app.config import GatewayConfig
 
 
-def _config(args: argparse.Namespace) -> GatewayConfig | None:
-    """The configuration `serve` and `migrate` use: the file, or the dev layout; then options."""
-    from gateway.app.config import GatewayConfig, load_config
-    from gateway.app.devpki import DevPaths
-    from gateway.store.engines import store_config
+def _store_table(value: str) -> dict[str, str]:
+    """`--store`: a postgresql:// URL, or a SQLite file (relative to the current folder)."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return {"postgresql": value}
+    return {"sqlite": str(Path(value).absolute())}
 
-    if args.config:
-        config = load_config(Path(args.config))
-    else:
-        certs = Path(args.certs)
-        if not DevPaths(certs).registry.exists():
-            print(f"no dev certificates in {certs}: run `transfer-gateway certs dev` first", file=sys.stderr)
-            return None
-        config = GatewayConfig.dev(certs)
-    if getattr(args, "listen", None):
-        config = replace(config, listen=args.listen)
+
+def _gateway_config(args: argparse.Namespace) -> tuple[GatewayConfig, str]:
+    """The configuration `serve` and `migrate` use, and where it came from: the file, or the dev
+    layout; command-line options replace its settings and are checked the same way.
+
+    Raises ConfigError.
+    """
+    from gateway.app.config import config_from, dev_settings, load_config
+    from gateway.app.devpki import DevPaths
+
+    overrides: dict[str, tuple[str, Any]] = {}
+    if getattr(args, "listen", None) is not None:
+        overrides["listen"] = ("--listen", args.listen)
     if getattr(args, "metrics_listen", None) is not None:
-        config = replace(config, metrics_listen=args.metrics_listen or None)
+        overrides["metrics_listen"] = ("--metrics-listen", args.metrics_listen)
     if args.store:
-        config = replace(config, store=store_config(args.store))
-    return config
+        overrides["store"] = ("--store", _store_table(args.store))
+    if args.config:
+        return load_config(Path(args.config), overrides), args.config
+    certs = Path(args.certs)
+    if not DevPaths(certs).registry.exists():
+        raise ConfigError(f"{certs}: no dev certificates there (no registry.json)",
+                          hint="run `transfer-gateway certs dev`, or give --config FILE")
+    source = f"dev layout {certs}"
+    return config_from(dev_settings(certs), source=source, base=Path.cwd(), overrides=overrides), source
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.app.assembly import assemble
     from gateway.app.server import serve
 
-    config = _config(args)
-    if config is None:
-        return 2
-    logs.configure(args.log_level)
-    asyncio.run(serve(config))
-    return 0
+    config, source = _gateway_config(args)
+    server = assemble(config, source=source)  # reads every file before anything starts
+    asyncio.run(serve(server))
+    return ExitCode.OK
 
 
 def _migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the schema and exit (replicas also migrate at start-up, one at a time)."""
-    from gateway.app.server import utc_now
+    from gateway.app.progress import Progress
+    from gateway.app.server import store_description, utc_now
     from gateway.core.sla import Sla
     from gateway.core.workdays import WorkingCalendar
     from gateway.store.engines import make_store
+    from gateway.store.sql import MIGRATIONS
 
-    config = _config(args)
-    if config is None:
-        return 2
-    logs.configure(args.log_level)
+    config, _ = _gateway_config(args)
+    kind, where = store_description(config.store)
 
     async def migrate() -> None:
-        store = make_store(config.store, utc_now, Sla(WorkingCalendar()))
-        await store.open()
+        # Migrations read no deadlines: the calendar file is not needed to run them.
+        store = make_store(config.store, utc_now, Sla(WorkingCalendar(), config.sla.limits))
+        with Progress.start(f"migrating the {kind} store {where}"):
+            await store.open()
         await store.close()
 
     asyncio.run(migrate())
-    print("schema is current")
-    return 0
+    print(f"schema is current (version {len(MIGRATIONS)}) in the {kind} store {where}")
+    return ExitCode.OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.app.checks import check_config
+
+    return check_config(Path(args.file), out=sys.stdout)
 
 
 def _certs_dev(args: argparse.Namespace) -> int:
-    from gateway.app.devpki import write_dev_pki
+    from gateway.app.devpki import PkiExists, write_dev_pki
 
-    paths = write_dev_pki(Path(args.out))
-    print(f"wrote DEV ONLY PKI and registry to {paths.root}")
-    return 0
+    try:
+        paths = write_dev_pki(Path(args.out), force=args.force)
+    except PkiExists as err:
+        raise OperatorError(str(err), hint="--force replaces it; every platform then needs its new files and the"
+                                           " new registry") from err
+    except OSError as err:
+        raise OperatorError(f"{args.out}: cannot write there: {err.strerror or err}") from err
+    print(f"wrote DEV ONLY PKI and registry to {paths.root} (private keys mode 0600)")
+    return ExitCode.OK
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.devtools.demo import run_demo
 
-    logs.configure(args.log_level)
     return run_demo(transfers=args.transfers, as_json=args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from gateway.devtools.bench.harness import BenchConfig, run_bench
 
-    logs.configure(args.log_level)
     config = BenchConfig.from_options(quick=args.quick, store=args.store, window=args.window,
                                       scale_messages=args.scale_messages, cases=args.cases)
     return run_bench(config, as_json=args.json)
@@ -101,41 +129,86 @@ def _report_settlement(args: argparse.Namespace) -> int:
 
     from gateway.app.settlement import run_settlement_report
 
-    return run_settlement_report(address=args.gateway, day=dt.date.fromisoformat(args.date), certs=Path(args.certs),
+    try:
+        day = dt.date.fromisoformat(args.date)
+    except ValueError:
+        raise OperatorError(f"--date {args.date!r}: expected a day as YYYY-MM-DD, e.g. 2026-11-22") from None
+    return run_settlement_report(address=args.gateway, day=day, certs=Path(args.certs),
                                  operator=args.operator, json_output=args.json)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="transfer-gateway", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Version(argparse.Action):
+    """`--version`: one line, unwrapped (argparse's own action wraps it at the terminal width)."""
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="TOML configuration file (default: dev certificates, SQLite)")
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(BuildInfo.current().line())
+        parser.exit()
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS,
+                        help="DEBUG, INFO, WARNING or ERROR (default: INFO for serve and migrate, else WARNING)")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="transfer-gateway", description=__doc__.split("\n\n")[0],
+                                     parents=[common])
+    parser.add_argument("--version", action=_Version, help="print the version and the libraries' versions, then exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent: Any, name: str, run: Callable[[argparse.Namespace], int], help_text: str,
+                level: str = "WARNING") -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text,
+                                                         parents=[common])
+        sub.set_defaults(run=run, default_log_level=level)
+        return sub
+
+    serve = command(commands, "serve", _serve, "run the gateway", level="INFO")
+    serve.add_argument("--config", help="TOML configuration file (default: the dev layout of --certs, SQLite)")
     serve.add_argument("--certs", default="certs/dev", help="dev PKI folder when no --config is given")
-    serve.add_argument("--listen", help="gRPC address, e.g. 127.0.0.1:50051")
-    serve.add_argument("--metrics-listen", help="Prometheus address, e.g. 127.0.0.1:9095 ('' turns it off)")
-    serve.add_argument("--store", help="postgresql://… URL or SQLite database file (default var/gateway.db)")
-    serve.set_defaults(run=_serve, log_level="INFO")
+    serve.add_argument("--listen", help="gRPC address host:port, e.g. 127.0.0.1:50051 (replaces listen)")
+    serve.add_argument("--metrics-listen", help="Prometheus address host:port ('' turns it off)")
+    serve.add_argument("--store", help="postgresql://… URL or SQLite database file (replaces [store])")
 
-    migrate = commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
-    migrate.add_argument("--config", help="TOML configuration file (default: dev layout, SQLite)")
+    check = command(commands, "check-config", _check_config,
+                    "check a configuration file and every file it names, without starting")
+    check.add_argument("file", help="the TOML configuration file")
+
+    migrate = command(commands, "migrate", _migrate, "create or upgrade the store's schema, then exit",
+                      level="INFO")
+    migrate.add_argument("--config", help="TOML configuration file (default: the dev layout, SQLite)")
     migrate.add_argument("--certs", default="certs/dev", help="dev PKI folder when no --config is given")
-    migrate.add_argument("--store", help="postgresql://… URL or SQLite database file")
-    migrate.set_defaults(run=_migrate, log_level="INFO")
+    migrate.add_argument("--store", help="postgresql://… URL or SQLite database file (replaces [store])")
 
-    certs = commands.add_parser("certs", help="certificates and keys")
-    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
-    dev = certs_commands.add_parser("dev", help="write a DEV ONLY CA, certificates, keys and registry")
+    report = commands.add_parser("report", help="operator reports", parents=[common])
+    report_commands = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    settlement = command(report_commands, "settlement", _report_settlement,
+                         "funds in transit per province pair for one day")
+    settlement.add_argument("--date", required=True, help="the day (Asia/Shanghai), e.g. 2026-11-22")
+    settlement.add_argument("--gateway", default="127.0.0.1:50051", help="gateway address")
+    settlement.add_argument("--certs", default="certs/dev", help="folder with ca.pem and operators/<id>.pem|key")
+    settlement.add_argument("--operator", default="operator", help="operator certificate to use")
+    settlement.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+
+    certs = commands.add_parser("certs", help="certificates and keys", parents=[common])
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="KIND")
+    dev = command(certs_commands, "dev", _certs_dev, "write a DEV ONLY CA, certificates, keys and registry")
     dev.add_argument("--out", default="certs/dev", help="folder to write (default certs/dev)")
-    dev.set_defaults(run=_certs_dev)
+    dev.add_argument("--force", action="store_true", help="replace a PKI already in the folder")
 
-    demo = commands.add_parser("demo", help="run a gateway and both reference platforms through N cases")
+    demo = command(commands, "demo", _demo, "run a gateway and both reference platforms through N cases")
     demo.add_argument("--transfers", type=int, default=20, help="number of cases (default 20)")
     demo.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    demo.set_defaults(run=_demo)
 
-    bench = commands.add_parser("bench", help="measure the gateway against a bare gRPC echo server (loopback)")
+    bench = command(commands, "bench", _bench, "measure the gateway against a bare gRPC echo server (loopback)")
     bench.add_argument("--quick", action="store_true", help="shorter windows, 100,000 stored messages (< 3 min)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     bench.add_argument("--store", default="sqlite",
@@ -144,21 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--window", type=float, help="seconds of each measured window (default 20, quick 8)")
     bench.add_argument("--scale-messages", type=int, help="messages in the large store (default 1,000,000)")
     bench.add_argument("--cases", type=int, help="cases played end to end (default 1000, quick 200)")
-    bench.set_defaults(run=_bench)
+    return parser
 
-    report = commands.add_parser("report", help="operator reports")
-    report_commands = report.add_subparsers(dest="report_command", required=True)
-    settlement = report_commands.add_parser("settlement", help="funds in transit per province pair for one day")
-    settlement.add_argument("--date", required=True, help="the day (Asia/Shanghai), e.g. 2026-11-22")
-    settlement.add_argument("--gateway", default="127.0.0.1:50051", help="gateway address")
-    settlement.add_argument("--certs", default="certs/dev", help="folder with ca.pem and operators/<id>.pem|key")
-    settlement.add_argument("--operator", default="operator", help="operator certificate to use")
-    settlement.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    settlement.set_defaults(run=_report_settlement)
 
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.effective_log_level = getattr(args, "log_level", None) or args.default_log_level
+    logs.configure(args.effective_log_level)
+    return boundary(lambda: int(args.run(args)))
 
 
 if __name__ == "__main__":

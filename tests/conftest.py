@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app.assembly import assemble
 from gateway.app.config import GatewayConfig
 from gateway.app.devpki import DevPaths, write_dev_pki
-from gateway.app.server import GatewayServer
 from gateway.service.routing import DeliveryConfig
 from tests.support import GatewayHandle
 
@@ -31,7 +31,7 @@ def test_config(pki: DevPaths, database: Path, **overrides: object) -> GatewayCo
 
 @pytest.fixture
 async def gateway(pki: DevPaths, tmp_path: Path) -> AsyncIterator[GatewayHandle]:
-    server = GatewayServer(test_config(pki, tmp_path / "gateway.db"))
+    server = assemble(test_config(pki, tmp_path / "gateway.db"))
     await server.start()
     handle = GatewayHandle(server=server, pki=pki, database=tmp_path / "gateway.db")
     try:

@@ -1,60 +1,122 @@
-"""Configuration: frozen dataclasses, one per concern, read once at start-up by `load_config`."""
+"""Configuration: frozen dataclasses, one per concern, read once at start-up by `load_config`.
+
+Each setting is described once, on its dataclass field (`gateway.core.settings.setting`): its
+default, meaning, unit and bounds. The loader walks those descriptions, so it refuses an unknown
+key (suggesting the nearest known one), checks every value's type and range naming its key, and
+takes every default from the dataclass; `reference()` renders the same descriptions as the
+configuration reference of docs/operating.md. Adding a setting is adding one field.
+
+Checking what the files a setting names contain (certificates, keys, registry, calendar) is the
+assembly's part (`gateway.app.assembly.read_materials`): this module reads only the TOML file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import difflib
+import ipaddress
+import math
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
+from gateway.app.failures import ConfigError, bounded
 from gateway.core.case import CaseRules
+from gateway.core.settings import Setting, described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
 from gateway.store.engines import StoreConfig
-from gateway.store.postgres import PostgresConfig
 from gateway.store.sqlite import SQLiteConfig
 
+__all__ = ["ConfigError", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSConfig", "config_from", "load_config",
+           "parse_address", "reference"]
 
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says which setting."""
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets: `[::1]:50051`; port 0 picks a free port).
+
+    Raises ValueError saying what is wrong, e.g. for `localhost` (no port).
+    """
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or "]" in port:
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:50051, got {_shown(text)}")
+    if not port.isdigit() or int(port) > 65_535:
+        raise ValueError(f"port {_shown(port)} is not a number from 0 to 65535")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"unclosed [ in {_shown(text)}")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_shown(host)} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"put an IPv6 host in brackets, e.g. [::1]:50051, got {_shown(text)}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
 class TLSConfig:
-    ca: Path    # CA bundle that client (platform) certificates must chain to
-    cert: Path  # the gateway's server certificate
-    key: Path   # its private key
+    """Mutual TLS is always on: platforms and operators present certificates of this CA."""
+
+    ca: Path = setting(doc="CA bundle that platform and operator client certificates must chain to.",
+                       example='"pki/platform-ca.pem"')
+    cert: Path = setting(doc="The gateway's server certificate (PEM; its chain after it).",
+                         example='"pki/gateway.pem"')
+    key: Path = setting(doc="The server certificate's private key (PEM, unencrypted; mode 0600).",
+                        example='"pki/gateway.key"')
 
 
 @dataclass(frozen=True)
 class SigningConfig:
-    key: Path     # the gateway's receipt signing key (PKCS8 PEM)
-    key_id: str   # its id in the registry's "gateway" keys
+    """The key the gateway signs its receipts and its own messages with."""
+
+    key: Path = setting(doc="The receipt-signing private key (PKCS#8 PEM, Ed25519 or ECDSA P-256; mode 0600).",
+                        example='"pki/gateway-signing.key"')
+    key_id: str = setting(doc="Its id, listed with the same public key under \"gateway\" in the registry.",
+                          example='"gateway-2026-1"')
 
 
 @dataclass(frozen=True)
 class SlaConfig:
-    limits: Limits = field(default_factory=Limits)  # working days per stage
-    calendar_file: Path | None = None  # the State Council's notices as data, for years chinese-calendar lacks
+    """The legal time limits and the working-day calendar they are counted in."""
+
+    limits: Limits = setting(factory=Limits, doc="Working days per stage.", inline=True)
+    calendar_file: Path | None = setting(
+        None, "The State Council's yearly holiday notices as data, for years chinese-calendar does not know"
+        " (deploy/calendar/example.toml shows the format).")
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    tls: TLSConfig
-    signing: SigningConfig
-    registry: Path                     # agency registry JSON
-    store: StoreConfig                 # SQLite (one process) or PostgreSQL (several replicas)
-    listen: str = "127.0.0.1:50051"    # gRPC address (host:port; port 0 picks a free one)
-    metrics_listen: str | None = "127.0.0.1:9095"  # Prometheus /metrics; None turns it off
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
-    rules: CaseRules = field(default_factory=CaseRules)
-    sla: SlaConfig = field(default_factory=SlaConfig)
-    shutdown_grace: float = 10.0       # seconds in-flight RPCs get after SIGTERM
-    monitor_interval: float = 5.0      # seconds between readings of backlog, stages and funds into gauges
-    sweep_interval: float = 60.0       # seconds between sweeps for expired cases
+    """One gateway process."""
+
+    tls: TLSConfig = setting(doc="Mutual TLS.")
+    signing: SigningConfig = setting(doc="The gateway's signing key.")
+    registry: Path = setting(doc="The agency registry (JSON): platforms, agencies, operators and public keys.",
+                             example='"registry.json"')
+    store: StoreConfig = setting(doc="Where cases, messages and deliveries are kept: `sqlite` (one process) or"
+                                 " `postgresql` (any number of replicas).")
+    listen: str = setting("127.0.0.1:50051", "The gRPC address, host:port (port 0 picks a free port).",
+                          check=parse_address)
+    metrics_listen: str | None = setting(
+        "127.0.0.1:9095", "Prometheus /metrics address, host:port; \"\" turns it off.", check=parse_address,
+        empty_is_none=True)
+    delivery: DeliveryConfig = setting(factory=DeliveryConfig, doc="Store-and-forward delivery to platforms.")
+    rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
+    sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
+    shutdown_grace: float = setting(10.0, "Time in-flight calls get to finish after SIGTERM.",
+                                    key="shutdown_grace_seconds", unit="seconds", minimum=0)
+    monitor_interval: float = setting(5.0, "Time between readings of backlog, stages and funds into the gauges.",
+                                      key="monitor_interval_seconds", unit="seconds", minimum=0.05)
+    sweep_interval: float = setting(60.0, "Time between sweeps for expired cases.", key="sweep_interval_seconds",
+                                    unit="seconds", minimum=0.05)
 
     @classmethod
     def dev(
@@ -71,68 +133,353 @@ class GatewayConfig:
         )
 
 
-def _store(table: dict[str, Any], p: Callable[[Any, str], Path]) -> StoreConfig:
-    if "postgresql" in table:
-        return PostgresConfig(
-            url=str(table["postgresql"]), schema=str(table.get("schema", "transfer_gateway")),
-            pool_min=int(table.get("pool_min", 2)), pool_max=int(table.get("pool_max", 16)),
-            timeout=float(table.get("timeout_seconds", 5.0)),
-        )
-    if "sqlite" in table:
-        return SQLiteConfig(path=p(table["sqlite"], "store.sqlite"))
-    raise ConfigError("[store] needs sqlite = \"path\" or postgresql = \"postgresql://…\"")
+def dev_settings(certs: Path, database: Path = Path("var/gateway.db")) -> dict[str, Any]:
+    """`GatewayConfig.dev` as the settings of a file, so command-line options are checked alike."""
+    paths = DevPaths(certs)
+    return {"registry": str(paths.registry), "store": {"sqlite": str(database)},
+            "tls": {"ca": str(paths.ca), "cert": str(paths.gateway_cert), "key": str(paths.gateway_key)},
+            "signing": {"key": str(paths.gateway_signing_key), "key_id": GATEWAY_KEY_ID}}
 
 
-def load_config(path: Path) -> GatewayConfig:
+def load_config(path: Path, overrides: Mapping[str, tuple[str, Any]] | None = None) -> GatewayConfig:
     """Read a TOML configuration file; relative paths are relative to the file's folder.
 
-    Raises ConfigError naming the missing or malformed setting.
+    `overrides` maps top-level keys to (command-line option, value): they replace the file's
+    value and are checked the same way, with problems named by the option.
+
+    Raises ConfigError listing every unknown key, missing setting and bad value, each named.
     """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    base = path.parent
-
-    def p(value: Any, name: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{name} must be a path")
-        candidate = Path(value)
-        return candidate if candidate.is_absolute() else base / candidate
-
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {bounded(exc)}") from exc
     try:
-        tls, signing, store = data["tls"], data["signing"], data["store"]
-        delivery = data.get("delivery", {})
-        rules = data.get("rules", {})
-        sla = data.get("sla", {})
-        return GatewayConfig(
-            tls=TLSConfig(ca=p(tls["ca"], "tls.ca"), cert=p(tls["cert"], "tls.cert"), key=p(tls["key"], "tls.key")),
-            signing=SigningConfig(key=p(signing["key"], "signing.key"), key_id=str(signing["key_id"])),
-            registry=p(data["registry"], "registry"),
-            store=_store(store, p),
-            listen=str(data.get("listen", "127.0.0.1:50051")),
-            metrics_listen=data.get("metrics_listen", "127.0.0.1:9095") or None,
-            delivery=DeliveryConfig(
-                visibility_timeout=float(delivery.get("visibility_timeout_seconds", 30.0)),
-                max_attempts=int(delivery.get("max_attempts", 10)),
-            ),
-            rules=CaseRules(
-                review_threshold_fen=int(rules.get("review_threshold_fen", 1_000_000)),
-                waiting_period_months=int(rules.get("waiting_period_months", 6)),
-                request_expiry=dt.timedelta(days=float(rules.get("request_expiry_days", 30))),
-            ),
-            sla=SlaConfig(
-                limits=Limits(
-                    outbound=int(sla.get("outbound_working_days", 10)), inbound=int(sla.get("inbound_working_days", 5)),
-                    total=int(sla.get("total_working_days", 15)), review=int(sla.get("review_working_days", 1)),
-                ),
-                calendar_file=p(sla["calendar_file"], "sla.calendar_file") if sla.get("calendar_file") else None,
-            ),
-            shutdown_grace=float(data.get("shutdown_grace_seconds", 10.0)),
-            monitor_interval=float(data.get("monitor_interval_seconds", 5.0)),
-            sweep_interval=float(data.get("sweep_interval_seconds", 60.0)),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"{path}: missing setting {exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from(data, source=str(path), base=path.parent, overrides=overrides)
+
+
+def config_from(data: Mapping[str, Any], *, source: str, base: Path,
+                overrides: Mapping[str, tuple[str, Any]] | None = None) -> GatewayConfig:
+    """Check settings already parsed (a TOML document's tables). Raises ConfigError (see load_config)."""
+    merged = dict(data)
+    options = {}
+    for key, (option, value) in (overrides or {}).items():
+        merged[key] = value
+        options[key] = option
+    reader = _Reader(source, base, options)
+    config = reader.table(GatewayConfig, merged, ())
+    if reader.problems or not isinstance(config, GatewayConfig):
+        raise ConfigError(reader.problems or [f"{source}: cannot be used"],
+                          hint="`transfer-gateway check-config FILE` lists every problem; "
+                               "docs/operating.md describes each setting")
+    return config
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+_INVALID: Final = object()  # a value that could not be read (its problem is already recorded)
+
+
+def _shown(value: object) -> str:
+    """A value as the error shows it: quoted, on one line, bounded (it came from the file)."""
+    return bounded(repr(value), 60)
+
+
+def _kind(value: object) -> str:
+    for python, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                         (list, "an array"), (dict, "a table"), (dt.date, "a date")):
+        if isinstance(value, python):
+            return name
+    return type(value).__name__
+
+
+def _settings(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting, Any]]:
+    """The fields of `cls` that are settings, with their resolved types."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        described_as = described(field)
+        if described_as is not None:
+            yield field, described_as, hints[field.name]
+
+
+def _required(field: dataclasses.Field[Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """(the type inside `X | None`, whether None is allowed)."""
+    args = typing.get_args(tp)
+    if _is_union(tp) and type(None) in args:
+        rest = tuple(a for a in args if a is not type(None))
+        return (rest[0] if len(rest) == 1 else typing.Union[rest]), True  # noqa: UP007
+    return tp, False
+
+
+def _is_union(tp: Any) -> bool:
+    return isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union
+
+
+def _variants(tp: Any) -> tuple[type, ...]:
+    """The dataclasses of a union of dataclasses (the store), else ()."""
+    args = typing.get_args(tp) if _is_union(tp) else ()
+    return tuple(args) if args and all(dataclasses.is_dataclass(a) for a in args) else ()
+
+
+def _tag(variant: type) -> str:
+    """The key that names a variant of a union table: its first required setting."""
+    return next((s.key or f.name) for f, s, _ in _settings(variant) if _required(f))
+
+
+def _keys(cls: type) -> list[str]:
+    """The keys a table of `cls` may hold (inline sections' keys included)."""
+    keys = []
+    for field, described_as, tp in _settings(cls):
+        keys += _keys(tp) if described_as.inline else [described_as.key or field.name]
+    return keys
+
+
+def _all_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(table, key) of every setting below `cls`, for suggestions across tables."""
+    for field, described_as, tp in _settings(cls):
+        key = described_as.key or field.name
+        if described_as.inline:
+            yield from _all_keys(tp, prefix)
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            yield from _all_keys(tp, f"{prefix}.{key}" if prefix else key)
+        elif _variants(tp):
+            for variant in _variants(tp):
+                yield from _all_keys(variant, f"{prefix}.{key}" if prefix else key)
+        else:
+            yield prefix, key
+
+
+class _Reader:
+    """One reading of a document: every problem is recorded, so one run lists them all."""
+
+    def __init__(self, source: str, base: Path, options: Mapping[str, str]) -> None:
+        self.source = source
+        self.base = base
+        self.options = options
+        self.problems: list[str] = []
+
+    def where(self, table: tuple[str, ...], key: str | None = None) -> str:
+        """How a problem names its place: the command-line option, or file, [table] and key."""
+        top = table[0] if table else key
+        if top is not None and top in self.options:
+            return self.options[top]
+        section = f"[{'.'.join(table)}]" if table else ""
+        place = " ".join(part for part in (section, key) if part)
+        return f"{self.source}: {place}" if place else self.source
+
+    def problem(self, table: tuple[str, ...], key: str | None, text: str) -> object:
+        self.problems.append(f"{self.where(table, key)}: {text}")
+        return _INVALID
+
+    def table(self, cls: type, data: Any, path: tuple[str, ...]) -> Any:
+        """An instance of dataclass `cls` from a table, every key known and checked."""
+        if not isinstance(data, dict):
+            return self.problem(path[:-1], path[-1] if path else None,
+                                f"expected a table ([{'.'.join(path)}]), got {_kind(data)}")
+        kwargs, ok = self.fields(cls, data, path)
+        self.unknown(cls, data, path)
+        if not ok:
+            return _INVALID
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:  # the dataclass's own rule across its fields
+            return self.problem(path, None, str(exc))
+
+    def fields(self, cls: type, data: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for field, described_as, tp in _settings(cls):
+            if described_as.inline:
+                inner, inner_ok = self.fields(tp, data, path)
+                if inner_ok:
+                    try:
+                        kwargs[field.name] = tp(**inner)
+                    except ValueError as exc:  # the section's own rule across its fields
+                        self.problem(path, None, str(exc))
+                        inner_ok = False
+                ok = ok and inner_ok
+                continue
+            key = described_as.key or field.name
+            if key not in data:
+                if _required(field):
+                    ok = False
+                    self.missing(path, key, described_as, tp)
+                continue
+            value = self.value(tp, described_as, data[key], path, key)
+            if value is _INVALID:
+                ok = False
+            else:
+                kwargs[field.name] = value
+        return kwargs, ok
+
+    def missing(self, path: tuple[str, ...], key: str, described_as: Setting, tp: Any) -> None:
+        if dataclasses.is_dataclass(tp) or _variants(tp):
+            self.problem((), None, f"missing table [{'.'.join((*path, key))}] ({described_as.doc.rstrip('.')})")
+        else:
+            example = f", e.g. {key} = {described_as.example}" if described_as.example else ""
+            self.problem(path, key, f"required setting missing ({described_as.doc.rstrip('.')}){example}")
+
+    def unknown(self, cls: type, data: dict[str, Any], path: tuple[str, ...]) -> None:
+        known = _keys(cls)
+        for key in data:
+            if key in known:
+                continue
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+            if near:
+                hint = f"did you mean {near[0]}?"
+            else:
+                elsewhere = [f"[{t}] {k}" if t else k for t, k in _all_keys(GatewayConfig) if k == key]
+                hint = f"did you mean {elsewhere[0]}?" if elsewhere else f"known here: {', '.join(known)}"
+            self.problem(path, key, f"unknown setting ({hint})")
+
+    def value(self, tp: Any, described_as: Setting, value: Any, path: tuple[str, ...], key: str) -> Any:
+        inner, nullable = _optional(tp)
+        if nullable and described_as.empty_is_none and value == "":
+            return None
+        if dataclasses.is_dataclass(inner):
+            return self.table(inner, value, (*path, key))  # type: ignore[arg-type]
+        variants = _variants(inner)
+        if variants:
+            return self.variant(variants, value, (*path, key))
+        converted = self.scalar(inner, described_as, value, path, key)
+        if converted is _INVALID:
+            return converted
+        if described_as.check is not None:
+            try:
+                described_as.check(converted)
+            except ValueError as exc:
+                return self.problem(path, key, str(exc))
+        return converted
+
+    def variant(self, variants: tuple[type, ...], data: Any, path: tuple[str, ...]) -> Any:
+        """The one variant whose required key the table holds (the store: sqlite or postgresql)."""
+        if not isinstance(data, dict):
+            return self.problem(path[:-1], path[-1], f"expected a table, got {_kind(data)}")
+        tags = {_tag(v): v for v in variants}
+        present = [tag for tag in tags if tag in data]
+        if len(present) != 1:
+            choices = " or ".join(f"{tag} = …" for tag in tags)
+            text = f"holds both {' and '.join(present)}" if present else "names no store"
+            return self.problem(path, None, f"{text}: give exactly one of {choices}")
+        chosen = tags[present[0]]
+        others = {key for variant in variants if variant is not chosen for key in _keys(variant)}
+        for key in sorted(others.difference(_keys(chosen)).intersection(data)):
+            self.problem(path, key, f"not a setting of a {present[0]} store")
+        return self.table(chosen, {k: v for k, v in data.items() if k not in others or k in _keys(chosen)}, path)
+
+    def scalar(self, tp: Any, described_as: Setting, value: Any, path: tuple[str, ...], key: str) -> Any:
+        def wrong(expected: str) -> object:
+            return self.problem(path, key, f"expected {expected}, got {_kind(value)} {_shown(value)}")
+
+        if tp is bool:
+            return value if isinstance(value, bool) else wrong("true or false")
+        if tp is str:
+            if not isinstance(value, str):
+                return wrong("a string")
+            if not value:
+                return self.problem(path, key, "must not be empty")
+            return value
+        if tp is Path:
+            if not isinstance(value, str) or not value:
+                return wrong("a path (a non-empty string)")
+            candidate = Path(value).expanduser()
+            return candidate if candidate.is_absolute() else self.base / candidate
+        if tp in (int, float, dt.timedelta):
+            number_ok = isinstance(value, int) or (tp is not int and isinstance(value, float))
+            if isinstance(value, bool) or not number_ok or (isinstance(value, float) and not math.isfinite(value)):
+                return wrong("an integer" if tp is int else "a number")
+            unit = f" {described_as.unit}" if described_as.unit else ""
+            if described_as.minimum is not None and value < described_as.minimum:
+                return self.problem(path, key, f"must be at least {described_as.minimum:g}{unit}, got {value}")
+            if described_as.maximum is not None and value > described_as.maximum:
+                return self.problem(path, key, f"must be at most {described_as.maximum:g}{unit}, got {value}")
+            if tp is dt.timedelta:
+                return dt.timedelta(seconds=value * _UNIT_SECONDS[described_as.unit or "seconds"])
+            return tp(value)
+        raise TypeError(f"no reader for settings of type {tp!r} ({key})")  # a programming error, not the file's
+
+
+_UNIT_SECONDS: Final = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86_400}
+
+
+# -- the reference -------------------------------------------------------------------------------
+
+
+def reference() -> str:
+    """The configuration reference (a Markdown table) generated from the settings' descriptions:
+    every key, as `[table] key`, with its type, default and meaning."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    _reference_rows(GatewayConfig, (), None, rows)
+    return "\n".join(rows) + "\n"
+
+
+def _reference_rows(cls: type, path: tuple[str, ...], variant: tuple[str, str] | None, rows: list[str]) -> None:
+    """Rows for the settings of `cls` in table `path`; `variant` is (its tag, the other tags) when
+    `cls` is one kind of a union table (the store)."""
+    tables: list[tuple[Any, tuple[str, ...]]] = []
+    for field, described_as, tp in _settings(cls):
+        key = described_as.key or field.name
+        if described_as.inline:
+            _reference_rows(tp, path, variant, rows)
+        elif dataclasses.is_dataclass(tp) or _variants(tp):
+            tables.append((tp, (*path, key)))
+        else:
+            name = f"[{'.'.join(path)}] {key}" if path else key
+            default, doc = _default(field, described_as), described_as.doc
+            if variant is not None and key == variant[0]:
+                default = f"this or {variant[1]}, e.g. `{described_as.example}`"
+            elif variant is not None:
+                doc = f"With `{variant[0]}` only. {doc}"
+            rows.append(f"| `{name}` | {_type_name(tp, described_as)} | {default} | {doc} |")
+    for tp, table_path in tables:  # a table's keys after the keys above it, as in a TOML file
+        variants = _variants(tp)
+        if not variants:
+            _reference_rows(tp, table_path, None, rows)
+            continue
+        tags = [_tag(v) for v in variants]
+        for kind, tag in zip(variants, tags, strict=True):
+            _reference_rows(kind, table_path, (tag, " or ".join(f"`{t}`" for t in tags if t != tag)), rows)
+
+
+def _type_name(tp: Any, described_as: Setting) -> str:
+    """`integer 0–6 (months)`, `number ≥ 0.05 (seconds)`, `host:port`, `path`, …"""
+    inner, _ = _optional(tp)
+    if described_as.check is parse_address:
+        return "host:port"
+    name = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path",
+            dt.timedelta: "number"}.get(inner, str(inner))
+    low, high = described_as.minimum, described_as.maximum
+    if low is not None and high is not None:
+        name += f" {low:g}–{high:g}"
+    elif low is not None:
+        name += f" ≥ {low:g}"
+    elif high is not None:
+        name += f" ≤ {high:g}"
+    return f"{name} ({described_as.unit})" if described_as.unit else name
+
+
+def _default(field: dataclasses.Field[Any], described_as: Setting) -> str:
+    if _required(field):
+        return f"required, e.g. `{described_as.example}`" if described_as.example else "required"
+    value = field.default
+    if value is None:
+        return "off" if described_as.empty_is_none else "none"
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds() / _UNIT_SECONDS[described_as.unit or "seconds"]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str | Path):
+        return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+

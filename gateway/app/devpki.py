@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,11 +147,46 @@ def _issue(
     )
 
 
-def write_dev_pki(root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS) -> DevPaths:
-    """Write a fresh dev CA, gateway and platform certificates, signing keys and registry.json.
+class PkiExists(FileExistsError):
+    """The folder already holds a PKI; `existing` lists its files (relative to the folder)."""
 
-    Existing files in `root` are overwritten. Returns the paths.
+    def __init__(self, root: Path, existing: list[str]) -> None:
+        super().__init__(f"{root} already holds a PKI ({', '.join(existing[:3])}{', …' if len(existing) > 3 else ''})")
+        self.root = root
+        self.existing = existing
+
+
+def _existing(root: Path, platforms: tuple[DevPlatform, ...]) -> list[str]:
+    paths = DevPaths(root)
+    candidates = [paths.ca, paths.gateway_cert, paths.gateway_key, paths.gateway_signing_key, paths.registry]
+    for platform in platforms:
+        candidates += [paths.platform_cert(platform.id), paths.platform_key(platform.id),
+                       paths.platform_signing_key(platform.id)]
+    for operator_id, _, _ in DEV_OPERATORS:
+        candidates += [paths.operator_cert(operator_id), paths.operator_key(operator_id)]
+    return [str(p.relative_to(root)) for p in candidates if p.exists()]
+
+
+def _write_private(path: Path, pem: bytes) -> None:
+    """A private key readable by its owner only (0600 from the start: never briefly 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        out.write(pem)
+
+
+def write_dev_pki(
+    root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS, *, force: bool = False
+) -> DevPaths:
+    """Write a fresh dev CA, gateway and platform certificates, signing keys and registry.json;
+    private keys readable by their owner only. Returns the paths.
+
+    Raises PkiExists if `root` already holds any of these files and `force` is not set (a new
+    set replaces every key: each platform would need its new files and the new registry).
     """
+    existing = _existing(root, platforms)
+    if existing and not force:
+        raise PkiExists(root, existing)
     paths = DevPaths(root)
     (root / "platforms").mkdir(parents=True, exist_ok=True)
     (root / "operators").mkdir(parents=True, exist_ok=True)
@@ -191,9 +227,9 @@ def write_dev_pki(root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS
         ExtendedKeyUsageOID.SERVER_AUTH, now,
     )
     paths.gateway_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths.gateway_key.write_bytes(_pem_private(server_key))
+    _write_private(paths.gateway_key, _pem_private(server_key))
     gateway_signing = ed25519.Ed25519PrivateKey.generate()
-    paths.gateway_signing_key.write_bytes(_pem_private(gateway_signing))
+    _write_private(paths.gateway_signing_key, _pem_private(gateway_signing))
 
     registry_platforms = []
     registry_agencies = []
@@ -205,9 +241,9 @@ def write_dev_pki(root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS
             ExtendedKeyUsageOID.CLIENT_AUTH, now,
         )
         paths.platform_cert(platform.id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths.platform_key(platform.id).write_bytes(_pem_private(tls_key))
+        _write_private(paths.platform_key(platform.id), _pem_private(tls_key))
         signing = ed25519.Ed25519PrivateKey.generate()
-        paths.platform_signing_key(platform.id).write_bytes(_pem_private(signing))
+        _write_private(paths.platform_signing_key(platform.id), _pem_private(signing))
         registry_platforms.append({
             "id": platform.id,
             "name": platform.name,
@@ -226,7 +262,7 @@ def write_dev_pki(root: Path, platforms: tuple[DevPlatform, ...] = DEV_PLATFORMS
         cert = _issue(f"{operator_id} operator", tls_key, ca_cert, ca_key,
                       [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH, now)
         paths.operator_cert(operator_id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths.operator_key(operator_id).write_bytes(_pem_private(tls_key))
+        _write_private(paths.operator_key(operator_id), _pem_private(tls_key))
         registry_operators.append({"id": operator_id, "name": name, "certificate_uri": uri, "roles": list(roles)})
 
     registry = {

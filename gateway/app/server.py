@@ -1,35 +1,45 @@
-"""Assembles and runs the gateway: gRPC over mTLS, health, reflection, metrics, store, router."""
+"""The running gateway: gRPC over mTLS, health, reflection, metrics, store, monitor and sweeper.
+
+`gateway.app.assembly.assemble` builds a `GatewayServer` from what it has read; `start()` is all
+or nothing, in the order that fails cheapest first: bind the metrics port, bind the gRPC port,
+open (and migrate) the store, then serve. A failure at any step undoes the steps before it, so a
+process that cannot start leaves nothing listening, nothing half-closed and the store untouched
+by anything but its own migration.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from gateway.app.config import GatewayConfig
+from gateway.app.build import BuildInfo
+from gateway.app.config import GatewayConfig, parse_address
+from gateway.app.failures import ConfigError, Unavailable
 from gateway.app.monitor import Monitor
 from gateway.app.sweeper import CaseSweeper
-from gateway.core.registry import Registry
-from gateway.core.signing import LocalSigner
 from gateway.core.sla import Sla
-from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
-from gateway.service.authored import GatewayAuthor
 from gateway.service.exchange import ExchangeService
 from gateway.service.instrument import InstrumentedServer
 from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
-from gateway.store.engines import make_store
+from gateway.store import Store
+from gateway.store.postgres import PostgresConfig
+from gateway.store.sql import MIGRATIONS
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
 log = logging.getLogger("gateway.app.server")
@@ -58,129 +68,239 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's TLS material as read from its files."""
+
+    key: bytes
+    chain: bytes
+    ca: bytes
+
+
+@dataclass(frozen=True)
+class Services:
+    exchange: ExchangeService
+    tracking: TrackingService
+    admin: AdminService
+
+
+class GatewayHealth:
+    """The gRPC health service and what sets it: the store's reachability and the calendar."""
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+
+    async def store(self, available: bool) -> None:
+        """Without its store the gateway can receipt nothing: load balancers should look elsewhere."""
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.servicer.set(name, status)
+
+    async def calendar(self, unknown_years: list[int]) -> None:
+        await self.servicer.set(CALENDAR_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if unknown_years
+                                else health_pb2.HealthCheckResponse.SERVING)
+
+
+def _refuse_address(setting: str, address: str, exc: OSError) -> Exception:
+    """The error for an address that cannot be listened on, by whose fault it is."""
+    if exc.errno == errno.EADDRINUSE:
+        port = address.rpartition(":")[2]
+        return Unavailable(f"{setting} {address}: address already in use",
+                           hint=f"another process listens there (`ss -ltnp 'sport = :{port}'` shows which)")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"{setting} {address}: permission denied (ports below 1024 need privileges)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{setting} {address}: not an address of this machine")
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"{setting} {address}: cannot resolve the host ({exc.strerror})")
+    return Unavailable(f"{setting} {address}: cannot listen: {exc.strerror or exc}")
+
+
+def _probe(setting: str, address: str) -> None:
+    """Refuse an address no socket can be bound to, with the reason (gRPC only says "Failed to
+    bind"). Any address already taken fails; otherwise at least one of the host's addresses must
+    be bindable, as gRPC needs."""
+    host, port = parse_address(address)
+    if port == 0:
+        return
+    try:
+        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _refuse_address(setting, address, exc) from exc
+    failures: list[OSError] = []
+    for family, kind, proto, _, where in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and http.server do
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise _refuse_address(setting, address, exc) from exc
+                failures.append(exc)
+    if failures and len(failures) == len(candidates):
+        raise _refuse_address(setting, address, failures[0]) from failures[0]
+
+
+def store_description(store: Any) -> tuple[str, str]:
+    """(kind, where) of a store's configuration, for logs; never a password."""
+    if isinstance(store, PostgresConfig):
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            info = conninfo_to_dict(store.url)
+        except Exception:  # a URL psycopg cannot parse: say nothing of it rather than echo it
+            return "postgresql", f"schema {store.schema}"
+        where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        return "postgresql", f"{where} schema {store.schema}"
+    return "sqlite", str(store.path)
 
 
 class GatewayServer:
-    """One gateway process. `start()`, then `stop()`; ports are known after start."""
+    """One gateway process. `start()`, then `stop()`; `port` and `metrics_port` are known after start."""
 
     def __init__(
-        self, config: GatewayConfig, *, registry: CollectorRegistry | None = None,
-        clock: Callable[[], dt.datetime] = utc_now,
+        self, *, config: GatewayConfig, tls: ServerTls, store: Store, router: Router, services: Services,
+        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, metrics: Metrics, prometheus: CollectorRegistry,
+        sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
     ) -> None:
         self._config = config
-        self._clock = clock
-        self.prometheus = registry or CollectorRegistry()
-        self.metrics = Metrics(self.prometheus)
+        self._tls = tls
+        self._store = store
+        self._router = router
+        self._services = services
+        self._health = health
+        self.monitor = monitor
+        self.sweeper = sweeper
+        self.metrics = metrics
+        self.prometheus = prometheus
+        self.sla = sla
+        self._build = build
+        self._source = source
+        self._dev_only = dev_only
+        self._warnings = warnings
         self.port = 0
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
-        self.sla = Sla(WorkingCalendar.load(config.sla.calendar_file), config.sla.limits)
-        self._store = make_store(config.store, clock, self.sla)
-        self._router = Router(self._store, config.delivery, clock)
-        self._http: object | None = None
+        self._store_open = False
+        self._started = False
+        self._http: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        cfg = self._config
-        registry = Registry.load(cfg.registry)
-        signer = LocalSigner.from_pem(cfg.signing.key_id, cfg.signing.key.read_bytes())
-        registered = registry.gateway_keys.get(signer.key_id)
-        if registered is None or registered.public_pem() != signer.verifying_key().public_pem():
-            raise ValueError(f"signing key {signer.key_id} is not the registry's gateway key of that id")
-        if registry.dev_only:
-            log.warning("running with a DEV ONLY registry and certificates")
-        await self._store.open()
-        self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
+        """Bind both ports, open the store, serve. All or nothing: on any failure what was started is
+        stopped again before the error propagates.
 
+        Raises:
+            Unavailable: a port is taken (or cannot be bound for another passing reason).
+            ConfigError: an address that cannot be this machine's, or a privileged port.
+            StoreUnavailable: the store cannot be opened (in use, unreachable, unwritable).
+        """
+        cfg = self._config
+        for warning in self._warnings:
+            log.warning(warning)
+        if self._dev_only:
+            log.warning("running with a DEV ONLY registry and certificates")
+        try:
+            if cfg.metrics_listen:
+                self._serve_metrics(cfg.metrics_listen)
+            self._server = self._grpc_server()
+            self.port = self._bind(self._server)
+            await self._store.open()
+            self._store_open = True
+            self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
+            self._started = True
+            await self._server.start()
+            await self._health.store(True)
+            await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
+            self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
+                           asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
+        except BaseException:
+            await self._release(grace=0)
+            raise
+        kind, where = store_description(cfg.store)
+        host = parse_address(cfg.listen)[0]
+        log.info("started", extra={"fields": {
+            "version": self._build.version, "config": self._source or "(built in code)", "store": kind,
+            "store_location": where, "schema_version": len(MIGRATIONS), "listen": f"{host}:{self.port}",
+            "metrics_listen": (f"{parse_address(cfg.metrics_listen)[0]}:{self.metrics_port}" if cfg.metrics_listen
+                               else "off"),
+        }})
+
+    def _grpc_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0)],  # never share a port silently with another process
         )
         services = InstrumentedServer(server, self.metrics)  # registers with metrics and error mapping
-        exchange_pb2_grpc.add_ExchangeServicer_to_server(
-            ExchangeService(registry=registry, store=self._store, router=self._router, signer=signer,
-                            metrics=self.metrics, rules=cfg.rules, sla=self.sla, clock=self._clock),
-            services,
-        )
-        tracking_pb2_grpc.add_TrackingServicer_to_server(
-            TrackingService(registry=registry, store=self._store, rules=cfg.rules, sla=self.sla, clock=self._clock),
-            services)
-        author = GatewayAuthor(registry=registry, store=self._store, router=self._router, signer=signer,
-                               metrics=self.metrics, sla=self.sla)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(registry=registry, store=self._store, author=author, rules=cfg.rules, metrics=self.metrics,
-                         clock=self._clock),
-            services,
-        )
-        self.sweeper = CaseSweeper(store=self._store, author=author, rules=cfg.rules, metrics=self.metrics,
-                                   clock=self._clock)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        exchange_pb2_grpc.add_ExchangeServicer_to_server(self._services.exchange, services)
+        tracking_pb2_grpc.add_TrackingServicer_to_server(self._services.tracking, services)
+        admin_pb2_grpc.add_AdminServicer_to_server(self._services.admin, services)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        listen = self._config.listen
+        _probe("listen", listen)
         credentials = grpc.ssl_server_credentials(
-            [(cfg.tls.key.read_bytes(), cfg.tls.cert.read_bytes())],
-            root_certificates=cfg.tls.ca.read_bytes(),
-            require_client_auth=True,
-        )
-        self.port = server.add_secure_port(cfg.listen, credentials)
-        await server.start()
-        self._server = server
-        await self._store_health(True)
-        if cfg.metrics_listen:
-            host, port = _split_address(cfg.metrics_listen)
+            [(self._tls.key, self._tls.chain)], root_certificates=self._tls.ca, require_client_auth=True)
+        try:
+            port: int = server.add_secure_port(listen, credentials)
+        except RuntimeError as exc:  # taken between the probe and now, or refused for a reason it missed
+            raise Unavailable(f"listen {listen}: cannot listen there",
+                              hint="GRPC_VERBOSITY=debug shows gRPC's reason") from exc
+        return port
+
+    def _serve_metrics(self, address: str) -> None:
+        host, port = parse_address(address)
+        try:
             http, _thread = start_http_server(port, addr=host, registry=self.prometheus)
-            self._http = http
-            self.metrics_port = http.server_port
-        self.monitor = Monitor(store=self._store, metrics=self.metrics, sla=self.sla,
-                               platforms=list(registry.platforms), clock=self._clock, on_calendar=self._calendar_health,
-                               on_store=self._store_health)
-        await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
-        self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
-                       asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
-        log.info("serving", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}})
-
-    async def _store_health(self, available: bool) -> None:
-        """Without its store the gateway can receipt nothing: load balancers should look elsewhere."""
-        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, status)
-
-    async def _calendar_health(self, unknown_years: list[int]) -> None:
-        await self._health.set(CALENDAR_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if unknown_years
-                               else health_pb2.HealthCheckResponse.SERVING)
+        except OSError as exc:
+            raise _refuse_address("metrics_listen", address, exc) from exc
+        self._http = http
+        self.metrics_port = http.server_port
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, stop accepting, finish in-flight calls, flush the store."""
         if self._server is None:
             return
         log.info("draining")
-        await self._health.enter_graceful_shutdown()
+        await self._health.servicer.enter_graceful_shutdown()
+        await self._release(self._config.shutdown_grace if grace is None else grace)
+        log.info("stopped")
+
+    async def _release(self, grace: float) -> None:
+        """Undo `start` from wherever it got to, last step first."""
         self._router.close()
-        await self._server.stop(self._config.shutdown_grace if grace is None else grace)
-        self._server = None
+        if self._server is not None:
+            server, self._server = self._server, None
+            if not self._started:
+                # grpc.aio lets go of a bound port only by stopping a started server: start it
+                # NOT_SERVING for the instant it takes to stop it.
+                await self._health.store(False)
+                await server.start()
+            await server.stop(grace)
+        self._started = False
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._store.close()
+        self._tasks = []
+        if self._store_open:
+            self._store_open = False
+            await self._store.close()
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
-        log.info("stopped")
+            http, self._http = self._http, None
+            http.shutdown()
+            http.server_close()
 
 
-async def serve(config: GatewayConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully."""
-    server = GatewayServer(config)
-    await server.start()
-    tune_collector()
+async def serve(server: GatewayServer) -> None:
+    """Start `server` and run it until SIGTERM or SIGINT, then drain gracefully."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    print(f"transfer-gateway listening on {config.listen.rpartition(':')[0]}:{server.port}"
-          + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""), flush=True)
+    await server.start()
+    tune_collector()
     await stopping.wait()
     await server.stop()

@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol, TypeAlias
 
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import BusinessMessage, MessageKind, kind_of
+from gateway.core.settings import setting
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
@@ -155,9 +156,15 @@ _ACK_EVENTS: Final[Mapping[int, Event]] = {
 class CaseRules:
     """Configuration of the rules (provincial practice varies)."""
 
-    review_threshold_fen: int = 1_000_000  # fund transfers above this are held for review (10,000 yuan)
-    waiting_period_months: int = 6         # waiting period after a gap of more than 3 months (≤ 6)
-    request_expiry: dt.timedelta = dt.timedelta(days=30)  # a request the outbound never answers expires
+    review_threshold_fen: int = setting(
+        1_000_000, "Fund transfers above this amount wait for a reviewer's decision (1,000,000 fen: 10,000 yuan).",
+        unit="fen", minimum=0)
+    waiting_period_months: int = setting(
+        6, "Waiting period before benefits after a contribution gap of more than 3 months (the measures allow"
+        " at most 6).", unit="months", minimum=0, maximum=6)
+    request_expiry: dt.timedelta = setting(
+        dt.timedelta(days=30), "A transfer request the outbound side never answers expires after this.",
+        key="request_expiry_days", unit="days", minimum=0.001)
 
     def __post_init__(self) -> None:
         if self.request_expiry <= dt.timedelta(0):

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Final
 
 from gateway.core.case import Case
+from gateway.core.settings import setting
 from gateway.core.workdays import WorkingCalendar, local_date
 from mitransfer.v1 import tracking_pb2
 
@@ -60,10 +61,14 @@ ACTIVE: Final[Mapping[Stage, Callable[[Case], bool]]] = {
 class Limits:
     """Working days allowed per stage."""
 
-    outbound: int = 10
-    inbound: int = 5
-    total: int = 15
-    review: int = 1
+    outbound: int = setting(10, "Working days the outbound agency has to send the information table"
+                            " (and the funds).", key="outbound_working_days", unit="working days", minimum=1)
+    inbound: int = setting(5, "Working days the inbound agency has to complete the transfer once it has"
+                           " everything.", key="inbound_working_days", unit="working days", minimum=1)
+    total: int = setting(15, "Working days the whole case may take.", key="total_working_days",
+                         unit="working days", minimum=1)
+    review: int = setting(1, "Working days a reviewer has to decide on a held fund transfer.",
+                          key="review_working_days", unit="working days", minimum=1)
 
     def __post_init__(self) -> None:
         if min(self.outbound, self.inbound, self.total, self.review) < 1:

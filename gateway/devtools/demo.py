@@ -14,9 +14,9 @@ from pathlib import Path
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import ScenarioResult, run_cases
+from gateway.app.assembly import assemble
 from gateway.app.config import GatewayConfig
 from gateway.app.devpki import DEV_PLATFORMS, write_dev_pki
-from gateway.app.server import GatewayServer
 
 
 def _agencies(platform: str) -> tuple[str, ...]:
@@ -45,7 +45,7 @@ class _Progress:
 
 async def _demo(transfers: int, workdir: Path, progress: _Progress) -> tuple[ScenarioResult, dict[str, float]]:
     pki = write_dev_pki(workdir / "pki")
-    server = GatewayServer(GatewayConfig.dev(pki.root, workdir / "gateway.db", listen="127.0.0.1:0",
+    server = assemble(GatewayConfig.dev(pki.root, workdir / "gateway.db", listen="127.0.0.1:0",
                                              metrics_listen=None))
     await server.start()
     try:

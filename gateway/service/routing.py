@@ -14,13 +14,17 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from gateway.core.settings import setting
 from gateway.store import ClaimedDelivery, Store
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    visibility_timeout: float = 30.0  # seconds a delivery waits for its ack before it is redelivered
-    max_attempts: int = 10            # unacknowledged attempts before the dead-letter state
+    visibility_timeout: float = setting(
+        30.0, "An unacknowledged delivery is delivered again after this.", key="visibility_timeout_seconds",
+        unit="seconds", minimum=0.01)
+    max_attempts: int = setting(10, "Unacknowledged attempts before a delivery goes to the dead-letter state.",
+                                minimum=1)
     batch: int = 64                   # deliveries leased per store call
     poll_interval: float = 1.0        # seconds between store polls when nothing wakes a subscriber
 

@@ -30,6 +30,7 @@ import psycopg_pool
 from psycopg import sql as pgsql
 
 from gateway.core.errors import StoreUnavailable
+from gateway.core.settings import setting
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.store import (
@@ -57,11 +58,18 @@ _RETRIES: Final = 3  # deadlocks and serialization failures are retried this oft
 
 @dataclass(frozen=True)
 class PostgresConfig:
-    url: str                     # postgresql://user@host:5432/dbname (libpq conninfo or URL)
-    schema: str = "transfer_gateway"  # the gateway's tables live in this schema (created if missing)
-    pool_min: int = 2
-    pool_max: int = 16
-    timeout: float = 5.0         # seconds to wait for a connection before answering UNAVAILABLE
+    url: str = setting(doc="The PostgreSQL database every replica shares (a libpq URL; the password belongs in"
+                       " ~/.pgpass or PGPASSWORD, not here).", key="postgresql",
+                       example='"postgresql://transfer_gateway@db.internal:5432/transfer_gateway"')
+    schema: str = setting("transfer_gateway", "The schema holding the gateway's tables (created if missing).")
+    pool_min: int = setting(2, "Connections each replica keeps open.", minimum=0)
+    pool_max: int = setting(16, "Most connections each replica opens (at least pool_min).", minimum=1)
+    timeout: float = setting(5.0, "How long a call waits for a connection before it is answered UNAVAILABLE.",
+                             key="timeout_seconds", unit="seconds", minimum=0.1)
+
+    def __post_init__(self) -> None:
+        if self.pool_max < self.pool_min:
+            raise ValueError("pool_max must be at least pool_min")
 
 
 @functools.lru_cache(maxsize=512)
@@ -84,7 +92,15 @@ class PostgresStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect the pool and migrate. Raises StoreUnavailable with the server's own reason."""
         options = f"-c search_path={self._config.schema}"
+        try:  # one plain connection first: the pool would only say it timed out, not why
+            probe = await psycopg.AsyncConnection.connect(self._config.url, connect_timeout=max(1, round(
+                self._config.timeout)))
+            await probe.close()
+        except psycopg.Error as err:
+            reason = " ".join(str(err).split())  # libpq's message, password-free, over several lines
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {reason}", reason="STORE_UNAVAILABLE") from err
         self._pool = psycopg_pool.AsyncConnectionPool(
             self._config.url, min_size=self._config.pool_min, max_size=self._config.pool_max,
             timeout=self._config.timeout, kwargs={"options": options, "connect_timeout": 5}, open=False,

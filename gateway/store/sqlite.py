@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.core.errors import StoreUnavailable
+from gateway.core.settings import setting
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.store import (
@@ -48,9 +51,36 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SQLiteConfig:
-    path: Path                  # database file; its directory must exist
+    path: Path = setting(doc="The SQLite database file (one gateway process; its folder is created).",
+                         key="sqlite", example='"/var/lib/transfer-gateway/gateway.db"')
     batch_max: int = 256        # most jobs committed together
     busy_timeout_ms: int = 5000
+
+
+def _exclusive(path: Path) -> int:
+    """Lock `path` for this process: an exclusive `flock` on the side file `<path>.lock`, which
+    holds the owner's pid. SQLite's own locks allow a second writer process to wait its turn;
+    two gateways on one file would each believe their single writer thread sees every write.
+    A side file (not `locking_mode=EXCLUSIVE`) leaves WAL and the read-only connection as they are.
+    The lock goes with the descriptor: a killed process never leaves a stale lock behind.
+
+    Raises StoreUnavailable naming the file and the pid holding it.
+    """
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise StoreUnavailable(
+            f"SQLite store {path} is in use by another process" + (f" (pid {holder})" if holder.isdigit() else "")
+            + "; one gateway process per SQLite file (PostgreSQL for several)", reason="STORE_UNAVAILABLE") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclass
@@ -97,16 +127,31 @@ class SQLiteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._reads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock: int | None = None  # descriptor of the held lock file
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._config.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the file (see `_exclusive`), migrate it, start the writer and the reader.
+
+        Raises StoreUnavailable naming the file: held by another process, or cannot be opened.
+        """
+        try:
+            self._config.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _exclusive(self._config.path)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc.strerror or exc}",
+                                   reason="STORE_UNAVAILABLE") from exc
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="sqlite-writer", daemon=True)
         self._thread.start()
-        await ready
+        try:
+            await ready
+        except BaseException:
+            self._thread = None
+            self._release_lock()
+            raise
         self._reads = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._reader = await self._loop.run_in_executor(self._reads, self._connect_reader)
 
@@ -122,6 +167,12 @@ class SQLiteStore:
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
 
     def _connect_reader(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
@@ -177,7 +228,7 @@ class SQLiteStore:
             conn = self._connect()
             self._migrate(conn)
         except Exception as exc:  # report to open(), then stop the thread
-            error = StoreUnavailable(f"cannot open SQLite store: {exc}", reason="STORE_UNAVAILABLE")
+            error = StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc}", reason="STORE_UNAVAILABLE")
             loop.call_soon_threadsafe(_settle, ready, None, error)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app.config import load_config
+from gateway.app.failures import ExitCode
 from gateway.store.postgres import PostgresConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
@@ -26,7 +27,9 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     # verify checks that ExecStart exists: point it at this checkout's installed command.
     command = Path(sys.executable).parent / "transfer-gateway"
     unit = (DEPLOY / "systemd" / "transfer-gateway@.service").read_text(encoding="utf-8")
-    assert "/opt/transfer-gateway/bin/transfer-gateway serve" in unit and "migrate" in unit
+    assert "/opt/transfer-gateway/bin/transfer-gateway serve" in unit
+    # A configuration error (exit 78) stops the restarts; and only the main process's status counts.
+    assert f"RestartPreventExitStatus={ExitCode.CONFIG.value}" in unit and "\nExecStartPre=" not in unit
     instance = tmp_path / "transfer-gateway@1.service"
     instance.write_text(unit.replace("/opt/transfer-gateway/bin/transfer-gateway", str(command)), encoding="utf-8")
     run = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60)

@@ -31,8 +31,8 @@ import yaml
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import run_cases
+from gateway.app.assembly import assemble
 from gateway.app.devpki import DevPaths
-from gateway.app.server import GatewayServer
 from tests.conftest import test_config as gateway_config
 from tests.support import free_port
 
@@ -120,7 +120,7 @@ class Scraped:
 @pytest.fixture
 async def scraped(pki: DevPaths, tmp_path: Path) -> AsyncIterator[Scraped]:
     prometheus_bin = tool("prometheus")
-    server = GatewayServer(gateway_config(pki, tmp_path / "g.db"))
+    server = assemble(gateway_config(pki, tmp_path / "g.db"))
     await server.start()
     web = f"127.0.0.1:{free_port()}"
     config = tmp_path / "prometheus.yml"

@@ -154,13 +154,13 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
 async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPaths, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from gateway.app.server import GatewayServer
+    from gateway.app.assembly import assemble
     from gateway.core.case import CaseRules
     from tests.conftest import test_config
 
     config = replace(test_config(pki, tmp_path / "g.db"), sweep_interval=0.1,
                      rules=CaseRules(request_expiry=dt.timedelta(seconds=1)))
-    server = GatewayServer(config)
+    server = assemble(config)
     await server.start()
     gateway = GatewayHandle(server=server, pki=pki, database=tmp_path / "g.db")
     try:

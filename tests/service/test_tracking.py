@@ -20,6 +20,7 @@ from clients.errors import GatewayRejected
 from clients.platform import PlatformClient, PlatformConfig
 from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import CasePlan, run_cases, send_case
+from gateway.app.assembly import assemble
 from gateway.app.config import SlaConfig
 from gateway.app.devpki import DevPaths
 from gateway.app.server import CALENDAR_HEALTH, GatewayServer
@@ -57,7 +58,7 @@ class Setup:
 @pytest.fixture
 async def setup(pki: DevPaths, tmp_path: Path) -> AsyncIterator[Setup]:
     clock = ShiftedClock()
-    server = GatewayServer(gateway_config(pki, tmp_path / "g.db"), clock=clock)
+    server = assemble(gateway_config(pki, tmp_path / "g.db"), clock=clock)
     await server.start()
     address = f"127.0.0.1:{server.port}"
     try:
@@ -225,7 +226,7 @@ async def calendar_health(pki: DevPaths, tmp_path: Path, calendar_file: Path | N
     the fallback gauge for 2100."""
     config = gateway_config(pki, tmp_path / f"{calendar_file is not None}.db")
     config = replace(config, sla=SlaConfig(calendar_file=calendar_file))
-    server = GatewayServer(config, clock=FixedClock(dt.datetime(2099, 12, 20, 2, tzinfo=dt.UTC)))
+    server = assemble(config, clock=FixedClock(dt.datetime(2099, 12, 20, 2, tzinfo=dt.UTC)))
     await server.start()
     try:
         async with secure_channel(pki, "jiangsu", server.port) as channel:

@@ -183,12 +183,13 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
 async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tuple[int, Callable[[], Awaitable[None]]]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr)."""
     from gateway.app import logs
+    from gateway.app.assembly import assemble
     from gateway.app.config import GatewayConfig
-    from gateway.app.server import GatewayServer, tune_collector
+    from gateway.app.server import tune_collector
 
     logs.configure(log_level)
     config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen=None), store=store)
-    server = GatewayServer(config)
+    server = assemble(config)
     await server.start()
     tune_collector()  # as `serve` does
 

@@ -1,0 +1,262 @@
+"""Assembly: read what the configuration points to, then build the gateway from it.
+
+`read_materials` reads and checks every file a configuration names (TLS certificates and key,
+signing key, registry, calendar) and reports every problem at once, each naming its setting and
+file: it is both the first step of start-up and the whole of `transfer-gateway check-config`.
+`assemble` makes the objects (store, router, services, monitor, sweeper) and hands each what it
+uses; no constructor reads a file or opens anything, and `GatewayServer.start` binds and opens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PrivateKeyTypes, PublicKeyTypes
+from prometheus_client import CollectorRegistry
+
+from gateway.app.build import BuildInfo
+from gateway.app.config import GatewayConfig
+from gateway.app.failures import ConfigError, bounded
+from gateway.app.monitor import Monitor
+from gateway.app.server import GatewayHealth, GatewayServer, ServerTls, Services, utc_now
+from gateway.app.sweeper import CaseSweeper
+from gateway.core.registry import Registry
+from gateway.core.signing import LocalSigner
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
+from gateway.service.admin import AdminService
+from gateway.service.authored import GatewayAuthor
+from gateway.service.exchange import ExchangeService
+from gateway.service.metrics import Metrics
+from gateway.service.routing import Router
+from gateway.service.tracking import TrackingService
+from gateway.store.engines import make_store
+from gateway.store.sqlite import SQLiteConfig
+
+EXPIRY_WARNING: Final = dt.timedelta(days=30)  # a certificate closer than this to its end is reported
+
+
+@dataclass(frozen=True)
+class Materials:
+    """What the configured files hold, read and checked; `warnings` are worth a look, not fatal."""
+
+    registry: Registry
+    signer: LocalSigner
+    tls: ServerTls
+    calendar: WorkingCalendar
+    certificate_expires: dt.datetime
+    warnings: tuple[str, ...] = field(default=())
+
+
+class _Files:
+    """Reads the configured files, recording each problem under the setting that names the file."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def read(self, setting: str, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            self.problems.append(f"{setting}: {path}: no such file")
+        except IsADirectoryError:
+            self.problems.append(f"{setting}: {path}: is a folder, not a file")
+        except PermissionError:
+            self.problems.append(f"{setting}: {path}: permission denied (the gateway's user must be able to read it)")
+        except OSError as exc:
+            self.problems.append(f"{setting}: {path}: {bounded(exc.strerror or exc)}")
+        return None
+
+    def private(self, setting: str, path: Path, *, dev_only: bool) -> None:
+        """A private key others can read is worth a warning (not for throwaway dev keys)."""
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            return
+        if mode & 0o077 and not dev_only:
+            self.warnings.append(f"{setting}: {path}: private key readable by others (mode {mode:04o}); "
+                                 f"chmod 600 it")
+
+
+def _certificates(files: _Files, setting: str, pem: bytes, path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        files.problems.append(f"{setting}: {path}: not a PEM certificate")
+        return []
+
+
+def _private_key(files: _Files, setting: str, pem: bytes, path: Path) -> PrivateKeyTypes | None:
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        files.problems.append(f"{setting}: {path}: the key is encrypted; the gateway needs it unencrypted "
+                              f"(and readable only by its user)")
+    except (ValueError, UnsupportedAlgorithm):
+        files.problems.append(f"{setting}: {path}: not a PEM private key")
+    return None
+
+
+def _public(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def read_materials(config: GatewayConfig, *, now: dt.datetime) -> Materials:
+    """Read and check every file `config` names.
+
+    Raises ConfigError listing every problem (a missing or unreadable file, a certificate that
+    is not one or has expired, a key that does not match its certificate, a registry that does not
+    list the signing key, a calendar that does not parse), each with its setting and path.
+    """
+    files = _Files()
+    registry = _registry(files, config.registry)
+    dev_only = registry.dev_only if registry is not None else False
+    tls, expires = _tls(files, config, now, dev_only=dev_only)
+    signer = _signer(files, config, registry, dev_only=dev_only)
+    calendar = _calendar(files, config.sla.calendar_file)
+    if isinstance(config.store, SQLiteConfig):
+        _sqlite_location(files, config.store.path)
+    if files.problems or registry is None or tls is None or signer is None or calendar is None or expires is None:
+        raise ConfigError(files.problems or ["the configured files cannot be used"])
+    return Materials(registry=registry, signer=signer, tls=tls, calendar=calendar, certificate_expires=expires,
+                     warnings=tuple(files.warnings))
+
+
+def _registry(files: _Files, path: Path) -> Registry | None:
+    data = files.read("registry", path)
+    if data is None:
+        return None
+    try:
+        return Registry.from_dict(json.loads(data))
+    except ValueError as exc:  # JSON that does not parse, or a RegistryError
+        files.problems.append(f"registry: {path}: {bounded(exc)}")
+    except (TypeError, AttributeError) as exc:  # JSON of the wrong shape at the top
+        files.problems.append(f"registry: {path}: not a registry ({bounded(exc)})")
+    return None
+
+
+def _tls(
+    files: _Files, config: GatewayConfig, now: dt.datetime, *, dev_only: bool
+) -> tuple[ServerTls | None, dt.datetime | None]:
+    ca_pem = files.read("[tls] ca", config.tls.ca)
+    cert_pem = files.read("[tls] cert", config.tls.cert)
+    key_pem = files.read("[tls] key", config.tls.key)
+    if ca_pem is not None:
+        _certificates(files, "[tls] ca", ca_pem, config.tls.ca)
+    chain = _certificates(files, "[tls] cert", cert_pem, config.tls.cert) if cert_pem is not None else []
+    key = _private_key(files, "[tls] key", key_pem, config.tls.key) if key_pem is not None else None
+    files.private("[tls] key", config.tls.key, dev_only=dev_only)
+    if not chain:
+        return None, None
+    leaf = chain[0]
+    if now > leaf.not_valid_after_utc:
+        files.problems.append(f"[tls] cert: {config.tls.cert}: expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
+    elif now < leaf.not_valid_before_utc:
+        files.problems.append(f"[tls] cert: {config.tls.cert}: not valid before {leaf.not_valid_before_utc:%Y-%m-%d}")
+    elif now + EXPIRY_WARNING > leaf.not_valid_after_utc:
+        files.warnings.append(f"[tls] cert: {config.tls.cert}: expires on {leaf.not_valid_after_utc:%Y-%m-%d}")
+    if key is not None and _public(key.public_key()) != _public(leaf.public_key()):
+        files.problems.append(f"[tls] key: {config.tls.key}: does not match the certificate {config.tls.cert}")
+    if ca_pem is None or cert_pem is None or key_pem is None:
+        return None, None
+    return ServerTls(key=key_pem, chain=cert_pem, ca=ca_pem), leaf.not_valid_after_utc
+
+
+def _signer(files: _Files, config: GatewayConfig, registry: Registry | None, *, dev_only: bool) -> LocalSigner | None:
+    key_id, path = config.signing.key_id, config.signing.key
+    pem = files.read("[signing] key", path)
+    if pem is None:
+        return None
+    files.private("[signing] key", path, dev_only=dev_only)
+    try:
+        signer = LocalSigner.from_pem(key_id, pem)
+    except TypeError:
+        files.problems.append(f"[signing] key: {path}: the key is encrypted; the gateway needs it unencrypted")
+        return None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        files.problems.append(f"[signing] key: {path}: not a usable signing key ({bounded(exc)})")
+        return None
+    if registry is not None:
+        registered = registry.gateway_keys.get(key_id)
+        if registered is None:
+            known = ", ".join(sorted(registry.gateway_keys)) or "none"
+            files.problems.append(f"[signing] key_id: {key_id!r} is not a gateway key of the registry "
+                                  f"{config.registry} (it lists: {known})")
+        elif registered.public_pem() != signer.verifying_key().public_pem():
+            files.problems.append(f"[signing] key: {path}: is not the key the registry lists as {key_id}")
+    return signer
+
+
+def _sqlite_location(files: _Files, path: Path) -> None:
+    """The database file, its WAL and lock files need a folder this user may write in."""
+    if path.exists():
+        if not path.is_file():
+            files.problems.append(f"[store] sqlite: {path}: is not a file")
+        elif not os.access(path, os.R_OK | os.W_OK):
+            files.problems.append(f"[store] sqlite: {path}: not writable by this user")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folder is created: the first one that exists must be writable
+    if not folder.is_dir():
+        files.problems.append(f"[store] sqlite: {path}: {folder} is not a folder")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        files.problems.append(f"[store] sqlite: {path}: the folder {folder} is not writable by this user")
+
+
+def _calendar(files: _Files, path: Path | None) -> WorkingCalendar | None:
+    if path is None:
+        return WorkingCalendar()
+    if files.read("[sla] calendar_file", path) is None:
+        return None
+    try:
+        return WorkingCalendar.load(path)
+    except ValueError as exc:  # CalendarFileError: its message names the file
+        files.problems.append(f"[sla] calendar_file: {bounded(exc)}")
+        return None
+
+
+def assemble(
+    config: GatewayConfig, *, clock: Callable[[], dt.datetime] = utc_now, prometheus: CollectorRegistry | None = None,
+    materials: Materials | None = None, source: str = "", build: BuildInfo | None = None,
+) -> GatewayServer:
+    """The gateway of `config`, built and not started (`await server.start()` binds and opens).
+
+    `source` names the configuration (its file) in the start-up line. Raises ConfigError (see
+    `read_materials`) when `materials` are not given and a file cannot be used.
+    """
+    materials = materials or read_materials(config, now=utc_now())  # TLS checks certificates by the wall clock
+    prometheus = prometheus or CollectorRegistry()
+    build = build or BuildInfo.current()
+    build.register(prometheus)
+    metrics = Metrics(prometheus)
+    sla = Sla(materials.calendar, config.sla.limits)
+    store = make_store(config.store, clock, sla)
+    router = Router(store, config.delivery, clock)
+    registry, signer, rules = materials.registry, materials.signer, config.rules
+    author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
+    services = Services(
+        exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
+                                 rules=rules, sla=sla, clock=clock),
+        tracking=TrackingService(registry=registry, store=store, rules=rules, sla=sla, clock=clock),
+        admin=AdminService(registry=registry, store=store, author=author, rules=rules, metrics=metrics, clock=clock),
+    )
+    health = GatewayHealth()
+    monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=list(registry.platforms), clock=clock,
+                      on_calendar=health.calendar, on_store=health.store)
+    sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
+    return GatewayServer(
+        config=config, tls=materials.tls, store=store, router=router, services=services, health=health,
+        monitor=monitor, sweeper=sweeper, metrics=metrics, prometheus=prometheus, sla=sla, build=build,
+        source=source, dev_only=registry.dev_only, warnings=materials.warnings,
+    )
