@@ -13,7 +13,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 from clients import idnumbers
 from mitransfer.v1 import messages_pb2, types_pb2
@@ -25,6 +25,15 @@ CHINA_TZ: Final = dt.timezone(dt.timedelta(hours=8), "CST")
 Ack = messages_pb2.Acknowledgement
 EMPLOYEE: Final = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC  # 310, has a personal account
 RESIDENT: Final = types_pb2.INSURANCE_TYPE_RESIDENT_BASIC  # 390, no personal account
+UNSPECIFIED: Final = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+InsuranceType: TypeAlias = types_pb2.InsuranceType.ValueType
+MAX_PSN_NO: Final = 30
+
+
+def balance_moves(outbound: InsuranceType, inbound: InsuranceType, balance_fen: int) -> bool:
+    """Whether a fund transfer is due: employee → employee (310 → 310) with a positive balance.
+    From employee to resident insurance the balance stays with the person at the outbound side."""
+    return outbound == EMPLOYEE and inbound == EMPLOYEE and balance_fen > 0
 
 
 def new_id() -> str:
@@ -80,12 +89,22 @@ def reason(code: types_pb2.ReasonCode.ValueType, text: str = "") -> types_pb2.Re
 
 def outbound_notice_accepted(
     route: Route, person: types_pb2.Person, insurance_type: types_pb2.InsuranceType.ValueType,
-    suspension_date: dt.date, *, created_at: dt.datetime | None = None,
+    suspension_date: dt.date, *, inbound_insurance_type: InsuranceType | None = None,
+    created_at: dt.datetime | None = None,
 ) -> messages_pb2.OutboundNotice:
-    """转出通知（同意转出）: opens the case; the relationship is suspended on `suspension_date`."""
+    """转出通知（同意转出）: opens the case (or answers the request that opened it); the relationship
+    is suspended on `suspension_date`, which is not after today.
+
+    `inbound_insurance_type`: the scheme at the inbound side, which a notice that opens the case
+    must state (it decides whether the balance moves); None: the same scheme as the outbound side.
+    Raises ValueError for a suspension date after today (Beijing).
+    """
+    if suspension_date > today_in_china(created_at):
+        raise ValueError("a suspension date after today: report a suspension once it is done")
     notice = messages_pb2.OutboundNotice(
         header=route.header(created_at=created_at), person=person, insurance_type=insurance_type,
         outcome=messages_pb2.OutboundNotice.OUTCOME_ACCEPTED,
+        inbound_insurance_type=insurance_type if inbound_insurance_type is None else inbound_insurance_type,
     )
     notice.suspension_date.CopyFrom(proto_date(suspension_date))
     return notice
@@ -105,11 +124,14 @@ def outbound_notice_refused(
 
 
 def contribution_period(
-    pooling_region: str, first: tuple[int, int], last: tuple[int, int], months_paid: int
+    pooling_region: str, first: tuple[int, int], last: tuple[int, int], months_paid: int, *,
+    months_deemed: int = 0, insurance_type: InsuranceType = UNSPECIFIED,
 ) -> messages_pb2.ContributionPeriod:
-    """One period; `first` and `last` are (year, month), both inclusive."""
+    """One period; `first` and `last` are (year, month), both inclusive. `months_deemed`: months
+    counted as paid (视同缴费); `insurance_type`: the period's scheme when it is not the table's."""
     return messages_pb2.ContributionPeriod(
-        pooling_region=pooling_region, months_paid=months_paid,
+        pooling_region=pooling_region, months_paid=months_paid, months_deemed=months_deemed,
+        insurance_type=insurance_type,
         first_month=types_pb2.YearMonth(year=first[0], month=first[1]),
         last_month=types_pb2.YearMonth(year=last[0], month=last[1]),
     )
@@ -118,24 +140,41 @@ def contribution_period(
 def information_table(
     route: Route, person: types_pb2.Person, insurance_type: types_pb2.InsuranceType.ValueType,
     suspension_date: dt.date, periods: Sequence[messages_pb2.ContributionPeriod], account_balance_fen: int,
-    *, created_at: dt.datetime | None = None,
+    *, inbound_insurance_type: InsuranceType = UNSPECIFIED, cumulative_months: int | None = None,
+    created_at: dt.datetime | None = None,
 ) -> messages_pb2.InformationTable:
-    """《参保人员基本医疗保险信息表》; cumulative months are computed as the sum of the periods.
+    """《参保人员基本医疗保险信息表》.
 
     Person, insurance type and suspension date must be the notice's (the gateway compares them).
-    Raises ValueError if there are no periods, if they are not ordered and disjoint, pay more
-    months than they span or end after the suspension month, or if the balance is negative or
-    non-zero for 390.
+    `account_balance_fen` is the person's personal-account balance: transferred out for employee →
+    employee insurance, reported as retained at the outbound side (`account_balance_retained_fen`)
+    when `inbound_insurance_type` is resident insurance. `cumulative_months`: computed as the sum
+    of months paid and counted as paid when the periods are disjoint; required when they overlap
+    (which months were paid twice is the platform's knowledge).
+
+    Raises ValueError if there are no periods, if they are not oldest first, pay more months than
+    they span or end after the suspension month, if the cumulative months do not fit the periods,
+    or if the balance is negative or non-zero for 390.
     """
-    _check_periods(periods, suspension_date)
+    spans = _check_periods(periods, suspension_date)
+    lower, upper = _cumulative_bounds(spans)
+    if cumulative_months is None:
+        if lower != upper:
+            raise ValueError("the periods overlap: give cumulative_months, the months counted once")
+        cumulative_months = lower
+    elif not lower <= cumulative_months <= upper:
+        raise ValueError(f"cumulative_months must be between {lower} and {upper} for these periods")
     if account_balance_fen < 0:
         raise ValueError("account balance cannot be negative")
     if insurance_type != EMPLOYEE and account_balance_fen != 0:
         raise ValueError("only employee insurance (310) has a personal-account balance")
+    retained = insurance_type == EMPLOYEE and inbound_insurance_type not in (EMPLOYEE, UNSPECIFIED)
     table = messages_pb2.InformationTable(
         header=route.header(created_at=created_at), person=person, insurance_type=insurance_type,
-        periods=periods, cumulative_months=sum(p.months_paid for p in periods),
-        account_balance_fen=account_balance_fen,
+        periods=periods, cumulative_months=cumulative_months,
+        account_balance_fen=0 if retained else account_balance_fen,
+        account_balance_retained_fen=account_balance_fen if retained else 0,
+        inbound_insurance_type=inbound_insurance_type,
     )
     table.suspension_date.CopyFrom(proto_date(suspension_date))
     return table
@@ -145,21 +184,36 @@ def _month_index(ym: types_pb2.YearMonth) -> int:
     return ym.year * 12 + ym.month - 1
 
 
-def _check_periods(periods: Sequence[messages_pb2.ContributionPeriod], suspension_date: dt.date) -> None:
+def _check_periods(periods: Sequence[messages_pb2.ContributionPeriod],
+                   suspension_date: dt.date) -> list[tuple[int, int, int]]:
+    """(first, last, counted) month indices of valid periods; raises ValueError otherwise."""
     if not periods:
         raise ValueError("a table needs at least one contribution period")
-    previous_last = -1
+    previous_first = -1
+    spans = []
     for i, p in enumerate(periods):
         first, last = _month_index(p.first_month), _month_index(p.last_month)
         if not (1 <= p.first_month.month <= 12 and 1 <= p.last_month.month <= 12) or first > last:
             raise ValueError(f"periods[{i}]: months out of range or reversed")
-        if first <= previous_last:
-            raise ValueError(f"periods[{i}]: overlaps or precedes the period before it")
-        if not 0 <= p.months_paid <= last - first + 1:
-            raise ValueError(f"periods[{i}]: months_paid must be within 0..{last - first + 1}")
+        if first < previous_first:
+            raise ValueError(f"periods[{i}]: precedes the period before it (oldest first)")
+        counted = p.months_paid + p.months_deemed
+        if p.months_paid < 0 or p.months_deemed < 0 or not 1 <= counted <= last - first + 1:
+            raise ValueError(f"periods[{i}]: months_paid + months_deemed must be within 1..{last - first + 1}")
         if last > suspension_date.year * 12 + suspension_date.month - 1:
             raise ValueError(f"periods[{i}]: ends after the suspension month")
-        previous_last = last
+        previous_first = first
+        spans.append((first, last, counted))
+    return spans
+
+
+def _cumulative_bounds(spans: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """The cumulative months the periods allow, the same month never counted twice (the gateway's
+    rule CUMULATIVE_MONTHS): exactly the sum when disjoint, a range when they overlap."""
+    total = sum(counted for _, _, counted in spans)
+    covered = {m for first, last, _ in spans for m in range(first, last + 1)}
+    shared = sum(last - first + 1 for first, last, _ in spans) - len(covered)
+    return max(total - shared, max(counted for _, _, counted in spans)), min(total, len(covered))
 
 
 def fund_account(agency: str, *, receiving: bool) -> messages_pb2.FundAccount:
@@ -254,14 +308,17 @@ _BIRTH_REGIONS: Final = ("320102", "320506", "330106", "330203", "340104", "1101
 
 
 def sample_person(seed: int) -> types_pb2.Person:
-    """A clearly synthetic person ("测试人员0001") with a valid resident ID number.
+    """A clearly synthetic person ("测试人员0001") with a valid resident ID number and a synthetic
+    national person number (psn_no, 30 digits, "TEST" nowhere a real number has it).
 
     Deterministic in `seed`; born between 1960 and 2004.
     """
     birth = dt.date(1960, 1, 1) + dt.timedelta(days=(seed * 7919) % (45 * 365))
-    number = idnumbers.make(_BIRTH_REGIONS[seed % len(_BIRTH_REGIONS)], birth, seed % 1000)
+    region = _BIRTH_REGIONS[seed % len(_BIRTH_REGIONS)]
+    number = idnumbers.make(region, birth, seed % 1000)
     return types_pb2.Person(certificate_type=types_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD,
-                            certificate_number=number, name=f"测试人员{seed % 10000:04d}")
+                            certificate_number=number, name=f"测试人员{seed % 10000:04d}",
+                            psn_no=f"{region[:2]}TEST{seed % 10**24:024d}")
 
 
 def sample_periods(pooling_region: str, suspension_date: dt.date, seed: int) -> list[messages_pb2.ContributionPeriod]:

@@ -9,7 +9,7 @@ resending the same signed message later is safe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # grpc only for the annotation: this module stays importable without it
@@ -35,7 +35,8 @@ class VerificationError(ClientError):
 class GatewayRejected(ClientError):
     """The gateway refused the call, with the google.rpc.Status details it sent.
 
-    `reason` is ErrorInfo.reason (a stable code such as "FUND_AMOUNT_MISMATCH"; "" if absent) and
+    `reason` is ErrorInfo.reason (a stable code such as "FUND_AMOUNT_MISMATCH"; "" if absent),
+    `metadata` ErrorInfo.metadata (the case's state, the field a rule is about, …) and
     `field_violations` the BadRequest (field path, description) pairs.
     """
 
@@ -45,10 +46,12 @@ class GatewayRejected(ClientError):
         message: str,
         reason: str = "",
         field_violations: Sequence[tuple[str, str]] = (),
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.code = code
         self.message = message
         self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
         self.field_violations = tuple(field_violations)
         fields = "".join(f"; {path}: {text}" for path, text in self.field_violations)
         super().__init__(f"{code.name} {reason or '-'}: {message}{fields}")

@@ -283,7 +283,7 @@ async def _next_delivery(
 
 def _rejected(err: grpc.aio.AioRpcError) -> GatewayRejected:
     """A GatewayRejected with the ErrorInfo reason and BadRequest violations of a failed call."""
-    reason, violations = "", []
+    reason, violations, metadata = "", [], {}
     try:
         status = rpc_status.from_call(err)
     except ValueError:  # details inconsistent with the status line: keep the status line only
@@ -292,12 +292,12 @@ def _rejected(err: grpc.aio.AioRpcError) -> GatewayRejected:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            reason = info.reason
+            reason, metadata = info.reason, dict(info.metadata)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations = [(v.field, v.description) for v in bad.field_violations]
-    return GatewayRejected(err.code(), err.details() or "", reason, violations)
+    return GatewayRejected(err.code(), err.details() or "", reason, violations, metadata)
 
 
 def _check_own_key(keyring: KeyRing, signer: Signer, platform: str) -> None:

@@ -3,17 +3,23 @@
 Inbound (转入地): from what it remembers of a case and the message just delivered, decide which
 acknowledgements to send, in order, and what to remember next:
 
-    notice accepted               → remember the person and insurance type; nothing to send
+    notice accepted               → remember the person and both insurance types; nothing to send
     notice refused                → the case is closed; forget it
     table, no funds expected      → ACCEPTED(table), TRANSFER_IN_COMPLETED(table); forget
     table, funds expected         → remember the table; wait for the fund transfer
     fund transfer = table balance → ACCEPTED(table), FUNDS_CREDITED(transfer), TRANSFER_IN_COMPLETED(table)
     table for another person      → REJECTED(table, IDENTITY_MISMATCH)
+    enrolled before the suspension→ REJECTED(table, DUPLICATE_ENROLLMENT): the same months would be
+                                    insured twice
+    resident → resident, same year→ REJECTED(table, RESIDENT_SAME_YEAR): handled after the person
+                                    enrolls here for the next year
     fund transfer ≠ table balance → REJECTED(table, AMOUNT_MISMATCH)
     fund transfer, table unknown  → unanswerable (our memory was lost): leave it unacknowledged
 
-Funds are expected for employee insurance (310) with a positive balance. The acknowledgements
-must be submitted in the order given: the gateway's state machine accepts them only so.
+The reference platform enrolls the person on the day it accepts (a real one uses its records).
+Funds are expected for employee → employee insurance (310 → 310) with a positive balance; from
+employee to resident insurance the balance stays at the outbound side. The acknowledgements must
+be submitted in the order given: the gateway's state machine accepts them only so.
 
 Outbound (转出地): an acknowledgement TRANSFER_IN_COMPLETED completes the case, REJECTED ends it.
 """
@@ -24,7 +30,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from clients.builders import EMPLOYEE, acknowledgement, reason, today_in_china
+from clients.builders import RESIDENT, acknowledgement, balance_moves, reason, today_in_china
 from clients.messages import BusinessMessage
 from mitransfer.v1 import messages_pb2, types_pb2
 
@@ -42,12 +48,15 @@ class InboundCase:
     transfer_id: str
     person: types_pb2.Person | None = None      # from the outbound notice
     insurance_type: types_pb2.InsuranceType.ValueType = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+    # Ours: the scheme the person joins here, as the notice (or the request we sent) stated it.
+    inbound_insurance_type: types_pb2.InsuranceType.ValueType = types_pb2.INSURANCE_TYPE_UNSPECIFIED
     table: messages_pb2.Header | None = None    # the information table's header, once it came
-    balance_fen: int = 0                        # the table's personal-account balance
+    balance_fen: int = 0                        # the table's personal-account balance transferred out
 
     @property
     def funds_expected(self) -> bool:
-        return self.insurance_type == EMPLOYEE and self.balance_fen > 0
+        return balance_moves(self.insurance_type, self.inbound_insurance_type or self.insurance_type,
+                             self.balance_fen)
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,8 @@ def answer_as_inbound(
     if isinstance(message, messages_pb2.OutboundNotice):
         if message.outcome != messages_pb2.OutboundNotice.OUTCOME_ACCEPTED:
             return InboundDecision(None)
-        return InboundDecision(InboundCase(message.header.transfer_id, message.person, message.insurance_type))
+        return InboundDecision(InboundCase(message.header.transfer_id, message.person, message.insurance_type,
+                                           message.inbound_insurance_type))
     if isinstance(message, messages_pb2.InformationTable):
         return _on_table(case, message, now)
     if isinstance(message, messages_pb2.FundTransfer):
@@ -83,6 +93,12 @@ def _on_table(
         return InboundDecision(None, (acknowledgement(h, Ack.STATUS_REJECTED, reasons=[reject], created_at=now),))
     remembered = replace(case or InboundCase(h.transfer_id, table.person, table.insurance_type),
                          insurance_type=table.insurance_type, table=h, balance_fen=table.account_balance_fen)
+    if not remembered.inbound_insurance_type:
+        remembered = replace(remembered, inbound_insurance_type=table.inbound_insurance_type or table.insurance_type)
+    refusal = _enrollment_refusal(remembered, table, today_in_china(now))
+    if refusal is not None:
+        return InboundDecision(None, (acknowledgement(h, Ack.STATUS_REJECTED, reasons=[reason(refusal)],
+                                                      created_at=now),))
     if remembered.funds_expected:
         return InboundDecision(remembered)
     return InboundDecision(None, (
@@ -91,10 +107,23 @@ def _on_table(
     ))
 
 
+def _enrollment_refusal(case: InboundCase, table: messages_pb2.InformationTable,
+                        enrolled: dt.date) -> types_pb2.ReasonCode.ValueType | None:
+    """Why enrolling the person here on `enrolled` breaks a rule of the measures, if it does."""
+    s = table.suspension_date
+    suspended = dt.date(s.year, s.month, s.day)
+    if enrolled < suspended:  # 不得重复参保
+        return types_pb2.REASON_CODE_DUPLICATE_ENROLLMENT
+    if case.insurance_type == RESIDENT and case.inbound_insurance_type == RESIDENT and enrolled.year <= suspended.year:
+        return types_pb2.REASON_CODE_RESIDENT_SAME_YEAR  # 原则上当年度不再办理
+    return None
+
+
 def _accept(table: messages_pb2.Header, case: InboundCase, now: dt.datetime | None) -> Ack:
-    """Acceptance with what the gateway needs for continuity: enrolled here today, same scheme."""
+    """Acceptance with what the gateway needs for continuity: enrolled here today, in the scheme the
+    case was opened for."""
     return acknowledgement(table, Ack.STATUS_ACCEPTED, inbound_enrollment_date=today_in_china(now),
-                           inbound_insurance_type=case.insurance_type, created_at=now)
+                           inbound_insurance_type=case.inbound_insurance_type or case.insurance_type, created_at=now)
 
 
 def _on_fund_transfer(

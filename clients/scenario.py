@@ -25,6 +25,7 @@ from clients.builders import (
     EMPLOYEE,
     RESIDENT,
     Route,
+    balance_moves,
     fund_account,
     fund_transfer,
     information_table,
@@ -56,21 +57,34 @@ class CasePlan:
     insurance_type: types_pb2.InsuranceType.ValueType
     suspension_date: dt.date
     periods: tuple[messages_pb2.ContributionPeriod, ...]
-    balance_fen: int
+    balance_fen: int  # the personal-account balance (moved 310 → 310, retained at the outbound 310 → 390)
+    inbound_insurance_type: types_pb2.InsuranceType.ValueType = types_pb2.INSURANCE_TYPE_UNSPECIFIED  # same
 
     @classmethod
     def synthetic(
         cls, outbound: str, inbound: str, *, insurance_type: types_pb2.InsuranceType.ValueType = EMPLOYEE,
         balance_fen: int = 0, seed: int = 0, today: dt.date | None = None,
+        inbound_insurance_type: types_pb2.InsuranceType.ValueType | None = None,
     ) -> CasePlan:
-        """A case for the synthetic person `seed`, suspended today (Beijing)."""
+        """A case for the synthetic person `seed`, suspended on `today` (default: today, Beijing).
+
+        A resident → resident case is suspended on the last day of last year by default: the
+        measures handle it only after the person enrolled at the inbound side for a later year.
+        """
+        inbound_type = insurance_type if inbound_insurance_type is None else inbound_insurance_type
         suspension = today or today_in_china()
+        if today is None and insurance_type == RESIDENT and inbound_type == RESIDENT:
+            suspension = dt.date(suspension.year - 1, 12, 31)
         return cls(Route.new(outbound, inbound), sample_person(seed), insurance_type, suspension,
-                   tuple(sample_periods(outbound, suspension, seed)), balance_fen)
+                   tuple(sample_periods(outbound, suspension, seed)), balance_fen, inbound_type)
+
+    @property
+    def inbound_type(self) -> types_pb2.InsuranceType.ValueType:
+        return self.inbound_insurance_type or self.insurance_type
 
     @property
     def funds_expected(self) -> bool:
-        return self.insurance_type == EMPLOYEE and self.balance_fen > 0
+        return balance_moves(self.insurance_type, self.inbound_type, self.balance_fen)
 
 
 OutboundMessage = messages_pb2.OutboundNotice | messages_pb2.InformationTable | messages_pb2.FundTransfer
@@ -81,9 +95,10 @@ def outbound_messages(plan: CasePlan) -> list[OutboundMessage]:
     transfer when funds are expected. Raises ValueError for a plan the builders refuse."""
     route = plan.route
     messages: list[OutboundMessage] = [
-        outbound_notice_accepted(route, plan.person, plan.insurance_type, plan.suspension_date),
+        outbound_notice_accepted(route, plan.person, plan.insurance_type, plan.suspension_date,
+                                 inbound_insurance_type=plan.inbound_type),
         information_table(route, plan.person, plan.insurance_type, plan.suspension_date, plan.periods,
-                          plan.balance_fen),
+                          plan.balance_fen, inbound_insurance_type=plan.inbound_type),
     ]
     if plan.funds_expected:
         messages.append(fund_transfer(
@@ -209,7 +224,8 @@ def plan_cases(
     transfers: int, a_agencies: Sequence[str], b_agencies: Sequence[str], *, seed: int | None = None,
 ) -> list[tuple[bool, CasePlan]]:
     """(a is outbound, plan) for each case: alternating directions; 7 in 10 employee cases with
-    a balance, 1 in 10 employee with zero balance, 2 in 10 resident insurance."""
+    a balance, 1 in 10 employee with zero balance, 1 in 10 resident insurance, 1 in 10 from
+    employee to resident insurance (the balance stays at the outbound side)."""
     rng = random.Random(seed)
     base = rng.randrange(1_000_000)
     plans = []
@@ -222,9 +238,10 @@ def plan_cases(
         # Most balances move at once; about one case in ten is above the review threshold.
         big = rng.randint(1_000_001, 5_000_000)
         insurance, balance = (EMPLOYEE, big if mix == 0 else rng.randint(100, 1_000_000)) if mix < 7 else (
-            (EMPLOYEE, 0) if mix == 7 else (RESIDENT, 0))
+            (EMPLOYEE, 0) if mix == 7 else (RESIDENT, 0) if mix == 8 else (EMPLOYEE, rng.randint(100, 1_000_000)))
         plans.append((a_outbound, CasePlan.synthetic(outbound, inbound, insurance_type=insurance,
-                                                     balance_fen=balance, seed=base + i)))
+                                                     balance_fen=balance, seed=base + i,
+                                                     inbound_insurance_type=RESIDENT if mix == 9 else insurance)))
     return plans
 
 

@@ -3,8 +3,9 @@
 `apply(case, message, ...)` answers one question: given what the gateway knows of a case, may
 this message be accepted, and what follows? The answer is a `Decision`: the case afterwards and
 what the store must do besides recording the message (hold or release a delivery, move the fund
-ledger). Every refusal is a `RuleViolation` (FAILED_PRECONDITION) whose reason names the rule,
-with the state in its metadata. The store calls `apply` inside the transaction that records the
+ledger). Every refusal is a `RuleViolation` (FAILED_PRECONDITION) whose reason names the rule
+(`gateway.core.rulebook` lists them with the article each comes from), with the state in its
+metadata. The store calls `apply` inside the transaction that records the
 message, so decision and write are atomic and races resolve to exactly one winner.
 
 `TRANSITIONS` is the whole process; the diagram in docs/integrating.md is generated from it (`mermaid()`).
@@ -28,6 +29,9 @@ CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
 InsuranceType: TypeAlias = types_pb2.InsuranceType.ValueType
 Ack = messages_pb2.Acknowledgement
 _S = tracking_pb2
+EMPLOYEE: Final = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
+RESIDENT: Final = types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
+UNSPECIFIED: Final = types_pb2.INSURANCE_TYPE_UNSPECIFIED
 
 NEW: Final[CaseState] = _S.CASE_STATE_UNSPECIFIED  # "no case yet" in the table
 CLOSED_STATES: Final[frozenset[CaseState]] = frozenset({
@@ -40,9 +44,7 @@ OPEN_STATES: Final[frozenset[CaseState]] = frozenset({
 })
 _BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT})
 # Who the measures cover: employee (310, not retired) and resident (390) basic insurance.
-COVERED_INSURANCE: Final[frozenset[int]] = frozenset({
-    types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC,
-})
+COVERED_INSURANCE: Final[frozenset[int]] = frozenset({EMPLOYEE, RESIDENT})
 
 
 class Side(StrEnum):
@@ -76,8 +78,8 @@ class Event(StrEnum):
 class Guard(StrEnum):
     """A condition on the case, beyond its state, that a transition requires."""
 
-    FUNDS_EXPECTED = "funds expected"        # employee insurance with a positive balance
-    NO_FUNDS_EXPECTED = "no funds expected"  # resident insurance, or a zero balance
+    FUNDS_EXPECTED = "funds expected"        # 310 → 310 with a positive balance
+    NO_FUNDS_EXPECTED = "no funds expected"  # any other case: no money moves
     WITHIN_THRESHOLD = "amount ≤ review threshold"
     ABOVE_THRESHOLD = "amount > review threshold"
     BY_APPLICANT = "sent by the applicant's side"
@@ -197,7 +199,9 @@ class Case:
     suspension_date: str = ""           # ISO date, once the outbound notice accepted
     balance_fen: int | None = None      # from the information table
     fund_message_id: str | None = None  # the fund transfer, once accepted
-    inbound_insurance_type: InsuranceType = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+    # At the inbound side, fixed when the case opens (request, or the notice that opens it). Only
+    # cases opened before it was required lack it; their table or acceptance states it.
+    inbound_insurance_type: InsuranceType = UNSPECIFIED
     enrollment_date: str = ""           # ISO date, from the inbound acceptance
     messages: Mapping[str, MessageRef] = field(default_factory=dict)
 
@@ -207,7 +211,9 @@ class Case:
 
     @property
     def funds_expected(self) -> bool:
-        return (self.insurance_type == types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
+        """Money moves exactly when both sides are employee insurance (the only scheme with a
+        personal account) and the balance is positive."""
+        return (self.insurance_type == EMPLOYEE and self.inbound_insurance_type in (EMPLOYEE, UNSPECIFIED)
                 and self.balance_fen is not None and self.balance_fen > 0)
 
 
@@ -241,6 +247,12 @@ def state_name(state: CaseState) -> str:
 
 def _iso(d: types_pb2.Date) -> str:
     return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+
+
+def _insurance_name(value: InsuranceType) -> str:
+    """`EMPLOYEE_BASIC (310)` for error texts."""
+    known = value in types_pb2.InsuranceType.values()
+    return f"{types_pb2.InsuranceType.Name(value).removeprefix('INSURANCE_TYPE_')} ({value})" if known else str(value)
 
 
 def event_of(message: BusinessMessage) -> Event:
@@ -284,7 +296,7 @@ def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, inde
         side = _side(case, header.sender, header.receiver)
         opening = False
     transition = _transition(case, event, side, rules)
-    facts, fund_status = _check_content(case, message, event, rules)
+    facts, fund_status = _check_content(case, message, event, opening=opening)
     if opening and event is not Event.NOTICE_REFUSED:
         _check_one_open_case(case, index)
     target = case.state if transition.target is None else transition.target
@@ -332,7 +344,8 @@ def _new_case(message: BusinessMessage, event: Event) -> Case:
                     inbound_insurance_type=message.inbound_insurance_type, person_key=person_key(message.person))
     if isinstance(message, messages_pb2.OutboundNotice):
         return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.sender, inbound=h.receiver, applicant=h.sender,
-                    insurance_type=message.insurance_type, person_key=person_key(message.person))
+                    insurance_type=message.insurance_type, inbound_insurance_type=message.inbound_insurance_type,
+                    person_key=person_key(message.person))
     raise _violation("CASE_NOT_OPENED",
                      f"transfer {h.transfer_id} has no case yet: a transfer request or an outbound notice opens it",
                      None, event=event.value)
@@ -372,8 +385,12 @@ def _transition(case: Case, event: Event, side: Side, rules: CaseRules) -> Trans
         raise _violation("FUND_TRANSFER_ALREADY_ACCEPTED", f"case {case.transfer_id} already has its fund transfer",
                          case)
     if event is Event.FUND_TRANSFER and candidates:
-        rule = ("NO_FUNDS_FOR_RESIDENT_INSURANCE" if case.insurance_type != types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
-                else "NO_FUNDS_FOR_ZERO_BALANCE")
+        if case.insurance_type != EMPLOYEE:
+            rule = "NO_FUNDS_FOR_RESIDENT_INSURANCE"
+        elif case.inbound_insurance_type not in (EMPLOYEE, UNSPECIFIED):
+            rule = "NO_FUNDS_ACROSS_SCHEMES"
+        else:
+            rule = "NO_FUNDS_FOR_ZERO_BALANCE"
         raise _violation(rule, f"case {case.transfer_id} moves no personal-account funds", case)
     if event is Event.WITHDRAWAL and candidates:
         raise _violation("WITHDRAWAL_NOT_BY_APPLICANT",
@@ -412,34 +429,26 @@ _Facts: TypeAlias = tuple[dict[str, Any], FundStatus | None]
 _NO_FACTS: Final[_Facts] = ({}, None)
 
 
-def _check_content(case: Case, message: BusinessMessage, event: Event, rules: CaseRules) -> _Facts:
+def _same_inbound_insurance(case: Case, stated: InsuranceType, what: str) -> None:
+    """A message that states the inbound insurance type must state the case's: it is fixed when the
+    case opens, because it decides whether money moves."""
+    if stated and case.inbound_insurance_type and stated != case.inbound_insurance_type:
+        raise _violation("INSURANCE_TYPE_MISMATCH",
+                         f"{what}'s inbound insurance type {_insurance_name(stated)} is not the case's "
+                         f"{_insurance_name(case.inbound_insurance_type)}, fixed when it opened", case,
+                         field="inbound_insurance_type")
+
+
+def _check_content(case: Case, message: BusinessMessage, event: Event, *, opening: bool) -> _Facts:
     """Rules comparing the message with the case so far; returns the facts it adds."""
     if isinstance(message, messages_pb2.TransferRequest):
         _covered(case, message.outbound_insurance_type, "outbound insurance type")
         _covered(case, message.inbound_insurance_type, "inbound insurance type")
         return _NO_FACTS
     if isinstance(message, messages_pb2.OutboundNotice):
-        _covered(case, message.insurance_type, "insurance type")
-        if person_key(message.person) != case.person_key:
-            raise _violation("PERSON_MISMATCH", "the notice's person is not the request's person", case)
-        if message.insurance_type != case.insurance_type:
-            raise _violation("INSURANCE_TYPE_MISMATCH", f"the notice's insurance type {message.insurance_type} is "
-                             f"not the request's {case.insurance_type}", case)
-        accepted = event is Event.NOTICE_ACCEPTED
-        if accepted and message.retired and message.insurance_type == types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC:
-            raise _violation("RETIRED_NOT_COVERED",
-                             "retired employees are not covered: refuse the case with REASON_CODE_RETIRED", case)
-        return {"suspension_date": _iso(message.suspension_date) if accepted else ""}, None
+        return _check_notice(case, message, event, opening=opening)
     if isinstance(message, messages_pb2.InformationTable):
-        if person_key(message.person) != case.person_key:
-            raise _violation("PERSON_MISMATCH", "the table's person is not the notice's person", case)
-        if message.insurance_type != case.insurance_type:
-            raise _violation("INSURANCE_TYPE_MISMATCH", f"the table's insurance type {message.insurance_type} is "
-                             f"not the notice's {case.insurance_type}", case)
-        if _iso(message.suspension_date) != case.suspension_date:
-            raise _violation("SUSPENSION_DATE_MISMATCH",
-                             f"the table's suspension date is not the notice's {case.suspension_date}", case)
-        return {"balance_fen": message.account_balance_fen}, None
+        return _check_table(case, message)
     if isinstance(message, messages_pb2.FundTransfer):
         if message.amount_fen != case.balance_fen:
             raise _violation("FUND_AMOUNT_MISMATCH",
@@ -448,6 +457,58 @@ def _check_content(case: Case, message: BusinessMessage, event: Event, rules: Ca
     if isinstance(message, messages_pb2.Withdrawal):
         return _NO_FACTS
     return _check_acknowledgement(case, message, event)
+
+
+def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event, *, opening: bool) -> _Facts:
+    _covered(case, message.insurance_type, "insurance type")
+    accepted = event is Event.NOTICE_ACCEPTED
+    if opening:
+        if accepted and not message.inbound_insurance_type:
+            raise _violation("INBOUND_INSURANCE_TYPE_REQUIRED",
+                             "an accepted outbound notice that opens a case must state inbound_insurance_type: it "
+                             "decides whether the balance moves", case, field="inbound_insurance_type")
+        if message.inbound_insurance_type:
+            _covered(case, message.inbound_insurance_type, "inbound insurance type")
+    else:
+        if person_key(message.person) != case.person_key:
+            raise _violation("PERSON_MISMATCH", "the notice's person is not the request's person", case)
+        if message.insurance_type != case.insurance_type:
+            raise _violation("INSURANCE_TYPE_MISMATCH", f"the notice's insurance type "
+                             f"{_insurance_name(message.insurance_type)} is not the request's "
+                             f"{_insurance_name(case.insurance_type)}", case, field="insurance_type")
+        _same_inbound_insurance(case, message.inbound_insurance_type, "the notice")
+    if accepted and message.retired and message.insurance_type == EMPLOYEE:
+        raise _violation("RETIRED_NOT_COVERED",
+                         "retired employees are not covered: refuse the case with REASON_CODE_RETIRED", case)
+    return {"suspension_date": _iso(message.suspension_date) if accepted else ""}, None
+
+
+def _check_table(case: Case, message: messages_pb2.InformationTable) -> _Facts:
+    if person_key(message.person) != case.person_key:
+        raise _violation("PERSON_MISMATCH", "the table's person is not the notice's person", case)
+    if message.insurance_type != case.insurance_type:
+        raise _violation("INSURANCE_TYPE_MISMATCH", f"the table's insurance type "
+                         f"{_insurance_name(message.insurance_type)} is not the notice's "
+                         f"{_insurance_name(case.insurance_type)}", case, field="insurance_type")
+    _same_inbound_insurance(case, message.inbound_insurance_type, "the table")
+    if _iso(message.suspension_date) != case.suspension_date:
+        raise _violation("SUSPENSION_DATE_MISMATCH",
+                         f"the table's suspension date is not the notice's {case.suspension_date}", case)
+    inbound = case.inbound_insurance_type or message.inbound_insurance_type
+    if case.insurance_type == EMPLOYEE and inbound not in (EMPLOYEE, UNSPECIFIED):
+        if message.account_balance_fen:
+            raise _violation("BALANCE_STAYS_AT_OUTBOUND", "employee → resident insurance: the personal-account "
+                             "balance stays with the person at the outbound side; report it as "
+                             "account_balance_retained_fen, with account_balance_fen 0", case,
+                             field="account_balance_fen")
+    elif message.account_balance_retained_fen:
+        raise _violation("BALANCE_RETAINED_ONLY_ACROSS_SCHEMES", "a balance is retained at the outbound side only "
+                         "from employee to resident insurance; here it moves as account_balance_fen", case,
+                         field="account_balance_retained_fen")
+    facts: dict[str, Any] = {"balance_fen": message.account_balance_fen}
+    if not case.inbound_insurance_type and message.inbound_insurance_type:
+        facts["inbound_insurance_type"] = message.inbound_insurance_type
+    return facts, None
 
 
 def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event) -> _Facts:
@@ -460,9 +521,7 @@ def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, ev
         raise _violation("ACK_TARGET_WRONG_KIND",
                          f"{event.value} must answer the {envelope_pb2.MessageKind.Name(wanted)}", case)
     if event is Event.ACK_ACCEPTED:
-        _covered(case, message.inbound_insurance_type, "inbound insurance type")
-        return {"inbound_insurance_type": message.inbound_insurance_type,
-                "enrollment_date": _iso(message.inbound_enrollment_date)}, None
+        return _check_acceptance(case, message), None
     if event is Event.ACK_FUNDS_CREDITED:
         if message.credited_amount_fen != case.balance_fen:
             raise _violation("CREDITED_AMOUNT_MISMATCH", f"credited_amount_fen {message.credited_amount_fen} is not "
@@ -471,6 +530,25 @@ def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, ev
     if event is Event.ACK_REJECTED and case.fund_message_id is not None:
         return {}, FundStatus.REJECTED
     return _NO_FACTS
+
+
+def _check_acceptance(case: Case, message: messages_pb2.Acknowledgement) -> dict[str, Any]:
+    """The inbound acceptance: the scheme it enrolled the person in, and when."""
+    _covered(case, message.inbound_insurance_type, "inbound insurance type")
+    _same_inbound_insurance(case, message.inbound_insurance_type, "the acceptance")
+    inbound = case.inbound_insurance_type or message.inbound_insurance_type
+    enrolled = _iso(message.inbound_enrollment_date)
+    if enrolled < case.suspension_date:
+        raise _violation("OVERLAPPING_COVERAGE", f"enrolled at the inbound side on {enrolled}, before the suspension "
+                         f"on {case.suspension_date}: the same months would be insured twice (不得重复参保); "
+                         "reject the table with REASON_CODE_DUPLICATE_ENROLLMENT", case,
+                         field="inbound_enrollment_date")
+    if case.insurance_type == RESIDENT and inbound == RESIDENT and enrolled[:4] <= case.suspension_date[:4]:
+        raise _violation("RESIDENT_SAME_YEAR", f"resident → resident insurance within {case.suspension_date[:4]}: "
+                         "the transfer is handled after the person enrolls for the next year at the inbound side; "
+                         "reject the table with REASON_CODE_RESIDENT_SAME_YEAR", case,
+                         field="inbound_enrollment_date")
+    return {"inbound_insurance_type": inbound, "enrollment_date": enrolled}
 
 
 def mermaid() -> str:

@@ -1,4 +1,4 @@
-"""Stateless validation of the four business messages (pure: no case, no I/O).
+"""Stateless validation of the business messages (pure: no case, no I/O).
 
 `validate` reports every violation of a message at once, each with its field path
 (`periods[1].last_month`), so an integrator fixes a message in one round. Descriptions never
@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from gateway.core.continuity import Period, cumulative_bounds, month_index
 from gateway.core.errors import FieldViolation, InvalidMessage
 from gateway.core.messages import BusinessMessage
 from gateway.core.timestamps import micros, timestamp_micros
@@ -22,7 +23,8 @@ from mitransfer.v1 import messages_pb2, types_pb2
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 EARLIEST: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MAX_FUND_FEN: Final = 10_000_000_000  # 1e8 yuan: a sanity cap, far above any personal account
-MAX_SUSPENSION_AHEAD: Final = dt.timedelta(days=31)
+MAX_PERIODS: Final = 600  # a table's contribution periods: far more than a working life has
+MAX_PSN_NO: Final = 30    # 人员编号 psn_no: 字符型 30 on the national platform
 PROVINCE_CODES: Final = frozenset({
     "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41", "42",
     "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82",
@@ -114,11 +116,21 @@ def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> Non
         _add(v, "person.name", "is longer than 50 characters")
     elif any(ord(c) < 32 or ord(c) == 127 for c in p.name):
         _add(v, "person.name", "contains control characters")
+    if p.psn_no and not (len(p.psn_no) <= MAX_PSN_NO and p.psn_no.isascii() and p.psn_no.isalnum()):
+        _add(v, "person.psn_no", f"must be 1 to {MAX_PSN_NO} ASCII letters and digits when present")
 
 
-def _insurance(v: list[FieldViolation], value: int, field: str = "insurance_type") -> None:
+def _insurance(v: list[FieldViolation], value: int, field: str = "insurance_type", *, optional: bool = False) -> None:
+    if optional and not value:
+        return
     if not value or value not in _INSURANCE_TYPES:
         _add(v, field, "must be a defined insurance type")
+
+
+def _not_in_future(v: list[FieldViolation], field: str, day: dt.date | None, today: dt.date) -> None:
+    """A suspension has happened: 中止参保 is a fact the outbound side reports, not a plan."""
+    if day is not None and day > today:
+        _add(v, field, f"is after today ({today.isoformat()}, Asia/Shanghai): a suspension is reported once done")
 
 
 def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.datetime) -> None:
@@ -174,10 +186,10 @@ def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.dat
     today = local_date(now)
     _person(v, n.person, today)
     _insurance(v, n.insurance_type)
+    _insurance(v, n.inbound_insurance_type, "inbound_insurance_type", optional=True)
     if n.outcome == Notice.OUTCOME_ACCEPTED:
         suspended = _date(v, "suspension_date", n.suspension_date, n.HasField("suspension_date"))
-        if suspended is not None and suspended > today + MAX_SUSPENSION_AHEAD:
-            _add(v, "suspension_date", "is more than 31 days ahead")
+        _not_in_future(v, "suspension_date", suspended, today)
         _reasons(v, n.reasons, required=False, status="accepted")
     elif n.outcome == Notice.OUTCOME_REFUSED:
         if n.HasField("suspension_date"):
@@ -188,38 +200,72 @@ def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.dat
 
 
 def _table(v: list[FieldViolation], t: messages_pb2.InformationTable, now: dt.datetime) -> None:
-    _person(v, t.person, local_date(now))
+    today = local_date(now)
+    _person(v, t.person, today)
     _insurance(v, t.insurance_type)
+    _insurance(v, t.inbound_insurance_type, "inbound_insurance_type", optional=True)
     suspended = _date(v, "suspension_date", t.suspension_date, t.HasField("suspension_date"))
+    _not_in_future(v, "suspension_date", suspended, today)
+    periods = _periods(v, t, suspended)
+    if periods is not None:
+        lower, upper = cumulative_bounds(periods)
+        if not lower <= t.cumulative_months <= upper:
+            expected = f"{lower}" if lower == upper else f"between {lower} and {upper}"
+            _add(v, "cumulative_months", f"is {t.cumulative_months}, but the periods' months paid and counted "
+                 f"as paid make {expected} (the same month never counts twice)")
+    for name in ("account_balance_fen", "account_balance_retained_fen"):
+        balance = getattr(t, name)
+        if not 0 <= balance <= MAX_FUND_FEN:
+            _add(v, name, f"must be between 0 and {MAX_FUND_FEN} fen")
+        elif balance > 0 and t.insurance_type in _RESIDENT_TYPES:
+            _add(v, name, "must be 0: resident insurance has no personal account")
+    if t.account_balance_fen > 0 and t.account_balance_retained_fen > 0:
+        _add(v, "account_balance_retained_fen", "a balance is either transferred out or retained, not both")
+
+
+def _periods(v: list[FieldViolation], t: messages_pb2.InformationTable,
+             suspended: dt.date | None) -> list[Period] | None:
+    """The periods as month indices, or None if any is invalid (the cumulative check then waits)."""
     if not t.periods:
         _add(v, "periods", "at least one contribution period is required")
-    previous_last: int | None = None
-    total = 0
+        return None
+    if len(t.periods) > MAX_PERIODS:
+        _add(v, "periods", f"at most {MAX_PERIODS} contribution periods")
+        return None
+    valid: list[Period] = []
+    previous_first: int | None = None
+    suspension_month = None if suspended is None else month_index(suspended.year, suspended.month)
     for i, p in enumerate(t.periods):
         path = f"periods[{i}]"
+        ok = True
         if not is_region_code(p.pooling_region):
             _add(v, f"{path}.pooling_region", f"{p.pooling_region!r} is not a 医保区划 code")
+        _insurance(v, p.insurance_type, f"{path}.insurance_type", optional=True)
         first = _month(v, f"{path}.first_month", p.first_month, p.HasField("first_month"))
         last = _month(v, f"{path}.last_month", p.last_month, p.HasField("last_month"))
-        total += p.months_paid
         if first is None or last is None:
             continue
         if first > last:
             _add(v, f"{path}.last_month", "is before first_month")
             continue
-        if not 1 <= p.months_paid <= last - first + 1:
-            _add(v, f"{path}.months_paid", f"must be between 1 and the {last - first + 1} months of the period")
-        if previous_last is not None and first <= previous_last:
-            _add(v, f"{path}.first_month", "overlaps or precedes the period before (重复参保 or out of order)")
-        if suspended is not None and last > suspended.year * 12 + suspended.month - 1:
+        span = last - first + 1
+        if p.months_paid < 0 or p.months_deemed < 0:
+            _add(v, f"{path}.months_paid", "months_paid and months_deemed must not be negative")
+            ok = False
+        elif not 1 <= p.months_paid + p.months_deemed <= span:
+            _add(v, f"{path}.months_paid", f"months_paid + months_deemed must be between 1 and the {span} "
+                 "months of the period")
+            ok = False
+        if previous_first is not None and first < previous_first:
+            _add(v, f"{path}.first_month", "precedes the period before: periods are listed oldest first")
+            ok = False
+        if suspension_month is not None and last > suspension_month:
             _add(v, f"{path}.last_month", "is after the suspension month")
-        previous_last = last
-    if t.cumulative_months != total:
-        _add(v, "cumulative_months", f"is {t.cumulative_months}, but the periods' months_paid sum to {total}")
-    if t.account_balance_fen < 0:
-        _add(v, "account_balance_fen", "must not be negative")
-    elif t.account_balance_fen > 0 and t.insurance_type in _RESIDENT_TYPES:
-        _add(v, "account_balance_fen", "must be 0: resident insurance has no personal account")
+            ok = False
+        previous_first = first
+        if ok:
+            valid.append(Period(first, last, p.months_paid + p.months_deemed))
+    return valid if len(valid) == len(t.periods) else None
 
 
 def _account(v: list[FieldViolation], path: str, a: messages_pb2.FundAccount) -> None:

@@ -209,12 +209,20 @@ class OutboundNotice(_message.Message):
     SUSPENSION_DATE_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     RETIRED_FIELD_NUMBER: _builtins.int
+    INBOUND_INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
     insurance_type: _types_pb2.InsuranceType.ValueType
     """转出险种 insurance type at the outbound side"""
     outcome: Global___OutboundNotice.Outcome.ValueType
     """办理结果 outcome"""
     retired: _builtins.bool
     """已退休 the person has retired (retired employees are not covered by the transfer measures)"""
+    inbound_insurance_type: _types_pb2.InsuranceType.ValueType
+    """转入险种 insurance type at the inbound side. Required when the notice opens the case (the
+    application was lodged at the outbound side, no transfer request came before); when a
+    request opened the case it may be left unset, and if set it must be the request's
+    (INSURANCE_TYPE_MISMATCH). It decides whether the personal-account balance moves: only
+    employee → employee (310 → 310).
+    """
     @_builtins.property
     def header(self) -> Global___Header:
         """报文头 sent by the outbound agency to the inbound agency"""
@@ -241,10 +249,11 @@ class OutboundNotice(_message.Message):
         suspension_date: _types_pb2.Date | None = ...,
         reasons: _abc.Iterable[_types_pb2.Reason] | None = ...,
         retired: _builtins.bool = ...,
+        inbound_insurance_type: _types_pb2.InsuranceType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "person", b"person", "suspension_date", b"suspension_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "insurance_type", b"insurance_type", "outcome", b"outcome", "person", b"person", "reasons", b"reasons", "retired", b"retired", "suspension_date", b"suspension_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "outcome", b"outcome", "person", b"person", "reasons", b"reasons", "retired", b"retired", "suspension_date", b"suspension_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,10 +269,20 @@ class ContributionPeriod(_message.Message):
     FIRST_MONTH_FIELD_NUMBER: _builtins.int
     LAST_MONTH_FIELD_NUMBER: _builtins.int
     MONTHS_PAID_FIELD_NUMBER: _builtins.int
+    INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
+    MONTHS_DEEMED_FIELD_NUMBER: _builtins.int
     pooling_region: _builtins.str
     """参保地医保区划 pooling region code"""
     months_paid: _builtins.int
     """实际缴费月数 months actually paid in this period"""
+    insurance_type: _types_pb2.InsuranceType.ValueType
+    """险种类型 the insurance type of this period (a history may span 310 and 390); unset: the
+    table's insurance_type.
+    """
+    months_deemed: _builtins.int
+    """视同缴费月数 months counted as paid without contributions (视同缴费, e.g. years worked before
+    the personal account existed); months_paid + months_deemed ≤ the months of the period.
+    """
     @_builtins.property
     def first_month(self) -> _types_pb2.YearMonth:
         """起始年月 first month"""
@@ -279,10 +298,12 @@ class ContributionPeriod(_message.Message):
         first_month: _types_pb2.YearMonth | None = ...,
         last_month: _types_pb2.YearMonth | None = ...,
         months_paid: _builtins.int = ...,
+        insurance_type: _types_pb2.InsuranceType.ValueType = ...,
+        months_deemed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_month", b"first_month", "last_month", b"last_month"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_month", b"first_month", "last_month", b"last_month", "months_paid", b"months_paid", "pooling_region", b"pooling_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_month", b"first_month", "insurance_type", b"insurance_type", "last_month", b"last_month", "months_deemed", b"months_deemed", "months_paid", b"months_paid", "pooling_region", b"pooling_region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,12 +324,26 @@ class InformationTable(_message.Message):
     CUMULATIVE_MONTHS_FIELD_NUMBER: _builtins.int
     ACCOUNT_BALANCE_FEN_FIELD_NUMBER: _builtins.int
     SUSPENSION_DATE_FIELD_NUMBER: _builtins.int
+    INBOUND_INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_BALANCE_RETAINED_FEN_FIELD_NUMBER: _builtins.int
     insurance_type: _types_pb2.InsuranceType.ValueType
     """险种类型 insurance type at the outbound side"""
     cumulative_months: _builtins.int
-    """缴费年限累计（月）cumulative months = sum of periods"""
+    """缴费年限累计（月）cumulative months paid or counted as paid. Disjoint periods: the sum of their
+    months_paid + months_deemed. Overlapping periods: at most that sum and at most the months the
+    periods cover together, and at least the sum less the months they share.
+    """
     account_balance_fen: _builtins.int
-    """个人账户转出金额（分）balance transferred out, fen"""
+    """个人账户转出金额（分）the personal-account balance transferred out, in fen: employee →
+    employee (310 → 310) only; 0 when the inbound scheme has no personal account.
+    """
+    inbound_insurance_type: _types_pb2.InsuranceType.ValueType
+    """转入险种 the inbound insurance type, optional: when set it must be the case's."""
+    account_balance_retained_fen: _builtins.int
+    """个人账户留存金额（分）employee → resident (310 → 390): the personal-account balance stays with
+    the person at the outbound side (used or paid out under local rules) and no money moves;
+    reported here. 0 in every other case.
+    """
     @_builtins.property
     def header(self) -> Global___Header:
         """报文头 sent by the outbound agency to the inbound agency"""
@@ -319,11 +354,13 @@ class InformationTable(_message.Message):
 
     @_builtins.property
     def periods(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContributionPeriod]:
-        """缴费记录 contribution periods, oldest first"""
+        """缴费记录 contribution periods, oldest first (by first month). Periods may overlap (two
+        regions, or two schemes, for the same months): the same month never counts twice.
+        """
 
     @_builtins.property
     def suspension_date(self) -> _types_pb2.Date:
-        """中止参保日期 suspension date"""
+        """中止参保日期 suspension date, not after the day the table is sent"""
 
     def __init__(
         self,
@@ -335,10 +372,12 @@ class InformationTable(_message.Message):
         cumulative_months: _builtins.int = ...,
         account_balance_fen: _builtins.int = ...,
         suspension_date: _types_pb2.Date | None = ...,
+        inbound_insurance_type: _types_pb2.InsuranceType.ValueType = ...,
+        account_balance_retained_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "person", b"person", "suspension_date", b"suspension_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "cumulative_months", b"cumulative_months", "header", b"header", "insurance_type", b"insurance_type", "periods", b"periods", "person", b"person", "suspension_date", b"suspension_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "account_balance_retained_fen", b"account_balance_retained_fen", "cumulative_months", b"cumulative_months", "header", b"header", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "periods", b"periods", "person", b"person", "suspension_date", b"suspension_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -488,7 +527,7 @@ class Acknowledgement(_message.Message):
     """入账金额（分）amount credited (funds credited only)"""
     inbound_insurance_type: _types_pb2.InsuranceType.ValueType
     """转入险种 insurance type at the inbound side; with STATUS_ACCEPTED of the information table
-    (required there, absent elsewhere)
+    (required there, absent elsewhere); the case's (INSURANCE_TYPE_MISMATCH otherwise)
     """
     @_builtins.property
     def header(self) -> Global___Header:
@@ -501,7 +540,7 @@ class Acknowledgement(_message.Message):
     @_builtins.property
     def inbound_enrollment_date(self) -> _types_pb2.Date:
         """转入地参保日期 enrollment date at the inbound side; with STATUS_ACCEPTED of the information
-        table (required there, absent elsewhere)
+        table (required there, absent elsewhere); not before the suspension date (不得重复参保)
         """
 
     def __init__(

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mitransfer/v1/types.proto\x12\rmitransfer.v1\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"(\n\tYearMonth\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\"l\n\x06Person\x12\x38\n\x10\x63\x65rtificate_type\x18\x01 \x01(\x0e\x32\x1e.mitransfer.v1.CertificateType\x12\x1a\n\x12\x63\x65rtificate_number\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"?\n\x06Reason\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.mitransfer.v1.ReasonCode\x12\x0c\n\x04text\x18\x02 \x01(\t*\xe8\x02\n\x0f\x43\x65rtificateType\x12 \n\x1c\x43\x45RTIFICATE_TYPE_UNSPECIFIED\x10\x00\x12%\n!CERTIFICATE_TYPE_RESIDENT_ID_CARD\x10\x01\x12%\n!CERTIFICATE_TYPE_PLA_OFFICER_CARD\x10\x02\x12&\n\"CERTIFICATE_TYPE_ARMED_POLICE_CARD\x10\x03\x12$\n CERTIFICATE_TYPE_HK_MACAO_PERMIT\x10\x04\x12\"\n\x1e\x43\x45RTIFICATE_TYPE_TAIWAN_PERMIT\x10\x06\x12\x30\n,CERTIFICATE_TYPE_FOREIGN_PERMANENT_RESIDENCE\x10\x07\x12%\n!CERTIFICATE_TYPE_FOREIGN_PASSPORT\x10\x08\x12\x1a\n\x16\x43\x45RTIFICATE_TYPE_OTHER\x10\x63*\xbf\x02\n\rInsuranceType\x12\x1e\n\x1aINSURANCE_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1dINSURANCE_TYPE_EMPLOYEE_BASIC\x10\xb6\x02\x12)\n$INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY\x10\xc0\x02\x12)\n$INSURANCE_TYPE_LARGE_EXPENSE_SUBSIDY\x10\xca\x02\x12\"\n\x1dINSURANCE_TYPE_RETIRED_CADRES\x10\xd4\x02\x12\"\n\x1dINSURANCE_TYPE_RESIDENT_BASIC\x10\x86\x03\x12-\n(INSURANCE_TYPE_RESIDENT_CRITICAL_ILLNESS\x10\x88\x03\x12\x1d\n\x18INSURANCE_TYPE_MATERNITY\x10\xfe\x03*\xc4\x03\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\'\n#REASON_CODE_UNSETTLED_HOSPITAL_STAY\x10\x01\x12\x17\n\x13REASON_CODE_ARREARS\x10\x02\x12(\n$REASON_CODE_MULTIPLE_INSURED_NUMBERS\x10\x03\x12(\n$REASON_CODE_INCOMPLETE_CONTRIBUTIONS\x10\x04\x12\x1d\n\x19REASON_CODE_NOT_SUSPENDED\x10\x05\x12!\n\x1dREASON_CODE_ACCOUNT_OVERDRAWN\x10\x06\x12\x17\n\x13REASON_CODE_RETIRED\x10\x07\x12!\n\x1dREASON_CODE_IDENTITY_MISMATCH\x10\x14\x12\'\n#REASON_CODE_NOT_ENROLLED_AT_INBOUND\x10\x15\x12\x1f\n\x1bREASON_CODE_AMOUNT_MISMATCH\x10\x16\x12$\n REASON_CODE_DUPLICATE_ENROLLMENT\x10\x17\x12\x15\n\x11REASON_CODE_OTHER\x10\x63\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mitransfer/v1/types.proto\x12\rmitransfer.v1\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"(\n\tYearMonth\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\"|\n\x06Person\x12\x38\n\x10\x63\x65rtificate_type\x18\x01 \x01(\x0e\x32\x1e.mitransfer.v1.CertificateType\x12\x1a\n\x12\x63\x65rtificate_number\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06psn_no\x18\x04 \x01(\t\"?\n\x06Reason\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.mitransfer.v1.ReasonCode\x12\x0c\n\x04text\x18\x02 \x01(\t*\xe8\x02\n\x0f\x43\x65rtificateType\x12 \n\x1c\x43\x45RTIFICATE_TYPE_UNSPECIFIED\x10\x00\x12%\n!CERTIFICATE_TYPE_RESIDENT_ID_CARD\x10\x01\x12%\n!CERTIFICATE_TYPE_PLA_OFFICER_CARD\x10\x02\x12&\n\"CERTIFICATE_TYPE_ARMED_POLICE_CARD\x10\x03\x12$\n CERTIFICATE_TYPE_HK_MACAO_PERMIT\x10\x04\x12\"\n\x1e\x43\x45RTIFICATE_TYPE_TAIWAN_PERMIT\x10\x06\x12\x30\n,CERTIFICATE_TYPE_FOREIGN_PERMANENT_RESIDENCE\x10\x07\x12%\n!CERTIFICATE_TYPE_FOREIGN_PASSPORT\x10\x08\x12\x1a\n\x16\x43\x45RTIFICATE_TYPE_OTHER\x10\x63*\xbf\x02\n\rInsuranceType\x12\x1e\n\x1aINSURANCE_TYPE_UNSPECIFIED\x10\x00\x12\"\n\x1dINSURANCE_TYPE_EMPLOYEE_BASIC\x10\xb6\x02\x12)\n$INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY\x10\xc0\x02\x12)\n$INSURANCE_TYPE_LARGE_EXPENSE_SUBSIDY\x10\xca\x02\x12\"\n\x1dINSURANCE_TYPE_RETIRED_CADRES\x10\xd4\x02\x12\"\n\x1dINSURANCE_TYPE_RESIDENT_BASIC\x10\x86\x03\x12-\n(INSURANCE_TYPE_RESIDENT_CRITICAL_ILLNESS\x10\x88\x03\x12\x1d\n\x18INSURANCE_TYPE_MATERNITY\x10\xfe\x03*\xe8\x03\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\'\n#REASON_CODE_UNSETTLED_HOSPITAL_STAY\x10\x01\x12\x17\n\x13REASON_CODE_ARREARS\x10\x02\x12(\n$REASON_CODE_MULTIPLE_INSURED_NUMBERS\x10\x03\x12(\n$REASON_CODE_INCOMPLETE_CONTRIBUTIONS\x10\x04\x12\x1d\n\x19REASON_CODE_NOT_SUSPENDED\x10\x05\x12!\n\x1dREASON_CODE_ACCOUNT_OVERDRAWN\x10\x06\x12\x17\n\x13REASON_CODE_RETIRED\x10\x07\x12!\n\x1dREASON_CODE_IDENTITY_MISMATCH\x10\x14\x12\'\n#REASON_CODE_NOT_ENROLLED_AT_INBOUND\x10\x15\x12\x1f\n\x1bREASON_CODE_AMOUNT_MISMATCH\x10\x16\x12$\n REASON_CODE_DUPLICATE_ENROLLMENT\x10\x17\x12\"\n\x1eREASON_CODE_RESIDENT_SAME_YEAR\x10\x18\x12\x15\n\x11REASON_CODE_OTHER\x10\x63\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mitransfer.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CERTIFICATETYPE']._serialized_start=312
-  _globals['_CERTIFICATETYPE']._serialized_end=672
-  _globals['_INSURANCETYPE']._serialized_start=675
-  _globals['_INSURANCETYPE']._serialized_end=994
-  _globals['_REASONCODE']._serialized_start=997
-  _globals['_REASONCODE']._serialized_end=1449
+  _globals['_CERTIFICATETYPE']._serialized_start=328
+  _globals['_CERTIFICATETYPE']._serialized_end=688
+  _globals['_INSURANCETYPE']._serialized_start=691
+  _globals['_INSURANCETYPE']._serialized_end=1010
+  _globals['_REASONCODE']._serialized_start=1013
+  _globals['_REASONCODE']._serialized_end=1501
   _globals['_DATE']._serialized_start=44
   _globals['_DATE']._serialized_end=92
   _globals['_YEARMONTH']._serialized_start=94
   _globals['_YEARMONTH']._serialized_end=134
   _globals['_PERSON']._serialized_start=136
-  _globals['_PERSON']._serialized_end=244
-  _globals['_REASON']._serialized_start=246
-  _globals['_REASON']._serialized_end=309
+  _globals['_PERSON']._serialized_end=260
+  _globals['_REASON']._serialized_start=262
+  _globals['_REASON']._serialized_end=325
 # @@protoc_insertion_point(module_scope)

@@ -154,6 +154,10 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     """金额不符 amount does not match the table"""
     REASON_CODE_DUPLICATE_ENROLLMENT: _ReasonCode.ValueType  # 23
     """重复参保 overlapping enrollment"""
+    REASON_CODE_RESIDENT_SAME_YEAR: _ReasonCode.ValueType  # 24
+    """居民医保当年度不办理 resident → resident insurance within the year of the suspension: the person
+    applies after enrolling for the next year at the inbound side.
+    """
     REASON_CODE_OTHER: _ReasonCode.ValueType  # 99
     """99 其他 other: the text field says what."""
 
@@ -190,6 +194,10 @@ REASON_CODE_AMOUNT_MISMATCH: ReasonCode.ValueType  # 22
 """金额不符 amount does not match the table"""
 REASON_CODE_DUPLICATE_ENROLLMENT: ReasonCode.ValueType  # 23
 """重复参保 overlapping enrollment"""
+REASON_CODE_RESIDENT_SAME_YEAR: ReasonCode.ValueType  # 24
+"""居民医保当年度不办理 resident → resident insurance within the year of the suspension: the person
+applies after enrolling for the next year at the inbound side.
+"""
 REASON_CODE_OTHER: ReasonCode.ValueType  # 99
 """99 其他 other: the text field says what."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
@@ -263,22 +271,30 @@ class Person(_message.Message):
     CERTIFICATE_TYPE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_NUMBER_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PSN_NO_FIELD_NUMBER: _builtins.int
     certificate_type: Global___CertificateType.ValueType
     """证件类型 certificate type"""
     certificate_number: _builtins.str
     """证件号码 certificate number"""
     name: _builtins.str
     """姓名 name"""
+    psn_no: _builtins.str
+    """人员编号 the person's number on the national medical insurance information platform (psn_no):
+    optional; when present 1 to 30 ASCII letters and digits. Personal data like the certificate
+    number. Several unmerged numbers for one person are the 多重参保编号 blocker
+    (REASON_CODE_MULTIPLE_INSURED_NUMBERS).
+    """
     def __init__(
         self,
         *,
         certificate_type: Global___CertificateType.ValueType = ...,
         certificate_number: _builtins.str = ...,
         name: _builtins.str = ...,
+        psn_no: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "certificate_type", b"certificate_type", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "certificate_type", b"certificate_type", "name", b"name", "psn_no", b"psn_no"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

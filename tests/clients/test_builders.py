@@ -23,19 +23,24 @@ from mitransfer.v1 import messages_pb2, types_pb2
 Ack = messages_pb2.Acknowledgement
 OUT, IN = "320100", "330100"
 SUSPENDED = dt.date(2026, 5, 6)
+LAST_YEAR = dt.date(builders.today_in_china().year - 1, 12, 31)  # resident → resident: enrolled a later year
 
 
-def _table_and_funds(insurance: int, balance: int, seed: int = 3) -> tuple[
+def _table_and_funds(insurance: int, balance: int, seed: int = 3, inbound: int | None = None) -> tuple[
     messages_pb2.OutboundNotice, messages_pb2.InformationTable, messages_pb2.FundTransfer | None
 ]:
+    inbound = insurance if inbound is None else inbound
+    suspended = LAST_YEAR if insurance == inbound == builders.RESIDENT else SUSPENDED
     plan = CasePlan.synthetic(OUT, IN, insurance_type=insurance, balance_fen=balance, seed=seed,  # type: ignore[arg-type]
-                              today=SUSPENDED)
-    notice = builders.outbound_notice_accepted(plan.route, plan.person, plan.insurance_type, SUSPENDED)
-    table = builders.information_table(plan.route, plan.person, plan.insurance_type, SUSPENDED, plan.periods, balance)
+                              today=suspended, inbound_insurance_type=inbound)  # type: ignore[arg-type]
+    notice = builders.outbound_notice_accepted(plan.route, plan.person, plan.insurance_type, suspended,
+                                               inbound_insurance_type=plan.inbound_type)
+    table = builders.information_table(plan.route, plan.person, plan.insurance_type, suspended, plan.periods, balance,
+                                       inbound_insurance_type=plan.inbound_type)
     funds = None
     if plan.funds_expected:
         funds = builders.fund_transfer(plan.route, balance, builders.fund_account(OUT, receiving=False),
-                                       builders.fund_account(IN, receiving=True), "REF0001", SUSPENDED)
+                                       builders.fund_account(IN, receiving=True), "REF0001", suspended)
     return notice, table, funds
 
 
@@ -103,7 +108,8 @@ def _period(first: tuple[int, int], last: tuple[int, int], paid: int) -> message
     pytest.param([], 310, 0, id="no-periods"),
     pytest.param([_period((2020, 1), (2020, 12), 13)], 310, 0, id="more-months-paid-than-spanned"),
     pytest.param([_period((2021, 1), (2020, 12), 1)], 310, 0, id="reversed"),
-    pytest.param([_period((2020, 1), (2020, 12), 12), _period((2020, 12), (2021, 3), 4)], 310, 0, id="overlap"),
+    pytest.param([_period((2020, 1), (2020, 12), 10), _period((2020, 6), (2021, 3), 8)], 310, 0,
+                 id="overlap-without-cumulative"),
     pytest.param([_period((2022, 1), (2022, 12), 12), _period((2020, 1), (2020, 12), 12)], 310, 0, id="unordered"),
     pytest.param([_period((2026, 1), (2026, 6), 6)], 310, 0, id="after-suspension-month"),
     pytest.param([_period((2020, 1), (2020, 13), 1)], 310, 0, id="month-13"),
@@ -114,6 +120,63 @@ def test_bad_tables_are_refused(periods: list[messages_pb2.ContributionPeriod], 
     with pytest.raises(ValueError):
         builders.information_table(builders.Route.new(OUT, IN), builders.sample_person(1), insurance,  # type: ignore[arg-type]
                                    SUSPENDED, periods, balance)
+
+
+def test_overlapping_periods_count_shared_months_once() -> None:
+    """Two regions for the same months (2020-06..2020-12): 18 months listed, 15 covered; the
+    platform says how many it counts, within what the periods allow."""
+    periods = [_period((2020, 1), (2020, 12), 10), _period((2020, 6), (2021, 3), 8)]
+    build = lambda cumulative: builders.information_table(  # noqa: E731
+        builders.Route.new(OUT, IN), builders.sample_person(1), builders.EMPLOYEE, SUSPENDED, periods, 0,
+        cumulative_months=cumulative)
+    assert [build(n).cumulative_months for n in (11, 15)] == [11, 15]
+    for wrong in (10, 16, 18):
+        with pytest.raises(ValueError, match="between 11 and 15"):
+            build(wrong)
+
+
+def test_months_counted_as_paid_count_and_the_period_keeps_its_scheme() -> None:
+    periods = [builders.contribution_period(OUT, (2000, 1), (2009, 12), 60, months_deemed=60,
+                                            insurance_type=builders.EMPLOYEE),
+               builders.contribution_period(OUT, (2010, 1), (2010, 12), 12, insurance_type=builders.RESIDENT)]
+    table = builders.information_table(builders.Route.new(OUT, IN), builders.sample_person(1), builders.EMPLOYEE,
+                                       SUSPENDED, periods, 0)
+    assert table.cumulative_months == 132
+    assert [p.insurance_type for p in table.periods] == [builders.EMPLOYEE, builders.RESIDENT]
+    with pytest.raises(ValueError, match="within 1..120"):
+        builders.information_table(builders.Route.new(OUT, IN), builders.sample_person(1), builders.EMPLOYEE,
+                                   SUSPENDED, [builders.contribution_period(OUT, (2000, 1), (2009, 12), 61,
+                                                                            months_deemed=60)], 0)
+
+
+@pytest.mark.parametrize(("outbound", "inbound", "moved", "retained"), [
+    (builders.EMPLOYEE, builders.EMPLOYEE, 5000, 0),
+    (builders.EMPLOYEE, builders.RESIDENT, 0, 5000),
+])
+def test_balance_moves_only_between_employee_schemes(outbound: int, inbound: int, moved: int, retained: int) -> None:
+    route = builders.Route.new(OUT, IN)
+    table = builders.information_table(route, builders.sample_person(1), outbound, SUSPENDED,  # type: ignore[arg-type]
+                                       builders.sample_periods(OUT, SUSPENDED, 1), 5000,
+                                       inbound_insurance_type=inbound)  # type: ignore[arg-type]
+    assert (table.account_balance_fen, table.account_balance_retained_fen) == (moved, retained)
+    assert builders.balance_moves(outbound, inbound, 5000) is bool(moved)  # type: ignore[arg-type]
+
+
+def test_notice_states_the_inbound_scheme_and_refuses_a_future_suspension() -> None:
+    route, person = builders.Route.new(OUT, IN), builders.sample_person(1)
+    same = builders.outbound_notice_accepted(route, person, builders.EMPLOYEE, SUSPENDED)
+    cross = builders.outbound_notice_accepted(route, person, builders.EMPLOYEE, SUSPENDED,
+                                              inbound_insurance_type=builders.RESIDENT)
+    assert (same.inbound_insurance_type, cross.inbound_insurance_type) == (builders.EMPLOYEE, builders.RESIDENT)
+    with pytest.raises(ValueError, match="after today"):
+        builders.outbound_notice_accepted(route, person, builders.EMPLOYEE,
+                                          builders.today_in_china() + dt.timedelta(days=1))
+
+
+def test_sample_people_carry_a_valid_person_number() -> None:
+    numbers = {builders.sample_person(seed).psn_no for seed in range(50)}
+    assert len(numbers) == 50
+    assert all(len(n) == builders.MAX_PSN_NO and n.isascii() and n.isalnum() for n in numbers)
 
 
 def test_fund_transfer_fields() -> None:
@@ -249,6 +312,22 @@ def test_table_for_another_person_is_rejected() -> None:
     assert [r.code for r in acks[0].reasons] == [types_pb2.REASON_CODE_IDENTITY_MISMATCH]
 
 
+@pytest.mark.parametrize(("suspended", "code"), [
+    (builders.today_in_china(), types_pb2.REASON_CODE_RESIDENT_SAME_YEAR),
+    (builders.today_in_china() + dt.timedelta(days=3), types_pb2.REASON_CODE_DUPLICATE_ENROLLMENT),
+], ids=["resident-same-year", "enrolled-before-suspension"])
+def test_inbound_role_rejects_what_the_measures_forbid(suspended: dt.date, code: int) -> None:
+    """Resident → resident within the suspension's year, or an enrollment here (today) before the
+    suspension: the reference inbound side rejects the table with the measures' reason."""
+    route, person = builders.Route.new(OUT, IN), builders.sample_person(4)
+    notice = builders.outbound_notice_accepted(route, person, builders.RESIDENT, min(suspended, builders.today_in_china()))
+    table = builders.information_table(route, person, builders.RESIDENT, suspended,
+                                       builders.sample_periods(OUT, suspended, 4), 0)
+    case, acks = _answer([notice, table])
+    assert case is None and _statuses(acks) == [(Ack.STATUS_REJECTED, table.header.message_id)]
+    assert [r.code for r in acks[0].reasons] == [code]
+
+
 def test_table_without_remembered_notice_is_still_answered() -> None:
     _, table, _ = _table_and_funds(390, 0)
     assert len(answer_as_inbound(None, table).acknowledgements) == 2
@@ -290,9 +369,11 @@ def test_plan_mix_and_directions() -> None:
         assert plan.route.outbound in sources and plan.route.inbound in targets
         assert plan.insurance_type == builders.EMPLOYEE or plan.balance_fen == 0
     kinds = [(p.insurance_type, p.balance_fen > 0) for _, p in plans]
-    assert kinds.count((builders.EMPLOYEE, True)) == 70
+    assert sum(p.funds_expected for _, p in plans) == 70
+    assert kinds.count((builders.EMPLOYEE, True)) == 80  # 10 of them to resident insurance: balance retained
+    assert [p.inbound_type for _, p in plans].count(builders.RESIDENT) == 20
     assert kinds.count((builders.EMPLOYEE, False)) == 10
-    assert kinds.count((builders.RESIDENT, False)) == 20
+    assert kinds.count((builders.RESIDENT, False)) == 10
     assert len({p.route.transfer_id for _, p in plans}) == 100
 
 
@@ -305,14 +386,16 @@ def _gateway(module: str) -> Any:
         pytest.skip(f"{module} is not importable yet")
 
 
-@pytest.mark.parametrize(("insurance", "balance"), [(310, 250_000), (310, 0), (390, 0)])
-def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: int) -> None:
+@pytest.mark.parametrize(("insurance", "balance", "inbound"), [
+    (310, 250_000, 310), (310, 0, 310), (390, 0, 390), (310, 250_000, 390), (390, 0, 310)])
+def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: int, inbound: int) -> None:
     """Outbound messages and the inbound role's answers, in delivery order, through the gateway's
     state machine, which must end COMPLETED."""
     case_rules = _gateway("gateway.core.case")
     from mitransfer.v1 import tracking_pb2
 
-    notice, table, funds = _table_and_funds(insurance, balance)
+    notice, table, funds = _table_and_funds(insurance, balance, inbound=inbound)
+    assert (funds is not None) == (insurance == inbound == 310 and balance > 0)
     outbound: list[BusinessMessage] = [notice, table] + ([funds] if funds is not None else [])
     state = None
     memory: InboundCase | None = None

@@ -5,6 +5,8 @@ unacknowledged, reopening after transient errors, stop)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncio
 import random
 from collections.abc import Callable
@@ -381,8 +383,9 @@ async def test_reference_platform_resends_the_same_answers_after_a_failure(keys:
     platform = ReferencePlatform(south)
     route = builders.Route.new(NORTH_AGENCIES[0], SOUTH_AGENCIES[0])
     person = builders.sample_person(5)
-    table = builders.information_table(route, person, builders.RESIDENT, builders.today_in_china(),
-                                       builders.sample_periods(route.outbound, builders.today_in_china(), 5), 0)
+    last_year = dt.date(builders.today_in_china().year - 1, 12, 31)  # resident → resident: a later year
+    table = builders.information_table(route, person, builders.RESIDENT, last_year,
+                                       builders.sample_periods(route.outbound, last_year, 5), 0)
     delivery = open_delivery(keys.keyring, deliver(keys, table), receiving_platform="south")
     with pytest.raises(GatewayRejected):
         await platform.handle(delivery)

@@ -148,7 +148,8 @@ class World:
         if status == Ack.STATUS_FUNDS_CREDITED:
             ack.credited_amount_fen = self.plan.balance_fen or 100
         if status == Ack.STATUS_ACCEPTED:
-            ack.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=2026, month=12, day=1))
+            today = builders.today_in_china()
+            ack.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=today.year, month=today.month, day=today.day))
             ack.inbound_insurance_type = self.plan.insurance_type
         return ack
 
@@ -382,7 +383,7 @@ def test_retired_employees_are_not_covered() -> None:
 def test_acceptance_records_enrollment_for_continuity() -> None:
     world = World(True)
     after = apply(world.case(S.CASE_STATE_FUNDS_SENT), world.message(Event.ACK_ACCEPTED, Side.INBOUND))
-    assert after.enrollment_date == "2026-12-01" and after.inbound_insurance_type == EMPLOYEE
+    assert after.enrollment_date == builders.today_in_china().isoformat() and after.inbound_insurance_type == EMPLOYEE
 
 
 def test_every_rule_is_explained_in_the_integration_guide() -> None:

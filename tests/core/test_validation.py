@@ -16,6 +16,7 @@ from clients.scenario import CasePlan, outbound_messages
 from gateway.core.errors import InvalidMessage
 from gateway.core.messages import BusinessMessage
 from gateway.core.validation import MAX_FUND_FEN, is_region_code, validate
+from gateway.core.workdays import CHINA
 from mitransfer.v1 import messages_pb2, types_pb2
 
 NOW = dt.datetime.now(dt.UTC)
@@ -55,7 +56,7 @@ def accepted(table: messages_pb2.Header) -> messages_pb2.Acknowledgement:
     ack = messages_pb2.Acknowledgement(
         answers_message_id=table.message_id, status=Ack.STATUS_ACCEPTED,
         inbound_insurance_type=types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC,
-        inbound_enrollment_date=types_pb2.Date(year=2026, month=12, day=1))
+        inbound_enrollment_date=builders.proto_date(builders.today_in_china()))
     ack.header.CopyFrom(builders.header(table.receiver, table.sender, table.transfer_id))
     return ack
 
@@ -242,8 +243,8 @@ def _ym(count: int) -> types_pb2.YearMonth:
 
 
 @given(period_lists(), st.booleans())
-def test_ordered_periods_with_the_right_sum_pass_and_overlaps_do_not(
-    periods: list[tuple[int, int, int]], overlap: bool
+def test_ordered_periods_with_the_right_sum_pass_and_out_of_order_ones_do_not(
+    periods: list[tuple[int, int, int]], reorder: bool
 ) -> None:
     table = valid()["table"]
     assert isinstance(table, messages_pb2.InformationTable)
@@ -251,8 +252,81 @@ def test_ordered_periods_with_the_right_sum_pass_and_overlaps_do_not(
     for first, last, paid in periods:
         table.periods.add(pooling_region="320100", first_month=_ym(first), last_month=_ym(last), months_paid=paid)
     table.cumulative_months = sum(p for _, _, p in periods)
-    if overlap and len(periods) > 1:
-        table.periods[1].first_month.CopyFrom(table.periods[0].last_month)
+    if reorder and len(periods) > 1:
+        table.periods[0].CopyFrom(table.periods[1])  # the second period listed first: out of order
+        table.periods[1].first_month.CopyFrom(_ym(periods[0][0]))
+        table.periods[1].last_month.CopyFrom(_ym(periods[0][1]))
+        table.periods[1].months_paid = periods[0][2]
         assert "periods[1].first_month" in violations(table)
     else:
         validate(table, now=NOW)
+
+
+@given(period_lists(), st.integers(0, 30), st.integers(0, 40))
+def test_overlapping_periods_count_each_month_once(periods: list[tuple[int, int, int]], shift: int,
+                                                   offset: int) -> None:
+    """The periods twice, the copy at another region `shift` months later (overlapping them):
+    cumulative months are accepted exactly within the bounds of months counted once."""
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    del table.periods[:]
+    listed = sorted([*periods, *((f + shift, last + shift, paid) for f, last, paid in periods)])
+    listed = [(f, last, paid) for f, last, paid in listed if last < 2026 * 12]
+    for first, last, paid in listed:
+        table.periods.add(pooling_region="320500", first_month=_ym(first), last_month=_ym(last), months_paid=paid)
+    covered = {m for f, last, _ in listed for m in range(f, last + 1)}
+    total = sum(p for _, _, p in listed)
+    shared = sum(last - f + 1 for f, last, _ in listed) - len(covered)
+    lower, upper = max(total - shared, max(p for _, _, p in listed)), min(total, len(covered))
+    table.cumulative_months = lower + offset - 20
+    if lower <= table.cumulative_months <= upper:
+        validate(table, now=NOW)
+    else:
+        assert "cumulative_months" in violations(table)
+
+
+@pytest.mark.parametrize(("psn_no", "ok"), [
+    ("", True), ("3301TEST000000000000000000001", True), ("A" * 30, True),
+    ("A" * 31, False), ("33 01", False), ("３３０１", False), ("33-01", False), ("33\n01", False),
+])
+def test_person_number_is_optional_and_checked_when_present(psn_no: str, ok: bool) -> None:
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    table.person.psn_no = psn_no
+    if ok:
+        validate(table, now=NOW)
+    else:
+        assert violations(table) == ["person.psn_no"]
+
+
+def test_suspension_after_today_is_refused_in_notice_and_table() -> None:
+    tomorrow = (NOW + dt.timedelta(days=1)).astimezone(CHINA).date()
+    for name in ("notice", "table"):
+        message = valid()[name]
+        assert isinstance(message, messages_pb2.OutboundNotice | messages_pb2.InformationTable)
+        message.suspension_date.CopyFrom(types_pb2.Date(year=tomorrow.year, month=tomorrow.month, day=tomorrow.day))
+        assert "suspension_date" in violations(message)
+
+
+@pytest.mark.parametrize(("paid", "deemed", "ok"), [(12, 0, True), (0, 12, True), (6, 6, True), (7, 6, False),
+                                                    (0, 0, False), (-1, 5, False)])
+def test_months_counted_as_paid_share_the_period_with_months_paid(paid: int, deemed: int, ok: bool) -> None:
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    del table.periods[:]
+    table.periods.add(pooling_region="320100", first_month=_ym(2020 * 12), last_month=_ym(2020 * 12 + 11),
+                      months_paid=paid, months_deemed=deemed, insurance_type=types_pb2.INSURANCE_TYPE_RESIDENT_BASIC)
+    table.cumulative_months = paid + deemed
+    if ok:
+        validate(table, now=NOW)
+    else:
+        assert "periods[0].months_paid" in violations(table)
+
+
+def test_balances_transferred_and_retained_are_checked() -> None:
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    table.account_balance_fen, table.account_balance_retained_fen = 100, 100
+    assert violations(table) == ["account_balance_retained_fen"]
+    table.account_balance_fen, table.account_balance_retained_fen = 0, -1
+    assert violations(table) == ["account_balance_retained_fen"]

@@ -41,6 +41,7 @@ def answer(to: messages_pb2.Header, status: int, **fields: object) -> messages_p
 
 def accept(table: messages_pb2.Header, inbound_insurance: int = EMPLOYEE,
            enrolled: dt.date | None = None) -> messages_pb2.Acknowledgement:
+    """The inbound acceptance, enrolled today unless said otherwise."""
     d = enrolled or builders.today_in_china()
     return answer(table, Ack.STATUS_ACCEPTED, inbound_insurance_type=inbound_insurance,
                   inbound_enrollment_date=types_pb2.Date(year=d.year, month=d.month, day=d.day))
@@ -124,15 +125,121 @@ async def test_employee_to_employee_happy_path(gateway: GatewayHandle,
 
 async def test_employee_to_resident_cross_scheme(gateway: GatewayHandle,
                                                  platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """310 → 390 with a balance: the inbound scheme is fixed by the request, the table reports the
+    balance as retained at the outbound side, no money moves, and every later message agrees."""
     js, zj = platforms
-    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=88_000, seed=12)
-    await zj.submit(request(plan, RESIDENT))  # applied at the inbound side
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=88_000, seed=12,
+                              inbound_insurance_type=RESIDENT)
+    await zj.submit(request(plan, RESIDENT))  # applied at the inbound side, for resident insurance
+    msgs = outbound_messages(plan)
+    assert len(msgs) == 2  # notice and table: no fund transfer
+    notice, table = msgs
+    wrong = builders.outbound_notice_accepted(plan.route, plan.person, EMPLOYEE, plan.suspension_date,
+                                              inbound_insurance_type=EMPLOYEE)
+    assert (await rejected(js.submit(wrong))).reason == "INSURANCE_TYPE_MISMATCH"
+    await js.submit(notice)
+    moved = builders.information_table(plan.route, plan.person, EMPLOYEE, plan.suspension_date, plan.periods, 0)
+    moved.account_balance_fen = 88_000  # as if the balance were transferred out
+    assert (await rejected(js.submit(moved))).reason == "BALANCE_STAYS_AT_OUTBOUND"
+    assert (table.account_balance_fen, table.account_balance_retained_fen) == (0, 88_000)
+    await js.submit(table)
+    fund = builders.fund_transfer(plan.route, 88_000, builders.fund_account("320100", receiving=False),
+                                  builders.fund_account("330100", receiving=True), "R2", builders.today_in_china())
+    assert (await rejected(js.submit(fund))).reason == "NO_FUNDS_ACROSS_SCHEMES"
+    assert (await rejected(zj.submit(accept(table.header, EMPLOYEE)))).reason == "INSURANCE_TYPE_MISMATCH"
+    await zj.submit(accept(table.header, RESIDENT))  # accepted at once: no funds to wait for
+    await zj.submit(answer(table.header, Ack.STATUS_TRANSFER_IN_COMPLETED))
+    case = await state(zj, plan)
+    assert (case.state, case.applicant, case.inbound_insurance_type) == (S.CASE_STATE_COMPLETED, "330100", RESIDENT)
+    assert gateway.count("fund_movements") == 0
+
+
+async def test_notice_that_opens_a_case_states_the_inbound_scheme(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    js, _ = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=5_000, seed=14)
+    notice = outbound_messages(plan)[0]
+    notice.inbound_insurance_type = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+    refusal = await rejected(js.submit(notice))
+    assert (refusal.reason, refusal.metadata.get("field")) == ("INBOUND_INSURANCE_TYPE_REQUIRED",
+                                                               "inbound_insurance_type")
+    assert gateway.count("cases") == 0
+
+
+async def test_resident_to_resident_waits_for_the_next_year(gateway: GatewayHandle,
+                                                           platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """Suspended this year: the acceptance is refused RESIDENT_SAME_YEAR and the inbound side
+    rejects with that reason; suspended last year, enrolled this year: completed."""
+    js, zj = platforms
+    this_year = CasePlan.synthetic("320100", "330100", insurance_type=RESIDENT, seed=15,
+                                   today=builders.today_in_china())
+    notice, table = outbound_messages(this_year)
+    for m in (notice, table):
+        await js.submit(m)
+    refusal = await rejected(zj.submit(accept(table.header, RESIDENT)))
+    assert (refusal.reason, refusal.metadata.get("field")) == ("RESIDENT_SAME_YEAR", "inbound_enrollment_date")
+    await zj.submit(answer(table.header, Ack.STATUS_REJECTED,
+                           reasons=[builders.reason(types_pb2.REASON_CODE_RESIDENT_SAME_YEAR)]))
+    assert (await state(js, this_year)).state == S.CASE_STATE_INBOUND_REJECTED
+
+    next_year = CasePlan.synthetic("320100", "330100", insurance_type=RESIDENT, seed=16)
+    assert next_year.suspension_date.year < builders.today_in_china().year
+    msgs = outbound_messages(next_year)
+    for m in msgs:
+        await js.submit(m)
+    await complete_inbound(zj, next_year, msgs, inbound_insurance=RESIDENT)
+    assert (await state(js, next_year)).state == S.CASE_STATE_COMPLETED
+
+
+async def test_overlapping_coverage_and_future_suspension_are_refused(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """不得重复参保: an enrollment at the inbound side seven months before the suspension is refused,
+    not counted as a zero gap; a suspension date after today is refused on its field."""
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=RESIDENT, seed=17)
     msgs = outbound_messages(plan)
     for m in msgs:
         await js.submit(m)
-    await complete_inbound(zj, plan, msgs, inbound_insurance=RESIDENT)
-    case = await state(zj, plan)
-    assert (case.state, case.applicant, case.inbound_insurance_type) == (S.CASE_STATE_COMPLETED, "330100", RESIDENT)
+    early = accept(msgs[1].header, RESIDENT, enrolled=plan.suspension_date - dt.timedelta(days=214))
+    refusal = await rejected(zj.submit(early))
+    assert (refusal.reason, refusal.metadata.get("field")) == ("OVERLAPPING_COVERAGE", "inbound_enrollment_date")
+    assert (await state(js, plan)).state == S.CASE_STATE_TABLE_SENT
+
+    later = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, seed=18)
+    notice = outbound_messages(later)[0]
+    tomorrow = builders.today_in_china() + dt.timedelta(days=1)
+    notice.suspension_date.CopyFrom(builders.proto_date(tomorrow))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.exchange("jiangsu").Submit(sign(notice, gateway.signer("jiangsu")))
+    refusal_status = failure(caught.value)
+    assert (refusal_status.code, refusal_status.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["suspension_date"])
+
+
+async def test_table_with_overlapping_periods_counts_months_once(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """A history across two schemes and regions with shared months, months counted as paid and a
+    person number: accepted when the cumulative months count each month once, refused otherwise."""
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=6_000, seed=19)
+    s = plan.suspension_date
+    periods = (
+        builders.contribution_period("320500", (2000, 1), (2009, 12), 60, months_deemed=60,
+                                     insurance_type=EMPLOYEE),
+        builders.contribution_period("320500", (2009, 7), (2012, 12), 42, insurance_type=RESIDENT),
+        builders.contribution_period("320100", (2013, 1), (s.year, s.month), (s.year - 2013) * 12 + s.month),
+    )
+    await js.submit(builders.outbound_notice_accepted(plan.route, plan.person, EMPLOYEE, s))
+    counted_once = 120 + 36 + periods[2].months_paid  # 2009-07..2009-12 shared: counted once
+    twice = builders.information_table(plan.route, plan.person, EMPLOYEE, s, periods, 6_000,
+                                       cumulative_months=counted_once)
+    twice.cumulative_months = counted_once + 6
+    refusal = await rejected(js.submit(twice))
+    assert "cumulative_months" in [f for f, _ in refusal.field_violations]
+    table = builders.information_table(plan.route, plan.person, EMPLOYEE, s, periods, 6_000,
+                                       cumulative_months=counted_once)
+    assert table.person.psn_no
+    await js.submit(table)
+    assert (await state(zj, plan)).state == S.CASE_STATE_TABLE_SENT
 
 
 async def test_resident_to_resident_moves_no_funds(gateway: GatewayHandle,

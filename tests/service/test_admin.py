@@ -133,7 +133,7 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
     for ack in (
         messages_pb2.Acknowledgement(answers_message_id=table.message_id, status=Ack.STATUS_ACCEPTED,
                                      inbound_insurance_type=types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC,
-                                     inbound_enrollment_date=types_pb2.Date(year=2026, month=12, day=1)),
+                                     inbound_enrollment_date=builders.proto_date(builders.today_in_china())),
         messages_pb2.Acknowledgement(answers_message_id=fund.message_id, status=Ack.STATUS_FUNDS_CREDITED,
                                      credited_amount_fen=40_000),
     ):

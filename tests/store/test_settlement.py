@@ -116,7 +116,7 @@ class Ledger(RuleBasedStateMachine):
         try:
             if credit:
                 accepted = answer(table, Ack.STATUS_ACCEPTED, inbound_insurance_type=plan.insurance_type,
-                                  inbound_enrollment_date=types_pb2.Date(year=2026, month=12, day=1))
+                                  inbound_enrollment_date=builders.proto_date(builders.today_in_china()))
                 self.submit(accepted)
                 if plan.funds_expected:
                     self.submit(answer(messages[2].header, Ack.STATUS_FUNDS_CREDITED,
