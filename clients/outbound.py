@@ -5,10 +5,14 @@ gateway's receipts: notice, information table, and the fund transfer when there 
     python -m clients.outbound --platform jiangsu --case case.json
 
 The case is synthetic unless --case names a JSON file; any key it leaves out is synthetic too:
-    {"from": "320100", "to": "330100", "insurance": 310, "balance_fen": 123456,
-     "person": {"certificate_number": "...", "name": "..."}, "suspension_date": "2026-05-06",
+    {"from": "320100", "to": "330100", "insurance": 310, "inbound_insurance": 310, "balance_fen": 123456,
+     "person": {"certificate_number": "...", "name": "...", "psn_no": "..."}, "suspension_date": "2026-05-06",
      "periods": [{"pooling_region": "320100", "first_month": "2019-01", "last_month": "2026-05",
-                  "months_paid": 89}]}
+                  "months_paid": 89, "months_deemed": 0, "insurance_type": 310}],
+     "cumulative_months": 89}
+"inbound_insurance" is the scheme at the inbound side (default: the same); from 310 to 390 the
+balance is reported as retained at the outbound side and nothing moves. "cumulative_months" is
+needed only when periods overlap.
 Options given on the command line win over the file.
 """
 
@@ -38,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--from", dest="outbound", help="outbound agency code (one of this platform's)")
     parser.add_argument("--to", dest="inbound", help="inbound agency code")
     parser.add_argument("--insurance", type=int, choices=(310, 390), help="310 employee or 390 resident")
+    parser.add_argument("--inbound-insurance", type=int, choices=(310, 390),
+                        help="the scheme at the inbound side (default: the same as --insurance)")
     parser.add_argument("--balance-fen", type=int, help="personal-account balance in fen (310 only)")
     parser.add_argument("--case", type=Path, help="JSON file describing the case")
     parser.add_argument("--seed", type=int, default=1, help="which synthetic person (default 1)")
@@ -54,9 +60,11 @@ def plan_from(args: argparse.Namespace, described: Mapping[str, Any]) -> CasePla
     if not outbound or not inbound:
         raise ValueError("give the agencies with --from and --to (or in --case)")
     insurance = args.insurance or int(described.get("insurance", 310))
+    inbound_insurance = args.inbound_insurance or int(described.get("inbound_insurance", insurance))
     balance = args.balance_fen if args.balance_fen is not None else int(described.get("balance_fen", 0))
     plan = CasePlan.synthetic(outbound, inbound, insurance_type=types_pb2.InsuranceType.ValueType(insurance),
-                              balance_fen=balance, seed=args.seed)
+                              balance_fen=balance, seed=args.seed,
+                              inbound_insurance_type=types_pb2.InsuranceType.ValueType(inbound_insurance))
     if "suspension_date" in described:
         plan = replace(plan, suspension_date=dt.date.fromisoformat(described["suspension_date"]))
     if "person" in described:
@@ -64,9 +72,11 @@ def plan_from(args: argparse.Namespace, described: Mapping[str, Any]) -> CasePla
         plan = replace(plan, person=types_pb2.Person(
             certificate_type=types_pb2.CertificateType.ValueType(
                 int(p.get("certificate_type", types_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD))),
-            certificate_number=str(p["certificate_number"]), name=str(p["name"])))
+            certificate_number=str(p["certificate_number"]), name=str(p["name"]), psn_no=str(p.get("psn_no", ""))))
     if "periods" in described:
         plan = replace(plan, periods=tuple(_period(p) for p in described["periods"]))
+    if "cumulative_months" in described:
+        plan = replace(plan, cumulative_months=int(described["cumulative_months"]))
     elif "suspension_date" in described:  # keep the synthetic periods within the suspension month
         plan = replace(plan, periods=tuple(sample_periods(outbound, plan.suspension_date, args.seed)))
     return plan
@@ -78,7 +88,8 @@ def _period(p: Mapping[str, Any]) -> messages_pb2.ContributionPeriod:
         return int(year), int(month)
 
     return contribution_period(str(p["pooling_region"]), ym(p["first_month"]), ym(p["last_month"]),
-                               int(p["months_paid"]))
+                               int(p["months_paid"]), months_deemed=int(p.get("months_deemed", 0)),
+                               insurance_type=types_pb2.InsuranceType.ValueType(int(p.get("insurance_type", 0))))
 
 
 async def _send(args: argparse.Namespace, plan: CasePlan, messages: list[OutboundMessage]) -> int:

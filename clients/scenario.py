@@ -59,6 +59,7 @@ class CasePlan:
     periods: tuple[messages_pb2.ContributionPeriod, ...]
     balance_fen: int  # the personal-account balance (moved 310 → 310, retained at the outbound 310 → 390)
     inbound_insurance_type: types_pb2.InsuranceType.ValueType = types_pb2.INSURANCE_TYPE_UNSPECIFIED  # same
+    cumulative_months: int | None = None  # None: the periods' sum (they must not overlap)
 
     @classmethod
     def synthetic(
@@ -98,7 +99,8 @@ def outbound_messages(plan: CasePlan) -> list[OutboundMessage]:
         outbound_notice_accepted(route, plan.person, plan.insurance_type, plan.suspension_date,
                                  inbound_insurance_type=plan.inbound_type),
         information_table(route, plan.person, plan.insurance_type, plan.suspension_date, plan.periods,
-                          plan.balance_fen, inbound_insurance_type=plan.inbound_type),
+                          plan.balance_fen, inbound_insurance_type=plan.inbound_type,
+                          cumulative_months=plan.cumulative_months),
     ]
     if plan.funds_expected:
         messages.append(fund_transfer(

@@ -143,7 +143,7 @@ def test_months_counted_as_paid_count_and_the_period_keeps_its_scheme() -> None:
                                        SUSPENDED, periods, 0)
     assert table.cumulative_months == 132
     assert [p.insurance_type for p in table.periods] == [builders.EMPLOYEE, builders.RESIDENT]
-    with pytest.raises(ValueError, match="within 1..120"):
+    with pytest.raises(ValueError, match=r"within 1\.\.120"):
         builders.information_table(builders.Route.new(OUT, IN), builders.sample_person(1), builders.EMPLOYEE,
                                    SUSPENDED, [builders.contribution_period(OUT, (2000, 1), (2009, 12), 61,
                                                                             months_deemed=60)], 0)
@@ -320,7 +320,8 @@ def test_inbound_role_rejects_what_the_measures_forbid(suspended: dt.date, code:
     """Resident → resident within the suspension's year, or an enrollment here (today) before the
     suspension: the reference inbound side rejects the table with the measures' reason."""
     route, person = builders.Route.new(OUT, IN), builders.sample_person(4)
-    notice = builders.outbound_notice_accepted(route, person, builders.RESIDENT, min(suspended, builders.today_in_china()))
+    noticed = min(suspended, builders.today_in_china())  # the notice's own builder refuses a future date
+    notice = builders.outbound_notice_accepted(route, person, builders.RESIDENT, noticed)
     table = builders.information_table(route, person, builders.RESIDENT, suspended,
                                        builders.sample_periods(OUT, suspended, 4), 0)
     case, acks = _answer([notice, table])
@@ -422,3 +423,31 @@ def test_built_messages_pass_the_gateways_validation() -> None:
     now = dt.datetime.now(dt.UTC)
     for message in [notice, table, funds, *acks]:
         validation.validate(message, now=now)
+
+
+def test_outbound_cli_reads_a_cross_scheme_case_with_overlapping_periods() -> None:
+    """`python -m clients.outbound --case case.json`: the inbound scheme, months counted as paid, a
+    person number and the cumulative months of overlapping periods all reach the messages."""
+    import argparse
+
+    from clients.outbound import plan_from
+    from clients.scenario import outbound_messages
+
+    args = argparse.Namespace(outbound=None, inbound=None, insurance=None, inbound_insurance=None, balance_fen=None,
+                              seed=7)
+    described = {
+        "from": OUT, "to": IN, "insurance": 310, "inbound_insurance": 390, "balance_fen": 5000,
+        "suspension_date": "2026-05-06",
+        "person": {"certificate_number": builders.sample_person(7).certificate_number, "name": "测试人员0007",
+                   "psn_no": "32TEST000000000000000000000007"},
+        "periods": [{"pooling_region": "320100", "first_month": "2019-01", "last_month": "2023-12", "months_paid": 48,
+                     "months_deemed": 12},
+                    {"pooling_region": "320500", "first_month": "2023-07", "last_month": "2026-05", "months_paid": 35,
+                     "insurance_type": 390}],
+        "cumulative_months": 89,
+    }
+    notice, table = outbound_messages(plan_from(args, described))
+    assert notice.inbound_insurance_type == builders.RESIDENT
+    assert (table.account_balance_fen, table.account_balance_retained_fen, table.cumulative_months) == (0, 5000, 89)
+    assert table.person.psn_no == "32TEST000000000000000000000007"
+    assert [(p.months_deemed, p.insurance_type) for p in table.periods] == [(12, 0), (0, builders.RESIDENT)]

@@ -5,9 +5,8 @@ unacknowledged, reopening after transient errors, stop)."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Callable
 from typing import Any
