@@ -308,6 +308,18 @@ def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, inde
     return Decision(after, fund_status=fund_status)
 
 
+def index_question(message: BusinessMessage) -> tuple[bytes, str] | None:
+    """What `apply` asks its CaseIndex about `message` when its transfer has no case yet: the
+    person key and outbound agency of the case it would open. None: it asks nothing (the message
+    opens no case, or is a refused notice, which opens a case only to close it). A store answers
+    it before deciding, so the decision runs once."""
+    if isinstance(message, messages_pb2.TransferRequest):
+        return person_key(message.person), message.header.receiver
+    if isinstance(message, messages_pb2.OutboundNotice) and event_of(message) is Event.NOTICE_ACCEPTED:
+        return person_key(message.person), message.header.sender
+    return None
+
+
 def review(case: Case | None, *, approved: bool, message_id: str, rules: CaseRules) -> Decision:
     """The decision on a reviewer's approval or rejection of the case's held fund transfer."""
     event = Event.REVIEW_APPROVED if approved else Event.REVIEW_REJECTED

@@ -358,6 +358,32 @@ def test_one_open_case_per_person_and_outbound_agency(opener: str) -> None:
     assert apply(None, world.refused, OtherCase("earlier-case")).state == S.CASE_STATE_REFUSED
 
 
+class Asked:
+    """An index that notes every question and answers "no open case"."""
+
+    def __init__(self) -> None:
+        self.questions: list[tuple[bytes, str]] = []
+
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        self.questions.append((person_key, outbound))
+        return None
+
+
+@pytest.mark.parametrize("name", ["request", "notice", "refused", "table", "fund", "inbound_ack"])
+def test_index_question_is_what_apply_asks_of_a_new_case(name: str) -> None:
+    """A store answers `index_question` before deciding, and the decision may ask nothing else."""
+    world = World(True)
+    message = getattr(world, name)
+    asked = Asked()
+    try:
+        rules.apply(None, message, rules=RULES, index=asked)
+    except RuleViolation as refused:  # only a request or a notice opens a case
+        assert refused.reason == "CASE_NOT_OPENED"
+    expected = rules.index_question(message)
+    assert asked.questions == ([] if expected is None else [expected])
+    assert (expected is not None) == (name in ("request", "notice"))
+
+
 @pytest.mark.parametrize("insurance", [types_pb2.INSURANCE_TYPE_CIVIL_SERVANT_SUBSIDY,
                                        types_pb2.INSURANCE_TYPE_MATERNITY])
 def test_only_employee_and_resident_insurance_are_covered(insurance: int) -> None:
