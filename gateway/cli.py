@@ -73,7 +73,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from gateway.core.sla import Sla
     from gateway.core.workdays import WorkingCalendar
     from gateway.store.engines import make_store
-    from gateway.store.sql import MIGRATIONS
+    from gateway.store.migrations import MIGRATIONS
 
     config, _ = _gateway_config(args)
     kind, where = store_description(config.store)

@@ -38,8 +38,8 @@ from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
 from gateway.store import Store
+from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres import PostgresConfig
-from gateway.store.sql import MIGRATIONS
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
 
 log = logging.getLogger("gateway.app.server")

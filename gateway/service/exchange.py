@@ -180,6 +180,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             signed_message=received,
             ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,
             fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
+            opens_case_of=case_rules.index_question(message),
         )
         return incoming, message
 

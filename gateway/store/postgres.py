@@ -1,15 +1,17 @@
 """PostgreSQL store: the shared engine for several gateway replicas (psycopg 3, async, pooled).
 
-The SQL is `gateway.store.sql`, the same as SQLite's; this driver runs each operation in one
-transaction on a pooled connection and gives the engine-specific steps their meaning:
+The operations are `gateway.store.base`'s, the same as SQLite's; this driver runs each one in one
+transaction on a pooled connection and answers its steps (`PostgresSteps`) in PostgreSQL's words:
+- `?` placeholders become `%s` (and a literal `%` becomes `%%`), once per statement text;
 - a case's writers are serialized by a transaction-scoped advisory lock on its transfer id, so
   two replicas deciding messages of one case decide them one after the other;
 - the log's sequence comes from one counter row, updated last in the transaction: gapless and in
   commit order across replicas;
-- deliveries are claimed with `FOR UPDATE SKIP LOCKED`, so two replicas never lease one
+- a query's `SkipLocked` lock is `FOR UPDATE OF … SKIP LOCKED`, so two replicas never lease one
   delivery at the same time;
-- a commit that creates work for a platform sends `NOTIFY`; every replica LISTENs and wakes its
-  subscribers within milliseconds (polling remains the fallback).
+- a `Wake` is `pg_notify`, sent when the transaction commits; every replica LISTENs and wakes its
+  subscribers within milliseconds (polling remains the fallback);
+- the schema's types are BIGINT and BYTEA (`TYPES`).
 Any database failure is `StoreUnavailable` (UNAVAILABLE): no receipt exists unless its
 transaction committed. Migrations run under an advisory lock, so replicas may start together.
 """
@@ -21,6 +23,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -28,30 +31,31 @@ from typing import Any, Final, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
+from psycopg.rows import RowMaker
 
 from gateway.core.errors import StoreUnavailable
 from gateway.core.settings import setting
 from gateway.core.sla import Sla
-from gateway.core.workdays import WorkingCalendar
-from gateway.store import (
-    AcceptOutcome,
-    CaseQuery,
-    CaseView,
-    ClaimedDelivery,
-    Decide,
-    DeliveryStats,
-    HeldTransfer,
-    IncomingMessage,
-    MakeReceipt,
-    SettlementLine,
-    StageCount,
-    sql,
+from gateway.store.base import Operation, SQLStore
+from gateway.store.decision import constraint_violation
+from gateway.store.migrations import ColumnTypes, migrate
+from gateway.store.steps import (
+    Batch,
+    LockCase,
+    Query,
+    QueryOne,
+    R,
+    SkipLocked,
+    Statement,
+    Wake,
+    check_columns,
+    drive,
 )
-from gateway.store.sql import MIGRATIONS, Fetch, Steps, postgres_ddl
 
 log = logging.getLogger("gateway.store.postgres")
 
 T = TypeVar("T")
+TYPES = ColumnTypes(integer="BIGINT", blob="BYTEA")
 _MIGRATION_LOCK: Final = 7_321_001  # pg_advisory_xact_lock key held while migrating
 _RETRIES: Final = 3  # deadlocks and serialization failures are retried this often
 
@@ -72,18 +76,82 @@ class PostgresConfig:
             raise ValueError("pool_max must be at least pool_min")
 
 
-@functools.lru_cache(maxsize=512)
-def _pg(statement: str) -> str:
-    return statement.replace("?", "%s")
+# What a statement holds that psycopg would misread: a `?` or `%`, outside comments and literals.
+_TOKENS = re.compile(r"--[^\n]*|'(?:[^']|'')*'|[?%]")
+_PSYCOPG = {"?": "%s", "%": "%%"}
 
 
-class PostgresStore:
+@functools.lru_cache(maxsize=1024)
+def render(sql: str, lock: SkipLocked | None = None) -> str:
+    """A statement in psycopg's words: `%s` for each `?` and `%%` for each `%` outside comments and
+    string literals, then the row lock a query asks for."""
+    text = _TOKENS.sub(lambda m: _PSYCOPG.get(m.group(), m.group()), sql)
+    if lock is not None:
+        text += f" FOR UPDATE OF {lock.of} SKIP LOCKED"
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def _row_factory(row: type[R]) -> Callable[[Any], RowMaker[R]]:
+    """psycopg's row factory for a row type: each row's values go straight into the NamedTuple."""
+    maker = functools.partial(tuple.__new__, row)
+    return lambda _cursor: maker
+
+
+class PostgresSteps:
+    """The steps' `Executor` on one connection, inside a transaction the caller opened; errors are
+    psycopg's."""
+
+    __slots__ = ("_channel", "_checked", "_conn")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], channel: str, checked: set[str]) -> None:
+        self._conn = conn
+        self._channel = channel  # where wake-ups are sent
+        self._checked = checked  # query texts whose columns matched their row type
+
+    async def query(self, step: Query[R]) -> list[R]:
+        cursor = self._conn.cursor(row_factory=_row_factory(step.row))
+        await cursor.execute(render(step.sql, step.lock), step.params)
+        if step.sql not in self._checked:
+            self._check(step, cursor)
+        return await cursor.fetchall()
+
+    async def query_one(self, step: QueryOne[R]) -> R | None:
+        cursor = self._conn.cursor(row_factory=_row_factory(step.row))
+        await cursor.execute(render(step.sql), step.params)
+        if step.sql not in self._checked:
+            self._check(step, cursor)
+        return await cursor.fetchone()
+
+    def _check(self, step: Query[Any] | QueryOne[Any], cursor: psycopg.AsyncCursor[Any]) -> None:
+        check_columns(step, [column.name for column in cursor.description or ()])
+        self._checked.add(step.sql)
+
+    async def statement(self, step: Statement) -> int:
+        cursor = await self._conn.execute(render(step.sql), step.params)
+        return cursor.rowcount
+
+    async def batch(self, step: Batch) -> None:
+        if step.rows:
+            async with self._conn.cursor() as cursor:
+                await cursor.executemany(render(step.sql), step.rows)
+
+    async def lock_case(self, step: LockCase) -> None:
+        """Writers of one case, on any replica, wait for each other until commit."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (step.transfer_id,))
+
+    async def wake(self, step: Wake) -> None:
+        """Delivered to every listening replica when the transaction commits (not before)."""
+        await self._conn.execute("SELECT pg_notify(%s, %s)", (self._channel, step.platform))
+
+
+class PostgresStore(SQLStore):
     """The `Store` port on a PostgreSQL database shared by any number of gateway processes."""
 
-    def __init__(self, config: PostgresConfig, clock: Callable[[], dt.datetime], sla: Sla | None = None) -> None:
+    def __init__(self, config: PostgresConfig, clock: Callable[[], dt.datetime], sla: Sla) -> None:
+        super().__init__(clock, sla)
         self._config = config
-        self._clock = clock
-        self._sla = sla or Sla(WorkingCalendar())
+        self._checked: set[str] = set()  # query texts whose columns matched their row type
         self._pool: psycopg_pool.AsyncConnectionPool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wakers: list[Callable[[str], None]] = []
@@ -131,12 +199,7 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             await conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 pgsql.Identifier(self._config.schema)))
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = await (await conn.execute("SELECT MAX(version) FROM schema_version")).fetchone()
-            current = (row[0] if row else None) or 0
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                await conn.execute(postgres_ddl(script))  # our own DDL, no parameters
-                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            for version in await drive(migrate(TYPES), PostgresSteps(conn, self._channel, self._checked)):
                 log.info("migrated", extra={"fields": {"version": version}})
 
     async def _listen(self) -> None:
@@ -155,95 +218,31 @@ class PostgresStore:
                             extra={"fields": {"error": type(err).__name__}})
                 await asyncio.sleep(1.0)
 
-    # -- running the shared SQL ----------------------------------------------------------------
+    # -- running operations ---------------------------------------------------------------
 
-    async def _run(self, steps: Callable[[], Steps[T]]) -> T:
+    async def write(self, operation: Operation[T]) -> T:
         """Run one operation in its own transaction (a fresh generator per attempt)."""
         if self._pool is None:
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
         for attempt in range(1, _RETRIES + 1):
             try:
                 async with self._pool.connection() as conn, conn.transaction():
-                    return await self._drive(conn, steps())
+                    return await drive(operation(), PostgresSteps(conn, self._channel, self._checked))
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES:
                     raise StoreUnavailable("the database kept aborting the transaction",
                                            reason="STORE_UNAVAILABLE") from None
             except psycopg.errors.IntegrityError as err:  # the schema's last word on a rule
-                raise sql.constraint_violation(err.diag.constraint_name or "") from err
+                raise constraint_violation(err.diag.constraint_name or "") from err
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as err:
                 # The database is away or unreachable: worth retrying. Any other database error
                 # is a bug of ours and surfaces as INTERNAL.
                 raise StoreUnavailable(f"store error: {type(err).__name__}", reason="STORE_UNAVAILABLE") from err
         raise AssertionError("unreachable")
 
-    async def _drive(self, conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
-        result: Any = None
-        while True:
-            try:
-                q = steps.send(result)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            result = None
-            if q.fetch is Fetch.LOCK_CASE:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", q.params)
-            elif q.fetch is Fetch.WAKE:
-                await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, q.params[0]))
-            elif q.fetch is Fetch.MANY:
-                if q.params:
-                    async with conn.cursor() as cursor:
-                        await cursor.executemany(_pg(q.sql), q.params)
-            else:
-                cursor = await conn.execute(_pg(q.sql), q.params)
-                if q.fetch is Fetch.ONE:
-                    result = await cursor.fetchone()
-                elif q.fetch is Fetch.ROWCOUNT:
-                    result = cursor.rowcount
-                else:
-                    result = await cursor.fetchall()
-
-    # -- the port ----------------------------------------------------------------------------
+    async def read(self, operation: Operation[T]) -> T:
+        """A read is a transaction like a write: one snapshot, the same retries and errors."""
+        return await self.write(operation)
 
     def on_wake(self, callback: Callable[[str], None]) -> None:
         self._wakers.append(callback)
-
-    async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self._run(lambda: sql.accept(message, decide, make_receipt, self._clock, self._sla))
-
-    async def claim_deliveries(
-        self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
-        max_attempts: int, now: dt.datetime,
-    ) -> list[ClaimedDelivery]:
-        return await self._run(lambda: sql.claim_deliveries(
-            platform, agencies, limit=limit, lease=lease, max_attempts=max_attempts, now=now,
-            lock_rows=" FOR UPDATE OF d SKIP LOCKED"))
-
-    async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        await self._run(lambda: sql.ack_delivery(platform, message_id, now))
-
-    async def get_case(self, transfer_id: str) -> CaseView | None:
-        return await self._run(lambda: sql.get_case(transfer_id))
-
-    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        return await self._run(lambda: sql.idle_cases(state, idle_since, limit))
-
-    async def receipt_of(self, message_id: str) -> bytes | None:
-        return await self._run(lambda: sql.receipt_of(message_id))
-
-    async def held_transfers(self) -> list[HeldTransfer]:
-        return await self._run(sql.held_transfers)
-
-    async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
-        return await self._run(lambda: sql.settlement(start, end))
-
-    async def fund_totals(self) -> list[SettlementLine]:
-        return await self._run(sql.fund_totals)
-
-    async def delivery_stats(self) -> list[DeliveryStats]:
-        return await self._run(sql.delivery_stats)
-
-    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
-        return await self._run(lambda: sql.list_cases(query))
-
-    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
-        return await self._run(lambda: sql.stage_counts(now, due_soon_before))

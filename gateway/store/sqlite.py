@@ -6,8 +6,13 @@ writing has the batch run again with a SAVEPOINT around each job, so it is rolle
 then commits once and answers every caller: many accepts share one fsync,
 and no caller hears of its write before the commit that holds it. Reads (tracking, reports, the
 monitor's gauges) run on a second, read-only connection on a thread of their own: WAL lets them
-see every committed write without ever holding up the writer. The SQL itself is `gateway.store.sql`,
-shared with the PostgreSQL store.
+see every committed write without ever holding up the writer.
+
+The operations are `gateway.store.base`'s, shared with the PostgreSQL store; this driver answers
+their steps (`SQLiteSteps`): SQL as written (SQLite takes `?`), rows built as each query's row
+type, no row locks, no case locks and no wake-ups (one writer in one process serializes every
+write and its own subscribers hear of its commits directly). `drive` runs on the writer or the
+reader thread with `run_now`: nothing in a step ever waits on the event loop.
 """
 
 from __future__ import annotations
@@ -28,25 +33,24 @@ from typing import Any, TypeVar
 from gateway.core.errors import StoreUnavailable
 from gateway.core.settings import setting
 from gateway.core.sla import Sla
-from gateway.core.workdays import WorkingCalendar
-from gateway.store import (
-    AcceptOutcome,
-    CaseQuery,
-    CaseView,
-    ClaimedDelivery,
-    Decide,
-    DeliveryStats,
-    HeldTransfer,
-    IncomingMessage,
-    MakeReceipt,
-    SettlementLine,
-    StageCount,
-    sql,
+from gateway.store.base import Operation, SQLStore
+from gateway.store.decision import constraint_violation
+from gateway.store.migrations import ColumnTypes, migrate
+from gateway.store.steps import (
+    Batch,
+    LockCase,
+    Query,
+    QueryOne,
+    R,
+    Statement,
+    Wake,
+    check_columns,
+    drive,
+    run_now,
 )
-from gateway.store.sql import MIGRATIONS, Fetch, Steps
 
 T = TypeVar("T")
-
+TYPES = ColumnTypes(integer="INTEGER", blob="BLOB")  # INTEGER PRIMARY KEY: the row id
 
 
 @dataclass(frozen=True)
@@ -85,47 +89,69 @@ def _exclusive(path: Path) -> int:
 
 @dataclass
 class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
+    operation: Operation[Any]
     future: asyncio.Future[Any]
 
 
-def run_steps(conn: sqlite3.Connection, steps: Steps[T]) -> T:
-    """Drive one `gateway.store.sql` operation on a connection already inside a transaction."""
-    result: Any = None
-    try:
-        while True:
-            q = steps.send(result)
-            result = None
-            if q.fetch in (Fetch.LOCK_CASE, Fetch.WAKE):  # one writer, one process: nothing to do
-                pass
-            elif q.fetch is Fetch.MANY:
-                if len(q.params) == 1:  # the usual case (one delivery, one stage): no executemany setup
-                    conn.execute(q.sql, q.params[0])
-                elif q.params:
-                    conn.executemany(q.sql, q.params)
-            else:
-                cursor = conn.execute(q.sql, q.params)
-                result = (cursor.fetchone() if q.fetch is Fetch.ONE else cursor.rowcount
-                          if q.fetch is Fetch.ROWCOUNT else cursor.fetchall())
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+class SQLiteSteps:
+    """The steps' `Executor` on one SQLite connection, inside a transaction the caller opened.
+    Every step completes at once (run it with `run_now`); errors are sqlite3's."""
+
+    __slots__ = ("_checked", "_conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._checked: set[str] = set()  # query texts whose columns matched their row type
+
+    async def query(self, step: Query[R]) -> list[R]:
+        cursor = self._conn.execute(step.sql, step.params)  # no row lock: the one writer has every row
+        if step.sql not in self._checked:
+            self._check(step, cursor)
+        new = tuple.__new__
+        return [new(step.row, values) for values in cursor.fetchall()]
+
+    async def query_one(self, step: QueryOne[R]) -> R | None:
+        cursor = self._conn.execute(step.sql, step.params)
+        if step.sql not in self._checked:
+            self._check(step, cursor)
+        values = cursor.fetchone()
+        return None if values is None else tuple.__new__(step.row, values)
+
+    def _check(self, step: Query[Any] | QueryOne[Any], cursor: sqlite3.Cursor) -> None:
+        check_columns(step, [column[0] for column in cursor.description or ()])
+        self._checked.add(step.sql)
+
+    async def statement(self, step: Statement) -> int:
+        return self._conn.execute(step.sql, step.params).rowcount
+
+    async def batch(self, step: Batch) -> None:
+        if len(step.rows) == 1:  # the usual case (one delivery, one stage): no executemany setup
+            self._conn.execute(step.sql, step.rows[0])
+        elif step.rows:
+            self._conn.executemany(step.sql, step.rows)
+
+    async def lock_case(self, step: LockCase) -> None:
+        """Nothing to do: the one writer thread already runs writes one after another."""
+
+    async def wake(self, step: Wake) -> None:
+        """Nothing to do: one process owns the file, and it tells its own subscribers."""
 
 
 class _PartialWrite(Exception):
     """A job failed after it had written: only rolling the batch back undoes its writes."""
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     """The `Store` port on one SQLite file. One process at a time may open a file."""
 
-    def __init__(self, config: SQLiteConfig, clock: Callable[[], dt.datetime], sla: Sla | None = None) -> None:
+    def __init__(self, config: SQLiteConfig, clock: Callable[[], dt.datetime], sla: Sla) -> None:
+        super().__init__(clock, sla)
         self._config = config
-        self._clock = clock
-        self._sla = sla or Sla(WorkingCalendar())
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
+        self._reader_steps: SQLiteSteps | None = None
         self._reads: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock: int | None = None  # descriptor of the held lock file
 
@@ -154,11 +180,12 @@ class SQLiteStore:
             raise
         self._reads = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._reader = await self._loop.run_in_executor(self._reads, self._connect_reader)
+        self._reader_steps = SQLiteSteps(self._reader)
 
     async def close(self) -> None:
         if self._reads is not None:
             reader, reads = self._reader, self._reads
-            self._reader = self._reads = None
+            self._reader = self._reads = self._reader_steps = None
             if reader is not None:
                 await asyncio.get_running_loop().run_in_executor(reads, reader.close)
             reads.shutdown(wait=True)
@@ -180,22 +207,22 @@ class SQLiteStore:
         conn.execute(f"PRAGMA busy_timeout={self._config.busy_timeout_ms}")
         return conn
 
-    def _read_now(self, steps: Steps[T]) -> T:
+    def _read_now(self, operation: Operation[T]) -> T:
         """One read in one snapshot, on the reader thread."""
-        assert self._reader is not None
+        assert self._reader is not None and self._reader_steps is not None
         try:
             self._reader.execute("BEGIN")
             try:
-                return run_steps(self._reader, steps)
+                return run_now(drive(operation(), self._reader_steps))
             finally:
                 self._reader.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE") from exc
 
-    async def _read(self, steps: Steps[T]) -> T:
+    async def read(self, operation: Operation[T]) -> T:
         if self._reads is None or self._loop is None:
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
-        return await self._loop.run_in_executor(self._reads, self._read_now, steps)
+        return await self._loop.run_in_executor(self._reads, self._read_now, operation)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
@@ -205,17 +232,10 @@ class SQLiteStore:
         conn.execute(f"PRAGMA busy_timeout={self._config.busy_timeout_ms}")
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _migrate(self, conn: sqlite3.Connection, steps: SQLiteSteps) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # another process opening the file waits here
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            run_now(drive(migrate(TYPES), steps))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -226,7 +246,8 @@ class SQLiteStore:
         loop = self._loop
         try:
             conn = self._connect()
-            self._migrate(conn)
+            steps = SQLiteSteps(conn)
+            self._migrate(conn, steps)
         except Exception as exc:  # report to open(), then stop the thread
             error = StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc}", reason="STORE_UNAVAILABLE")
             loop.call_soon_threadsafe(_settle, ready, None, error)
@@ -248,7 +269,7 @@ class SQLiteStore:
                     break
                 batch.append(job)
             try:
-                self._run_batch(conn, loop, batch)
+                self._run_batch(conn, steps, loop, batch)
             except BaseException as exc:  # never leave callers waiting on a dead writer
                 failure = StoreUnavailable(f"store writer failed: {exc}", reason="STORE_UNAVAILABLE")
                 failed: list[tuple[_Job, Any, BaseException | None]] = [(job, None, failure) for job in batch]
@@ -257,15 +278,16 @@ class SQLiteStore:
                     raise
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, steps: SQLiteSteps, loop: asyncio.AbstractEventLoop,
+                   batch: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                results = _run_jobs(conn, batch, savepoints=False)
+                results = _run_jobs(conn, steps, batch, savepoints=False)
             except _PartialWrite:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
-                results = _run_jobs(conn, batch, savepoints=True)
+                results = _run_jobs(conn, steps, batch, savepoints=True)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -274,64 +296,19 @@ class SQLiteStore:
             results = [(job, None, failure) for job in batch]
         loop.call_soon_threadsafe(_settle_all, results)  # one wake-up of the event loop per batch
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, operation: Operation[T]) -> T:
+        """Queue `operation` for the writer; a batch that must be rolled back runs it again."""
         if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put(_Job(fn, future))
+        self._jobs.put(_Job(operation, future))
         return await future
-
-    # -- the port ----------------------------------------------------------------------------
-
-    async def _steps(self, operation: Callable[[], Steps[T]]) -> T:
-        """Run `operation()` as a write job; a batch that must be rolled back runs it again."""
-        return await self._submit(lambda conn: run_steps(conn, operation()))
 
     def on_wake(self, callback: Callable[[str], None]) -> None:
         """One process owns the file: the gateway's own notifications are all there is."""
 
-    async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self._steps(lambda: sql.accept(message, decide, make_receipt, self._clock, self._sla))
 
-    async def claim_deliveries(
-        self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
-        max_attempts: int, now: dt.datetime,
-    ) -> list[ClaimedDelivery]:
-        return await self._steps(lambda: sql.claim_deliveries(platform, agencies, limit=limit, lease=lease,
-                                                      max_attempts=max_attempts, now=now, lock_rows=""))
-
-    async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        await self._steps(lambda: sql.ack_delivery(platform, message_id, now))
-
-    async def get_case(self, transfer_id: str) -> CaseView | None:
-        return await self._read(sql.get_case(transfer_id))
-
-    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        return await self._read(sql.idle_cases(state, idle_since, limit))
-
-    async def receipt_of(self, message_id: str) -> bytes | None:
-        return await self._read(sql.receipt_of(message_id))
-
-    async def held_transfers(self) -> list[HeldTransfer]:
-        return await self._read(sql.held_transfers())
-
-    async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
-        return await self._read(sql.settlement(start, end))
-
-    async def fund_totals(self) -> list[SettlementLine]:
-        return await self._read(sql.fund_totals())
-
-    async def delivery_stats(self) -> list[DeliveryStats]:
-        return await self._read(sql.delivery_stats())
-
-    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
-        return await self._read(sql.list_cases(query))
-
-    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
-        return await self._read(sql.stage_counts(now, due_soon_before))
-
-
-def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
+def _run_jobs(conn: sqlite3.Connection, steps: SQLiteSteps, batch: list[_Job], *, savepoints: bool
               ) -> list[tuple[_Job, Any, BaseException | None]]:
     """Run a batch's jobs in the open transaction, each one's outcome kept for its caller.
 
@@ -347,7 +324,7 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
             conn.execute("SAVEPOINT job")
         changes = conn.total_changes
         try:
-            value = job.fn(conn)
+            value = run_now(drive(job.operation(), steps))
         except Exception as exc:
             if not conn.in_transaction:  # SQLite rolled it all back itself (disk full, I/O error)
                 raise sqlite3.OperationalError(f"transaction rolled back by SQLite: {exc}") from exc
@@ -357,7 +334,7 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], *, savepoints: bool
             elif conn.total_changes != changes:
                 raise _PartialWrite from exc
             if isinstance(exc, sqlite3.IntegrityError):  # the schema's last word on a rule
-                exc = sql.constraint_violation(str(exc))
+                exc = constraint_violation(str(exc))
             elif isinstance(exc, sqlite3.OperationalError):  # busy, locked, disk: retry later
                 exc = StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE")
             results.append((job, None, exc))

@@ -1,119 +1,27 @@
-"""The storage contract: every Store implementation must pass this suite.
+"""The storage contract: every Store implementation must pass this suite, through the port alone.
 
-Add an implementation to `STORES` and it runs the same tests."""
+Each test runs once per engine (tests/store/conftest.py); add an engine to
+`tests.store.support.ENGINES` and it runs the same tests. What only one engine can show lives in
+test_sqlite.py and test_postgres.py; what the SQL operations do below the port, in test_steps.py
+and test_migrations.py."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import hashlib
-import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
-from gateway.core.case import Case, CaseIndex, Decision, FundStatus, MessageRef, Side
+from gateway.core.case import Case, CaseIndex, Decision, FundStatus
 from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
-from gateway.core.sla import Sla, Stage
-from gateway.core.workdays import WorkingCalendar
-from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store, sql
-from gateway.store.postgres import PostgresConfig, PostgresStore
-from gateway.store.sql import Query, Steps
-from gateway.store.sqlite import SQLiteConfig, SQLiteStore, run_steps
+from gateway.core.sla import Stage
+from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store, UnaskedQuestion
 from mitransfer.v1 import envelope_pb2, tracking_pb2
-from tests.support import drop_schema, postgres_url
-
-T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
-T = TypeVar("T")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
-
-
-Factory = Callable[[], Store]  # another store on the same database (a restart, a second replica)
-
-
-@contextmanager
-def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
-    yield lambda: SQLiteStore(SQLiteConfig(path=tmp / "contract.db"), clock)
-
-
-@contextmanager
-def postgres_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
-    """Stores in a schema of their own on the test server, dropped afterwards."""
-    url, schema = postgres_url(), f"contract_{uuid.uuid4().hex[:12]}"
-    try:
-        yield lambda: PostgresStore(PostgresConfig(url=url, schema=schema), clock)
-    finally:
-        drop_schema(url, schema)
-
-
-STORES = {"sqlite": sqlite_store, "postgresql": postgres_store}
-
-
-@pytest.fixture(params=sorted(STORES))
-async def factory_and_clock(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Factory, Clock]]:
-    clock = Clock()
-    with STORES[request.param](tmp_path, clock) as make:
-        yield make, clock
-
-
-@pytest.fixture
-async def store_and_clock(factory_and_clock: tuple[Factory, Clock]) -> AsyncIterator[tuple[Store, Clock]]:
-    make, clock = factory_and_clock
-    store = make()
-    await store.open()
-    yield store, clock
-    await store.close()
-
-
-def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,
-             body: bytes = b"notice", message_id: str | None = None, receiver_platform: str = "zhejiang",
-             sender: str = "320100", receiver: str = "330100", amount: int = 0) -> IncomingMessage:
-    return IncomingMessage(
-        message_id=message_id or str(uuid.uuid4()), transfer_id=transfer_id, kind=kind, sender=sender,
-        receiver=receiver, deliveries=((receiver_platform, receiver),), created_at=T0,
-        fingerprint=hashlib.sha256(body).digest(), signed_message=body, fund_amount_fen=amount,
-    )
-
-
-def opened(m: IncomingMessage, person: bytes | None = None) -> Case:
-    return Case(transfer_id=m.transfer_id, state=tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, outbound=m.sender,
-                inbound=m.receiver, applicant=m.sender, insurance_type=310,
-                person_key=person or m.transfer_id.encode(), suspension_date="2026-11-01",
-                messages={m.message_id: MessageRef(m.kind, Side.OUTBOUND)})
-
-
-def same(case: Case | None, _index: CaseIndex) -> Decision:
-    assert case is not None
-    return Decision(case)
-
-
-def opening(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
-    return lambda case, _index: Decision(case or opened(m))
-
-
-def receipt_for(m: IncomingMessage) -> Callable[[int, dt.datetime], bytes]:
-    return lambda seq, at: f"receipt:{m.message_id}:{seq}:{at.isoformat()}".encode()
-
-
-async def open_case(store: Store) -> IncomingMessage:
-    m = incoming(str(uuid.uuid4()))
-    await store.accept(m, opening(m), receipt_for(m))
-    return m
+from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opened, opening, receipt_for, same
 
 
 async def test_accept_stores_message_case_and_delivery(store_and_clock: tuple[Store, Clock]) -> None:
@@ -303,38 +211,6 @@ async def test_survives_reopen(factory_and_clock: tuple[Factory, Clock]) -> None
     await store.close()
 
 
-async def test_two_postgresql_stores_racing_move_each_case_once(tmp_path: Path) -> None:
-    """Two replicas on one database: rival fund transfers of one case, sent to both at once,
-    and the same message sent to both at once, still make one movement and one log entry."""
-    clock = Clock()
-    with postgres_store(tmp_path, clock) as make:
-        a, b = make(), make()
-        await asyncio.gather(a.open(), b.open())  # concurrent migrations serialize themselves
-        try:
-            cases = [await open_case(a) for _ in range(20)]
-
-            def funds(case: Case | None, _index: CaseIndex) -> Decision:
-                return Decision(case or opened(cases[0]), fund_status=FundStatus.SENT)
-
-            outcomes = []
-            for c in cases:
-                first, rival = (incoming(c.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=body,
-                                         amount=500) for body in (b"f1", b"f2"))
-                outcomes += await asyncio.gather(
-                    a.accept(first, funds, receipt_for(first)), b.accept(rival, funds, receipt_for(rival)),
-                    b.accept(first, funds, receipt_for(first)), return_exceptions=True)
-            accepted = [o for o in outcomes if isinstance(o, AcceptOutcome) and not o.replayed]
-            assert len(accepted) == len(cases)  # one per case; every other answer a refusal or a replay
-            assert all(isinstance(o, AcceptOutcome | RuleViolation) for o in outcomes), outcomes
-            lines = await a.settlement(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
-            assert sum(line.transfers for line in lines) == len(cases)
-            assert sum(line.sent_fen for line in lines) == 500 * len(cases)
-            sequences = sorted(o.sequence for o in outcomes if isinstance(o, AcceptOutcome))
-            assert len(set(sequences)) == len(accepted)  # replays carry the original sequence
-        finally:
-            await asyncio.gather(a.close(), b.close())
-
-
 async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clock: tuple[Store, Clock]) -> None:
     store, clock = store_and_clock
     m = await open_case(store)
@@ -381,51 +257,72 @@ async def test_settlement_adds_up_per_province_pair(store_and_clock: tuple[Store
     assert await store.fund_totals() == lines  # kept by each accept, the same as adding up every movement
 
 
-async def test_fund_totals_are_added_up_from_the_movements_stored_before_them(tmp_path: Path) -> None:
-    """A database from before the running totals gets them from its movements when it upgrades."""
-    clock = Clock()
-    path = tmp_path / "upgrade.db"
-    store = SQLiteStore(SQLiteConfig(path=path), clock)
-    await store.open()
-    try:
-        for i, status in enumerate([FundStatus.SENT, FundStatus.HELD, FundStatus.CREDITED]):
-            m = await open_case(store)
-            fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=f"f{i}".encode(),
-                            amount=100 * (i + 1))
-            await store.accept(fund, lambda case, _i, s=status: Decision(case, fund_status=s), receipt_for(fund))
-        kept = await store.fund_totals()
-    finally:
-        await store.close()
-    with sqlite3.connect(path) as conn:  # back to the schema before the totals
-        conn.execute("DROP TABLE fund_totals")
-        conn.execute("DELETE FROM schema_version WHERE version > 2")
-    store = SQLiteStore(SQLiteConfig(path=path), clock)
-    await store.open()
-    try:
-        upgraded = await store.fund_totals()
-        everything = await store.settlement(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
-    finally:
-        await store.close()
-    assert upgraded == kept == everything and len(everything) == 1
-    assert (everything[0].transfers, everything[0].sent_fen, everything[0].held_fen) == (3, 600, 200)
-
-
-async def test_index_sees_open_cases_and_schema_allows_one(store_and_clock: tuple[Store, Clock]) -> None:
+async def test_index_answers_the_question_a_message_names_and_schema_allows_one(
+    store_and_clock: tuple[Store, Clock],
+) -> None:
     store, _ = store_and_clock
-    first = incoming(str(uuid.uuid4()))
-    await store.accept(first, lambda case, _i: Decision(opened(first, person=b"same-person")), receipt_for(first))
-    seen: dict[str, str | None] = {}  # decide is pure: a store may run it more than once
-    second = incoming(str(uuid.uuid4()), body=b"second")
+    first = incoming(str(uuid.uuid4()), opens_case_of=(b"same-person", "320100"))
+    asked: list[str | None] = []
 
-    def look(case: Case | None, index: CaseIndex) -> Decision:
-        seen["320100"] = index.open_case_for(b"same-person", "320100")
-        seen["320500"] = index.open_case_for(b"same-person", "320500")
-        return Decision(opened(second, person=b"same-person"))
+    def opens(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
+        def decide(case: Case | None, index: CaseIndex) -> Decision:
+            asked.append(index.open_case_for(b"same-person", "320100"))
+            return Decision(opened(m, person=b"same-person"))  # opens it whatever the answer
+        return decide
 
+    await store.accept(first, opens(first), receipt_for(first))
+    assert asked == [None]  # no open case yet: the decision ran once, with the answer at hand
+    second = incoming(str(uuid.uuid4()), body=b"second", opens_case_of=(b"same-person", "320100"))
     with pytest.raises(RuleViolation) as refused:  # the partial unique index refuses a second open case
-        await store.accept(second, look, receipt_for(second))
+        await store.accept(second, opens(second), receipt_for(second))
     assert refused.value.reason == "CASE_ALREADY_OPEN"  # in the rule's words, whichever engine
-    assert seen == {"320100": first.transfer_id, "320500": None}
+    assert asked == [None, first.transfer_id]
+    elsewhere = incoming(str(uuid.uuid4()), body=b"elsewhere", sender="320500",
+                         opens_case_of=(b"same-person", "320500"))
+
+    def at_320500(case: Case | None, index: CaseIndex) -> Decision:
+        asked.append(index.open_case_for(b"same-person", "320500"))
+        return Decision(opened(elsewhere, person=b"same-person"))
+
+    await store.accept(elsewhere, at_320500, receipt_for(elsewhere))  # another outbound agency: allowed
+    assert asked == [None, first.transfer_id, None]
+
+
+async def test_a_question_the_message_did_not_name_is_refused_not_guessed(
+    store_and_clock: tuple[Store, Clock],
+) -> None:
+    store, _ = store_and_clock
+    m = incoming(str(uuid.uuid4()), opens_case_of=(b"person", "320100"))
+
+    def asks_another(case: Case | None, index: CaseIndex) -> Decision:
+        index.open_case_for(b"person", "320500")
+        return Decision(opened(m, person=b"person"))
+
+    with pytest.raises(UnaskedQuestion):
+        await store.accept(m, asks_another, receipt_for(m))
+    assert await store.get_case(m.transfer_id) is None
+    ok = await store.accept(m, opening(m), receipt_for(m))  # nothing was left behind
+    assert not ok.replayed
+
+
+async def test_the_decision_runs_once_per_message(store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    calls: list[str] = []
+
+    def counted(decide: Callable[[Case | None, CaseIndex], Decision], name: str
+                ) -> Callable[[Case | None, CaseIndex], Decision]:
+        def run(case: Case | None, index: CaseIndex) -> Decision:
+            calls.append(name)
+            return decide(case, index)
+        return run
+
+    m = incoming(str(uuid.uuid4()), opens_case_of=(b"once", "320100"))
+    await store.accept(m, counted(opening(m), "opening"), receipt_for(m))
+    table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table",
+                     opens_case_of=(b"once", "320100"))  # named, but its case exists: nothing to ask
+    await store.accept(table, counted(same, "usual"), receipt_for(table))
+    await store.accept(table, counted(same, "replay"), receipt_for(table))
+    assert calls == ["opening", "usual"]  # a replay is answered before any decision
 
 
 async def test_stages_start_and_finish_with_the_case(store_and_clock: tuple[Store, Clock]) -> None:
@@ -433,7 +330,7 @@ async def test_stages_start_and_finish_with_the_case(store_and_clock: tuple[Stor
     m = await open_case(store)
     view = await store.get_case(m.transfer_id)
     assert view is not None
-    calendar = Sla(WorkingCalendar()).calendar
+    calendar = SLA.calendar
     assert {s.stage: (s.started_at, s.deadline, s.finished_at) for s in view.stages} == {
         Stage.OUTBOUND: (T0, calendar.deadline(T0, 10), None), Stage.TOTAL: (T0, calendar.deadline(T0, 15), None)}
     clock.advance(3600)
@@ -483,115 +380,3 @@ async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock
     assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
 
 
-def _counting(steps: Steps[T], queries: list[Query]) -> Steps[T]:
-    """`steps`, noting every query it asks for."""
-    result: Any = None
-    while True:
-        try:
-            query = steps.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        queries.append(query)
-        result = yield query
-
-
-async def test_case_views_are_read_in_three_queries_however_many_cases(tmp_path: Path) -> None:
-    clock = Clock()
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "views.db"), clock)
-    await store.open()
-    try:
-        def sent(case: Case | None, _index: CaseIndex) -> Decision:
-            assert case is not None
-            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
-
-        cases = [await open_case(store) for _ in range(12)]
-        for m in cases[::3]:  # a second message, and a stage finished, in some of them
-            clock.advance(60)
-            table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
-                             body=m.message_id.encode())
-            await store.accept(table, sent, receipt_for(table))
-        undelivered = replace(incoming(cases[1].transfer_id, body=b"to no platform"), deliveries=())
-        await store.accept(undelivered, same, receipt_for(undelivered))  # the case's, but no MessageView
-        one_by_one = [await store.get_case(m.transfer_id) for m in cases]
-    finally:
-        await store.close()
-
-    with sqlite3.connect(tmp_path / "views.db") as conn:
-        listed_queries: list[Query] = []
-        listed = run_steps(conn, _counting(sql.list_cases(CaseQuery()), listed_queries))
-        idle_queries: list[Query] = []
-        idle = run_steps(conn, _counting(sql.idle_cases(tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED,
-                                                        clock.now + dt.timedelta(days=1), 100), idle_queries))
-    assert len(listed_queries) == len(idle_queries) == 3
-    views = sorted((v for v in one_by_one if v is not None), key=lambda v: (v.opened_at, v.case.transfer_id))
-    assert [(v.case, v.stages) for v in listed] == [(v.case, v.stages) for v in views]  # in the listing's order
-    assert all(not v.messages for v in listed)
-    untouched = [v for v in views if v.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED]
-    assert sorted(idle, key=lambda v: v.case.transfer_id) == sorted(untouched, key=lambda v: v.case.transfer_id)
-    assert len(idle) == 8 and sum(len(v.messages) for v in views) == 16
-    assert sum(len(v.case.messages) for v in views) == 17
-
-
-async def test_a_case_from_before_stages_were_kept_still_moves(tmp_path: Path) -> None:
-    """A database upgraded from the first schema holds open cases without stage rows: a message
-    that would finish one of their stages is accepted, not refused."""
-    clock = Clock()
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "old.db"), clock)
-    await store.open()
-    try:
-        m = await open_case(store)
-        with sqlite3.connect(tmp_path / "old.db") as conn:  # as if opened before migration 2
-            conn.execute("DELETE FROM case_stages WHERE transfer_id = ?", (m.transfer_id,))
-        table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
-
-        def sent(case: Case | None, _index: CaseIndex) -> Decision:
-            assert case is not None
-            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
-
-        outcome = await store.accept(table, sent, receipt_for(table))
-        assert not outcome.replayed and outcome.finished_stages == ()
-        view = await store.get_case(m.transfer_id)
-        assert view is not None and [s.stage for s in view.stages] == [Stage.INBOUND]
-    finally:
-        await store.close()
-
-
-async def test_sqlite_disk_full_mid_batch_leaves_no_half_committed_accepts(tmp_path: Path) -> None:
-    """When SQLite itself rolls a batch's transaction back (disk full here), no later job of the
-    batch may run on in autocommit: every caller that hears of a failure finds nothing stored."""
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "full.db"), Clock())
-    await store.open()
-    try:
-        for _ in range(5):
-            await open_case(store)
-        pages = await store._submit(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-        await store._submit(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
-        # Alternately a case whose first row needs new pages (a huge person key) and a small one
-        # that fits in the pages there are.
-        openings = [incoming(str(uuid.uuid4())) for _ in range(16)]
-
-        def decide_for(i: int, m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
-            person = b"p" * 6000 + m.transfer_id.encode() if i % 2 == 0 else None
-            return lambda case, _index: Decision(case or opened(m, person))
-
-        results = await asyncio.gather(
-            *(store.accept(m, decide_for(i, m), receipt_for(m)) for i, m in enumerate(openings)),
-            return_exceptions=True)
-        assert any(isinstance(r, BaseException) for r in results)
-        for m, result in zip(openings, results, strict=True):
-            stored = await store.get_case(m.transfer_id)
-            assert (stored is None) == isinstance(result, BaseException), result
-    finally:
-        await store.close()
-
-
-
-async def test_sqlite_store_creates_its_folder(tmp_path: Path) -> None:
-    """`transfer-gateway migrate` on a fresh checkout opens the store before anything made var/."""
-    store = SQLiteStore(SQLiteConfig(path=tmp_path / "var" / "deeper" / "gateway.db"), Clock())
-    await store.open()
-    try:
-        m = await open_case(store)
-        assert await store.get_case(m.transfer_id) is not None
-    finally:
-        await store.close()

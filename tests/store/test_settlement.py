@@ -21,6 +21,8 @@ from gateway.core import case as rules
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import BusinessMessage, kind_of, payload_type
 from gateway.core.signing import fingerprint
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
 from gateway.store import IncomingMessage
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2
@@ -39,6 +41,7 @@ def incoming(message: BusinessMessage) -> IncomingMessage:
         deliveries=(("p", h.receiver),), created_at=dt.datetime.now(dt.UTC),
         fingerprint=fingerprint(payload_type(kind), payload), signed_message=payload,
         fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
+        opens_case_of=rules.index_question(message),
     )
 
 
@@ -55,7 +58,8 @@ class Ledger(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory()
-        self.store = SQLiteStore(SQLiteConfig(Path(self.tmp.name) / "ledger.db"), lambda: dt.datetime.now(dt.UTC))
+        self.store = SQLiteStore(SQLiteConfig(Path(self.tmp.name) / "ledger.db"), lambda: dt.datetime.now(dt.UTC),
+                                 Sla(WorkingCalendar()))
         self.loop.run_until_complete(self.store.open())
         self.model: dict[str, tuple[str, str, int, str]] = {}  # transfer → (out prov, in prov, amount, status)
         self.seed = 0

@@ -32,8 +32,10 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql as pgsql
 
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
 from gateway.devtools.bench.servers import postgres_cpu_seconds
-from gateway.store import sql
+from gateway.store.migrations import FUND_TOTALS_FROM_MOVEMENTS
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.v1 import envelope_pb2, tracking_pb2
@@ -137,7 +139,7 @@ class SQLiteBenchStore:
                        routes: Sequence[Route]) -> LoadReport:
         path = Path(location["database"])
         started = time.perf_counter()
-        store = SQLiteStore(SQLiteConfig(path=path), lambda: dt.datetime.now(dt.UTC))
+        store = SQLiteStore(SQLiteConfig(path=path), lambda: dt.datetime.now(dt.UTC), Sla(WorkingCalendar()))
         await store.open()  # the store's own migrations create the schema
         await store.close()
         cases = await asyncio.to_thread(_sqlite_load, path, messages, templates, routes)
@@ -203,7 +205,8 @@ class PostgresBenchStore:
                        routes: Sequence[Route]) -> LoadReport:
         schema = location["schema"]
         started = time.perf_counter()
-        store = PostgresStore(PostgresConfig(url=self._url, schema=schema), lambda: dt.datetime.now(dt.UTC))
+        store = PostgresStore(PostgresConfig(url=self._url, schema=schema), lambda: dt.datetime.now(dt.UTC),
+                              Sla(WorkingCalendar()))
         await store.open()  # the store's own migrations create the schema
         await store.close()
         cases = await asyncio.to_thread(self._load, schema, messages, templates, routes)
@@ -236,7 +239,7 @@ class PostgresBenchStore:
                                 copy.write_row(values)
             conn.execute("UPDATE log_head SET sequence = %s", (sequence,))  # the log goes on after the rows
             conn.execute("DELETE FROM fund_totals")
-            conn.execute(sql.FUND_TOTALS_FROM_MOVEMENTS)
+            conn.execute(FUND_TOTALS_FROM_MOVEMENTS)
             # Statistics and the visibility map now, so that autovacuum does not catch up mid-measurement;
             # the checkpoint puts everything on disk before anything is measured.
             for name in tables:
@@ -417,7 +420,7 @@ def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], route
             conn.execute("COMMIT")
         conn.execute("UPDATE log_head SET sequence = ?", (sequence,))  # the log goes on after the loaded rows
         conn.execute("DELETE FROM fund_totals")
-        conn.execute(sql.FUND_TOTALS_FROM_MOVEMENTS)
+        conn.execute(FUND_TOTALS_FROM_MOVEMENTS)
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()

@@ -1,0 +1,111 @@
+"""What both drivers share: the `Store` port's operations, written once.
+
+Each method names the operation it runs and how: `write` (a transaction that may change
+anything; SQLite runs it on its writer thread in a group commit, PostgreSQL on a pooled
+connection, retried after a deadlock) or `read` (a consistent snapshot that changes nothing;
+SQLite runs it on its reader connection, beside the writer). A driver supplies those two, and its
+lifecycle (`open`, `close`, `on_wake`); everything else is here. `read` and `write` take any
+operation of steps; the rest of the gateway sees only the `Store` port.
+
+Adding an operation to the port: write its steps (see `gateway.store.steps`), add its method to
+`gateway.store.port.Store`, and add it here as one line: `return await self.write(lambda: …)`.
+Both engines then run it, and the contract suite (tests/store/test_contract.py) should say what
+it promises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar
+
+from gateway.core.sla import Sla
+from gateway.store import reports, views, writes
+from gateway.store.port import (
+    AcceptOutcome,
+    CaseQuery,
+    CaseView,
+    ClaimedDelivery,
+    Decide,
+    DeliveryStats,
+    HeldTransfer,
+    IncomingMessage,
+    MakeReceipt,
+    SettlementLine,
+    StageCount,
+)
+from gateway.store.steps import Steps
+
+T = TypeVar("T")
+# An operation not yet started: a driver makes a fresh one for every attempt at its transaction.
+Operation: TypeAlias = Callable[[], Steps[T]]
+
+
+class SQLStore(ABC):
+    """The `Store` port over the store's SQL operations; a driver makes it run."""
+
+    def __init__(self, clock: Callable[[], dt.datetime], sla: Sla) -> None:
+        self._clock = clock  # the acceptance time of each message, read under its case's lock
+        self._sla = sla      # the deadlines of the stages each accept starts
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Migrate the schema (`gateway.store.migrations.migrate`) and start serving. Raises StoreUnavailable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish what was queued, then release the database."""
+
+    @abstractmethod
+    def on_wake(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(platform)` when another process commits work for that platform."""
+
+    @abstractmethod
+    async def write(self, operation: Operation[T]) -> T:
+        """Run `operation` in a transaction of its own and commit it. Raises what it raises,
+        the schema's refusals as `decision.constraint_violation`, StoreUnavailable."""
+
+    @abstractmethod
+    async def read(self, operation: Operation[T]) -> T:
+        """Run `operation` on one consistent snapshot. Raises what it raises, StoreUnavailable."""
+
+    async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
+        return await self.write(lambda: writes.accept(message, decide, make_receipt, self._clock, self._sla))
+
+    async def claim_deliveries(
+        self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
+        max_attempts: int, now: dt.datetime,
+    ) -> list[ClaimedDelivery]:
+        return await self.write(lambda: writes.claim_deliveries(
+            platform, agencies, limit=limit, lease=lease, max_attempts=max_attempts, now=now))
+
+    async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
+        await self.write(lambda: writes.ack_delivery(platform, message_id, now))
+
+    async def get_case(self, transfer_id: str) -> CaseView | None:
+        return await self.read(lambda: views.get_case(transfer_id))
+
+    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
+        return await self.read(lambda: views.idle_cases(state, idle_since, limit))
+
+    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
+        return await self.read(lambda: views.list_cases(query))
+
+    async def receipt_of(self, message_id: str) -> bytes | None:
+        return await self.read(lambda: views.receipt_of(message_id))
+
+    async def held_transfers(self) -> list[HeldTransfer]:
+        return await self.read(reports.held_transfers)
+
+    async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
+        return await self.read(lambda: reports.settlement(start, end))
+
+    async def fund_totals(self) -> list[SettlementLine]:
+        return await self.read(reports.fund_totals)
+
+    async def delivery_stats(self) -> list[DeliveryStats]:
+        return await self.read(reports.delivery_stats)
+
+    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
+        return await self.read(lambda: reports.stage_counts(now, due_soon_before))

@@ -1,0 +1,71 @@
+"""The case decision inside an accept: the index question asked first, then the rules, once.
+
+The rules (`gateway.core.case.apply`) are pure and may ask the store one thing about other cases:
+whether the person already has an open case at the outbound agency of the case a message would
+open. The message names that question before the store decides (`IncomingMessage.opens_case_of`,
+from `gateway.core.case.index_question`), so when the transfer has no case yet the store reads the
+answer with one query in the transaction and then runs the decision once, with the answer at
+hand. A message for an existing case asks nothing: no query, one decision. A question the
+message did not name is a defect of the caller and raises UnaskedQuestion rather than be guessed.
+
+Across replicas the answer can be stale by the time the transaction commits: two replicas may
+both find no open case and both open one. The unique index `cases_one_open_per_person` is the
+last word; its refusal is turned into the rule's own refusal by `constraint_violation`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from gateway.core.case import Case, Decision
+from gateway.core.errors import RuleViolation
+from gateway.store.port import Decide, IncomingMessage, UnaskedQuestion
+from gateway.store.steps import QueryOne, Steps
+
+# The unique index behind the one-open-case rule: a race between replicas ends here.
+ONE_OPEN_CASE_INDEX = "cases_one_open_per_person"
+
+
+class _OpenCase(NamedTuple):
+    transfer_id: str
+
+
+class _Answers:
+    """The `CaseIndex` a decision gets: the answers read before it ran, and nothing else."""
+
+    __slots__ = ("_answers",)
+
+    def __init__(self, answers: dict[tuple[bytes, str], str | None]) -> None:
+        self._answers = answers
+
+    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+        try:
+            return self._answers[(person_key, outbound)]
+        except KeyError:
+            raise UnaskedQuestion(
+                f"the decision asked about a case at outbound agency {outbound} that its message did not name in"
+                " IncomingMessage.opens_case_of") from None
+
+
+_NOTHING_ASKED = _Answers({})
+
+
+def decide_case(message: IncomingMessage, decide: Decide, case: Case | None) -> Steps[Decision]:
+    """`decide` on `case` as committed, with the index question of `message` answered first if the
+    transfer has no case yet. Raises what `decide` raises, or UnaskedQuestion."""
+    question = message.opens_case_of
+    if case is not None or question is None:
+        return decide(case, _NOTHING_ASKED)
+    person_key, outbound = question
+    row = yield from QueryOne("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
+                              (person_key, outbound), _OpenCase)
+    return decide(case, _Answers({question: None if row is None else row.transfer_id}))
+
+
+def constraint_violation(constraint: str) -> RuleViolation:
+    """The rule a schema constraint enforces, refused in the rule's own words where there is one.
+    `constraint` is PostgreSQL's constraint name or SQLite's message (which names the columns)."""
+    if ONE_OPEN_CASE_INDEX in constraint or "cases.person_key, cases.outbound" in constraint:
+        return RuleViolation("this person already has an open case at this outbound agency",
+                             reason="CASE_ALREADY_OPEN")
+    return RuleViolation(f"refused by the store's constraints: {constraint}", reason="STORE_CONSTRAINT_VIOLATED")

@@ -1,0 +1,240 @@
+"""The storage port: everything the gateway keeps, behind one small interface (`Store`) and the
+records that cross it.
+
+Implementations: `gateway.store.sqlite` (embedded default, one process) and
+`gateway.store.postgres` (shared by several replicas); both run the operations of
+`gateway.store.writes`, `.views` and `.reports` through `gateway.store.base`. Every
+implementation passes the contract suite in tests/store/test_contract.py. Guarantees an
+implementation must give:
+
+- `accept` is atomic: the message, its case update, its delivery and its receipt are committed
+  together or not at all; the receipt exists only once all of it is durable.
+- Idempotency is decided inside that transaction: a known message id with the same fingerprint
+  returns the stored receipt (`replayed=True`) and writes nothing; with another fingerprint it
+  raises IdempotencyConflict.
+- The case decision (`decide`) runs inside the transaction, on the case as committed, so two
+  racing messages for one case are decided one after the other. It runs once per attempt at the
+  transaction, and a store may attempt a transaction again (after a rollback it did not cause),
+  so `decide` must be pure. The only question it may ask the `CaseIndex` is the one its message
+  names in `IncomingMessage.opens_case_of`, answered before it runs; any other raises
+  UnaskedQuestion. At most one open case per person and outbound agency, and at most one fund
+  movement per case, are also enforced by the schema: that refusal is the last word when two
+  replicas decide at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.core.case import Case, CaseIndex, Decision
+from gateway.core.messages import MessageKind
+from gateway.core.sla import Stage
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A verified, validated message ready to be stored."""
+
+    message_id: str
+    transfer_id: str
+    kind: MessageKind
+    sender: str
+    receiver: str
+    deliveries: tuple[tuple[str, str], ...]  # (platform, agency) pairs that receive it
+    created_at: dt.datetime
+    fingerprint: bytes     # SHA-256 of PAE(payload_type, payload): the idempotency fingerprint
+    signed_message: bytes  # the SignedMessage exactly as received
+    ack_status: int = 0    # for acknowledgements, their status
+    fund_amount_fen: int = 0  # for fund transfers, the amount moved
+    created_by_gateway: bool = False  # a review decision: the gateway wrote and signed it
+    # (person key, outbound agency) of the case this message opens if its transfer has none yet:
+    # the one question its decision asks the CaseIndex (gateway.core.case.index_question).
+    opens_case_of: tuple[bytes, str] | None = None
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """A time-limited stage of a case (see gateway.core.sla)."""
+
+    stage: Stage
+    started_at: dt.datetime
+    deadline: dt.datetime
+    finished_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class AcceptOutcome:
+    receipt: bytes   # serialized Receipt
+    sequence: int
+    replayed: bool   # True: this message was accepted before; nothing was written now
+    outbound: str = ""  # the case's agencies (empty on a replay)
+    inbound: str = ""
+    finished_stages: tuple[StageRecord, ...] = ()  # stages this message finished
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    message_id: str
+    transfer_id: str
+    signed_message: bytes
+    receipt: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """One message of a case with its delivery progress (for Tracking)."""
+
+    message_id: str
+    kind: MessageKind
+    sender: str
+    receiver: str
+    sequence: int
+    created_at: dt.datetime
+    accepted_at: dt.datetime
+    ack_status: int
+    delivery_state: int
+    delivery_attempts: int
+    delivered_at: dt.datetime | None
+    acknowledged_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class CaseView:
+    case: Case
+    opened_at: dt.datetime
+    updated_at: dt.datetime
+    messages: Sequence[MessageView]
+    stages: Sequence[StageRecord] = ()  # in the order they started
+
+
+@dataclass(frozen=True)
+class CaseQuery:
+    """Filters of `list_cases`; every one given must hold. Cases come oldest opened first."""
+
+    agencies: frozenset[str] | None = None   # cases with one of these agencies as a side; None: all
+    states: frozenset[int] = frozenset()     # any of these states; empty: all
+    deadline_between: tuple[dt.datetime, dt.datetime] | None = None  # an unfinished stage's deadline in (a, b]
+    outbound_province: str = ""
+    inbound_province: str = ""
+    opened_from: dt.datetime | None = None
+    opened_before: dt.datetime | None = None
+    after: tuple[dt.datetime, str] | None = None  # (opened_at, transfer_id) of the previous page's last case
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class StageCount:
+    """Unfinished stages of one kind and province pair, against their deadlines at a reading."""
+
+    stage: Stage
+    outbound_province: str
+    inbound_province: str
+    open: int
+    overdue: int   # deadline passed
+    due_soon: int  # deadline not passed, before the due-soon limit
+
+
+@dataclass(frozen=True)
+class HeldTransfer:
+    transfer_id: str
+    message_id: str
+    outbound: str
+    inbound: str
+    amount_fen: int
+    held_since: dt.datetime
+
+
+@dataclass(frozen=True)
+class SettlementLine:
+    """Fund transfers of one province pair accepted in a period, by their status now (fen)."""
+
+    outbound_province: str
+    inbound_province: str
+    sent_fen: int
+    credited_fen: int
+    held_fen: int
+    rejected_fen: int
+    in_flight_fen: int
+    transfers: int
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Per receiving platform: what waits, since when, and what was given up."""
+
+    platform: str
+    pending: int
+    in_flight: int
+    dead_letters: int
+    oldest_undelivered_at: dt.datetime | None
+
+
+Decide = Callable[[Case | None, CaseIndex], Decision]
+MakeReceipt = Callable[[int, dt.datetime], bytes]
+
+
+class UnaskedQuestion(LookupError):
+    """A decision asked the case index about a case its message did not name in
+    `IncomingMessage.opens_case_of`: a defect of the caller (INTERNAL), never a guess."""
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema and start serving."""
+
+    async def close(self) -> None:
+        """Finish what was queued, then release the database."""
+
+    def on_wake(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(platform)` when another process commits work for that platform."""
+
+    async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
+        """Store a message with its case update and delivery; see the module docstring.
+
+        Raises: IdempotencyConflict; any CallerError that `decide` raises (RuleViolation
+        CASE_ALREADY_OPEN also when the schema refuses a second open case); UnaskedQuestion;
+        StoreUnavailable.
+        """
+
+    async def claim_deliveries(
+        self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
+        max_attempts: int, now: dt.datetime,
+    ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` deliveries for `platform` (only the oldest unacknowledged one of each
+        case, so a case is delivered in order). A delivery whose lease expired after
+        `max_attempts` attempts goes to the dead-letter state instead."""
+
+    async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
+        """Mark a delivery acknowledged (idempotent). Raises NotFound if `platform` is not its receiver."""
+
+    async def get_case(self, transfer_id: str) -> CaseView | None:
+        """The case with all its messages, or None."""
+
+    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
+        """Cases in `state` with no message since `idle_since`, longest idle first."""
+
+    async def receipt_of(self, message_id: str) -> bytes | None:
+        """The stored receipt of a message, or None."""
+
+    async def held_transfers(self) -> list[HeldTransfer]:
+        """Fund transfers held for review, oldest first."""
+
+    async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
+        """Fund transfers accepted in [start, end), per province pair, by their status now."""
+
+    async def fund_totals(self) -> list[SettlementLine]:
+        """Every fund transfer ever accepted, per province pair, by its status now: totals kept by
+        each accept, so reading them costs the same however many there are."""
+
+    async def delivery_stats(self) -> list[DeliveryStats]:
+        """Backlog figures per receiving platform that has any delivery."""
+
+    async def list_cases(self, query: CaseQuery) -> list[CaseView]:
+        """A page of cases matching `query`, with their stages but without their messages."""
+
+    async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
+        """Unfinished stages per stage and province pair: open, overdue at `now`, due soon."""

@@ -1,0 +1,244 @@
+"""The write path, as operations of steps (`gateway.store.steps`): accept a message, claim
+deliveries, acknowledge one. Each runs in one transaction of its own (SQLite: several share a
+group commit, each under a savepoint when one fails).
+
+An accept in order: lock the case; one read answers both "was this message id seen" and "what
+messages has the case"; the case as committed; the decision (`gateway.store.decision`); the case
+row; the log's head; the message; its effects (fund movement and totals, held deliveries
+released or cancelled); the case's stages; its deliveries; wake-ups. What a new table must keep
+in step with each accepted message (a log of leaves, an index) goes here, as steps after the
+message's row, so it commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from gateway.core.case import Case, Decision
+from gateway.core.errors import IdempotencyConflict, NotFound
+from gateway.core.messages import MessageKind
+from gateway.core.sla import Sla, Stage, province
+from gateway.core.timestamps import from_micros, micros
+from gateway.store.decision import decide_case
+from gateway.store.port import (
+    AcceptOutcome,
+    ClaimedDelivery,
+    Decide,
+    IncomingMessage,
+    MakeReceipt,
+    StageRecord,
+)
+from gateway.store.rows import (
+    ACKNOWLEDGED,
+    CANCELLED,
+    DEAD_LETTER,
+    HELD,
+    IN_FLIGHT,
+    PENDING,
+    load_case,
+)
+from gateway.store.steps import Batch, LockCase, Query, QueryOne, SkipLocked, Statement, Steps, Wake, marks
+from mitransfer.v1 import envelope_pb2
+
+_STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
+
+
+class _Known(NamedTuple):
+    """A message of the case, or the message being accepted if its id was seen before (then
+    `fingerprint` and `receipt` are its own; for every other row they are NULL)."""
+
+    message_id: str
+    kind: MessageKind
+    sender: str
+    transfer_id: str
+    sequence: int
+    fingerprint: bytes | None
+    receipt: bytes | None
+
+
+class _Head(NamedTuple):
+    sequence: int
+
+
+class _Fund(NamedTuple):
+    status: str
+    amount_fen: int
+
+
+class _Finished(NamedTuple):
+    started_at: int
+    deadline: int
+
+
+def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
+           sla: Sla) -> Steps[AcceptOutcome]:
+    """Idempotency check, case decision, log append, effects, stages, deliveries, receipt.
+    Raises IdempotencyConflict, or what the decision raises."""
+    yield from LockCase(m.transfer_id)
+    now = clock()  # after the case lock: within a case, acceptance times follow the log's order
+    # One read for both questions: was this message id seen (anywhere), and what has the case so far.
+    known = yield from Query(
+        "SELECT message_id, kind, sender, transfer_id, sequence,"
+        " CASE WHEN message_id = ? THEN fingerprint END AS fingerprint,"
+        " CASE WHEN message_id = ? THEN receipt END AS receipt"
+        " FROM messages WHERE message_id = ? OR transfer_id = ?",
+        (m.message_id, m.message_id, m.message_id, m.transfer_id), _Known)
+    for seen in known:
+        if seen.message_id == m.message_id:
+            if seen.fingerprint is None or bytes(seen.fingerprint) != m.fingerprint:
+                raise IdempotencyConflict(
+                    f"message_id {m.message_id} was already used for a different message",
+                    reason="MESSAGE_ID_REUSED", metadata={"message_id": m.message_id},
+                )
+            return AcceptOutcome(receipt=bytes(seen.receipt or b""), sequence=seen.sequence, replayed=True)
+    before = yield from load_case(m.transfer_id, [k for k in known if k.transfer_id == m.transfer_id])
+    decision = yield from decide_case(m, decide, before)
+    after = decision.case
+    fund_was = None  # the case's fund movement as it was, if this message changes it
+    if m.kind != envelope_pb2.MESSAGE_KIND_FUND_TRANSFER and decision.fund_status is not None:
+        fund_was = yield from QueryOne("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?",
+                                       (m.transfer_id,), _Fund)
+    now_us = micros(now)
+    stages = sla.changes(before, after, now)
+    columns = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
+               after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id, now_us)
+    if before is None:
+        yield from Statement(
+            "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
+            " enrollment_date, balance_fen, fund_message_id, updated_at, opened_at, transfer_id, outbound,"
+            " inbound, applicant, person_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key))
+    else:
+        yield from Statement(
+            "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
+            " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, updated_at = ?"
+            " WHERE transfer_id = ?", (*columns, after.transfer_id))
+    # The log's head, taken last: one counter row makes sequences gapless and in commit order
+    # across replicas, and holds its lock only for the rest of this transaction.
+    head = yield from QueryOne("UPDATE log_head SET sequence = sequence + 1 RETURNING sequence", (), _Head)
+    assert head is not None  # migration 2 made the row
+    sequence = head.sequence
+    receipt = make_receipt(sequence, now)
+    yield from Statement(
+        "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
+        " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
+         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt))
+    yield from _effects(m, decision, now_us, fund_was)
+    yield from Batch(
+        "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
+        " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
+          province(after.inbound), now_us, micros(s.deadline)) for s in stages.started])
+    finished: list[StageRecord] = []
+    for stage in stages.finished:
+        done = yield from QueryOne(
+            "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
+            " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)), _Finished)
+        if done is not None:  # None: a case opened before stages were kept has nothing to finish
+            finished.append(StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now))
+    state = HELD if decision.hold_delivery else PENDING
+    yield from Batch(
+        "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
+        " attempts, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        [(m.message_id, agency, platform, m.transfer_id, sequence, now_us, state, now_us)
+         for platform, agency in m.deliveries])
+    for platform in sorted({p for p, _ in m.deliveries}):
+        yield from Wake(platform)
+    return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
+                         inbound=after.inbound, finished_stages=tuple(finished))
+
+
+def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: _Fund | None) -> Steps[None]:
+    if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
+        yield from Statement(
+            "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us))
+        yield from _add_to_totals(decision.case, [(str(decision.fund_status), m.fund_amount_fen, 1)])
+    elif decision.fund_status is not None:
+        status = str(decision.fund_status)
+        yield from Statement("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
+                             (status, now_us, m.transfer_id))
+        if fund_was is not None and fund_was.status != status:  # the movement moves from one total to another
+            yield from _add_to_totals(decision.case, [(fund_was.status, -fund_was.amount_fen, -1),
+                                                      (status, fund_was.amount_fen, 1)])
+    if decision.release_message is not None:
+        yield from Statement("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
+                             (PENDING, now_us, decision.release_message, HELD))
+    if decision.cancel_message is not None:
+        yield from Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
+                             (CANCELLED, decision.cancel_message, HELD))
+
+
+def _add_to_totals(case: Case, changes: Sequence[tuple[str, int, int]]) -> Statement:
+    """One statement adding (status, fen, transfers) `changes` to the case's province pair, each
+    to a status of its own."""
+    provinces = (province(case.outbound), province(case.inbound))
+    return Statement(
+        "INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
+        f" VALUES {', '.join('(?, ?, ?, ?, ?)' for _ in changes)}"
+        " ON CONFLICT (outbound_province, inbound_province, status) DO UPDATE SET"
+        " amount_fen = fund_totals.amount_fen + excluded.amount_fen,"
+        " transfers = fund_totals.transfers + excluded.transfers",
+        tuple(v for status, fen, transfers in changes for v in (*provinces, status, fen, transfers)))
+
+
+class _Claimable(NamedTuple):
+    message_id: str
+    receiver: str
+    transfer_id: str
+    attempts: int
+    signed_message: bytes
+    receipt: bytes
+
+
+def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
+                     max_attempts: int, now: dt.datetime) -> Steps[list[ClaimedDelivery]]:
+    """Lease the oldest open delivery of each case (order within a case holds across
+    redeliveries); rows another writer is claiming at the same moment are skipped, not awaited."""
+    now_us = micros(now)
+    where_agency = ""
+    params: list[object] = [platform, now_us]
+    if agencies is not None:
+        where_agency = f" AND d.receiver IN ({marks(len(agencies))})"
+        params += sorted(agencies)
+    rows = yield from Query(
+        f"""SELECT d.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
+            FROM deliveries d JOIN messages m ON m.message_id = d.message_id
+            WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?
+              {where_agency}
+              AND NOT EXISTS (
+                SELECT 1 FROM deliveries e
+                WHERE e.platform = d.platform AND e.transfer_id = d.transfer_id
+                  AND e.state IN ({PENDING}, {IN_FLIGHT}, {HELD}) AND e.sequence < d.sequence)
+            ORDER BY d.sequence LIMIT ?""",
+        (*params, limit), _Claimable, lock=SkipLocked("d"))
+    claimed = []
+    visible_at = micros(now + lease)
+    for d in rows:
+        if d.attempts >= max_attempts:
+            yield from Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND receiver = ?",
+                                 (DEAD_LETTER, d.message_id, d.receiver))
+            continue
+        yield from Statement(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
+            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE message_id = ? AND receiver = ?",
+            (IN_FLIGHT, visible_at, now_us, d.message_id, d.receiver))
+        claimed.append(ClaimedDelivery(d.message_id, d.transfer_id, bytes(d.signed_message), bytes(d.receipt),
+                                       d.attempts + 1))
+    return claimed
+
+
+def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None]:
+    """Raises NotFound if `platform` receives no such delivery (or it is held or cancelled)."""
+    updated = yield from Statement(
+        "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
+        " WHERE message_id = ? AND platform = ? AND state NOT IN (?, ?)",
+        (ACKNOWLEDGED, micros(now), message_id, platform, HELD, CANCELLED))
+    if not updated:
+        raise NotFound(f"no delivery {message_id} for platform {platform}",
+                       reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
+    yield from Wake(platform)  # the next message of that case may now go out

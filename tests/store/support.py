@@ -1,0 +1,97 @@
+"""What the store's tests share: both engines behind one factory, a settable clock, and messages
+and decisions small enough to read in a test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.core.case import Case, CaseIndex, Decision, MessageRef, Side
+from gateway.core.sla import Sla
+from gateway.core.workdays import WorkingCalendar
+from gateway.store import IncomingMessage, Store
+from gateway.store.base import SQLStore
+from gateway.store.postgres import PostgresConfig, PostgresStore
+from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+from tests.support import drop_schema, postgres_url
+
+T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+SLA = Sla(WorkingCalendar())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+# Another store on the same database each call (a restart, a second replica). Typed as the
+# drivers' base so that engine-level tests can run operations of their own; the contract suite
+# uses only the `Store` port of what it makes.
+Factory = Callable[[], SQLStore]
+
+
+@contextmanager
+def sqlite_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
+    yield lambda: SQLiteStore(SQLiteConfig(path=tmp / "store.db"), clock, SLA)
+
+
+@contextmanager
+def postgres_store(tmp: Path, clock: Callable[[], dt.datetime]) -> Iterator[Factory]:
+    """Stores in a schema of their own on the test server, dropped afterwards."""
+    url, schema = postgres_url(), f"store_{uuid.uuid4().hex[:12]}"
+    try:
+        yield lambda: PostgresStore(PostgresConfig(url=url, schema=schema), clock, SLA)
+    finally:
+        drop_schema(url, schema)
+
+
+ENGINES = {"sqlite": sqlite_store, "postgresql": postgres_store}
+
+
+def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,
+             body: bytes = b"notice", message_id: str | None = None, receiver_platform: str = "zhejiang",
+             sender: str = "320100", receiver: str = "330100", amount: int = 0,
+             opens_case_of: tuple[bytes, str] | None = None) -> IncomingMessage:
+    return IncomingMessage(
+        message_id=message_id or str(uuid.uuid4()), transfer_id=transfer_id, kind=kind, sender=sender,
+        receiver=receiver, deliveries=((receiver_platform, receiver),), created_at=T0,
+        fingerprint=hashlib.sha256(body).digest(), signed_message=body, fund_amount_fen=amount,
+        opens_case_of=opens_case_of,
+    )
+
+
+def opened(m: IncomingMessage, person: bytes | None = None) -> Case:
+    return Case(transfer_id=m.transfer_id, state=tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, outbound=m.sender,
+                inbound=m.receiver, applicant=m.sender, insurance_type=310,
+                person_key=person or m.transfer_id.encode(), suspension_date="2026-11-01",
+                messages={m.message_id: MessageRef(m.kind, Side.OUTBOUND)})
+
+
+def same(case: Case | None, _index: CaseIndex) -> Decision:
+    assert case is not None
+    return Decision(case)
+
+
+def opening(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
+    return lambda case, _index: Decision(case or opened(m))
+
+
+def receipt_for(m: IncomingMessage) -> Callable[[int, dt.datetime], bytes]:
+    return lambda seq, at: f"receipt:{m.message_id}:{seq}:{at.isoformat()}".encode()
+
+
+async def open_case(store: Store) -> IncomingMessage:
+    m = incoming(str(uuid.uuid4()))
+    await store.accept(m, opening(m), receipt_for(m))
+    return m

@@ -1,0 +1,144 @@
+"""The schema's migrations: released ones never change, and databases made by older releases open
+and upgrade, on both engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from dataclasses import replace
+from typing import NamedTuple
+
+import pytest
+
+from gateway.core.case import Case, CaseIndex, Decision, FundStatus
+from gateway.core.sla import Stage
+from gateway.store import postgres, sqlite
+from gateway.store.migrations import MIGRATIONS, ColumnTypes
+from gateway.store.steps import QueryOne, Statement, Steps
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+from tests.store.support import T0, Clock, Factory, incoming, open_case, opening, receipt_for
+
+# SHA-256 of the text each released migration renders to, as the release that shipped it ran it:
+# a database that ran a migration never runs it again, so an edit would split the fleet in two.
+RELEASED = {
+    1: ("b202cda2f33e5bfea57318722b260253f33db9b507afa5b541a26908c4761651",
+        "b05c48407a970d843bfd15bfb8482aa3dab5f4ae8e0e35d59f3e47b62bf09dcd"),
+    2: ("28ee2bbfd80989ca90eed1296d57d65ae6698ced52b5f232b84ce1797318de02",
+        "5ac45ca3fc6859e809106d8718286b4af3a3440462658d54ce263ea4ab513900"),
+    3: ("8187c55c618607dc4db580f02899ac298f8fd2e05c93c200143e5bc2f8df10e7",
+        "00a7dbdec478281bae0271f4b5e86e2e74318f8d4aee36cb0fe6ea1b3b2c63d8"),
+}
+
+
+@pytest.mark.parametrize("version", sorted(RELEASED))
+def test_released_migrations_render_as_they_were_released(version: int) -> None:
+    for types, pinned in zip((sqlite.TYPES, postgres.TYPES), RELEASED[version], strict=True):
+        assert hashlib.sha256(MIGRATIONS[version - 1](types).encode()).hexdigest() == pinned, types
+
+
+def test_the_types_that_differ_are_the_dialects_words() -> None:
+    """SQLite's INTEGER PRIMARY KEY is its row id; PostgreSQL's times need BIGINT: no migration
+    names either itself."""
+    marked = ColumnTypes(integer="<integer>", blob="<blob>")
+    scripts = [migration(marked) for migration in MIGRATIONS]
+    assert "sequence        <integer> PRIMARY KEY" in scripts[0] and "person_key      <blob> NOT NULL" in scripts[0]
+    for word in ("INTEGER", "BIGINT", "BLOB", "BYTEA"):
+        assert not any(word in script for script in scripts), word
+
+
+class _Versions(NamedTuple):
+    versions: int
+    version: int
+
+
+def _versions() -> Steps[_Versions | None]:
+    return (yield from QueryOne("SELECT COUNT(*) AS versions, MAX(version) AS version FROM schema_version", (),
+                                _Versions))
+
+
+def _back_to(version: int) -> Steps[None]:
+    """The schema as the release with `version` left it (the tables and index added later dropped)."""
+    undo = {3: ["DROP TABLE fund_totals"],
+            2: ["DROP TABLE case_stages", "DROP INDEX cases_by_opening", "DROP TABLE log_head"]}
+    for newer in sorted(undo, reverse=True):
+        if newer > version:
+            for statement in undo[newer]:
+                yield from Statement(statement)
+    yield from Statement("DELETE FROM schema_version WHERE version > ?", (version,))
+
+
+async def test_migrations_run_once(factory_and_clock: tuple[Factory, Clock]) -> None:
+    make, _ = factory_and_clock
+    for _ in range(2):
+        store = make()
+        await store.open()
+        try:
+            assert await store.read(_versions) == _Versions(len(MIGRATIONS), len(MIGRATIONS))
+        finally:
+            await store.close()
+
+
+async def test_fund_totals_are_added_up_from_the_movements_stored_before_them(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    """A database from before the running totals (migration 3) gets them from its movements."""
+    make, _ = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        for i, status in enumerate([FundStatus.SENT, FundStatus.HELD, FundStatus.CREDITED]):
+            m = await open_case(store)
+            fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=f"f{i}".encode(),
+                            amount=100 * (i + 1))
+            await store.accept(fund, lambda case, _i, s=status: Decision(case, fund_status=s), receipt_for(fund))
+        kept = await store.fund_totals()
+        await store.write(lambda: _back_to(2))
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        upgraded = await store.fund_totals()
+        everything = await store.settlement(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
+    finally:
+        await store.close()
+    assert upgraded == kept == everything and len(everything) == 1
+    assert (everything[0].transfers, everything[0].sent_fen, everything[0].held_fen) == (3, 600, 200)
+
+
+async def test_a_database_of_the_first_schema_upgrades_and_its_cases_move_on(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    """Cases opened before stages were kept have no stage rows: a message that would finish one
+    is accepted, not refused, and the log goes on after the messages already stored."""
+    make, clock = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        m = await open_case(store)
+        other = await open_case(store)
+        await store.write(lambda: _back_to(1))
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        clock.advance(60)
+        table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+
+        def sent(case: Case | None, _index: CaseIndex) -> Decision:
+            assert case is not None
+            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+        outcome = await store.accept(table, sent, receipt_for(table))
+        assert not outcome.replayed and outcome.finished_stages == ()
+        assert outcome.sequence == 3  # after the two messages from before the log's head was kept
+        view = await store.get_case(m.transfer_id)
+        assert view is not None and [s.stage for s in view.stages] == [Stage.INBOUND]
+        assert (await store.get_case(other.transfer_id)) is not None
+        fresh = incoming(str(uuid.uuid4()))
+        assert (await store.accept(fresh, opening(fresh), receipt_for(fresh))).sequence == 4
+    finally:
+        await store.close()
+

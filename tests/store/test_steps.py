@@ -1,0 +1,197 @@
+"""The steps vocabulary and its one loop, and what the operations ask of a database below the port:
+how many queries, and rows named as their queries name them, on both engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Generator
+from dataclasses import replace
+from typing import Any, NamedTuple, TypeVar
+
+import pytest
+
+from gateway.core.case import Case, CaseIndex, Decision
+from gateway.store import CaseQuery, views
+from gateway.store.postgres import render
+from gateway.store.steps import (
+    Batch,
+    ColumnsMismatch,
+    LockCase,
+    Query,
+    QueryOne,
+    R,
+    SkipLocked,
+    Statement,
+    Step,
+    Steps,
+    Wake,
+    drive,
+    run_now,
+)
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+from tests.store.support import Clock, Factory, incoming, open_case, receipt_for, same
+
+T = TypeVar("T")
+
+
+class _Pair(NamedTuple):
+    a: int
+    b: str
+
+
+class _Recorder:
+    """An executor that answers at once from a script, noting each step it is given."""
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    async def query(self, step: Query[R]) -> list[R]:
+        self.steps.append(step)
+        return [tuple.__new__(step.row, (1, "x")), tuple.__new__(step.row, (2, "y"))]
+
+    async def query_one(self, step: QueryOne[R]) -> R | None:
+        self.steps.append(step)
+        return None
+
+    async def statement(self, step: Statement) -> int:
+        self.steps.append(step)
+        return 7
+
+    async def batch(self, step: Batch) -> None:
+        self.steps.append(step)
+
+    async def lock_case(self, step: LockCase) -> None:
+        self.steps.append(step)
+
+    async def wake(self, step: Wake) -> None:
+        self.steps.append(step)
+
+
+def _operation() -> Steps[tuple[list[_Pair], _Pair | None, int]]:
+    yield from LockCase("t-1")
+    pairs = yield from Query("SELECT a, b FROM t", (), _Pair)
+    none = yield from QueryOne("SELECT a, b FROM t WHERE a = ?", (3,), _Pair)
+    changed = yield from Statement("UPDATE t SET b = ?", ("z",))
+    yield from Batch("INSERT INTO t VALUES (?, ?)", [(1, "a"), (2, "b")])
+    yield from Wake("zhejiang")
+    return pairs, none, changed
+
+
+def test_drive_runs_each_step_and_sends_its_result_back() -> None:
+    executor = _Recorder()
+    pairs, none, changed = run_now(drive(_operation(), executor))
+    assert [p.b for p in pairs] == ["x", "y"] and none is None and changed == 7
+    assert [type(s).__name__ for s in executor.steps] == ["LockCase", "Query", "QueryOne", "Statement", "Batch",
+                                                          "Wake"]
+
+
+def test_an_error_of_a_step_ends_the_operation() -> None:
+    class Failing(_Recorder):
+        async def statement(self, step: Statement) -> int:
+            raise RuntimeError("disk")
+
+    with pytest.raises(RuntimeError, match="disk"):
+        run_now(drive(_operation(), Failing()))
+
+
+def test_run_now_refuses_a_step_that_waits() -> None:
+    class Waiting(_Recorder):
+        async def lock_case(self, step: LockCase) -> None:
+            await _suspend()
+
+    with pytest.raises(RuntimeError, match="waited"):
+        run_now(drive(_operation(), Waiting()))
+
+
+@pytest.mark.parametrize(("portable", "lock", "psycopg"), [
+    ("SELECT a FROM t WHERE b = ? AND c IN (?, ?)", None, "SELECT a FROM t WHERE b = %s AND c IN (%s, %s)"),
+    ("SELECT a FROM t WHERE b LIKE '50%?' AND c = ?", None, "SELECT a FROM t WHERE b LIKE '50%?' AND c = %s"),
+    ("SELECT 'it''s ?' AS a, b % 2 AS b FROM t", None, "SELECT 'it''s ?' AS a, b %% 2 AS b FROM t"),
+    ("-- isn't it? a comment\nDELETE FROM t WHERE a = ?", None, "-- isn't it? a comment\nDELETE FROM t WHERE a = %s"),
+    ("SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT ?", SkipLocked("d"),
+     "SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT %s FOR UPDATE OF d SKIP LOCKED"),
+])
+def test_postgresql_renders_placeholders_and_row_locks(portable: str, lock: SkipLocked | None, psycopg: str) -> None:
+    assert render(portable, lock) == psycopg
+
+
+class _Wrong(NamedTuple):
+    transfer_id: str
+    opened: int  # the query says opened_at
+
+
+def _wrong_names() -> Steps[list[_Wrong]]:
+    return (yield from Query("SELECT transfer_id, opened_at FROM cases", (), _Wrong))
+
+
+def _wrong_count() -> Steps[_Wrong | None]:
+    return (yield from QueryOne("SELECT transfer_id FROM cases", (), _Wrong))
+
+
+async def test_a_query_whose_row_type_names_other_columns_is_refused(
+    store_and_clock: tuple[Any, Clock],
+) -> None:
+    store, _ = store_and_clock
+    await open_case(store)
+    with pytest.raises(ColumnsMismatch, match="opened_at"):
+        await store.read(_wrong_names)
+    with pytest.raises(ColumnsMismatch):
+        await store.read(_wrong_count)
+
+
+def _counting(operation: Steps[T], asked: list[Step]) -> Steps[T]:
+    """`operation`, noting every step it asks for."""
+    result: Any = None
+    while True:
+        try:
+            step = operation.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        asked.append(step)
+        result = yield step
+
+
+async def test_case_views_are_read_in_three_queries_however_many_cases(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    make, clock = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        def sent(case: Case | None, _index: CaseIndex) -> Decision:
+            assert case is not None
+            return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+        cases = [await open_case(store) for _ in range(12)]
+        for m in cases[::3]:  # a second message, and a stage finished, in some of them
+            clock.advance(60)
+            table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+                             body=m.message_id.encode())
+            await store.accept(table, sent, receipt_for(table))
+        undelivered = replace(incoming(cases[1].transfer_id, body=b"to no platform"), deliveries=())
+        await store.accept(undelivered, same, receipt_for(undelivered))  # the case's, but no MessageView
+        one_by_one = [await store.get_case(m.transfer_id) for m in cases]
+        listed_steps: list[Step] = []
+        listed = await store.read(lambda: _counting(views.list_cases(CaseQuery()), listed_steps))
+        idle_steps: list[Step] = []
+        idle = await store.read(lambda: _counting(views.idle_cases(
+            tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, clock.now + dt.timedelta(days=1), 100), idle_steps))
+    finally:
+        await store.close()
+    assert len(listed_steps) == len(idle_steps) == 3
+    ordered = sorted((v for v in one_by_one if v is not None), key=lambda v: (v.opened_at, v.case.transfer_id))
+    assert [(v.case, v.stages) for v in listed] == [(v.case, v.stages) for v in ordered]  # in the listing's order
+    assert all(not v.messages for v in listed)
+    untouched = [v for v in ordered if v.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED]
+    assert sorted(idle, key=lambda v: v.case.transfer_id) == sorted(untouched, key=lambda v: v.case.transfer_id)
+    assert len(idle) == 8 and sum(len(v.messages) for v in ordered) == 16
+    assert sum(len(v.case.messages) for v in ordered) == 17
+
+
+class _Suspend:
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _suspend() -> None:
+    await _Suspend()
