@@ -129,6 +129,7 @@ class ReceiptBody(_message.Message):
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """报文编号 the accepted message's id"""
     transfer_id: _builtins.str
@@ -143,6 +144,10 @@ class ReceiptBody(_message.Message):
     """报文摘要 SHA-256 of the signed payload bytes"""
     sequence: _builtins.int
     """日志序号 its position in the gateway's log"""
+    leaf_index: _builtins.int
+    """日志叶序号 its leaf in the gateway's transparency log (mitransfer/v1/log.proto): every
+    checkpoint of tree size leaf_index + 1 or more includes it
+    """
     @_builtins.property
     def accepted_at(self) -> _timestamp_pb2.Timestamp:
         """受理时间 when the gateway committed it"""
@@ -158,10 +163,11 @@ class ReceiptBody(_message.Message):
         payload_sha256: _builtins.bytes = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        leaf_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "kind", b"kind", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "sender", b"sender", "sequence", b"sequence", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "kind", b"kind", "leaf_index", b"leaf_index", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "sender", b"sender", "sequence", b"sequence", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
