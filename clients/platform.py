@@ -49,7 +49,7 @@ class PlatformConfig:
     ca: Path               # CA certificate that signed the gateway's TLS certificate
     cert: Path             # this platform's TLS client certificate (SAN URI names the platform)
     key: Path              # its private key
-    signing_key: Path      # message-signing private key, PKCS8 PEM (Ed25519 or ECDSA P-256)
+    signing_key: Path      # message-signing private key, PKCS8 PEM (Ed25519, ECDSA P-256 or SM2)
     key_id: str            # the signing key's id in the registry
     registry: Path         # registry.json: platforms, agencies, public keys (incl. the gateway's)
     target_name_override: str | None = None  # TLS name to expect when the address is not in the certificate

@@ -65,7 +65,7 @@ class Signer:
     """The platform's signing key (a local PKCS8 key; an HSM would replace `sign_bytes` only).
 
     `private_key` is the signing library's key object (pyca/cryptography's Ed25519 or ECDSA P-256
-    private key). Raises ValueError if no signature suite holds a key of its type.
+    key, or tongsuopy's SM2 key). Raises ValueError if no signature suite holds a key of its type.
     """
 
     key_id: str
@@ -77,7 +77,7 @@ class Signer:
 
     @classmethod
     def from_pem(cls, key_id: str, pem: bytes) -> Signer:
-        """From an unencrypted PKCS8 PEM (Ed25519 or ECDSA P-256). Raises ValueError."""
+        """From an unencrypted PKCS8 PEM (Ed25519, ECDSA P-256 or SM2). Raises ValueError."""
         return cls(key_id, suites.load_signing_key(key_id, pem).key)
 
     @property

@@ -98,12 +98,15 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _certs_dev(args: argparse.Namespace) -> int:
     from gateway.app.devpki import PkiExists, write_dev_pki
+    from mitransfer.protocol.errors import UnusableKey
 
     try:
-        paths = write_dev_pki(Path(args.out), force=args.force)
+        paths = write_dev_pki(Path(args.out), force=args.force, signing_algorithm=args.algorithm)
     except PkiExists as err:
         raise OperatorError(str(err), hint="--force replaces it; every platform then needs its new files and the"
                                            " new registry") from err
+    except UnusableKey as err:
+        raise OperatorError(f"cannot make {args.algorithm} keys: {err}") from err
     except OSError as err:
         raise OperatorError(f"{args.out}: cannot write there: {err.strerror or err}") from err
     print(f"wrote DEV ONLY PKI and registry to {paths.root} (private keys mode 0600)")
@@ -203,6 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     dev = command(certs_commands, "dev", _certs_dev, "write a DEV ONLY CA, certificates, keys and registry")
     dev.add_argument("--out", default="certs/dev", help="folder to write (default certs/dev)")
     dev.add_argument("--force", action="store_true", help="replace a PKI already in the folder")
+    dev.add_argument("--algorithm", default="ed25519", help="message and receipt signing keys: ed25519 (default),"
+                     " ecdsa-p256-sha256 or sm2-sm3 (needs the sm extra)")
 
     demo = command(commands, "demo", _demo, "run a gateway and both reference platforms through N cases")
     demo.add_argument("--transfers", type=int, default=20, help="number of cases (default 20)")

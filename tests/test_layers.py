@@ -5,9 +5,9 @@
 
 The core imports no gRPC, database, Prometheus or network module; the reference client imports
 nothing from the gateway, and inside the gateway only the developer tools and the entry point
-import the client; the protocol helpers import only the standard library, protobuf and
-cryptography. Every import counts: at module level, inside functions, under `if TYPE_CHECKING:`.
-A violation names the file, the line, the statement and the rule it breaks.
+import the client; the protocol helpers import only the standard library, protobuf,
+cryptography and (for SM2, an optional extra) tongsuopy. Every import counts: at module level,
+inside functions, under `if TYPE_CHECKING:`. A violation names the file, the line, the statement and the rule it breaks.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ RULES = (
     Rule("mitransfer", ("gateway", "clients")),
 )
 # What the protocol helpers may import besides the standard library: a platform copies them.
-PROTOCOL_DEPENDENCIES = ("mitransfer", "google.protobuf", "cryptography")
+# tongsuopy is the optional `sm` extra, imported on first use of the SM2 suite only.
+PROTOCOL_DEPENDENCIES = ("mitransfer", "google.protobuf", "cryptography", "tongsuopy")
 
 
 def _under(module: str, package: str) -> bool:

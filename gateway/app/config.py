@@ -77,7 +77,8 @@ class TLSConfig:
 class SigningConfig:
     """The key the gateway signs its receipts and its own messages with."""
 
-    key: Path = setting(doc="The receipt-signing private key (PKCS#8 PEM, Ed25519 or ECDSA P-256; mode 0600).",
+    key: Path = setting(doc="The receipt-signing private key (PKCS#8 PEM: Ed25519, ECDSA P-256, or SM2 with the"
+                        " sm extra; mode 0600).",
                         example='"pki/gateway-signing.key"')
     key_id: str = setting(doc="Its id, listed with the same public key under \"gateway\" in the registry.",
                           example='"gateway-2026-1"')

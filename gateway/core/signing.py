@@ -40,7 +40,7 @@ class LocalSigner:
 
     @classmethod
     def from_pem(cls, key_id: str, pem: bytes) -> LocalSigner:
-        """Load an unencrypted PKCS8 PEM of any suite (Ed25519, ECDSA P-256).
+        """Load an unencrypted PKCS8 PEM of any suite (Ed25519, ECDSA P-256, SM2 with the sm extra).
 
         Raises:
             SignatureKeyError: the PEM is unreadable or its key type belongs to no suite.

@@ -39,9 +39,10 @@ class UndecodablePayload(ProtocolError):
 class UnusableKey(ProtocolError):
     """A key that cannot be used as declared.
 
-    Reasons: UNKNOWN_ALGORITHM (no suite of that name), KEY_UNREADABLE (not a PEM key the suite
-    can read), KEY_ALGORITHM_MISMATCH (a key of another algorithm than declared, or one no suite
-    holds).
+    Reasons: UNKNOWN_ALGORITHM (no suite of that name), SUITE_UNAVAILABLE (a suite whose library
+    is an optional extra not installed here; the message names the extra), KEY_UNREADABLE (not a
+    PEM key the suite can read), KEY_ALGORITHM_MISMATCH (a key of another algorithm than
+    declared, or one no suite holds).
     """
 
 

@@ -7,8 +7,15 @@ for the suites here); a suite's functions only ever receive keys its `is_public_
 `is_private_key` accepted.
 
 Adding an algorithm is one more `Suite` in `SUITES`: a name, its two key tests, `sign`, `verify`
-and `generate`, and, for a library other than pyca/cryptography, its own PEM readers (SM2 with SM3
-from tongsuopy, whose key objects follow pyca's interface, needs exactly that).
+and `generate`, and, for a library other than pyca/cryptography, its own PEM readers.
+
+SM2 with SM3 (GM/T 0003-2012, GB/T 32918) is such a suite: pyca/cryptography has SM3 but not
+SM2, so it comes from tongsuopy (the Tongsuo binding, written in pyca's style), an optional
+extra (`pip install 'transfer-gateway[sm]'`). Without it the suite stays in the table, so a
+registry naming it is understood, but every use of it raises `UnusableKey` (SUITE_UNAVAILABLE)
+naming the extra. Signatures are DER SEQUENCE{r, s} over SM3(Z ‖ data), Z computed with the
+standard's default user id "1234567812345678" (what Tongsuo uses when none is set; the GM/T
+0003.5 example in the tests proves it).
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from mitransfer.protocol.errors import UnusableKey
+
+SM_EXTRA: Final = "transfer-gateway[sm]"
+"""The optional extra that brings SM2 (tongsuopy): `pip install 'transfer-gateway[sm]'`."""
 
 
 def _read_public_pem(pem: bytes) -> object:
@@ -50,6 +61,12 @@ def _spki_pem(public_key: Any) -> bytes:
     return data
 
 
+def _pkcs8_pem(private_key: Any) -> bytes:
+    data: bytes = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption())
+    return data
+
+
 @dataclass(frozen=True)
 class Suite:
     """One signature algorithm as a registry entry names it, and how to use its keys."""
@@ -74,6 +91,10 @@ class Suite:
     """Private key → its public key."""
     public_pem: Callable[[Any], bytes] = field(default=_spki_pem, repr=False)
     """Public key → SPKI PEM."""
+    private_pem: Callable[[Any], bytes] = field(default=_pkcs8_pem, repr=False)
+    """Private key → unencrypted PKCS8 PEM (for key files: written 0600 by whoever writes them)."""
+    unavailable: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    """None if the suite can be used here, else why not and how to fix it (a missing extra)."""
 
 
 # --- Ed25519 (RFC 8032) ---------------------------------------------------------------------------
@@ -120,6 +141,112 @@ def _p256_verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) 
     return True
 
 
+# --- SM2 with SM3 (GM/T 0003-2012 / GB/T 32918.2-2016), DER-encoded signatures -----------------
+# tongsuopy is imported on first use, so a gateway without the extra starts, and refuses SM2
+# registry entries with a message naming the extra instead of failing at import.
+
+_SM2_ORDER: Final = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123
+_tongsuo_modules: dict[str, Any] = {}
+
+
+def _tongsuo() -> dict[str, Any] | None:
+    """tongsuopy's ec, hashes and serialization modules, or None if the extra is not installed."""
+    if not _tongsuo_modules:
+        try:
+            from tongsuopy.crypto import exceptions, hashes, serialization
+            from tongsuopy.crypto.asymciphers import ec as sm_ec
+        except ImportError:
+            return None
+        _tongsuo_modules.update(ec=sm_ec, hashes=hashes, serialization=serialization, exceptions=exceptions)
+    return _tongsuo_modules
+
+
+def _sm2_unavailable() -> str | None:
+    if _tongsuo() is not None:
+        return None
+    return f"SM2 needs the optional extra {SM_EXTRA} (tongsuopy): pip install '{SM_EXTRA}'"
+
+
+def _sm2_modules() -> dict[str, Any]:
+    modules = _tongsuo()
+    if modules is None:
+        raise UnusableKey(_sm2_unavailable() or "", reason="SUITE_UNAVAILABLE")
+    return modules
+
+
+def _is_sm2_public(key: object) -> bool:
+    modules = _tongsuo()
+    return (modules is not None and isinstance(key, modules["ec"].EllipticCurvePublicKey)
+            and isinstance(key.curve, modules["ec"].SM2))
+
+
+def _is_sm2_private(key: object) -> bool:
+    modules = _tongsuo()
+    return (modules is not None and isinstance(key, modules["ec"].EllipticCurvePrivateKey)
+            and isinstance(key.curve, modules["ec"].SM2))
+
+
+def _sm2_signature_is_canonical(signature: bytes) -> bool:
+    """DER SEQUENCE{r, s}, minimally encoded, 0 < r, s < n: Tongsuo never sees anything else (its
+    ASN.1 errors surface as InternalError), and one signature has one encoding only."""
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError:
+        return False
+    return 0 < r < _SM2_ORDER and 0 < s < _SM2_ORDER and encode_dss_signature(r, s) == signature
+
+
+def _sm2_sign(key: Any, data: bytes) -> bytes:
+    modules = _sm2_modules()
+    signature: bytes = key.sign(data, modules["ec"].ECDSA(modules["hashes"].SM3()))
+    return signature
+
+
+def _sm2_verify(key: Any, signature: bytes, data: bytes) -> bool:
+    if not _sm2_signature_is_canonical(signature):
+        return False
+    modules = _sm2_modules()
+    errors = modules["exceptions"]
+    try:
+        key.verify(signature, data, modules["ec"].ECDSA(modules["hashes"].SM3()))
+    except (errors.InvalidSignature, errors.InternalError, ValueError):
+        return False
+    return True
+
+
+def _sm2_generate() -> object:
+    modules = _sm2_modules()
+    return modules["ec"].generate_private_key(modules["ec"].SM2())
+
+
+def _sm2_read_public(pem: bytes) -> object:
+    modules = _sm2_modules()
+    try:
+        return modules["serialization"].load_pem_public_key(pem)
+    except (modules["exceptions"].UnsupportedAlgorithm, modules["exceptions"].InternalError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _sm2_read_private(pem: bytes) -> object:
+    modules = _sm2_modules()
+    try:
+        return modules["serialization"].load_pem_private_key(pem, password=None)
+    except (modules["exceptions"].UnsupportedAlgorithm, modules["exceptions"].InternalError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _sm2_public_pem(public_key: Any) -> bytes:
+    formats = _sm2_modules()["serialization"]
+    data: bytes = public_key.public_bytes(formats.Encoding.PEM, formats.PublicFormat.SubjectPublicKeyInfo)
+    return data
+
+
+def _sm2_private_pem(private_key: Any) -> bytes:
+    formats = _sm2_modules()["serialization"]
+    data: bytes = private_key.private_bytes(formats.Encoding.PEM, formats.PrivateFormat.PKCS8, formats.NoEncryption())
+    return data
+
+
 ED25519: Final = Suite(
     "ed25519", _is_ed25519_public, _is_ed25519_private, _ed25519_sign, _ed25519_verify,
     ed25519.Ed25519PrivateKey.generate,
@@ -129,20 +256,36 @@ ECDSA_P256_SHA256: Final = Suite(
     lambda: ec.generate_private_key(ec.SECP256R1()),
 )
 
-SUITES: Final[Mapping[str, Suite]] = MappingProxyType({s.name: s for s in (ED25519, ECDSA_P256_SHA256)})
-"""Every suite a registry may name, by name."""
+SM2_SM3: Final = Suite(
+    "sm2-sm3", _is_sm2_public, _is_sm2_private, _sm2_sign, _sm2_verify, _sm2_generate,
+    read_public=_sm2_read_public, read_private=_sm2_read_private,
+    public_pem=_sm2_public_pem, private_pem=_sm2_private_pem, unavailable=_sm2_unavailable,
+)
+
+SUITES: Final[Mapping[str, Suite]] = MappingProxyType(
+    {s.name: s for s in (ED25519, ECDSA_P256_SHA256, SM2_SM3)})
+"""Every suite a registry may name, by name (usable here or not: see `Suite.unavailable`)."""
+
+
+def available_suites() -> tuple[Suite, ...]:
+    """The suites this installation can use."""
+    return tuple(s for s in SUITES.values() if s.unavailable() is None)
 
 
 def suite(name: str) -> Suite:
     """The suite a registry entry names.
 
     Raises:
-        UnusableKey: (UNKNOWN_ALGORITHM) no suite of that name.
+        UnusableKey: UNKNOWN_ALGORITHM (no suite of that name) or SUITE_UNAVAILABLE (a suite whose
+            library is an extra not installed here; the message names the extra).
     """
     found = SUITES.get(name)
     if found is None:
         known = ", ".join(SUITES)
         raise UnusableKey(f"unknown signature algorithm {name[:40]!r} (known: {known})", reason="UNKNOWN_ALGORITHM")
+    missing = found.unavailable()
+    if missing is not None:
+        raise UnusableKey(missing, reason="SUITE_UNAVAILABLE")
     return found
 
 
@@ -187,21 +330,37 @@ class SigningKey:
         """The public half, under the same key id and suite."""
         return VerifyingKey(self.key_id, self.suite, self.suite.public_of(self.key))
 
+    def private_pem(self) -> bytes:
+        """The key as unencrypted PKCS8 PEM (a secret: write it to a file of mode 0600)."""
+        return self.suite.private_pem(self.key)
+
 
 def load_verifying_key(key_id: str, algorithm: str, pem: bytes) -> VerifyingKey:
     """Read an SPKI PEM public key that must be a key of the named algorithm.
 
     Raises:
-        UnusableKey: UNKNOWN_ALGORITHM, KEY_UNREADABLE or KEY_ALGORITHM_MISMATCH.
+        UnusableKey: UNKNOWN_ALGORITHM, SUITE_UNAVAILABLE, KEY_UNREADABLE or KEY_ALGORITHM_MISMATCH.
     """
     chosen = suite(algorithm)
     try:
         key = chosen.read_public(pem)
     except ValueError as exc:
+        if any(_reads_public(other, pem) for other in available_suites() if other is not chosen):
+            raise UnusableKey(f"key {key_id} is not an {chosen.name} public key",
+                              reason="KEY_ALGORITHM_MISMATCH") from exc
         raise UnusableKey(f"key {key_id} is not a readable PEM public key: {exc}", reason="KEY_UNREADABLE") from exc
     if not chosen.is_public_key(key):
         raise UnusableKey(f"key {key_id} is not an {chosen.name} public key", reason="KEY_ALGORITHM_MISMATCH")
     return VerifyingKey(key_id, chosen, key)
+
+
+def _reads_public(candidate: Suite, pem: bytes) -> bool:
+    """Whether another suite's library reads `pem` as its own public key (a key of another
+    algorithm than declared, which pyca and Tongsuo each call unreadable)."""
+    try:
+        return candidate.is_public_key(candidate.read_public(pem))
+    except ValueError:
+        return False
 
 
 def signing_key(key_id: str, key: object) -> SigningKey:
@@ -210,11 +369,11 @@ def signing_key(key_id: str, key: object) -> SigningKey:
     Raises:
         UnusableKey: (KEY_ALGORITHM_MISMATCH) no suite holds a key of this type.
     """
-    for candidate in SUITES.values():
+    for candidate in available_suites():
         if candidate.is_private_key(key):
             return SigningKey(key_id, candidate, key)
     raise UnusableKey(f"signing key {key_id}: a {type(key).__name__} is not a private key of any suite "
-                      f"({', '.join(SUITES)})", reason="KEY_ALGORITHM_MISMATCH")
+                      f"({', '.join(s.name for s in available_suites())})", reason="KEY_ALGORITHM_MISMATCH")
 
 
 def load_signing_key(key_id: str, pem: bytes) -> SigningKey:
@@ -226,7 +385,7 @@ def load_signing_key(key_id: str, pem: bytes) -> SigningKey:
     """
     unreadable: list[str] = []
     read: object = None
-    for candidate in SUITES.values():
+    for candidate in available_suites():
         try:
             key = candidate.read_private(pem)
         except ValueError as exc:
@@ -236,6 +395,8 @@ def load_signing_key(key_id: str, pem: bytes) -> SigningKey:
             return SigningKey(key_id, candidate, key)
         read = key
     if read is None:
-        raise UnusableKey(f"signing key {key_id} is not a readable unencrypted PKCS8 PEM key: {unreadable[0]}",
+        missing = [problem for s in SUITES.values() if (problem := s.unavailable()) is not None]
+        hint = f" (if it is an SM2 key: {missing[0]})" if missing else ""
+        raise UnusableKey(f"signing key {key_id} is not a readable unencrypted PKCS8 PEM key: {unreadable[0]}{hint}",
                           reason="KEY_UNREADABLE")
     return signing_key(key_id, read)  # raises: no suite holds it

@@ -28,7 +28,7 @@ def public_pem(key: object) -> bytes:
 
 
 def test_the_table_names_each_suite_by_its_registry_name() -> None:
-    assert set(suites.SUITES) == {"ed25519", "ecdsa-p256-sha256"}
+    assert set(suites.SUITES) == {"ed25519", "ecdsa-p256-sha256", "sm2-sm3"}
     assert all(name == s.name for name, s in suites.SUITES.items())
     assert suites.suite("ed25519") is suites.ED25519
 
@@ -79,17 +79,19 @@ def test_another_keys_signature_fails(suite: suites.Suite) -> None:
 @ALL
 def test_pem_keys_load_under_their_suite(suite: suites.Suite) -> None:
     private = suite.generate()
-    signer = suites.load_signing_key("k", private_pem(private))
+    signer = suites.load_signing_key("k", suite.private_pem(private))
     assert signer.suite is suite
-    public = suites.load_verifying_key("k", suite.name, public_pem(private))
+    assert signer.private_pem() == suite.private_pem(private)
+    pem = suite.public_pem(suite.public_of(private))
+    public = suites.load_verifying_key("k", suite.name, pem)
     assert public.algorithm == suite.name
-    assert public.public_pem() == public_pem(private) == signer.verifying_key().public_pem()
+    assert public.public_pem() == pem == signer.verifying_key().public_pem()
     assert public.verify(signer.sign(b"x"), b"x")
 
 
 @ALL
 def test_a_key_declared_as_another_algorithm_is_refused(suite: suites.Suite) -> None:
-    pem = public_pem(suite.generate())
+    pem = suite.public_pem(suite.public_of(suite.generate()))
     for other in suites.SUITES.values():
         if other is not suite:
             with pytest.raises(UnusableKey) as err:
