@@ -38,6 +38,7 @@ from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
 from gateway.store import Store
+from gateway.store.engines import StoreConfig
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres import PostgresConfig
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
@@ -141,7 +142,7 @@ def _probe(setting: str, address: str) -> None:
         raise _refuse_address(setting, address, failures[0]) from failures[0]
 
 
-def store_description(store: Any) -> tuple[str, str]:
+def store_description(store: StoreConfig) -> tuple[str, str]:
     """(kind, where) of a store's configuration, for logs; never a password."""
     if isinstance(store, PostgresConfig):
         from psycopg.conninfo import conninfo_to_dict

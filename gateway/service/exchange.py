@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -31,6 +31,7 @@ from gateway.service.instrument import raw_bytes
 from gateway.service.metrics import Metrics
 from gateway.service.receipts import receipt_maker
 from gateway.service.routing import Router
+from gateway.service.status import grpc_code
 from gateway.store import IncomingMessage, Store
 from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
@@ -76,6 +77,21 @@ class RecentReceipts:
             self._entries.popitem(last=False)
 
 
+_LOGGED_ID_MAX: Final = 64  # a message or transfer id is a UUID (36); a longer one is cut in logs
+
+
+def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
+    """The message and transfer ids of a refused message, as far as its header parses (ids only:
+    the header never holds a person's data), cut to a bounded length."""
+    if signed is None:
+        return {"message_id": "", "transfer_id": ""}
+    try:
+        header = messages.parse(signed.kind, signed.payload).header
+    except CallerError:  # an unknown kind or a payload that does not parse
+        return {"message_id": "", "transfer_id": ""}
+    return {"message_id": header.message_id[:_LOGGED_ID_MAX], "transfer_id": header.transfer_id[:_LOGGED_ID_MAX]}
+
+
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
@@ -96,6 +112,8 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         """Takes the SignedMessage as it arrived, bytes that are also what the log keeps (nothing
         re-serialized), and answers with the stored Receipt's bytes."""
         kind_label = "unknown"
+        signed: envelope_pb2.SignedMessage | None = None
+        platform: Platform | None = None
         try:
             platform = calling_platform(context, self._registry)
             request_digest = hashlib.sha256(request).digest()
@@ -115,8 +133,9 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             )
         except CallerError as err:
             self._metrics.count_message(kind_label, "rejected", err.reason)
-            log.info("rejected", extra={"fields": {"kind": kind_label, "reason": err.reason,
-                                                   "code": type(err).__name__}})
+            log.info("rejected", extra={"fields": {
+                "platform": platform.id if platform is not None else "", "kind": kind_label,
+                **_ids(signed), "code": grpc_code(err).name, "reason": err.reason}})
             raise
         self._recent.put(request_digest, platform.id, kind_label, outcome.receipt)
         result = "replayed" if outcome.replayed else "accepted"

@@ -5,6 +5,7 @@ nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 
 import grpc
@@ -324,6 +325,10 @@ async def test_logs_carry_no_personal_data(gateway: GatewayHandle, caplog: pytes
     await stub.Submit(sign(table, key))
     formatted = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert "accepted" in formatted and notice.header.message_id in formatted  # logging did happen
+    [rejected] = [json.loads(line) for line in formatted.splitlines() if '"event": "rejected"' in line]
+    assert {k: rejected[k] for k in ("platform", "kind", "message_id", "transfer_id", "code", "reason")} == {
+        "platform": "jiangsu", "kind": "information_table", "message_id": bad.header.message_id,
+        "transfer_id": bad.header.transfer_id, "code": "INVALID_ARGUMENT", "reason": failure(caught.value).reason}
     for secret in (p.person.certificate_number, p.person.name, bad.person.certificate_number):
         assert secret not in formatted
         assert secret not in (caught.value.details() or "")
