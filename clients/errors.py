@@ -53,8 +53,10 @@ class GatewayRejected(ClientError):
         self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
         self.field_violations = tuple(field_violations)
-        fields = "".join(f"; {path}: {text}" for path, text in self.field_violations)
-        super().__init__(f"{code.name} {reason or '-'}: {message}{fields}")
+        # With violations, they are the whole story (the gateway's message only summarizes them):
+        # each is said once, in full.
+        said = "; ".join(f"{path}: {text}" for path, text in self.field_violations) or message
+        super().__init__(f"{code.name} {reason or '-'}: {said}")
 
 
 class GatewayUnavailable(ClientError):

@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import Sequence
 
-from clients._cli import add_connection_options, config_from, summary
+from clients._cli import add_connection_options, config_from, description, run, summary
 from clients.deliveries import VerifiedDelivery
-from clients.errors import ClientError
 from clients.messages import kind_name
 from clients.platform import PlatformClient
 from clients.scenario import ReferencePlatform
@@ -27,13 +25,19 @@ from mitransfer.v1 import admin_pb2, messages_pb2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clients.inbound", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.inbound", description=description(__doc__))
     add_connection_options(parser)
     parser.add_argument("--agencies", nargs="*", default=[], help="only these agencies (default: all of ours)")
     parser.add_argument("--auto-answer", action="store_true",
                         help="answer tables and fund transfers as the inbound side (accept, credit, complete)")
-    parser.add_argument("--max-deliveries", type=int, default=0, help="stop after this many (0: never)")
+    parser.add_argument("--max-deliveries", type=_count, default=0, help="stop after this many (0: never)")
     return parser
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, …)")
+    return int(text)
 
 
 def describe(delivery: VerifiedDelivery) -> str:
@@ -76,14 +80,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(_run(args))
-    except (ClientError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run(_run(args), gateway=args.gateway)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Options given on the command line win over the file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import sys
@@ -28,16 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clients._cli import add_connection_options, config_from, summary
+from clients._cli import EX_FAILURE, CliError, add_connection_options, config_from, description, run, summary
 from clients.builders import contribution_period, sample_periods
-from clients.errors import ClientError
 from clients.platform import PlatformClient
 from clients.scenario import CasePlan, OutboundMessage, outbound_messages
 from mitransfer.v1 import messages_pb2, types_pb2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clients.outbound", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.outbound", description=description(__doc__))
     add_connection_options(parser)
     parser.add_argument("--from", dest="outbound", help="outbound agency code (one of this platform's)")
     parser.add_argument("--to", dest="inbound", help="inbound agency code")
@@ -95,9 +93,8 @@ def _period(p: Mapping[str, Any]) -> messages_pb2.ContributionPeriod:
 async def _send(args: argparse.Namespace, plan: CasePlan, messages: list[OutboundMessage]) -> int:
     async with PlatformClient.connect(config_from(args)) as client:
         if plan.route.outbound not in client.agencies:
-            print(f"error: {plan.route.outbound} is not an agency of {client.platform} "
-                  f"({', '.join(client.agencies)})", file=sys.stderr)
-            return 2
+            raise CliError(f"--from {plan.route.outbound} is not an agency of platform {client.platform} "
+                           f"(it speaks for {', '.join(client.agencies)})")
         print(f"transfer {plan.route.transfer_id}: {plan.route.outbound} → {plan.route.inbound}", flush=True)
         for message in messages:  # in order: each needs the one before
             receipt = await client.submit(message)
@@ -108,20 +105,38 @@ async def _send(args: argparse.Namespace, plan: CasePlan, messages: list[Outboun
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _case(args: argparse.Namespace) -> tuple[CasePlan, list[OutboundMessage]]:
+    """The case to send and its messages, checked before connecting. Raises CliError naming the
+    file or option that does not describe a valid case."""
+    where = str(args.case) if args.case else "the options"
     try:
         described = json.loads(args.case.read_text(encoding="utf-8")) if args.case else {}
-        plan = plan_from(args, described)
-        messages = outbound_messages(plan)  # refuses an invalid case before connecting
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        print(f"error: cannot build the case: {err!r}", file=sys.stderr)
-        return 2
+    except OSError as err:
+        raise CliError(f"--case {args.case}: {err.strerror}") from None
+    except ValueError as err:
+        raise CliError(f"--case {args.case}: not JSON: {err}") from None
+    if not isinstance(described, dict):
+        raise CliError(f"--case {args.case}: expected a JSON object")
     try:
-        return asyncio.run(_send(args, plan, messages))
-    except (ClientError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        plan = plan_from(args, described)
+        return plan, outbound_messages(plan)  # refuses an invalid case before connecting
+    except KeyError as err:
+        raise CliError(f"{where}: the case lacks {err}", exit_code=EX_FAILURE) from None
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CliError(f"{where}: not a valid case: {err}", exit_code=EX_FAILURE) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not (args.outbound and args.inbound) and not args.case:
+        parser.error("give the agencies with --from and --to, or a case with --case")
+
+    async def send() -> int:
+        plan, messages = _case(args)
+        return await _send(args, plan, messages)
+
+    return run(send(), gateway=args.gateway)
 
 
 if __name__ == "__main__":

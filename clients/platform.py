@@ -261,7 +261,10 @@ class PlatformClient:
                 wait = next(backoffs)
                 if loop.time() + wait >= deadline:
                     raise GatewayUnavailable(err.code(), err.details() or "", attempts) from err
-                log.info("%s: %s, retrying in %.2fs", what, err.code().name, wait)
+                # One line per retry (the command-line tools show them): what failed, how, and when
+                # the next attempt goes out, so a dead gateway is not 30 silent seconds.
+                log.info("%s attempt %d: %s (%s); retrying in %.1f s, %.0f s left", what, attempts, err.code().name,
+                         _detail(err), wait, max(deadline - loop.time(), 0.0))
                 await asyncio.sleep(wait)
 
 
@@ -279,6 +282,12 @@ async def _next_delivery(
         return None
     result = read.result()  # raises the stream's AioRpcError
     return None if result is grpc.aio.EOF else result
+
+
+def _detail(err: grpc.aio.AioRpcError, limit: int = 160) -> str:
+    """gRPC's own detail of a failed call, on one line and bounded."""
+    text = " ".join((err.details() or "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _rejected(err: grpc.aio.AioRpcError) -> GatewayRejected:

@@ -12,7 +12,6 @@ tracking view does not carry them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sys
 from collections.abc import Sequence
@@ -21,8 +20,7 @@ from zoneinfo import ZoneInfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients._cli import add_connection_options, config_from
-from clients.errors import ClientError
+from clients._cli import Progress, add_connection_options, config_from, description, run
 from clients.messages import kind_name
 from clients.platform import PlatformClient
 from mitransfer.v1 import messages_pb2, tracking_pb2
@@ -107,7 +105,7 @@ def render_list(cases: Sequence[tracking_pb2.Case]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clients.track", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m clients.track", description=description(__doc__))
     add_connection_options(parser)
     parser.add_argument("transfer_id", nargs="?", help="the case to show")
     parser.add_argument("--list", action="store_true", help="list cases instead of showing one")
@@ -129,12 +127,17 @@ async def _run(args: argparse.Namespace) -> int:
             overdue=args.overdue, due_soon=args.due_soon, page_size=min(args.limit, 500),
             states=[tracking_pb2.CaseState.Value("CASE_STATE_" + s.upper()) for s in args.state])
         cases: list[tracking_pb2.Case] = []
-        while len(cases) < args.limit:
-            page = await client.list_cases(request)
-            cases += page.cases
-            if not page.next_page_token:
-                break
-            request.page_token = page.next_page_token
+        progress = Progress("cases listed")
+        try:
+            while len(cases) < args.limit:
+                page = await client.list_cases(request)
+                cases += page.cases
+                progress.update(len(cases))
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+        finally:
+            progress.close()
         print(render_list(cases[:args.limit]))
         return 0
 
@@ -144,11 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.list and not args.transfer_id:
         parser.error("give a transfer id, or --list")
-    try:
-        return asyncio.run(_run(args))
-    except (ClientError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.limit < 1:
+        parser.error("--limit must be at least 1")
+    return run(_run(args), gateway=args.gateway)
 
 
 if __name__ == "__main__":

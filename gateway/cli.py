@@ -127,19 +127,6 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(config, as_json=args.json)
 
 
-def _report_settlement(args: argparse.Namespace) -> int:
-    import datetime as dt
-
-    from gateway.app.settlement import run_settlement_report
-
-    try:
-        day = dt.date.fromisoformat(args.date)
-    except ValueError:
-        raise OperatorError(f"--date {args.date!r}: expected a day as YYYY-MM-DD, e.g. 2026-11-22") from None
-    return run_settlement_report(address=args.gateway, day=day, certs=Path(args.certs),
-                                 operator=args.operator, json_output=args.json)
-
-
 class _Version(argparse.Action):
     """`--version`: one line, unwrapped (argparse's own action wraps it at the terminal width)."""
 
@@ -193,13 +180,10 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="operator reports", parents=[common])
     report_commands = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
-    settlement = command(report_commands, "settlement", _report_settlement,
-                         "funds in transit per province pair for one day")
-    settlement.add_argument("--date", required=True, help="the day (Asia/Shanghai), e.g. 2026-11-22")
-    settlement.add_argument("--gateway", default="127.0.0.1:50051", help="gateway address")
-    settlement.add_argument("--certs", default="certs/dev", help="folder with ca.pem and operators/<id>.pem|key")
-    settlement.add_argument("--operator", default="operator", help="operator certificate to use")
-    settlement.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    from gateway.app.operator import add_operator_commands
+
+    add_operator_commands(commands, report_commands,
+                          lambda parent, name, run, help_text: command(parent, name, run, help_text), common)
 
     certs = commands.add_parser("certs", help="certificates and keys", parents=[common])
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="KIND")

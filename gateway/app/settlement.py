@@ -1,34 +1,15 @@
-"""`transfer-gateway report settlement --date D`: the settlement ledger of one day, for operators.
-
-It calls Admin.GetSettlement over mutual TLS with an operator certificate (role `operator`).
-"""
+"""The settlement ledger of one day as operators read it (`transfer-gateway report settlement
+--date D`, which calls Admin.GetSettlement with role `operator`: `gateway.app.operator`)."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
-from pathlib import Path
 
-import grpc
-
-from gateway.app.devpki import DevPaths
-from mitransfer.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from mitransfer.v1 import admin_pb2
 
 
 def _yuan(fen: int) -> str:
     return f"{fen / 100:,.2f}"
-
-
-async def fetch_settlement(
-    address: str, day: dt.date, *, ca: Path, cert: Path, key: Path
-) -> admin_pb2.SettlementReport:
-    credentials = grpc.ssl_channel_credentials(ca.read_bytes(), key.read_bytes(), cert.read_bytes())
-    async with grpc.aio.secure_channel(address, credentials) as channel:
-        stub = admin_pb2_grpc.AdminStub(channel)
-        request = admin_pb2.GetSettlementRequest(date=types_pb2.Date(year=day.year, month=day.month, day=day.day))
-        report: admin_pb2.SettlementReport = await stub.GetSettlement(request, timeout=10)
-        return report
 
 
 def render(report: admin_pb2.SettlementReport) -> str:
@@ -55,11 +36,3 @@ def as_json(report: admin_pb2.SettlementReport) -> str:
             "held_fen": x.held_fen, "rejected_fen": x.rejected_fen, "in_flight_fen": x.in_flight_fen,
         } for x in report.lines],
     })
-
-
-def run_settlement_report(*, address: str, day: dt.date, certs: Path, operator: str, json_output: bool) -> int:
-    paths = DevPaths(certs)
-    report = asyncio.run(fetch_settlement(address, day, ca=paths.ca, cert=paths.operator_cert(operator),
-                                          key=paths.operator_key(operator)))
-    print(as_json(report) if json_output else render(report))
-    return 0

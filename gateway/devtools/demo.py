@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,33 +16,14 @@ from clients.scenario import ScenarioResult, run_cases
 from gateway.app.assembly import assemble
 from gateway.app.config import GatewayConfig
 from gateway.app.devpki import DEV_PLATFORMS, write_dev_pki
+from gateway.app.progress import Progress
 
 
 def _agencies(platform: str) -> tuple[str, ...]:
     return next(p.agency_codes for p in DEV_PLATFORMS if p.id == platform)
 
 
-class _Progress:
-    """A one-line progress bar on stderr (only when it is a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
-            return
-        width = 30
-        filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r  cases [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-
-
-async def _demo(transfers: int, workdir: Path, progress: _Progress) -> tuple[ScenarioResult, dict[str, float]]:
+async def _demo(transfers: int, workdir: Path, progress: Progress) -> tuple[ScenarioResult, dict[str, float]]:
     pki = write_dev_pki(workdir / "pki")
     server = assemble(GatewayConfig.dev(pki.root, workdir / "gateway.db", listen="127.0.0.1:0",
                                              metrics_listen=None))
@@ -58,7 +38,7 @@ async def _demo(transfers: int, workdir: Path, progress: _Progress) -> tuple[Sce
             result = await run_cases(
                 jiangsu, zhejiang, transfers=transfers,
                 a_agencies=_agencies("jiangsu"), b_agencies=_agencies("zhejiang"),
-                on_progress=progress, timeout=max(60.0, transfers * 2.0), reviewer=reviewer,
+                on_progress=progress.update, timeout=max(60.0, transfers * 2.0), reviewer=reviewer,
             )
         metric = server.prometheus.get_sample_value
         counts = {
@@ -78,10 +58,9 @@ async def _demo(transfers: int, workdir: Path, progress: _Progress) -> tuple[Sce
 def run_demo(*, transfers: int, as_json: bool) -> int:
     """Run the demo; 0 only if every case completed."""
     started = time.perf_counter()
-    progress = _Progress(transfers)
-    with tempfile.TemporaryDirectory(prefix="transfer-gateway-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="transfer-gateway-demo-") as tmp, \
+            Progress.start("cases completed", total=transfers) as progress:
         result, counts = asyncio.run(_demo(transfers, Path(tmp), progress))
-    progress.close()
     elapsed = time.perf_counter() - started
     summary = {
         "transfers": result.transfers,

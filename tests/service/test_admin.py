@@ -14,7 +14,7 @@ import pytest
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
 from gateway.app.devpki import DevPaths
-from gateway.app.settlement import fetch_settlement
+from gateway.app.operator import OperatorConfig, connect
 from gateway.core.messages import REVIEW_DECISION_PAYLOAD_TYPE
 from gateway.core.signing import LocalSigner, pae
 from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, tracking_pb2, types_pb2
@@ -141,8 +141,11 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
         await stub.Submit(sign(ack, key))
     today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
     pki = gateway.pki
-    report = await fetch_settlement(f"127.0.0.1:{gateway.server.port}", today, ca=pki.ca,
-                                    cert=pki.operator_cert("operator"), key=pki.operator_key("operator"))
+    operator = OperatorConfig(address=f"127.0.0.1:{gateway.server.port}", operator="operator", ca=pki.ca,
+                              cert=pki.operator_cert("operator"), key=pki.operator_key("operator"),
+                              registry=pki.registry, timeout=10)
+    async with connect(operator) as calls:
+        report = await calls.settlement(today)
     [line] = report.lines
     assert (line.outbound_province, line.inbound_province, line.transfers) == ("32", "33", 2)
     assert (line.sent_fen, line.held_fen, line.credited_fen, line.in_flight_fen, line.rejected_fen) == (

@@ -50,6 +50,7 @@ from clients.reviewer import OperatorConfig, ReviewerClient
 from clients.scenario import run_cases
 from clients.signing import KeyRing
 from gateway.app.devpki import DEV_PLATFORMS, DevPaths, write_dev_pki
+from gateway.app.progress import Progress
 from gateway.core.messages import payload_type
 from gateway.core.signing import LocalSigner
 from gateway.devtools.bench import report, servers
@@ -162,7 +163,8 @@ async def _bench_on(config: BenchConfig, workdir: Path, store: BenchStore) -> di
     submit_seconds = config.warmup + (config.rounds - 1) * config.settle + config.window
     pool = max(_REPLAY_SET * 2, math.ceil(config.max_rate * submit_seconds / _PER_CASE))
     _progress(f"signing {pool * _PER_CASE:,} messages")
-    cases = presign_cases(pki, pool)
+    with Progress.start("signing"):
+        cases = presign_cases(pki, pool)
     sizes = [len(s.data) for case in cases for s in case]
     payload_bytes = round(statistics.fmean(sizes))
 
@@ -170,8 +172,9 @@ async def _bench_on(config: BenchConfig, workdir: Path, store: BenchStore) -> di
     typical = min(cases[0], key=lambda s: abs(len(s.data) - payload_bytes))
     signed = envelope_pb2.SignedMessage.FromString(typical.data)
     key = LocalSigner.from_pem(signed.key_id, pki.platform_signing_key(typical.platform).read_bytes())
-    floors = measure_floors(key, payload_type(signed.kind), signed.payload, workdir,
-                            iterations=config.floor_iterations, batch=config.concurrency)
+    with Progress.start("measuring the floors"):
+        floors = measure_floors(key, payload_type(signed.kind), signed.payload, workdir,
+                                iterations=config.floor_iterations, batch=config.concurrency)
 
     _progress(f"loading {config.scale_messages:,} messages into the large store")
     large = store.fresh("large")
@@ -297,12 +300,15 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             replay = ReplayTarget("replay", replay_server, pki, config.channels, primer.funds[:_REPLAY_SET])
             targets.append(replay)
             turns: list[Target] = [echo, floors, submit, large, replay, *([pair] if pair else [])]
-            for r in range(config.rounds):
-                for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
-                    t.windows.append(await measure(
-                        config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
-                        window=config.window / config.rounds, server_cpu=t.cpu_seconds_by_thread,
-                        engine_cpu=None if t is echo else store.engine_cpu_seconds))
+            with Progress.start("windows measured", total=config.rounds * len(turns)) as progress:
+                for r in range(config.rounds):
+                    for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
+                        progress.label(f"round {r + 1}/{config.rounds}, {t.name}: windows measured")
+                        t.windows.append(await measure(
+                            config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
+                            window=config.window / config.rounds, server_cpu=t.cpu_seconds_by_thread,
+                            engine_cpu=None if t is echo else store.engine_cpu_seconds))
+                        progress.advance()
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:
             for t in targets:
@@ -349,9 +355,11 @@ async def _cases(config: BenchConfig, pki: DevPaths, workdir: Path, location: di
         ):
             assert isinstance(a, _TimedPlatformClient) and isinstance(b, _TimedPlatformClient)
             a.delivery_seconds = b.delivery_seconds = seen
-            result = await run_cases(a, b, transfers=config.cases, a_agencies=agencies[PLATFORMS[0]],
-                                     b_agencies=agencies[PLATFORMS[1]], timeout=max(60.0, config.cases * 2.0),
-                                     concurrency=config.concurrency, reviewer=reviewer)
+            with Progress.start("cases completed", total=config.cases) as progress:
+                result = await run_cases(a, b, transfers=config.cases, a_agencies=agencies[PLATFORMS[0]],
+                                         b_agencies=agencies[PLATFORMS[1]], timeout=max(60.0, config.cases * 2.0),
+                                         concurrency=config.concurrency, reviewer=reviewer,
+                                         on_progress=progress.update)
     latencies = sorted(seen)
     return {
         "cases": result.transfers, "completed": result.completed, "failed": result.failed,

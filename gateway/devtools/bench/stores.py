@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql as pgsql
 
+from gateway.app.progress import Progress
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.devtools.bench.servers import postgres_cpu_seconds
@@ -142,7 +143,8 @@ class SQLiteBenchStore:
         store = SQLiteStore(SQLiteConfig(path=path), lambda: dt.datetime.now(dt.UTC), Sla(WorkingCalendar()))
         await store.open()  # the store's own migrations create the schema
         await store.close()
-        cases = await asyncio.to_thread(_sqlite_load, path, messages, templates, routes)
+        with Progress.start("messages loaded", total=messages) as progress:
+            cases = await asyncio.to_thread(_sqlite_load, path, messages, templates, routes, progress)
         return LoadReport(messages=cases * len(templates), cases=cases, seconds=time.perf_counter() - started,
                           file_bytes=path.stat().st_size)
 
@@ -209,7 +211,8 @@ class PostgresBenchStore:
                               Sla(WorkingCalendar()))
         await store.open()  # the store's own migrations create the schema
         await store.close()
-        cases = await asyncio.to_thread(self._load, schema, messages, templates, routes)
+        with Progress.start("messages loaded", total=messages) as progress:
+            cases = await asyncio.to_thread(self._load, schema, messages, templates, routes, progress)
         with self._connect(schema) as conn:
             row = conn.execute("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
                                " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -217,7 +220,8 @@ class PostgresBenchStore:
         return LoadReport(messages=cases * len(templates), cases=cases, seconds=time.perf_counter() - started,
                           file_bytes=int(row[0]) if row else 0)
 
-    def _load(self, schema: str, messages: int, templates: Sequence[Template], routes: Sequence[Route]) -> int:
+    def _load(self, schema: str, messages: int, templates: Sequence[Template], routes: Sequence[Route],
+              progress: Progress) -> int:
         with self._connect(schema) as conn:
             conn.execute("SET synchronous_commit = off")  # one durable checkpoint at the end instead
             with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
@@ -226,10 +230,12 @@ class PostgresBenchStore:
             tables = {name: _Columns(name, columns, self._columns_of(conn, schema, name))
                       for name, columns in _COLUMNS.items()}
             row = conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM messages").fetchone()
-            chunks = _synthetic_rows(messages, templates, routes, int(row[0]) if row else 0)
+            first = int(row[0]) if row else 0
+            chunks = _synthetic_rows(messages, templates, routes, first)
             sequence = 0
             for chunk, last in chunks:
                 sequence = last
+                progress.update(last - first)
                 with conn.transaction(), conn.cursor() as cursor:
                     for name, table in tables.items():
                         statement = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -395,7 +401,8 @@ def _synthetic_rows(messages: int, templates: Sequence[Template], routes: Sequen
         yield chunk, sequence
 
 
-def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], routes: Sequence[Route]) -> int:
+def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], routes: Sequence[Route],
+                 progress: Progress) -> int:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         # A throwaway file: no journal and no fsync while loading, one fsync of the file at the end.
@@ -414,6 +421,7 @@ def _sqlite_load(path: Path, messages: int, templates: Sequence[Template], route
         sequence = first
         for chunk, last in _synthetic_rows(messages, templates, routes, first):
             sequence = last
+            progress.update(last - first)
             conn.execute("BEGIN")
             for name, (table, statement) in tables.items():
                 conn.executemany(statement, table.rows(chunk[name]))

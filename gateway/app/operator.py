@@ -1,0 +1,292 @@
+"""The national platform's staff at the command line: `transfer-gateway review list|approve|reject`
+(role reviewer) and `transfer-gateway report settlement` (role operator), over mutual TLS with an
+operator certificate whose SAN URI names them in the registry.
+
+A decision's answer is the gateway's signed receipt; it is verified against the registry's
+gateway keys before it is shown, and `--receipt FILE` keeps its bytes as proof. Failures go
+through the same boundary as every command: the gateway not answering is 69, a refusal (wrong
+role, unknown case, a transfer not held) is 1 with the gateway's reason, a missing certificate is
+78. Each further Admin action is one more function registered in `add_operator_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+from zoneinfo import ZoneInfo
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gateway.app.devpki import DevPaths
+from gateway.app.failures import ConfigError, ExitCode, OperatorError, Unavailable
+from gateway.app.settlement import as_json, render
+from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, kind_name
+from gateway.core.registry import Registry
+from gateway.core.signing import VerifyingKey, pae
+from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, types_pb2
+
+T = TypeVar("T")
+BEIJING: Final = ZoneInfo("Asia/Shanghai")
+_UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Where the gateway is and which operator credentials call it."""
+
+    address: str
+    operator: str
+    ca: Path
+    cert: Path
+    key: Path
+    registry: Path   # for the gateway's public keys, to verify receipts
+    timeout: float   # seconds for one call
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OperatorConfig:
+        """The dev layout of --certs for --operator, each file replaceable by its own option."""
+        dev = DevPaths(Path(args.certs))
+        return cls(address=args.gateway, operator=args.operator, ca=Path(args.ca or dev.ca),
+                   cert=Path(args.cert or dev.operator_cert(args.operator)),
+                   key=Path(args.key or dev.operator_key(args.operator)),
+                   registry=Path(args.registry or dev.registry), timeout=args.timeout)
+
+
+class AdminCalls:
+    """The Admin calls an operator makes, each answered or raised as an OperatorError."""
+
+    def __init__(self, stub: admin_pb2_grpc.AdminAsyncStub, config: OperatorConfig,
+                 gateway_keys: Mapping[str, VerifyingKey]) -> None:
+        self._stub = stub
+        self._config = config
+        self._gateway_keys = gateway_keys
+
+    async def held(self) -> list[admin_pb2.HeldFundTransfer]:
+        reply = await self._call(self._stub.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest(),
+                                                                  timeout=self._config.timeout))
+        return list(reply.held)
+
+    async def review(self, transfer_id: str, *, approve: bool, comment: str) -> tuple[envelope_pb2.ReceiptBody,
+                                                                                        envelope_pb2.Receipt]:
+        """Decide; returns the verified receipt body and the signed receipt (deciding the same way
+        again returns the same receipt, so a retry after a lost answer is safe)."""
+        request = admin_pb2.ReviewFundTransferRequest(transfer_id=transfer_id, approve=approve, comment=comment)
+        receipt = await self._call(self._stub.ReviewFundTransfer(request, timeout=self._config.timeout))
+        return self._verify(receipt), receipt
+
+    async def settlement(self, day: dt.date) -> admin_pb2.SettlementReport:
+        request = admin_pb2.GetSettlementRequest(date=types_pb2.Date(year=day.year, month=day.month, day=day.day))
+        return await self._call(self._stub.GetSettlement(request, timeout=self._config.timeout))
+
+    def _verify(self, receipt: envelope_pb2.Receipt) -> envelope_pb2.ReceiptBody:
+        key = self._gateway_keys.get(receipt.key_id)
+        if key is None or not key.verify(receipt.signature, pae(RECEIPT_PAYLOAD_TYPE, receipt.body)):
+            raise OperatorError(f"the gateway's receipt does not verify with the registry {self._config.registry} "
+                                f"(key {receipt.key_id[:64]!r})",
+                                hint="the decision may be recorded: check it with `review list`, and the registry")
+        try:
+            return envelope_pb2.ReceiptBody.FromString(receipt.body)
+        except DecodeError as exc:
+            raise OperatorError("the gateway's receipt body does not parse") from exc
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            raise self._refused(err) from err
+
+    def _refused(self, err: grpc.aio.AioRpcError) -> OperatorError:
+        address, details = self._config.address, " ".join((err.details() or "").split())[:200]
+        if err.code() in _UNREACHABLE:
+            return Unavailable(f"gateway {address} did not answer: {err.code().name}: {details}",
+                               hint="is it running and reachable from here? (--gateway, --timeout)")
+        reason = _reason(err)
+        if err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            return OperatorError(f"gateway {address} refused operator {self._config.operator!r}: "
+                                 f"{err.code().name} {reason}: {details}",
+                                 hint="review commands need the role reviewer, report settlement the role operator"
+                                      " (--operator chooses the certificate)")
+        return OperatorError(f"the gateway refused it: {err.code().name} {reason}: {details}")
+
+
+def _reason(err: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a refusal ("-" when it has none)."""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        return "-"
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason or "-"
+    return "-"
+
+
+def _read(what: str, path: Path, config: OperatorConfig) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        dev = path.parent.parent if path.parent.name == "operators" else None
+        known = sorted(p.stem for p in (dev / "operators").glob("*.pem")) if dev is not None else []
+        more = f" (operators there: {', '.join(known)})" if known and what != "CA certificate" else ""
+        raise ConfigError(f"{path}: no such file (the {what} of operator {config.operator!r}){more}",
+                          hint="--certs names a folder laid out like certs/dev; --ca, --cert, --key and"
+                               " --registry name the files one by one") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror} (the {what} of operator {config.operator!r})") from exc
+
+
+@asynccontextmanager
+async def connect(config: OperatorConfig) -> AsyncIterator[AdminCalls]:
+    """Read the operator's files, open the mTLS channel, close it on exit.
+
+    Raises ConfigError naming a file that is missing or unusable.
+    """
+    ca, cert, key = (_read("CA certificate", config.ca, config), _read("certificate", config.cert, config),
+                     _read("key", config.key, config))
+    _read("registry", config.registry, config)
+    try:
+        registry = Registry.load(config.registry)
+    except ValueError as exc:
+        raise ConfigError(f"registry {config.registry}: {exc}") from exc
+    try:
+        credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    except Exception as exc:  # grpc accepts any bytes here; a bad PEM fails at the handshake
+        raise ConfigError(f"the certificate files of operator {config.operator!r} cannot be used: {exc}") from exc
+    async with grpc.aio.secure_channel(config.address, credentials) as channel:
+        stub = cast("admin_pb2_grpc.AdminAsyncStub", admin_pb2_grpc.AdminStub(channel))
+        yield AdminCalls(stub, config, registry.gateway_keys)
+
+
+def _when(stamp: Timestamp) -> str:
+    return stamp.ToDatetime(dt.UTC).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
+
+
+def render_held(held: list[admin_pb2.HeldFundTransfer]) -> str:
+    """One line per held transfer (Beijing time, yuan); ids and agencies only, never a person."""
+    if not held:
+        return "(no fund transfers held for review)"
+    lines = [f"{'transfer id':<36}  {'out':>6} → {'in':<6} {'amount (yuan)':>16}  held since (Beijing)"]
+    lines += [f"{h.transfer_id:<36}  {h.outbound:>6} → {h.inbound:<6} {h.amount_fen / 100:>16,.2f}  "
+              f"{_when(h.held_since)}" for h in held]
+    return "\n".join(lines)
+
+
+def _held_json(held: list[admin_pb2.HeldFundTransfer]) -> str:
+    return json.dumps({"held": [{
+        "transfer_id": h.transfer_id, "message_id": h.message_id, "outbound": h.outbound, "inbound": h.inbound,
+        "amount_fen": h.amount_fen, "held_since": h.held_since.ToDatetime(dt.UTC).isoformat()} for h in held]})
+
+
+def _run(args: argparse.Namespace, work: Callable[[AdminCalls], Any]) -> int:
+    async def go() -> int:
+        async with connect(OperatorConfig.from_args(args)) as calls:
+            return int(await work(calls))
+
+    return asyncio.run(go())
+
+
+def _review_list(args: argparse.Namespace) -> int:
+    async def work(calls: AdminCalls) -> int:
+        held = await calls.held()
+        print(_held_json(held) if args.json else render_held(held))
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _decide(args: argparse.Namespace, *, approve: bool) -> int:
+    comment = args.comment if approve else args.reason
+    if not approve and not comment.strip():
+        raise OperatorError("--reason must say why the transfer is rejected")
+
+    async def work(calls: AdminCalls) -> int:
+        body, receipt = await calls.review(args.transfer_id, approve=approve, comment=comment)
+        if args.receipt:
+            Path(args.receipt).write_bytes(receipt.SerializeToString())
+        accepted = body.accepted_at.ToDatetime(dt.UTC).astimezone(BEIJING).isoformat(timespec="seconds")
+        print(f"{'approved' if approve else 'rejected'} the fund transfer of {body.transfer_id}: "
+              f"{kind_name(body.kind)} {body.message_id} seq {body.sequence} accepted {accepted}, "
+              f"receipt signed by {receipt.key_id} and verified"
+              + (f", kept in {args.receipt}" if args.receipt else ""))
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _settlement(args: argparse.Namespace) -> int:
+    try:
+        day = dt.date.fromisoformat(args.date)
+    except ValueError:
+        raise OperatorError(f"--date {args.date[:40]!r}: expected a day as YYYY-MM-DD, e.g. 2026-11-22") from None
+
+    async def work(calls: AdminCalls) -> int:
+        report = await calls.settlement(day)
+        print(as_json(report) if args.json else render(report))
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _connection_options(parser: argparse.ArgumentParser, operator: str) -> None:
+    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway address host:port")
+    parser.add_argument("--certs", default="certs/dev",
+                        help="folder laid out like certs/dev (ca.pem, operators/<id>.pem|key, registry.json)")
+    parser.add_argument("--operator", default=operator,
+                        help=f"operator id: whose certificate to use (default {operator})")
+    parser.add_argument("--ca", help="CA certificate of the gateway (instead of --certs)")
+    parser.add_argument("--cert", help="the operator's certificate (instead of --certs)")
+    parser.add_argument("--key", help="its private key (instead of --certs)")
+    parser.add_argument("--registry", help="the registry, for the gateway's keys (instead of --certs)")
+    parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for the gateway (default 10)")
+
+
+Command = Callable[[Any, str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def add_operator_commands(commands: Any, reports: Any, command: Command, common: argparse.ArgumentParser) -> None:
+    """`review …` under `commands`, `settlement` under `reports`; `command(parent, name, run, help)`
+    makes a subcommand with the options every command has (`common`)."""
+    review = commands.add_parser("review", help="held fund transfers: list, approve, reject (role reviewer)",
+                                 parents=[common])
+    actions = review.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+    listing = command(actions, "list", _review_list, "list the fund transfers held for review")
+    _connection_options(listing, "reviewer")
+    listing.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    approve = command(actions, "approve", lambda a: _decide(a, approve=True), "approve a held fund transfer")
+    _connection_options(approve, "reviewer")
+    approve.add_argument("transfer_id", help="the case whose held fund transfer is approved")
+    approve.add_argument("--comment", default="", help="the reviewer's note, recorded with the decision")
+    approve.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
+    reject = command(actions, "reject", lambda a: _decide(a, approve=False), "reject a held fund transfer")
+    _connection_options(reject, "reviewer")
+    reject.add_argument("transfer_id", help="the case whose held fund transfer is rejected")
+    reject.add_argument("--reason", required=True, help="why (recorded with the decision and sent to both sides)")
+    reject.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
+
+    settlement = command(reports, "settlement", _settlement, "funds in transit per province pair for one day")
+    _connection_options(settlement, "operator")
+    settlement.add_argument("--date", required=True, help="the day (Asia/Shanghai), e.g. 2026-11-22")
+    settlement.add_argument("--json", action="store_true", help="one JSON object instead of a table")
