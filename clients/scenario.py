@@ -237,9 +237,10 @@ def plan_cases(
         slot = i // 2
         outbound, inbound = sources[slot % len(sources)], targets[(slot + 1) % len(targets)]
         mix = i % 10
-        # Most balances move at once; about one case in ten is above the review threshold.
+        # About one case in ten has a balance above 10,000 yuan, from b to a: where b's region reviews
+        # such balances (the dev registry's Zhejiang does), it waits for a reviewer.
         big = rng.randint(1_000_001, 5_000_000)
-        insurance, balance = (EMPLOYEE, big if mix == 0 else rng.randint(100, 1_000_000)) if mix < 7 else (
+        insurance, balance = (EMPLOYEE, big if mix == 1 else rng.randint(100, 1_000_000)) if mix < 7 else (
             (EMPLOYEE, 0) if mix == 7 else (RESIDENT, 0) if mix == 8 else (EMPLOYEE, rng.randint(100, 1_000_000)))
         plans.append((a_outbound, CasePlan.synthetic(outbound, inbound, insurance_type=insurance,
                                                      balance_fen=balance, seed=base + i,

@@ -247,9 +247,9 @@ def assemble(
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
-                                 rules=rules, sla=sla, clock=clock),
-        tracking=TrackingService(registry=registry, store=store, rules=rules, sla=sla, clock=clock),
-        admin=AdminService(registry=registry, store=store, author=author, rules=rules, metrics=metrics, clock=clock),
+                                 sla=sla, clock=clock),
+        tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock),
+        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock),
     )
     health = GatewayHealth()
     monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=list(registry.platforms), clock=clock,

@@ -38,6 +38,15 @@ __all__ = ["ConfigError", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSCon
            "parse_address", "reference"]
 
 
+# Settings that were, and where what they said lives now: named in the refusal of an old file.
+RETIRED: Final[Mapping[str, str]] = {
+    "rules.review_threshold_fen": "which outbound fund transfers wait for a reviewer is each region's own policy "
+    "in the registry (policies[].review_above_fen; none by default)",
+    "rules.waiting_period_months": "the waiting period is each region's own policy in the registry "
+    "(policies[].waiting_period_months, 0 to 6; none by default)",
+}
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """`host:port` (IPv6 hosts in brackets: `[::1]:50051`; port 0 picks a free port).
 
@@ -332,6 +341,10 @@ class _Reader:
         known = _keys(cls)
         for key in data:
             if key in known:
+                continue
+            retired = RETIRED.get(".".join((*path, key)))
+            if retired is not None:
+                self.problem(path, key, f"no longer a setting: {retired}")
                 continue
             near = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
             if near:

@@ -55,9 +55,20 @@ DEV_PLATFORMS: tuple[DevPlatform, ...] = (
 )
 
 
-DEV_OPERATORS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("reviewer", "国家医保信息平台复核员（开发）", ("reviewer",)),
-    ("operator", "国家医保信息平台运维（开发）", ("operator",)),
+# (id, name, roles, provinces it may decide for: () is every province)
+DEV_OPERATORS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("reviewer", "浙江省医保转移复核员（开发）", ("reviewer",), ("33",)),
+    ("operator", "国家医保信息平台运维（开发）", ("operator",), ()),
+)
+
+# Region policies of the dev registry. Zhejiang's review of outbound balances above 10,000 yuan is
+# its published practice for older in-province cases; the waiting periods are illustrative values
+# of two regions, not their real policies.
+DEV_REVIEW_ABOVE_FEN = 1_000_000
+DEV_POLICIES: tuple[dict[str, object], ...] = (
+    {"region": "33", "review_above_fen": DEV_REVIEW_ABOVE_FEN},
+    {"region": "32", "waiting_period_months": 6},
+    {"region": "330100", "waiting_period_months": 3, "review_above_fen": DEV_REVIEW_ABOVE_FEN},
 )
 
 
@@ -158,7 +169,7 @@ def _existing(root: Path, platforms: tuple[DevPlatform, ...]) -> list[str]:
     for platform in platforms:
         candidates += [paths.platform_cert(platform.id), paths.platform_key(platform.id),
                        paths.platform_signing_key(platform.id)]
-    for operator_id, _, _ in DEV_OPERATORS:
+    for operator_id, *_ in DEV_OPERATORS:
         candidates += [paths.operator_cert(operator_id), paths.operator_key(operator_id)]
     return [str(p.relative_to(root)) for p in candidates if p.exists()]
 
@@ -263,14 +274,15 @@ def write_dev_pki(
                               for code, name in platform.agencies]
 
     registry_operators = []
-    for operator_id, name, roles in DEV_OPERATORS:
+    for operator_id, name, roles, provinces in DEV_OPERATORS:
         uri = f"urn:mitransfer:operator:{operator_id}"
         tls_key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(f"{operator_id} operator", tls_key, ca_cert, ca_key,
                       [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH, now)
         paths.operator_cert(operator_id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_private(paths.operator_key(operator_id), _pem_private(tls_key))
-        registry_operators.append({"id": operator_id, "name": name, "certificate_uri": uri, "roles": list(roles)})
+        registry_operators.append({"id": operator_id, "name": name, "certificate_uri": uri, "roles": list(roles),
+                                   **({"provinces": list(provinces)} if provinces else {})})
 
     registry = {
         "dev_only": True,
@@ -280,6 +292,7 @@ def write_dev_pki(
         "platforms": registry_platforms,
         "agencies": registry_agencies,
         "operators": registry_operators,
+        "policies": list(DEV_POLICIES),
     }
     paths.registry.write_text(json.dumps(registry, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return paths

@@ -48,7 +48,7 @@ class CaseSweeper:
             notice.expired_at.FromDatetime(now)
             def decide(current: case_rules.Case | None, _index: case_rules.CaseIndex,
                        message_id: str = notice.message_id) -> case_rules.Decision:
-                return case_rules.expire(current, message_id=message_id, rules=self._rules)
+                return case_rules.expire(current, message_id=message_id)
 
             try:
                 await self._author.record(

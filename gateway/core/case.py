@@ -23,12 +23,15 @@ from typing import Any, Final, Protocol, TypeAlias
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import BusinessMessage, MessageKind, kind_of
 from gateway.core.settings import setting
+from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
 InsuranceType: TypeAlias = types_pb2.InsuranceType.ValueType
 Ack = messages_pb2.Acknowledgement
 _S = tracking_pb2
+Policies: TypeAlias = Mapping[str, RegionPolicy]  # by 6-digit region or 2-digit province
+NO_POLICIES: Final[Policies] = {}
 EMPLOYEE: Final = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
 RESIDENT: Final = types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
 UNSPECIFIED: Final = types_pb2.INSURANCE_TYPE_UNSPECIFIED
@@ -80,8 +83,8 @@ class Guard(StrEnum):
 
     FUNDS_EXPECTED = "funds expected"        # 310 → 310 with a positive balance
     NO_FUNDS_EXPECTED = "no funds expected"  # any other case: no money moves
-    WITHIN_THRESHOLD = "amount ≤ review threshold"
-    ABOVE_THRESHOLD = "amount > review threshold"
+    NOT_REVIEWED = "not reviewed by the outbound region"
+    REVIEWED = "reviewed by the outbound region"
     BY_APPLICANT = "sent by the applicant's side"
 
 
@@ -114,9 +117,9 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t(Event.NOTICE_REFUSED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_REFUSED),
     _t(Event.INFORMATION_TABLE, Side.OUTBOUND, {_S.CASE_STATE_OUTBOUND_ACCEPTED}, _S.CASE_STATE_TABLE_SENT),
     _t(Event.FUND_TRANSFER, Side.OUTBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_FUNDS_SENT,
-       Guard.WITHIN_THRESHOLD),
+       Guard.NOT_REVIEWED),
     _t(Event.FUND_TRANSFER, Side.OUTBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_HELD_FOR_REVIEW,
-       Guard.ABOVE_THRESHOLD),
+       Guard.REVIEWED),
     _t(Event.REVIEW_APPROVED, Side.REVIEWER, {_S.CASE_STATE_HELD_FOR_REVIEW}, _S.CASE_STATE_FUNDS_SENT),
     _t(Event.REVIEW_REJECTED, Side.REVIEWER, {_S.CASE_STATE_HELD_FOR_REVIEW}, _S.CASE_STATE_REVIEW_REJECTED),
     _t(Event.ACK_ACCEPTED, Side.INBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_INBOUND_ACCEPTED,
@@ -156,14 +159,9 @@ _ACK_EVENTS: Final[Mapping[int, Event]] = {
 
 @dataclass(frozen=True)
 class CaseRules:
-    """Configuration of the rules (provincial practice varies)."""
+    """Configuration of the rules the measures leave to the gateway (each region's own choices are
+    its policy in the registry: `mitransfer.protocol.registry.RegionPolicy`)."""
 
-    review_threshold_fen: int = setting(
-        1_000_000, "Fund transfers above this amount wait for a reviewer's decision (1,000,000 fen: 10,000 yuan).",
-        unit="fen", minimum=0)
-    waiting_period_months: int = setting(
-        6, "Waiting period before benefits after a contribution gap of more than 3 months (the measures allow"
-        " at most 6).", unit="months", minimum=0, maximum=6)
     request_expiry: dt.timedelta = setting(
         dt.timedelta(days=30), "A transfer request the outbound side never answers expires after this.",
         key="request_expiry_days", unit="days", minimum=0.001)
@@ -171,10 +169,6 @@ class CaseRules:
     def __post_init__(self) -> None:
         if self.request_expiry <= dt.timedelta(0):
             raise ValueError("request_expiry must be positive")
-        if self.review_threshold_fen < 0:
-            raise ValueError("review_threshold_fen must not be negative")
-        if not 0 <= self.waiting_period_months <= 6:
-            raise ValueError("waiting_period_months is 0 to 6")
 
 
 @dataclass(frozen=True)
@@ -278,10 +272,11 @@ def _violation(rule: str, text: str, case: Case | None, **extra: str) -> RuleVio
     return RuleViolation(text, reason=rule, metadata=metadata)
 
 
-def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, index: CaseIndex) -> Decision:
+def apply(case: Case | None, message: BusinessMessage, *, policies: Policies, index: CaseIndex) -> Decision:
     """The decision on `message` (validated by gateway.core.validation), or RuleViolation.
 
-    `case` is None for a transfer id the gateway has not seen.
+    `case` is None for a transfer id the gateway has not seen; `policies` are the regions' own
+    choices (the registry's), by region or province.
     """
     header = message.header
     event = event_of(message)
@@ -295,7 +290,7 @@ def apply(case: Case | None, message: BusinessMessage, *, rules: CaseRules, inde
                              case, event=event.value)
         side = _side(case, header.sender, header.receiver)
         opening = False
-    transition = _transition(case, event, side, rules)
+    transition = _transition(case, event, side, policies)
     facts, fund_status = _check_content(case, message, event, opening=opening)
     if opening and event is not Event.NOTICE_REFUSED:
         _check_one_open_case(case, index)
@@ -320,14 +315,14 @@ def index_question(message: BusinessMessage) -> tuple[bytes, str] | None:
     return None
 
 
-def review(case: Case | None, *, approved: bool, message_id: str, rules: CaseRules) -> Decision:
+def review(case: Case | None, *, approved: bool, message_id: str) -> Decision:
     """The decision on a reviewer's approval or rejection of the case's held fund transfer."""
     event = Event.REVIEW_APPROVED if approved else Event.REVIEW_REJECTED
     if case is None:
         raise _violation("CASE_NOT_OPENED", "no such case", None, event=event.value)
     if case.closed:
         raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
-    transition = _transition(case, event, Side.REVIEWER, rules)
+    transition = _transition(case, event, Side.REVIEWER, NO_POLICIES)
     assert transition.target is not None and case.fund_message_id is not None
     refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, Side.REVIEWER)}
     after = replace(case, state=transition.target, messages=refs)
@@ -336,13 +331,13 @@ def review(case: Case | None, *, approved: bool, message_id: str, rules: CaseRul
     return Decision(after, cancel_message=case.fund_message_id, fund_status=FundStatus.REJECTED)
 
 
-def expire(case: Case | None, *, message_id: str, rules: CaseRules) -> Decision:
+def expire(case: Case | None, *, message_id: str) -> Decision:
     """The decision to close a case whose transfer request was never answered."""
     if case is None:
         raise _violation("CASE_NOT_OPENED", "no such case", None, event=Event.EXPIRY.value)
     if case.closed:
         raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
-    transition = _transition(case, Event.EXPIRY, Side.GATEWAY, rules)
+    transition = _transition(case, Event.EXPIRY, Side.GATEWAY, NO_POLICIES)
     assert transition.target is not None
     refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_CASE_EXPIRED, Side.GATEWAY)}
     return Decision(replace(case, state=transition.target, messages=refs))
@@ -373,25 +368,24 @@ def _side(case: Case, sender: str, receiver: str) -> Side:
                      f"not {sender} → {receiver}", case, sender=sender, receiver=receiver)
 
 
-def _guard_holds(case: Case, guard: Guard | None, side: Side, rules: CaseRules) -> bool:
+def _guard_holds(case: Case, guard: Guard | None, side: Side, policies: Policies) -> bool:
     balance = case.balance_fen or 0
     if guard is Guard.FUNDS_EXPECTED:
         return case.funds_expected
     if guard is Guard.NO_FUNDS_EXPECTED:
         return not case.funds_expected
-    if guard is Guard.WITHIN_THRESHOLD:
-        return case.funds_expected and balance <= rules.review_threshold_fen
-    if guard is Guard.ABOVE_THRESHOLD:
-        return case.funds_expected and balance > rules.review_threshold_fen
+    if guard in (Guard.NOT_REVIEWED, Guard.REVIEWED):  # the outbound region's own practice
+        reviewed = policy_of(policies, case.outbound).reviews(balance)
+        return case.funds_expected and reviewed == (guard is Guard.REVIEWED)
     if guard is Guard.BY_APPLICANT:
         return (case.outbound if side is Side.OUTBOUND else case.inbound) == case.applicant
     return True
 
 
-def _transition(case: Case, event: Event, side: Side, rules: CaseRules) -> Transition:
+def _transition(case: Case, event: Event, side: Side, policies: Policies) -> Transition:
     candidates = [t for t in TRANSITIONS if t.event is event and t.side is side and case.state in t.sources]
     for t in candidates:
-        if _guard_holds(case, t.guard, side, rules):
+        if _guard_holds(case, t.guard, side, policies):
             return t
     if event is Event.FUND_TRANSFER and case.fund_message_id is not None:
         raise _violation("FUND_TRANSFER_ALREADY_ACCEPTED", f"case {case.transfer_id} already has its fund transfer",

@@ -2,8 +2,10 @@
 
 A provincial platform is identified by the SAN URI of its client certificate; it may act for the
 agencies the registry assigns to it (all within its provinces) and signs with its registered
-keys. The registry is public information (no private keys) and is read once at start-up; its
-format and consistency checks are `mitransfer.protocol.registry`, shared with the platforms.
+keys. It also carries each region's own policy where the measures leave a choice (waiting period,
+review of large outbound transfers) and the provinces each reviewer may decide for. The registry
+is public information (no private keys) and is read once at start-up; its format and consistency
+checks are `mitransfer.protocol.registry`, shared with the platforms.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from gateway.core.errors import NotPermitted
 from gateway.core.signing import VerifyingKey
 from mitransfer.protocol import registry as registry_format
 from mitransfer.protocol.errors import RegistryFormatError
-from mitransfer.protocol.registry import Agency, Operator, Platform, RegistryDocument
+from mitransfer.protocol.registry import Agency, Operator, Platform, RegionPolicy, RegistryDocument, policy_of
 
-__all__ = ["Agency", "Operator", "Platform", "Registry", "RegistryError"]
+__all__ = ["Agency", "Operator", "Platform", "RegionPolicy", "Registry", "RegistryError"]
 
 
 class RegistryError(ValueError):
@@ -32,6 +34,7 @@ class Registry:
     gateway_keys: Mapping[str, VerifyingKey]
     operators: Mapping[str, Operator] = field(default_factory=dict)
     dev_only: bool = False
+    policies: Mapping[str, RegionPolicy] = field(default_factory=dict)  # by region or province
 
     @classmethod
     def load(cls, path: Path) -> Registry:
@@ -61,7 +64,11 @@ class Registry:
     def of(cls, document: RegistryDocument) -> Registry:
         """The gateway's view of a checked registry document."""
         return cls(document.platforms, document.agencies, document.gateway_keys, document.operators,
-                   dev_only=document.dev_only)
+                   dev_only=document.dev_only, policies=document.policies)
+
+    def policy(self, region: str) -> RegionPolicy:
+        """The policy that applies to a pooling region: its own, its province's, or the national default."""
+        return policy_of(self.policies, region)
 
     def platform_by_uri(self, uri: str) -> Platform | None:
         for platform in self.platforms.values():

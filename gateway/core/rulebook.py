@@ -106,10 +106,17 @@ RULES: Final[tuple[Rule, ...]] = (
          "`FIELD_INVALID` on `person.psn_no` otherwise.", "national platform field psn_no (人员编号, 字符型 30)"),
     Rule("CONTINUOUS", "", "A contribution gap of at most 3 months may be back-paid and benefits cover it "
          "retroactively (Tracking `continuity`).", f"{MEASURES}: 中断缴费3个月（含）以内的，可按转入地规定补缴"),
-    Rule("WAITING_PERIOD", "", "After a gap of more than 3 months a waiting period of at most 6 months applies "
-         "(Tracking `continuity`).",
+    Rule("WAITING_PERIOD", "", "After a gap of more than 3 months the inbound region's own waiting period applies: "
+         "its policy in the registry (`waiting_period_months`, 0 to 6; none by default); Tracking `continuity`.",
          f"{MEASURES}: 各统筹地区可根据自身情况，对中断缴费3个月以上的，设置不超过6个月的待遇享受等待期"),
-    # Review of large transfers.
+    # Review of large transfers: each region's own practice.
+    Rule("REVIEW_BY_REGION_POLICY", "", "A fund transfer is held for review only where the outbound region's policy "
+         "in the registry reviews transfers above a balance (`review_above_fen`; none by default; the dev registry "
+         "has Zhejiang's 10,000 yuan); the guards \"reviewed\" and \"not reviewed\" of the diagram.",
+         "provincial practice, not a national rule (浙江: 个账结余>1万元情况下后台会进行人工审核，1个工作日内完成)"),
+    Rule("REVIEWER_NOT_OF_PROVINCE", "PERMISSION_DENIED", "A reviewer lists and decides only the held transfers "
+         "of the outbound provinces the registry scopes it to; metadata `reviewer`, `province`.",
+         "provincial practice: each province reviews its own outbound transfers"),
     Rule("NOT_HELD_FOR_REVIEW", _FP, "A reviewer decides only on a held fund transfer.", _CONTRACT),
     Rule("REVIEW_ALREADY_DECIDED", _FP, "The opposite decision on an already decided review (the same decision "
          "again returns the first receipt); metadata `transfer_id`.", _CONTRACT),

@@ -59,14 +59,17 @@ ACTIVE: Final[Mapping[Stage, Callable[[Case], bool]]] = {
 
 @dataclass(frozen=True)
 class Limits:
-    """Working days allowed per stage."""
+    """Working days allowed per stage. The measures' own limits are the most a region may allow
+    (regions are encouraged to go faster), so they bound the configuration."""
 
     outbound: int = setting(10, "Working days the outbound agency has to send the information table"
-                            " (and the funds).", key="outbound_working_days", unit="working days", minimum=1)
+                            " (and the funds); the measures allow at most 10.", key="outbound_working_days",
+                            unit="working days", minimum=1, maximum=10)
     inbound: int = setting(5, "Working days the inbound agency has to complete the transfer once it has"
-                           " everything.", key="inbound_working_days", unit="working days", minimum=1)
-    total: int = setting(15, "Working days the whole case may take.", key="total_working_days",
-                         unit="working days", minimum=1)
+                           " everything; the measures allow at most 5.", key="inbound_working_days",
+                           unit="working days", minimum=1, maximum=5)
+    total: int = setting(15, "Working days the whole case may take; the measures allow at most 15.",
+                         key="total_working_days", unit="working days", minimum=1, maximum=15)
     review: int = setting(1, "Working days a reviewer has to decide on a held fund transfer.",
                           key="review_working_days", unit="working days", minimum=1)
 

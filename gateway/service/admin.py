@@ -1,4 +1,5 @@
-"""Admin service: reviewers decide on held fund transfers; operators read the settlement ledger."""
+"""Admin service: reviewers decide on held fund transfers of the provinces they are scoped to;
+operators read the settlement ledger."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.core import case as case_rules
-from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, RuleViolation
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RuleViolation
 from gateway.core.registry import Registry
 from gateway.core.workdays import start_of
 from gateway.service.auth import calling_operator
@@ -23,22 +24,23 @@ log = logging.getLogger("gateway.admin")
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, *, registry: Registry, store: Store, author: GatewayAuthor, rules: case_rules.CaseRules,
-        metrics: Metrics, clock: Callable[[], dt.datetime],
+        self, *, registry: Registry, store: Store, author: GatewayAuthor, metrics: Metrics,
+        clock: Callable[[], dt.datetime],
     ) -> None:
         self._metrics = metrics
         self._registry = registry
         self._store = store
         self._author = author
-        self._rules = rules
         self._clock = clock
 
     async def ListHeldFundTransfers(
         self, request: admin_pb2.ListHeldFundTransfersRequest, context: Any
     ) -> admin_pb2.ListHeldFundTransfersResponse:
-        calling_operator(context, self._registry, "reviewer")
+        reviewer = calling_operator(context, self._registry, "reviewer")
         out = admin_pb2.ListHeldFundTransfersResponse()
         for held in await self._store.held_transfers():
+            if not reviewer.covers(held.outbound[:2]):  # another province's reviewers decide it
+                continue
             entry = out.held.add(transfer_id=held.transfer_id, message_id=held.message_id, outbound=held.outbound,
                                  inbound=held.inbound, amount_fen=held.amount_fen)
             entry.held_since.FromDatetime(held.held_since)
@@ -53,6 +55,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         view = await self._store.get_case(request.transfer_id)
         if view is None:
             raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
+        province = view.case.outbound[:2]
+        if not reviewer.covers(province):
+            raise NotPermitted(f"reviewer {reviewer.id} decides transfers of provinces "
+                               f"{', '.join(sorted(reviewer.provinces))}, not of {province}",
+                               reason="REVIEWER_NOT_OF_PROVINCE",
+                               metadata={"reviewer": reviewer.id, "province": province})
         earlier = [m for m in view.messages if m.kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
         if earlier:  # decided before: the same decision again is answered with its receipt
             approved_before = view.case.state != tracking_pb2.CASE_STATE_REVIEW_REJECTED
@@ -75,7 +83,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, message_id=decision.message_id,
             transfer_id=case.transfer_id, payload=decision, sides=(case.outbound, case.inbound), now=now,
             decide=lambda current, _index: case_rules.review(current, approved=request.approve,
-                                                             message_id=decision.message_id, rules=self._rules),
+                                                             message_id=decision.message_id),
         )
         self._metrics.reviews.labels("approved" if request.approve else "rejected").inc()
         log.info("reviewed", extra={"fields": {"transfer_id": case.transfer_id, "reviewer": reviewer.id,

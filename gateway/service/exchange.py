@@ -95,11 +95,10 @@ def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
-        rules: case_rules.CaseRules, sla: Sla, clock: Callable[[], dt.datetime],
+        sla: Sla, clock: Callable[[], dt.datetime],
     ) -> None:
         self._registry = registry
         self._sla = sla
-        self._rules = rules
         self._store = store
         self._router = router
         self._signer = signer
@@ -128,7 +127,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             incoming, message = self._admit(platform, signed, request, digest)
             outcome = await self._store.accept(
                 incoming,
-                lambda case, index: case_rules.apply(case, message, rules=self._rules, index=index),
+                lambda case, index: case_rules.apply(case, message, policies=self._registry.policies, index=index),
                 receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest()),
             )
         except CallerError as err:

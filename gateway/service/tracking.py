@@ -8,7 +8,6 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, Final
 
-from gateway.core.case import CaseRules
 from gateway.core.continuity import continuity
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
 from gateway.core.registry import Registry
@@ -30,11 +29,10 @@ DEFAULT_PAGE: Final = 100
 
 
 class TrackingService(tracking_pb2_grpc.TrackingServicer):
-    def __init__(self, *, registry: Registry, store: Store, rules: CaseRules, sla: Sla,
+    def __init__(self, *, registry: Registry, store: Store, sla: Sla,
                  clock: Callable[[], dt.datetime]) -> None:
         self._registry = registry
         self._store = store
-        self._rules = rules
         self._sla = sla
         self._clock = clock
 
@@ -46,7 +44,7 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
         if scope is not None and view.case.outbound not in scope and view.case.inbound not in scope:
             raise NotPermitted(f"case {request.transfer_id} is not a case of the calling platform",
                                reason="CASE_NOT_OF_PLATFORM")
-        return case_to_proto(view, self._rules, self._sla, self._clock())
+        return case_to_proto(view, self._registry, self._sla, self._clock())
 
     async def ListCases(self, request: tracking_pb2.ListCasesRequest, context: Any) -> tracking_pb2.ListCasesResponse:
         scope = tracking_scope(context, self._registry)
@@ -56,7 +54,7 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
         page = views[:size]
         token = _token(page[-1]) if len(views) > size else ""
         return tracking_pb2.ListCasesResponse(
-            cases=[case_to_proto(v, self._rules, self._sla, now) for v in page], next_page_token=token)
+            cases=[case_to_proto(v, self._registry, self._sla, now) for v in page], next_page_token=token)
 
     def _query(self, r: tracking_pb2.ListCasesRequest, scope: frozenset[str] | None,
                now: dt.datetime) -> tuple[CaseQuery, int]:
@@ -108,7 +106,9 @@ def _parse_token(token: str) -> tuple[dt.datetime, str] | None:
     return (after, transfer_id) if after.tzinfo is not None and transfer_id else None
 
 
-def case_to_proto(view: CaseView, rules: CaseRules, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:
+def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:
+    """The case as Tracking shows it; continuity with the waiting period of the inbound region's
+    policy (the region whose benefits wait)."""
     c = view.case
     out = tracking_pb2.Case(
         transfer_id=c.transfer_id, state=c.state, outbound=c.outbound, inbound=c.inbound,
@@ -117,7 +117,7 @@ def case_to_proto(view: CaseView, rules: CaseRules, sla: Sla, now: dt.datetime) 
     )
     if c.suspension_date and c.enrollment_date:
         found = continuity(dt.date.fromisoformat(c.suspension_date), dt.date.fromisoformat(c.enrollment_date),
-                           waiting_period_months=rules.waiting_period_months)
+                           waiting_period_months=registry.policy(c.inbound).waiting_period_months)
         b = found.benefits_from
         out.continuity.CopyFrom(tracking_pb2.Continuity(
             gap_months=found.gap_months, continuous=found.continuous,

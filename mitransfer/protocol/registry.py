@@ -10,15 +10,26 @@ keys sign the gateway's receipts and notices; and which of the national platform
      "gateway":   {"keys": [KEY, ...]},
      "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...]}, ...],
      "agencies":  [{"code": "320100", "name", "platform"}, ...],
-     "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...]}, ...]}   (optional)
+     "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...],
+                    "provinces": ["33", ...]}, ...],                                    (optional)
+     "policies":  [{"region": "33" | "330100", "waiting_period_months": 0..6,
+                    "review_above_fen": 1000000 | null}, ...]}                          (optional)
     KEY = {"key_id", "algorithm": "ed25519" | "ecdsa-p256-sha256", "public_key": SPKI PEM}
+
+An operator's `provinces` scope what it may decide (a reviewer decides the held transfers whose
+outbound agency lies in them); absent, every province. A policy is a region's own choice where the
+2021 measures leave one (医保办发〔2021〕43号): the waiting period before benefits after a
+contribution gap of more than 3 months (0 to 6 months; none by default), and whether, above what
+personal-account balance, its outbound fund transfers wait for a reviewer (none by default). It is
+given for a pooling region (6 digits) or a whole province (2 digits); the most specific applies.
 
 Checks: every field present with its type (strings, lists, `dev_only` a boolean), provinces of
 2 digits and agency codes of 6 digits; platform ids, agency codes, key ids (across the whole
 document) and certificate URIs (platforms and operators) unique; each agency's platform listed
 and the agency inside that platform's provinces; each key readable as its algorithm
-(`mitransfer.protocol.suites`). Fields this format does not define are ignored, so a document
-with fields added later still reads.
+(`mitransfer.protocol.suites`); operators' provinces of 2 digits; policy regions of 2 or 6
+digits, each listed once, waiting periods 0 to 6, review thresholds whole fen ≥ 0 or null. Fields
+this format does not define are ignored, so a document with fields added later still reads.
 
 The gateway's `Registry` and the reference client's `KeyRing` each build their own view of it.
 """
@@ -27,9 +38,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeGuard
 
 from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
 from mitransfer.protocol.suites import VerifyingKey, load_verifying_key
@@ -69,6 +80,35 @@ class Operator:
     name: str
     certificate_uri: str
     roles: frozenset[str]
+    provinces: frozenset[str] = frozenset()  # 2-digit provinces it may decide for; empty: every one
+
+    def covers(self, province: str) -> bool:
+        """Whether this operator's scope includes `province`."""
+        return not self.provinces or province in self.provinces
+
+
+MAX_WAITING_MONTHS: Final = 6
+
+
+@dataclass(frozen=True)
+class RegionPolicy:
+    """What a pooling region (or a province) chose where the measures leave the choice to it."""
+
+    region: str                          # a 6-digit 医保区划 code, or a 2-digit province
+    waiting_period_months: int = 0       # 待遇等待期 after a gap of more than 3 months, 0..6
+    review_above_fen: int | None = None  # 复核 its outbound fund transfers above this balance; None: never
+
+    def reviews(self, amount_fen: int) -> bool:
+        """Whether an outbound fund transfer of this amount waits for a reviewer."""
+        return self.review_above_fen is not None and amount_fen > self.review_above_fen
+
+
+NO_POLICY: Final = RegionPolicy("")  # the national default: no waiting period, no review
+
+
+def policy_of(policies: Mapping[str, RegionPolicy], region: str) -> RegionPolicy:
+    """The policy that applies to a pooling region: its own, else its province's, else none."""
+    return policies.get(region) or policies.get(region[:2]) or NO_POLICY
 
 
 @dataclass(frozen=True)
@@ -80,6 +120,7 @@ class RegistryDocument:
     agencies: Mapping[str, Agency]            # agency code → agency
     operators: Mapping[str, Operator]         # operator id → operator
     dev_only: bool                            # development material: never in production
+    policies: Mapping[str, RegionPolicy] = field(default_factory=dict)  # region or province → its policy
 
 
 def from_json(text: str | bytes) -> RegistryDocument:
@@ -141,6 +182,8 @@ def from_dict(data: object) -> RegistryDocument:
             name=_string(o, "name", where),
             certificate_uri=_unique(_string(o, "certificate_uri", where), uris, f"{where}.certificate_uri"),
             roles=frozenset(_text(x, f"{where}.roles[{j}]") for j, x in _items(o, "roles", where)),
+            provinces=frozenset(_digits(x, 2, f"{where}.provinces[{j}]")
+                                for j, x in _items(o, "provinces", where, optional=True)),
         )
         _unique(operator.id, operators, f"{where}.id")
         operators[operator.id] = operator
@@ -148,8 +191,30 @@ def from_dict(data: object) -> RegistryDocument:
     dev_only = doc.get("dev_only", False)
     if not isinstance(dev_only, bool):
         _malformed("dev_only", "must be true or false")
-    return RegistryDocument(gateway_keys, MappingProxyType(platforms),
-                            MappingProxyType(agencies), MappingProxyType(operators), dev_only)
+    policies: dict[str, RegionPolicy] = {}
+    for i, p in _objects(doc, "policies", "", optional=True):
+        policy = _policy(p, f"policies[{i}]")
+        _unique(policy.region, policies, f"policies[{i}].region")
+        policies[policy.region] = policy
+    return RegistryDocument(gateway_keys, MappingProxyType(platforms), MappingProxyType(agencies),
+                            MappingProxyType(operators), dev_only, MappingProxyType(policies))
+
+
+def _policy(p: Mapping[str, object], where: str) -> RegionPolicy:
+    region = _get(p, "region", where)
+    if not isinstance(region, str) or len(region) not in (2, 6) or not region.isascii() or not region.isdigit():
+        _malformed(f"{where}.region", "must be a string of 2 digits (a province) or 6 (a pooling region)")
+    waiting = p.get("waiting_period_months", 0)
+    if not _whole(waiting) or not 0 <= waiting <= MAX_WAITING_MONTHS:
+        _malformed(f"{where}.waiting_period_months", f"must be a whole number of months from 0 to {MAX_WAITING_MONTHS}")
+    above = p.get("review_above_fen")
+    if above is not None and (not _whole(above) or above < 0):
+        _malformed(f"{where}.review_above_fen", "must be a whole number of fen, 0 or more, or null")
+    return RegionPolicy(region, waiting, above)
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- field readers: each names the field it refuses ----------------------------------------------

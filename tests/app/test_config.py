@@ -69,24 +69,30 @@ def test_every_section_and_unit_is_read() -> None:
         listen="[::1]:0", metrics_listen="", shutdown_grace_seconds=2,
         store={"postgresql": "postgresql://db/gw", "pool_max": 4, "timeout_seconds": 1.5},
         delivery={"visibility_timeout_seconds": 3, "max_attempts": 2},
-        rules={"review_threshold_fen": 0, "waiting_period_months": 3, "request_expiry_days": 1.5},
+        rules={"request_expiry_days": 1.5},
         sla={"outbound_working_days": 8, "calendar_file": "/srv/calendar.toml"},
     ), source="g.toml", base=BASE)
     assert config.listen == "[::1]:0" and config.metrics_listen is None and config.shutdown_grace == 2.0
     assert config.store == PostgresConfig(url="postgresql://db/gw", pool_max=4, timeout=1.5)
     assert config.delivery == DeliveryConfig(visibility_timeout=3.0, max_attempts=2)
-    assert config.rules == CaseRules(review_threshold_fen=0, waiting_period_months=3,
-                                     request_expiry=dt.timedelta(days=1, hours=12))
+    assert config.rules == CaseRules(request_expiry=dt.timedelta(days=1, hours=12))
     assert config.sla == SlaConfig(limits=Limits(outbound=8), calendar_file=Path("/srv/calendar.toml"))
 
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
-    "misspelled key on a money path": (
-        minimal(rules={"review_treshold_fen": 10}),
-        "g.toml: [rules] review_treshold_fen: unknown setting (did you mean review_threshold_fen?)"),
+    "misspelled key": (
+        minimal(rules={"request_expiry_dais": 10}),
+        "g.toml: [rules] request_expiry_dais: unknown setting (did you mean request_expiry_days?)"),
     "key in the wrong table": (
-        minimal(review_threshold_fen=10),
-        "g.toml: review_threshold_fen: unknown setting (did you mean [rules] review_threshold_fen?)"),
+        minimal(request_expiry_days=10),
+        "g.toml: request_expiry_days: unknown setting (did you mean [rules] request_expiry_days?)"),
+    "a review threshold, now each region's policy": (
+        minimal(rules={"review_threshold_fen": 1_000_000}),
+        "g.toml: [rules] review_threshold_fen: no longer a setting: which outbound fund transfers wait for a "
+        "reviewer is each region's own policy in the registry (policies[].review_above_fen"),
+    "a waiting period, now each region's policy": (
+        minimal(rules={"waiting_period_months": 6}),
+        "[rules] waiting_period_months: no longer a setting: the waiting period is each region's own policy"),
     "unknown key with nothing near": (
         minimal(delivery={"colour": 1}), "[delivery] colour: unknown setting (known here: visibility_timeout"),
     "unknown table": (minimal(limits={}), "g.toml: limits: unknown setting"),
@@ -94,13 +100,14 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         minimal(delivery={"max_attempts": "ten"}),
         "g.toml: [delivery] max_attempts: expected an integer, got a string 'ten'"),
     "a fraction for an integer": (
-        minimal(rules={"review_threshold_fen": 1.5}), "[rules] review_threshold_fen: expected an integer"),
+        minimal(delivery={"max_attempts": 1.5}), "[delivery] max_attempts: expected an integer"),
     "a boolean for a number": (minimal(shutdown_grace_seconds=True), "shutdown_grace_seconds: expected a number"),
     "below the minimum": (
         minimal(sla={"outbound_working_days": 0}),
         "[sla] outbound_working_days: must be at least 1 working days, got 0"),
     "above the maximum": (
-        minimal(rules={"waiting_period_months": 9}), "[rules] waiting_period_months: must be at most 6 months"),
+        minimal(sla={"outbound_working_days": 11}),
+        "[sla] outbound_working_days: must be at most 10 working days, got 11"),
     "a host without a port": (
         minimal(listen="localhost"), "g.toml: listen: expected host:port, e.g. 127.0.0.1:50051, got 'localhost'"),
     "a port out of range": (minimal(metrics_listen="127.0.0.1:70000"), "metrics_listen: port '70000'"),
@@ -129,7 +136,7 @@ def test_a_bad_setting_is_refused_by_name(data: dict[str, Any], expected: str) -
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    found = problems(minimal(listen="localhost", rules={"review_treshold_fen": 1},
+    found = problems(minimal(listen="localhost", rules={"request_expiry_dais": 1},
                              delivery={"max_attempts": "ten"}, tls={"ca": "ca.pem"}))
     assert len(found) == 5, found  # listen, the misspelling, max_attempts, [tls] cert and key
 
@@ -197,9 +204,9 @@ def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
             key = setting.key or field.name
             assert f"| `{f'[{table}] {key}' if table else key}` |" in text, (table, key)
             rows += 1
-    assert text.count("\n| `") == rows == 27
+    assert text.count("\n| `") == rows == 25
     assert "| `[sla] calendar_file` | path | none |" in text
-    assert "| `[rules] review_threshold_fen` | integer ≥ 0 (fen) | `1000000` |" in text
+    assert "| `[sla] outbound_working_days` | integer 1–10 (working days) | `10` |" in text
     assert "| `[store] sqlite` | path | this or `postgresql`" in text
 
 

@@ -405,13 +405,13 @@ def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: in
         def open_case_for(self, person_key: bytes, outbound: str) -> None:
             return None
 
-    rules, index = case_rules.CaseRules(), NoOtherCases()
+    index = NoOtherCases()
     for message in outbound:
-        state = case_rules.apply(state, message, rules=rules, index=index).case
+        state = case_rules.apply(state, message, policies={}, index=index).case
         decision = answer_as_inbound(memory, message)
         memory = decision.case
         for ack in decision.acknowledgements:
-            state = case_rules.apply(state, ack, rules=rules, index=index).case
+            state = case_rules.apply(state, ack, policies={}, index=index).case
     assert state is not None and state.state == tracking_pb2.CASE_STATE_COMPLETED
 
 

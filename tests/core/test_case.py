@@ -11,15 +11,17 @@ import pytest
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
 from gateway.core import case as rules
-from gateway.core.case import Case, CaseRules, Event, FundStatus, MessageRef, Side
+from gateway.core.case import Case, Event, FundStatus, MessageRef, Side
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import BusinessMessage
+from mitransfer.protocol.registry import RegionPolicy
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 S = tracking_pb2
 Ack = messages_pb2.Acknowledgement
 EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
-RULES = CaseRules()
+# The outbound region of every World (Nanjing, in Jiangsu) reviews transfers above 10,000 yuan.
+POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000)}
 OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_SENT, S.CASE_STATE_FUNDS_SENT,
         S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED)
 CLOSED = (S.CASE_STATE_COMPLETED, S.CASE_STATE_REFUSED, S.CASE_STATE_INBOUND_REJECTED, S.CASE_STATE_WITHDRAWN,
@@ -72,7 +74,7 @@ class OtherCase:
 
 
 def apply(case: Case | None, message: BusinessMessage, index: object = None) -> Case:
-    return rules.apply(case, message, rules=RULES, index=index or NoOtherCases()).case  # type: ignore[arg-type]
+    return rules.apply(case, message, policies=POLICIES, index=index or NoOtherCases()).case  # type: ignore[arg-type]
 
 
 def transfer_request(plan: CasePlan) -> messages_pb2.TransferRequest:
@@ -297,20 +299,20 @@ def test_large_fund_transfer_is_held_then_reviewed() -> None:
     fund = messages_pb2.FundTransfer()
     fund.CopyFrom(world.fund)  # type: ignore[arg-type]
     fund.amount_fen = 2_000_000
-    held = rules.apply(case, fund, rules=RULES, index=NoOtherCases())
+    held = rules.apply(case, fund, policies=POLICIES, index=NoOtherCases())
     assert held.case.state == S.CASE_STATE_HELD_FOR_REVIEW and held.hold_delivery
     assert held.fund_status is FundStatus.HELD
-    at_threshold = rules.apply(replace(case, balance_fen=RULES.review_threshold_fen),
-                               replace_amount(fund, RULES.review_threshold_fen), rules=RULES, index=NoOtherCases())
+    at_threshold = rules.apply(replace(case, balance_fen=1_000_000), replace_amount(fund, 1_000_000),
+                               policies=POLICIES, index=NoOtherCases())
     assert at_threshold.case.state == S.CASE_STATE_FUNDS_SENT and not at_threshold.hold_delivery
-    approved = rules.review(held.case, approved=True, message_id="d1", rules=RULES)
+    approved = rules.review(held.case, approved=True, message_id="d1")
     assert approved.case.state == S.CASE_STATE_FUNDS_SENT
     assert approved.release_message == fund.header.message_id and approved.fund_status is FundStatus.SENT
-    rejected = rules.review(held.case, approved=False, message_id="d2", rules=RULES)
+    rejected = rules.review(held.case, approved=False, message_id="d2")
     assert rejected.case.state == S.CASE_STATE_REVIEW_REJECTED and rejected.case.closed
     assert rejected.cancel_message == fund.header.message_id and rejected.fund_status is FundStatus.REJECTED
     with pytest.raises(RuleViolation) as refused:
-        rules.review(approved.case, approved=True, message_id="d3", rules=RULES)
+        rules.review(approved.case, approved=True, message_id="d3")
     assert refused.value.reason == "NOT_HELD_FOR_REVIEW"
     with pytest.raises(RuleViolation) as refused:
         apply(held.case, world.message(Event.WITHDRAWAL, Side.OUTBOUND))
@@ -435,8 +437,26 @@ def test_every_rule_is_in_the_rulebook_and_the_integration_guide() -> None:
 def test_only_an_unanswered_request_expires(state: int) -> None:
     world = World(True)
     if state == S.CASE_STATE_OPENED:
-        after = rules.expire(world.case(state), message_id="e1", rules=RULES)
+        after = rules.expire(world.case(state), message_id="e1")
         assert after.case.state == S.CASE_STATE_EXPIRED and after.case.closed
     else:
         with pytest.raises(RuleViolation):
-            rules.expire(world.case(state), message_id="e1", rules=RULES)
+            rules.expire(world.case(state), message_id="e1")
+
+
+@pytest.mark.parametrize(("policies", "held"), [
+    ({}, False),                                                                   # none: the national default
+    ({"32": RegionPolicy("32", review_above_fen=1_000_000)}, True),                # the outbound province's
+    ({"32": RegionPolicy("32", review_above_fen=1_000_000),
+      "320100": RegionPolicy("320100")}, False),                                    # the region's own wins
+    ({"33": RegionPolicy("33", review_above_fen=1_000_000)}, False),               # the inbound side's is not asked
+    ({"320100": RegionPolicy("320100", review_above_fen=1_999_999)}, True),
+    ({"320100": RegionPolicy("320100", review_above_fen=2_000_000)}, False),       # above, not at
+], ids=["no-policy", "province", "region-over-province", "inbound-policy", "just-above", "at-threshold"])
+def test_whether_a_transfer_is_held_is_the_outbound_regions_policy(policies: dict[str, RegionPolicy],
+                                                                  held: bool) -> None:
+    world = World(True)
+    case = replace(world.case(S.CASE_STATE_TABLE_SENT), balance_fen=2_000_000)
+    decision = rules.apply(case, replace_amount(world.fund, 2_000_000), policies=policies, index=NoOtherCases())
+    assert decision.hold_delivery is held
+    assert decision.case.state == (S.CASE_STATE_HELD_FOR_REVIEW if held else S.CASE_STATE_FUNDS_SENT)

@@ -30,7 +30,8 @@ _EC = ec.generate_private_key(ec.SECP256R1())
 
 
 def sample() -> Doc:
-    """Two platforms (one with an ECDSA key), a gateway key, three agencies, one reviewer."""
+    """Two platforms (one with an ECDSA key), a gateway key, three agencies, two reviewers (one scoped
+    to a province), two region policies (a province's and a pooling region's)."""
     return {
         "dev_only": True,
         "comment": "fields the format does not define are ignored",
@@ -46,7 +47,11 @@ def sample() -> Doc:
             {"code": "129900", "name": "天津", "platform": "north"},
             {"code": "440100", "name": "广州", "platform": "south"},
         ],
-        "operators": [{"id": "rev", "name": "复核员", "certificate_uri": "urn:o:rev", "roles": ["reviewer"]}],
+        "operators": [{"id": "rev", "name": "复核员", "certificate_uri": "urn:o:rev", "roles": ["reviewer"]},
+                      {"id": "rev-44", "name": "广东复核员", "certificate_uri": "urn:o:rev-44", "roles": ["reviewer"],
+                       "provinces": ["44"]}],
+        "policies": [{"region": "44", "waiting_period_months": 3, "review_above_fen": 1_000_000},
+                     {"region": "440100", "waiting_period_months": 6, "review_above_fen": None}],
     }
 
 
@@ -62,6 +67,27 @@ def test_a_good_document_reads_into_its_dataclasses() -> None:
     assert doc.agencies["129900"] == registry.Agency("129900", "天津", "north")
     assert doc.agencies["129900"].province == "12"
     assert doc.operators["rev"] == registry.Operator("rev", "复核员", "urn:o:rev", frozenset({"reviewer"}))
+    assert doc.operators["rev-44"].provinces == {"44"}
+    assert doc.policies["44"] == registry.RegionPolicy("44", 3, 1_000_000)
+    assert doc.policies["440100"] == registry.RegionPolicy("440100", 6, None)
+
+
+@pytest.mark.parametrize(("region", "waiting", "reviews_above"), [
+    ("440100", 6, None),     # its own policy: waits 6 months, reviews nothing (not its province's 10,000 yuan)
+    ("440300", 3, 1_000_000),  # no policy of its own: its province's
+    ("110100", 0, None),     # none at all: the national default
+])
+def test_the_most_specific_policy_applies(region: str, waiting: int, reviews_above: int | None) -> None:
+    policy = registry.policy_of(registry.from_dict(sample()).policies, region)
+    assert (policy.waiting_period_months, policy.review_above_fen) == (waiting, reviews_above)
+    assert policy.reviews(1_000_001) is (reviews_above is not None)
+    assert not policy.reviews(1_000_000)
+
+
+def test_a_reviewer_covers_its_provinces_or_every_one() -> None:
+    doc = registry.from_dict(sample())
+    assert doc.operators["rev"].covers("11") and doc.operators["rev"].covers("44")
+    assert doc.operators["rev-44"].covers("44") and not doc.operators["rev-44"].covers("11")
 
 
 def test_the_parsed_document_cannot_be_changed() -> None:
@@ -72,11 +98,11 @@ def test_the_parsed_document_cannot_be_changed() -> None:
         doc.dev_only = False  # type: ignore[misc]
 
 
-def test_operators_and_dev_only_may_be_left_out() -> None:
+def test_operators_policies_and_dev_only_may_be_left_out() -> None:
     data = sample()
-    del data["operators"], data["dev_only"]
+    del data["operators"], data["dev_only"], data["policies"]
     doc = registry.from_dict(data)
-    assert doc.operators == {} and doc.dev_only is False
+    assert doc.operators == {} and doc.policies == {} and doc.dev_only is False
 
 
 def test_the_committed_dev_registry_reads() -> None:
@@ -84,11 +110,15 @@ def test_the_committed_dev_registry_reads() -> None:
     assert doc.dev_only
     assert sorted(a.code for a in doc.agencies.values() if a.platform == "jiangsu") == ["320100", "320500", "329900"]
     assert set(doc.gateway_keys) == {"gateway-dev-1"}
+    assert registry.policy_of(doc.policies, "330200").review_above_fen == 1_000_000  # Zhejiang's practice
+    assert registry.policy_of(doc.policies, "320100").review_above_fen is None  # none by default
 
 
 # --- every required field, missing or mistyped, is refused by its name ----------------------------
 
-OPTIONAL = {("dev_only",), ("operators",), ("comment",)}  # the document's only optional fields
+# The document's only optional fields.
+OPTIONAL = {("dev_only",), ("operators",), ("comment",), ("policies",), ("operators", 1, "provinces"),
+            *(("policies", i, name) for i in (0, 1) for name in ("waiting_period_months", "review_above_fen"))}
 
 
 Steps = tuple[str | int, ...]
@@ -157,7 +187,7 @@ BAD: list[Any] = [
     pytest.param(lambda d: d["operators"][0].update(certificate_uri="urn:p:south"), "DUPLICATE_ID",
                  "operators[0].certificate_uri", id="operator-with-a-platforms-uri"),
     pytest.param(lambda d: d["operators"].append(dict(d["operators"][0], certificate_uri="urn:o:2")),
-                 "DUPLICATE_ID", "operators[1].id", id="operator-twice"),
+                 "DUPLICATE_ID", "operators[2].id", id="operator-twice"),
     pytest.param(lambda d: d["agencies"].append({"code": "500100", "name": "x", "platform": "west"}),
                  "UNKNOWN_PLATFORM", "agencies[3].platform", id="agency-of-unknown-platform"),
     pytest.param(lambda d: d["agencies"].append({"code": "500100", "name": "x", "platform": "north"}),
@@ -189,6 +219,22 @@ BAD: list[Any] = [
                  id="platforms-an-object"),
     pytest.param(lambda d: d["agencies"].__setitem__(0, "110100"), "REGISTRY_MALFORMED", "agencies[0]",
                  id="agency-a-string"),
+    pytest.param(lambda d: d["operators"][1].update(provinces=["4"]), "REGISTRY_MALFORMED",
+                 "operators[1].provinces[0]", id="operator-province-of-one-digit"),
+    pytest.param(lambda d: d["policies"].append(dict(d["policies"][0])), "DUPLICATE_ID", "policies[2].region",
+                 id="policy-region-twice"),
+    pytest.param(lambda d: d["policies"][0].update(region="4401"), "REGISTRY_MALFORMED", "policies[0].region",
+                 id="policy-region-of-four-digits"),
+    pytest.param(lambda d: d["policies"][0].update(waiting_period_months=7), "REGISTRY_MALFORMED",
+                 "policies[0].waiting_period_months", id="waiting-period-beyond-six-months"),
+    pytest.param(lambda d: d["policies"][0].update(waiting_period_months=2.5), "REGISTRY_MALFORMED",
+                 "policies[0].waiting_period_months", id="waiting-period-a-fraction"),
+    pytest.param(lambda d: d["policies"][0].update(waiting_period_months=True), "REGISTRY_MALFORMED",
+                 "policies[0].waiting_period_months", id="waiting-period-a-boolean"),
+    pytest.param(lambda d: d["policies"][0].update(review_above_fen=-1), "REGISTRY_MALFORMED",
+                 "policies[0].review_above_fen", id="review-threshold-negative"),
+    pytest.param(lambda d: d["policies"][0].update(review_above_fen="10000"), "REGISTRY_MALFORMED",
+                 "policies[0].review_above_fen", id="review-threshold-a-string"),
 ]
 
 

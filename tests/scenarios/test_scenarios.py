@@ -281,22 +281,46 @@ async def test_outbound_refusal_reaches_the_applicant(gateway: GatewayHandle,
 @pytest.mark.parametrize("approve", [True, False])
 async def test_large_balance_review(gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient],
                                     approve: bool) -> None:
+    """Zhejiang reviews its outbound balances above 10,000 yuan (its policy in the dev registry):
+    the fund transfer waits for a reviewer scoped to Zhejiang."""
     js, zj = platforms
-    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=1_500_000, seed=30)
+    plan = CasePlan.synthetic("330100", "320100", insurance_type=EMPLOYEE, balance_fen=1_500_000, seed=30)
     msgs = outbound_messages(plan)
     for m in msgs:
-        await js.submit(m)
-    assert [type(m).__name__ for m in await received(gateway, "zhejiang")] == ["OutboundNotice", "InformationTable"]
+        await zj.submit(m)
+    assert [type(m).__name__ for m in await received(gateway, "jiangsu")] == ["OutboundNotice", "InformationTable"]
     await gateway.admin("reviewer").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
         transfer_id=plan.route.transfer_id, approve=approve, comment="" if approve else "金额与台账不符"))
-    later = {type(m).__name__ for m in await received(gateway, "zhejiang")}
+    later = {type(m).__name__ for m in await received(gateway, "jiangsu")}
     if approve:
         assert later == {"ReviewDecision", "FundTransfer"}
-        await complete_inbound(zj, plan, msgs)
-        assert (await state(js, plan)).state == S.CASE_STATE_COMPLETED
+        await complete_inbound(js, plan, msgs)
+        assert (await state(zj, plan)).state == S.CASE_STATE_COMPLETED
     else:
         assert later == {"ReviewDecision"}
-        assert (await state(js, plan)).state == S.CASE_STATE_REVIEW_REJECTED
+        assert (await state(zj, plan)).state == S.CASE_STATE_REVIEW_REJECTED
+
+
+async def test_region_policy_decides_review_and_waiting_period(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """Review and waiting period are each region's own: Jiangsu reviews nothing, so its 15,000 yuan
+    move at once; after a gap of more than 3 months Hangzhou's waiting period (3 months, its own
+    policy) applies to its new member, Nanjing's (6, Jiangsu's policy) to its own."""
+    js, zj = platforms
+    suspended = builders.today_in_china() - dt.timedelta(days=200)
+    to_hangzhou = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=1_500_000, seed=31,
+                                     today=suspended)
+    to_nanjing = CasePlan.synthetic("330200", "320100", insurance_type=EMPLOYEE, balance_fen=5_000, seed=32,
+                                    today=suspended)
+    for plan, sender, receiver in ((to_hangzhou, js, zj), (to_nanjing, zj, js)):
+        msgs = outbound_messages(plan)
+        for m in msgs:
+            await sender.submit(m)
+        assert (await state(sender, plan)).state == S.CASE_STATE_FUNDS_SENT  # no review on either way
+        await complete_inbound(receiver, plan, msgs)
+    hangzhou, nanjing = (await state(js, to_hangzhou)).continuity, (await state(js, to_nanjing)).continuity
+    assert hangzhou.gap_months > 3 and not hangzhou.continuous
+    assert (hangzhou.waiting_period_months, nanjing.waiting_period_months) == (3, 6)
 
 
 async def test_withdrawal_before_and_after_funds(gateway: GatewayHandle,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -21,13 +22,13 @@ from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, messages_pb2, t
 from tests.support import GatewayHandle, failure, sign
 
 Ack = messages_pb2.Acknowledgement
-BIG = 2_500_000  # above the default review threshold of 1,000,000 fen
+BIG = 2_500_000  # above Zhejiang's review threshold in the dev registry (1,000,000 fen); from Hangzhou
 
 
 async def send_big_case(gateway: GatewayHandle, balance: int = BIG) -> list[messages_pb2.FundTransfer]:
-    plan = CasePlan.synthetic("320100", "330100", balance_fen=balance, seed=balance % 97)
+    plan = CasePlan.synthetic("330100", "320100", balance_fen=balance, seed=balance % 97)
     msgs = outbound_messages(plan)
-    stub, key = gateway.exchange("jiangsu"), gateway.signer("jiangsu")
+    stub, key = gateway.exchange("zhejiang"), gateway.signer("zhejiang")
     for m in msgs:
         await stub.Submit(sign(m, key))
     return msgs  # type: ignore[return-value]
@@ -58,9 +59,9 @@ def kinds(deliveries: list[exchange_pb2.Delivery]) -> list[int]:
 async def test_held_transfer_waits_for_approval_then_flows(gateway: GatewayHandle) -> None:
     notice, _, fund = await send_big_case(gateway)
     tid = notice.header.transfer_id
-    before = await drain(gateway, "zhejiang")
+    before = await drain(gateway, "jiangsu")
     assert kinds(before) == [envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE, envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE]
-    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    case = await gateway.tracking("zhejiang").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
     assert case.state == tracking_pb2.CASE_STATE_HELD_FOR_REVIEW
     assert case.messages[-1].delivery_state == tracking_pb2.DELIVERY_STATE_HELD
     held = await gateway.admin("reviewer").ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest())
@@ -77,9 +78,9 @@ async def test_held_transfer_waits_for_approval_then_flows(gateway: GatewayHandl
     assert (failure(caught.value).code, failure(caught.value).reason) == (
         grpc.StatusCode.FAILED_PRECONDITION, "REVIEW_ALREADY_DECIDED")
 
-    after = await drain(gateway, "zhejiang")
+    after = await drain(gateway, "jiangsu")
     assert sorted(kinds(after)) == [envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
-    outbound_side = await drain(gateway, "jiangsu")
+    outbound_side = await drain(gateway, "zhejiang")
     assert kinds(outbound_side) == [envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
     signed = outbound_side[0].message
     gateway_key = LocalSigner.from_pem("gateway-dev-1", gateway.pki.gateway_signing_key.read_bytes()).verifying_key()
@@ -88,7 +89,7 @@ async def test_held_transfer_waits_for_approval_then_flows(gateway: GatewayHandl
     decision = admin_pb2.ReviewDecision.FromString(signed.payload)
     assert (decision.approved, decision.reviewer, decision.fund_transfer_message_id) == (
         True, "reviewer", fund.header.message_id)
-    case = await gateway.tracking("zhejiang").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
     assert case.state == tracking_pb2.CASE_STATE_FUNDS_SENT
 
 
@@ -101,10 +102,10 @@ async def test_rejected_transfer_is_never_delivered_and_closes_the_case(gateway:
     assert failure(caught.value).fields == ["comment"]
     await reviewer.ReviewFundTransfer(
         admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=False, comment="账户核对不符"))
-    inbound = await drain(gateway, "zhejiang")
+    inbound = await drain(gateway, "jiangsu")
     assert envelope_pb2.MESSAGE_KIND_FUND_TRANSFER not in kinds(inbound)
     assert envelope_pb2.MESSAGE_KIND_REVIEW_DECISION in kinds(inbound)
-    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+    case = await gateway.tracking("zhejiang").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
     assert case.state == tracking_pb2.CASE_STATE_REVIEW_REJECTED
     fund_view = next(m for m in case.messages if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER)
     assert fund_view.delivery_state == tracking_pb2.DELIVERY_STATE_CANCELLED
@@ -113,7 +114,7 @@ async def test_rejected_transfer_is_never_delivered_and_closes_the_case(gateway:
 async def test_admin_needs_an_operator_with_the_role(gateway: GatewayHandle) -> None:
     from mitransfer.v1 import admin_pb2_grpc
 
-    platform_as_admin = admin_pb2_grpc.AdminStub(gateway.channel("jiangsu"))
+    platform_as_admin = admin_pb2_grpc.AdminStub(gateway.channel("zhejiang"))
     for call in (
         platform_as_admin.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest()),
         gateway.admin("operator").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(transfer_id="x")),
@@ -127,8 +128,8 @@ async def test_admin_needs_an_operator_with_the_role(gateway: GatewayHandle) -> 
 async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
     await send_big_case(gateway)                     # held
     small = await send_big_case(gateway, 40_000)     # sent, then credited below
-    stub, key = gateway.exchange("zhejiang"), gateway.signer("zhejiang")
-    await drain(gateway, "zhejiang")
+    stub, key = gateway.exchange("jiangsu"), gateway.signer("jiangsu")
+    await drain(gateway, "jiangsu")
     table, fund = small[1].header, small[2].header
     for ack in (
         messages_pb2.Acknowledgement(answers_message_id=table.message_id, status=Ack.STATUS_ACCEPTED,
@@ -137,7 +138,7 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
         messages_pb2.Acknowledgement(answers_message_id=fund.message_id, status=Ack.STATUS_FUNDS_CREDITED,
                                      credited_amount_fen=40_000),
     ):
-        ack.header.CopyFrom(builders.header("330100", "320100", table.transfer_id))
+        ack.header.CopyFrom(builders.header("320100", "330100", table.transfer_id))
         await stub.Submit(sign(ack, key))
     today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
     pki = gateway.pki
@@ -147,10 +148,10 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
     async with connect(operator) as calls:
         report = await calls.settlement(today)
     [line] = report.lines
-    assert (line.outbound_province, line.inbound_province, line.transfers) == ("32", "33", 2)
+    assert (line.outbound_province, line.inbound_province, line.transfers) == ("33", "32", 2)
     assert (line.sent_fen, line.held_fen, line.credited_fen, line.in_flight_fen, line.rejected_fen) == (
         BIG + 40_000, BIG, 40_000, 0, 0)
-    case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=table.transfer_id))
+    case = await gateway.tracking("zhejiang").GetCase(tracking_pb2.GetCaseRequest(transfer_id=table.transfer_id))
     assert case.continuity.continuous and case.continuity.gap_months == 0
 
 
@@ -167,29 +168,67 @@ async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPath
     await server.start()
     gateway = GatewayHandle(server=server, pki=pki, database=tmp_path / "g.db")
     try:
-        plan = CasePlan.synthetic("320100", "330100", balance_fen=1000, seed=5)
+        plan = CasePlan.synthetic("330100", "320100", balance_fen=1000, seed=5)
         request = messages_pb2.TransferRequest(
             person=plan.person, outbound_insurance_type=plan.insurance_type, inbound_insurance_type=plan.insurance_type,
             channel=messages_pb2.TransferRequest.CHANNEL_COUNTER)
-        request.header.CopyFrom(builders.header("330100", "320100", plan.route.transfer_id))
-        await gateway.exchange("zhejiang").Submit(sign(request, gateway.signer("zhejiang")))
+        request.header.CopyFrom(builders.header("320100", "330100", plan.route.transfer_id))
+        await gateway.exchange("jiangsu").Submit(sign(request, gateway.signer("jiangsu")))
         tid = plan.route.transfer_id
-        tracking = gateway.tracking("zhejiang")
+        tracking = gateway.tracking("jiangsu")
         for _ in range(50):
             case = await tracking.GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
             if case.state == tracking_pb2.CASE_STATE_EXPIRED:
                 break
             await asyncio.sleep(0.1)
         assert case.state == tracking_pb2.CASE_STATE_EXPIRED
-        assert envelope_pb2.MESSAGE_KIND_CASE_EXPIRED in kinds(await drain(gateway, "zhejiang"))
-        outbound = await drain(gateway, "jiangsu")
+        assert envelope_pb2.MESSAGE_KIND_CASE_EXPIRED in kinds(await drain(gateway, "jiangsu"))
+        outbound = await drain(gateway, "zhejiang")
         assert kinds(outbound) == [envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED]
         # Too late now: the outbound notice is refused on the closed case.
         notice = outbound_messages(plan)[0]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await gateway.exchange("jiangsu").Submit(sign(notice, gateway.signer("jiangsu")))
+            await gateway.exchange("zhejiang").Submit(sign(notice, gateway.signer("zhejiang")))
         assert failure(caught.value).reason == "CASE_CLOSED"
         assert server.prometheus.get_sample_value("transfer_gateway_cases_expired_total") == 1
+    finally:
+        await gateway.close_channels()
+        await server.stop(grace=0.5)
+
+
+async def test_a_reviewer_decides_only_its_provinces_transfers(pki: DevPaths, tmp_path: Path) -> None:
+    """The registry scopes the dev reviewer to Anhui (34) and lets Jiangsu (32) review its own
+    transfers above 100 yuan: a Zhejiang transfer is still held (Zhejiang's policy), but this
+    reviewer neither sees it nor may decide it; a Jiangsu transfer of 200 yuan is held too."""
+    import json
+
+    from gateway.app.assembly import assemble
+    from tests.conftest import test_config
+
+    data = json.loads(pki.registry.read_text(encoding="utf-8"))
+    next(o for o in data["operators"] if o["id"] == "reviewer")["provinces"] = ["34"]
+    next(p for p in data["policies"] if p["region"] == "32")["review_above_fen"] = 10_000
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(data), encoding="utf-8")
+    server = assemble(replace(test_config(pki, tmp_path / "g.db"), registry=registry))
+    await server.start()
+    gateway = GatewayHandle(server=server, pki=pki, database=tmp_path / "g.db")
+    try:
+        zhejiang = (await send_big_case(gateway))[0].header.transfer_id
+        plan = CasePlan.synthetic("320100", "330100", balance_fen=20_000, seed=3)
+        for m in outbound_messages(plan):
+            await gateway.submit("jiangsu", m)
+        for tid in (zhejiang, plan.route.transfer_id):
+            case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+            assert case.state == tracking_pb2.CASE_STATE_HELD_FOR_REVIEW
+        reviewer = gateway.admin("reviewer")
+        assert list((await reviewer.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest())).held) == []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await reviewer.ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(transfer_id=zhejiang, approve=True))
+        refusal = failure(caught.value)
+        assert (refusal.code, refusal.reason, refusal.metadata["province"]) == (
+            grpc.StatusCode.PERMISSION_DENIED, "REVIEWER_NOT_OF_PROVINCE", "33")
+        assert gateway.count("messages", "kind = ?", envelope_pb2.MESSAGE_KIND_REVIEW_DECISION) == 0
     finally:
         await gateway.close_channels()
         await server.stop(grace=0.5)

@@ -25,9 +25,12 @@ from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.store import IncomingMessage
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
+from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2
 
-RULES = rules.CaseRules(review_threshold_fen=1_000_000)
+# Jiangsu and Ningbo review their outbound transfers above 10,000 yuan; Anhui reviews none.
+POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000),
+            "330200": RegionPolicy("330200", review_above_fen=1_000_000)}
 Ack = messages_pb2.Acknowledgement
 PAIRS = [("320100", "330100"), ("330200", "320500"), ("340100", "329900")]
 
@@ -71,7 +74,7 @@ class Ledger(RuleBasedStateMachine):
 
     def submit(self, message: BusinessMessage) -> None:
         def decide(case: rules.Case | None, index: rules.CaseIndex) -> rules.Decision:
-            return rules.apply(case, message, rules=RULES, index=index)
+            return rules.apply(case, message, policies=POLICIES, index=index)
 
         self.loop.run_until_complete(self.store.accept(incoming(message), decide, lambda seq, at: b"r"))
 
@@ -85,7 +88,7 @@ class Ledger(RuleBasedStateMachine):
         for m in messages:
             self.submit(m)
         if plan.funds_expected:
-            status = "held" if balance > RULES.review_threshold_fen else "sent"
+            status = "held" if policy_of(POLICIES, pair[0]).reviews(balance) else "sent"
             self.model[plan.route.transfer_id] = (pair[0][:2], pair[1][:2], balance, status)
         return plan, messages
 
@@ -95,7 +98,7 @@ class Ledger(RuleBasedStateMachine):
         entry = self.model.get(tid)
 
         def decide(current: rules.Case | None, _index: rules.CaseIndex) -> rules.Decision:
-            return rules.review(current, approved=approve, message_id=decision_id, rules=RULES)
+            return rules.review(current, approved=approve, message_id=decision_id)
 
         decision_id = builders.new_id()
         message = IncomingMessage(

@@ -19,8 +19,7 @@ from clients.messages import kind_of
 from clients.roles import InboundCase, answer_as_inbound
 from clients.scenario import CasePlan, outbound_messages
 from clients.signing import Signer
-from gateway.app.devpki import DEV_PLATFORMS, GATEWAY_KEY_ID, DevPaths
-from gateway.core.case import CaseRules
+from gateway.app.devpki import DEV_PLATFORMS, DEV_REVIEW_ABOVE_FEN, GATEWAY_KEY_ID, DevPaths
 from gateway.core.signing import LocalSigner
 from gateway.devtools.bench.stores import Route, Template
 from gateway.service.receipts import issue_receipt
@@ -50,7 +49,7 @@ def presign_cases(pki: DevPaths, count: int, *, seed: int = 20260101) -> list[Si
     signers = {p.id: Signer.from_pem(p.key_id, pki.platform_signing_key(p.id).read_bytes())
                for p in DEV_PLATFORMS if p.id in PLATFORMS}
     agencies = {p.id: p.agency_codes for p in DEV_PLATFORMS if p.id in PLATFORMS}
-    threshold = CaseRules().review_threshold_fen
+    threshold = DEV_REVIEW_ABOVE_FEN  # the dev registry's review threshold (Zhejiang's outbound transfers)
     rng = random.Random(seed)
     cases: list[SignedCase] = []
     for i in range(count):
