@@ -378,7 +378,7 @@ def test_index_question_is_what_apply_asks_of_a_new_case(name: str) -> None:
     message = getattr(world, name)
     asked = Asked()
     try:
-        rules.apply(None, message, rules=RULES, index=asked)
+        rules.apply(None, message, policies=POLICIES, index=asked)
     except RuleViolation as refused:  # only a request or a notice opens a case
         assert refused.reason == "CASE_NOT_OPENED"
     expected = rules.index_question(message)
