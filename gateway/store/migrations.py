@@ -166,14 +166,14 @@ class _Version(NamedTuple):
 def migrate(types: ColumnTypes) -> Steps[list[int]]:
     """Bring the schema to the last version; the versions it ran, oldest first (none: it was
     current). Run it in one transaction that nothing else migrates at the same time."""
-    yield from Statement("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    yield Statement("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     reached = yield from QueryOne("SELECT MAX(version) AS version FROM schema_version", (), _Version)
     current = (reached.version if reached is not None else None) or 0
     ran = []
     for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         for statement in migration(types).split(";"):
             if statement.strip():
-                yield from Statement(statement)
-        yield from Statement("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                yield Statement(statement)
+        yield Statement("INSERT INTO schema_version (version) VALUES (?)", (version,))
         ran.append(version)
     return ran

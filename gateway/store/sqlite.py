@@ -118,7 +118,7 @@ class SQLiteSteps:
         return None if values is None else tuple.__new__(step.row, values)
 
     def _check(self, step: Query[Any] | QueryOne[Any], cursor: sqlite3.Cursor) -> None:
-        check_columns(step, [column[0] for column in cursor.description or ()])
+        check_columns(step, [name for name, *_ in cursor.description or ()])
         self._checked.add(step.sql)
 
     async def statement(self, step: Statement) -> int:

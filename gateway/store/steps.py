@@ -15,7 +15,9 @@ the engines differ.
 | `LockCase(transfer_id)`       | hold off other writers of this case until commit    | None            |
 | `Wake(platform)`              | on commit, tell every process: deliveries may wait  | None            |
 
-In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed.
+In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed. A step
+whose result is not needed is yielded plainly, `yield Statement(...)`: `yield from` makes a
+generator per step (~0.1 µs), and an accept runs about fifteen steps.
 
 SQL is written once, in what SQLite and PostgreSQL both accept, with `?` for each parameter in
 order (never inside a string literal). What the engines say differently is the driver's to
@@ -173,9 +175,10 @@ async def drive(operation: Steps[T], executor: Executor) -> T:
     the operation raised.
 
     The one loop of both engines. PostgreSQL awaits it on the event loop; SQLite, whose executor
-    never suspends, runs it to completion on its writer or reader thread with `run_now`. Written
-    as a coroutine, the loop costs an awaited call per step over a plain loop: about 0.1 µs, some
-    1.5 µs of an accept's ~130 µs of CPU.
+    never suspends, runs it to completion on its writer or reader thread with `run_now`. Measured
+    with executors that do nothing, an accept's fourteen steps cost 4.7 µs through this loop
+    (five results taken with `yield from`), the same as through the plain loop and untyped tuples
+    it replaced.
     """
     result: Any = None
     while True:

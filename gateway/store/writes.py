@@ -76,7 +76,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
            sla: Sla) -> Steps[AcceptOutcome]:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt.
     Raises IdempotencyConflict, or what the decision raises."""
-    yield from LockCase(m.transfer_id)
+    yield LockCase(m.transfer_id)
     now = clock()  # after the case lock: within a case, acceptance times follow the log's order
     # One read for both questions: was this message id seen (anywhere), and what has the case so far.
     known = yield from Query(
@@ -105,13 +105,13 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     columns = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
                after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id, now_us)
     if before is None:
-        yield from Statement(
+        yield Statement(
             "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
             " enrollment_date, balance_fen, fund_message_id, updated_at, opened_at, transfer_id, outbound,"
             " inbound, applicant, person_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key))
     else:
-        yield from Statement(
+        yield Statement(
             "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
             " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, updated_at = ?"
             " WHERE transfer_id = ?", (*columns, after.transfer_id))
@@ -121,13 +121,13 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     assert head is not None  # migration 2 made the row
     sequence = head.sequence
     receipt = make_receipt(sequence, now)
-    yield from Statement(
+    yield Statement(
         "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
         " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
          now_us, m.fingerprint, m.ack_status, m.signed_message, receipt))
     yield from _effects(m, decision, now_us, fund_was)
-    yield from Batch(
+    yield Batch(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
         " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
@@ -140,36 +140,36 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         if done is not None:  # None: a case opened before stages were kept has nothing to finish
             finished.append(StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now))
     state = HELD if decision.hold_delivery else PENDING
-    yield from Batch(
+    yield Batch(
         "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
         " attempts, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
         [(m.message_id, agency, platform, m.transfer_id, sequence, now_us, state, now_us)
          for platform, agency in m.deliveries])
     for platform in sorted({p for p, _ in m.deliveries}):
-        yield from Wake(platform)
+        yield Wake(platform)
     return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
                          inbound=after.inbound, finished_stages=tuple(finished))
 
 
 def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: _Fund | None) -> Steps[None]:
     if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
-        yield from Statement(
+        yield Statement(
             "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (m.transfer_id, m.message_id, m.fund_amount_fen, str(decision.fund_status), now_us, now_us))
-        yield from _add_to_totals(decision.case, [(str(decision.fund_status), m.fund_amount_fen, 1)])
+        yield _add_to_totals(decision.case, [(str(decision.fund_status), m.fund_amount_fen, 1)])
     elif decision.fund_status is not None:
         status = str(decision.fund_status)
-        yield from Statement("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
+        yield Statement("UPDATE fund_movements SET status = ?, updated_at = ? WHERE transfer_id = ?",
                              (status, now_us, m.transfer_id))
         if fund_was is not None and fund_was.status != status:  # the movement moves from one total to another
-            yield from _add_to_totals(decision.case, [(fund_was.status, -fund_was.amount_fen, -1),
+            yield _add_to_totals(decision.case, [(fund_was.status, -fund_was.amount_fen, -1),
                                                       (status, fund_was.amount_fen, 1)])
     if decision.release_message is not None:
-        yield from Statement("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
+        yield Statement("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
                              (PENDING, now_us, decision.release_message, HELD))
     if decision.cancel_message is not None:
-        yield from Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
+        yield Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
                              (CANCELLED, decision.cancel_message, HELD))
 
 
@@ -220,10 +220,10 @@ def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: i
     visible_at = micros(now + lease)
     for d in rows:
         if d.attempts >= max_attempts:
-            yield from Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND receiver = ?",
+            yield Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND receiver = ?",
                                  (DEAD_LETTER, d.message_id, d.receiver))
             continue
-        yield from Statement(
+        yield Statement(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
             " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE message_id = ? AND receiver = ?",
             (IN_FLIGHT, visible_at, now_us, d.message_id, d.receiver))
@@ -241,4 +241,4 @@ def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None
     if not updated:
         raise NotFound(f"no delivery {message_id} for platform {platform}",
                        reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
-    yield from Wake(platform)  # the next message of that case may now go out
+    yield Wake(platform)  # the next message of that case may now go out
