@@ -66,8 +66,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", required=True, help="this platform's id in the registry, e.g. jiangsu")
     parser.add_argument("--key-id", help="signing key id (default: <platform>-dev-1)")
     parser.add_argument("--target-name-override", help="TLS server name to expect, if not the address")
-    parser.add_argument("--timeout", type=_positive, default=30.0,
-                        help="seconds to keep trying one call while the gateway does not answer (default 30)")
+    deadline = RetryPolicy().deadline  # the library's default, said once
+    parser.add_argument("--timeout", type=_positive, default=deadline,
+                        help=f"seconds to keep trying a call the gateway does not answer (default {deadline:g})")
 
 
 def _known_platforms(registry: Path) -> list[str]:

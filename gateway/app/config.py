@@ -6,6 +6,14 @@ key (suggesting the nearest known one), checks every value's type and range nami
 takes every default from the dataclass; `reference()` renders the same descriptions as the
 configuration reference of docs/operating.md. Adding a setting is adding one field.
 
+Adding a setting: a field with `setting(default, "what it means", unit=…, minimum=…)` on the
+dataclass of its concern (a new concern: a frozen dataclass of such fields, and a field of that
+type on GatewayConfig, which makes it a `[table]`). Types read: bool, int, float, str, Path
+(relative to the file), timedelta (a number in `unit`), `X | None`, `tuple[X, ...]` (an array),
+`Mapping[str, X]` (a table keyed by names: platform ids, regions; X a value or a dataclass, one
+`[table.name]` each), a nested dataclass and a union of dataclasses (told apart by their first
+required key). Then `python scripts/gen_docs.py` regenerates the reference.
+
 Checking what the files a setting names contain (certificates, keys, registry, calendar) is the
 assembly's part (`gateway.app.assembly.read_materials`): this module reads only the TOML file.
 """
@@ -23,7 +31,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
 from gateway.app.failures import ConfigError, bounded
@@ -34,8 +42,10 @@ from gateway.service.routing import DeliveryConfig
 from gateway.store.engines import StoreConfig
 from gateway.store.sqlite import SQLiteConfig
 
+C = TypeVar("C")
+
 __all__ = ["ConfigError", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSConfig", "config_from", "load_config",
-           "parse_address", "reference"]
+           "parse_address", "read_settings", "reference"]
 
 
 # Settings that were, and where what they said lives now: named in the refusal of an old file.
@@ -175,14 +185,21 @@ def load_config(path: Path, overrides: Mapping[str, tuple[str, Any]] | None = No
 def config_from(data: Mapping[str, Any], *, source: str, base: Path,
                 overrides: Mapping[str, tuple[str, Any]] | None = None) -> GatewayConfig:
     """Check settings already parsed (a TOML document's tables). Raises ConfigError (see load_config)."""
+    return read_settings(GatewayConfig, data, source=source, base=base, overrides=overrides)
+
+
+def read_settings(cls: type[C], data: Mapping[str, Any], *, source: str, base: Path,
+                  overrides: Mapping[str, tuple[str, Any]] | None = None) -> C:
+    """An instance of the settings dataclass `cls` from parsed tables, every key checked against
+    the descriptions on its fields. Raises ConfigError listing every problem."""
     merged = dict(data)
     options = {}
     for key, (option, value) in (overrides or {}).items():
         merged[key] = value
         options[key] = option
-    reader = _Reader(source, base, options)
-    config = reader.table(GatewayConfig, merged, ())
-    if reader.problems or not isinstance(config, GatewayConfig):
+    reader = _Reader(cls, source, base, options)
+    config = reader.table(cls, merged, ())
+    if reader.problems or not isinstance(config, cls):
         raise ConfigError(reader.problems or [f"{source}: cannot be used"],
                           hint="`transfer-gateway check-config FILE` lists every problem; "
                                "docs/operating.md describes each setting")
@@ -270,7 +287,8 @@ def _all_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
 class _Reader:
     """One reading of a document: every problem is recorded, so one run lists them all."""
 
-    def __init__(self, source: str, base: Path, options: Mapping[str, str]) -> None:
+    def __init__(self, root: type, source: str, base: Path, options: Mapping[str, str]) -> None:
+        self.root = root
         self.source = source
         self.base = base
         self.options = options
@@ -346,11 +364,13 @@ class _Reader:
             if retired is not None:
                 self.problem(path, key, f"no longer a setting: {retired}")
                 continue
-            near = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+            # A near spelling, or the key without its unit (`shutdown_grace` for shutdown_grace_seconds).
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.7) or [k for k in known
+                                                                              if k.startswith(f"{key}_")][:1]
             if near:
                 hint = f"did you mean {near[0]}?"
             else:
-                elsewhere = [f"[{t}] {k}" if t else k for t, k in _all_keys(GatewayConfig) if k == key]
+                elsewhere = [f"[{t}] {k}" if t else k for t, k in _all_keys(self.root) if k == key]
                 hint = f"did you mean {elsewhere[0]}?" if elsewhere else f"known here: {', '.join(known)}"
             self.problem(path, key, f"unknown setting ({hint})")
 
@@ -363,7 +383,15 @@ class _Reader:
         variants = _variants(inner)
         if variants:
             return self.variant(variants, value, (*path, key))
-        converted = self.scalar(inner, described_as, value, path, key)
+        origin = typing.get_origin(inner)
+        if origin is tuple:
+            return self.array(inner, described_as, value, path, key)
+        if origin in (dict, Mapping):
+            return self.mapping(inner, described_as, value, path, key)
+        return self.checked(inner, described_as, value, path, key)
+
+    def checked(self, tp: Any, described_as: Setting, value: Any, path: tuple[str, ...], key: str) -> Any:
+        converted = self.scalar(tp, described_as, value, path, key)
         if converted is _INVALID:
             return converted
         if described_as.check is not None:
@@ -372,6 +400,30 @@ class _Reader:
             except ValueError as exc:
                 return self.problem(path, key, str(exc))
         return converted
+
+    def array(self, tp: Any, described_as: Setting, value: Any, path: tuple[str, ...], key: str) -> Any:
+        """`tuple[X, ...]` from a TOML array, each item read and checked as an X."""
+        item_type, rest = typing.get_args(tp)
+        if rest is not Ellipsis:
+            raise TypeError(f"settings arrays are tuple[X, ...], not {tp!r} ({key})")
+        if not isinstance(value, list):
+            return self.problem(path, key, f"expected an array, got {_kind(value)} {_shown(value)}")
+        items = [self.checked(item_type, described_as, item, path, f"{key}[{i}]") for i, item in enumerate(value)]
+        return _INVALID if any(item is _INVALID for item in items) else tuple(items)
+
+    def mapping(self, tp: Any, described_as: Setting, value: Any, path: tuple[str, ...], key: str) -> Any:
+        """`Mapping[str, X]` from a table whose keys are names (platform ids, regions): X a settings
+        dataclass (a table per name, `[key.name]`) or a value (`name = …` in `[key]`)."""
+        _, item_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            return self.problem(path[:-1] if path else (), key, f"expected a table, got {_kind(value)}")
+        items: dict[str, Any] = {}
+        for name, item in value.items():
+            if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):
+                items[name] = self.table(item_type, item, (*path, key, name))
+            else:
+                items[name] = self.checked(item_type, described_as, item, (*path, key), name)
+        return _INVALID if any(item is _INVALID for item in items.values()) else items
 
     def variant(self, variants: tuple[type, ...], data: Any, path: tuple[str, ...]) -> Any:
         """The one variant whose required key the table holds (the store: sqlite or postgresql)."""
@@ -427,11 +479,11 @@ _UNIT_SECONDS: Final = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86_4
 # -- the reference -------------------------------------------------------------------------------
 
 
-def reference() -> str:
+def reference(cls: type = GatewayConfig) -> str:
     """The configuration reference (a Markdown table) generated from the settings' descriptions:
     every key, as `[table] key`, with its type, default and meaning."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    _reference_rows(GatewayConfig, (), None, rows)
+    _reference_rows(cls, (), None, rows)
     return "\n".join(rows) + "\n"
 
 
@@ -441,10 +493,18 @@ def _reference_rows(cls: type, path: tuple[str, ...], variant: tuple[str, str] |
     tables: list[tuple[Any, tuple[str, ...]]] = []
     for field, described_as, tp in _settings(cls):
         key = described_as.key or field.name
+        item = _mapped(tp)
         if described_as.inline:
             _reference_rows(tp, path, variant, rows)
         elif dataclasses.is_dataclass(tp) or _variants(tp):
             tables.append((tp, (*path, key)))
+        elif item is not None and dataclasses.is_dataclass(item):
+            name = ".".join((*path, key, "<name>"))
+            rows.append(f"| `[{name}]` | table | none | {described_as.doc} |")
+            tables.append((item, (*path, key, "<name>")))
+        elif item is not None:
+            rows.append(f"| `[{'.'.join((*path, key))}] <name>` | {_type_name(item, described_as)} | none "
+                        f"| {described_as.doc} |")
         else:
             name = f"[{'.'.join(path)}] {key}" if path else key
             default, doc = _default(field, described_as), described_as.doc
@@ -463,9 +523,17 @@ def _reference_rows(cls: type, path: tuple[str, ...], variant: tuple[str, str] |
             _reference_rows(kind, table_path, (tag, " or ".join(f"`{t}`" for t in tags if t != tag)), rows)
 
 
-def _type_name(tp: Any, described_as: Setting) -> str:
-    """`integer 0–6 (months)`, `number ≥ 0.05 (seconds)`, `host:port`, `path`, …"""
+def _mapped(tp: Any) -> Any:
+    """The item type of a `Mapping[str, X]` setting, else None."""
     inner, _ = _optional(tp)
+    return typing.get_args(inner)[1] if typing.get_origin(inner) in (dict, Mapping) else None
+
+
+def _type_name(tp: Any, described_as: Setting) -> str:
+    """`integer 0–6 (months)`, `number ≥ 0.05 (seconds)`, `host:port`, `path`, `array of string`, …"""
+    inner, _ = _optional(tp)
+    if typing.get_origin(inner) is tuple:
+        return f"array of {_type_name(typing.get_args(inner)[0], described_as)}"
     if described_as.check is parse_address:
         return "host:port"
     name = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path",
@@ -483,7 +551,11 @@ def _type_name(tp: Any, described_as: Setting) -> str:
 def _default(field: dataclasses.Field[Any], described_as: Setting) -> str:
     if _required(field):
         return f"required, e.g. `{described_as.example}`" if described_as.example else "required"
-    value = field.default
+    value = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+    if isinstance(value, tuple | list | dict) and not value:
+        return "none"
+    if isinstance(value, tuple | list):
+        return "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]`"
     if value is None:
         return "off" if described_as.empty_is_none else "none"
     if isinstance(value, dt.timedelta):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,12 @@ from gateway.app.config import (
     config_from,
     load_config,
     parse_address,
+    read_settings,
     reference,
 )
 from gateway.app.failures import ConfigError, ExitCode
 from gateway.core.case import CaseRules
-from gateway.core.settings import described
+from gateway.core.settings import described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
 from gateway.store.postgres import PostgresConfig
@@ -230,3 +233,41 @@ def test_the_example_configuration_in_the_guide_loads(tmp_path: Path) -> None:
     path.write_text(example, encoding="utf-8")
     config = load_config(path)
     assert config.rules == CaseRules() and config.sla.limits == Limits()
+
+
+@dataclass(frozen=True)
+class _Limit:
+    max_in_flight: int = setting(100, "Deliveries in flight at once.", minimum=1)
+
+
+@dataclass(frozen=True)
+class _Future:
+    """Kinds of settings the gateway will grow: per-platform tables, name → value tables, lists."""
+
+    limits: Mapping[str, _Limit] = setting(factory=dict, doc="Per platform, by registry id.")
+    weights: Mapping[str, float] = setting(factory=dict, doc="A weight per region.", minimum=0)
+    regions: tuple[str, ...] = setting(("32", "33"), "Province codes served.", check=lambda v: int(v))
+    interval: float = setting(2.0, "Seconds between checkpoints.", key="interval_seconds", unit="seconds")
+
+
+def test_tables_by_name_and_arrays_are_read_and_checked_like_any_setting() -> None:
+    read = read_settings(_Future, {"limits": {"jiangsu": {"max_in_flight": 5}, "anhui": {}},
+                                   "weights": {"320100": 0.5}, "regions": ["32"]}, source="f.toml", base=BASE)
+    assert read == _Future(limits={"jiangsu": _Limit(5), "anhui": _Limit()}, weights={"320100": 0.5}, regions=("32",))
+    assert read_settings(_Future, {}, source="f.toml", base=BASE) == _Future()
+    with pytest.raises(ConfigError) as caught:
+        read_settings(_Future, {"limits": {"jiangsu": {"max_inflight": 5}, "anhui": {"max_in_flight": 0}},
+                                "weights": {"320100": -1}, "regions": ["32", "x"], "interval": 1},
+                      source="f.toml", base=BASE)
+    assert caught.value.problems == (
+        "f.toml: [limits.jiangsu] max_inflight: unknown setting (did you mean max_in_flight?)",
+        "f.toml: [limits.anhui] max_in_flight: must be at least 1, got 0",
+        "f.toml: [weights] 320100: must be at least 0, got -1",
+        "f.toml: regions[1]: invalid literal for int() with base 10: 'x'",
+        "f.toml: interval: unknown setting (did you mean interval_seconds?)",
+    )
+    text = reference(_Future)
+    assert "| `[limits.<name>]` | table | none | Per platform, by registry id. |" in text
+    assert "| `[limits.<name>] max_in_flight` | integer ≥ 1 | `100` | Deliveries in flight at once. |" in text
+    assert "| `[weights] <name>` | number ≥ 0 | none | A weight per region. |" in text
+    assert '| `regions` | array of string | `["32", "33"]` | Province codes served. |' in text
