@@ -7,7 +7,7 @@ import datetime as dt
 from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, MessageKind
 from gateway.core.signing import Signer, pae
 from gateway.core.timestamps import timestamp_of
-from gateway.store import IncomingMessage, MakeReceipt
+from gateway.store import IncomingMessage, IssuedReceipt, MakeReceipt
 from mitransfer.v1 import envelope_pb2
 
 
@@ -22,28 +22,30 @@ def issue_receipt(
     payload_sha256: bytes,
     sequence: int,
     accepted_at: dt.datetime,
-) -> bytes:
-    """A serialized, signed Receipt attesting that the gateway committed this message."""
+    leaf_index: int = 0,
+) -> IssuedReceipt:
+    """A signed Receipt attesting that the gateway committed this message, and its body as signed
+    (the transparency log keeps the body; the receipt names its leaf)."""
     body = envelope_pb2.ReceiptBody(
         message_id=message_id, transfer_id=transfer_id, kind=kind, sender=sender, receiver=receiver,
         payload_sha256=payload_sha256, sequence=sequence,
-        accepted_at=timestamp_of(accepted_at),
+        accepted_at=timestamp_of(accepted_at), leaf_index=leaf_index,
     )
     body_bytes = body.SerializeToString()
     receipt = envelope_pb2.Receipt(
         body=body_bytes, key_id=signer.key_id, signature=signer.sign(pae(RECEIPT_PAYLOAD_TYPE, body_bytes))
     )
-    return receipt.SerializeToString()
+    return IssuedReceipt(receipt.SerializeToString(), body_bytes)
 
 
 def receipt_maker(signer: Signer, message: IncomingMessage, payload_sha256: bytes) -> MakeReceipt:
     """What the store calls, inside its transaction, once it knows the sequence and time."""
 
-    def make(sequence: int, accepted_at: dt.datetime) -> bytes:
+    def make(sequence: int, leaf_index: int, accepted_at: dt.datetime) -> IssuedReceipt:
         return issue_receipt(
             signer, message_id=message.message_id, transfer_id=message.transfer_id, kind=message.kind,
             sender=message.sender, receiver=message.receiver, payload_sha256=payload_sha256,
-            sequence=sequence, accepted_at=accepted_at,
+            sequence=sequence, accepted_at=accepted_at, leaf_index=leaf_index,
         )
 
     return make

@@ -10,6 +10,8 @@ one engine from `gateway.store.engines`. Inside, one module per concept:
 - `writes` (accept, claim, acknowledge), `decision` (the case decision inside an accept),
   `views` (cases as Tracking shows them) and `reports` (settlement, backlog, deadlines): the
   operations, as generators of steps; `rows` holds what they share;
+- `transparency`: the transparency log's leaves, stored tree, checkpoints and proofs, and the
+  snapshot its audit reads;
 - `migrations`: the schema, numbered, and `migrate`;
 - `base`: the port's methods written once over the operations (`SQLStore`);
 - `sqlite` and `postgres`: the drivers, each answering the steps in its engine's words and
@@ -20,16 +22,22 @@ How to add an operation or a migration: see `gateway.store.steps` and `gateway.s
 
 from gateway.store.port import (
     AcceptOutcome,
+    AuditSink,
     CaseQuery,
     CaseView,
+    CheckpointRecord,
     ClaimedDelivery,
+    ConsistencyRecord,
     Decide,
     DeliveryStats,
     HeldTransfer,
+    InclusionRecord,
     IncomingMessage,
+    IssuedReceipt,
     MakeReceipt,
     MessageView,
     SettlementLine,
+    SignCheckpoint,
     StageCount,
     StageRecord,
     Store,
@@ -38,16 +46,22 @@ from gateway.store.port import (
 
 __all__ = [
     "AcceptOutcome",
+    "AuditSink",
     "CaseQuery",
     "CaseView",
+    "CheckpointRecord",
     "ClaimedDelivery",
+    "ConsistencyRecord",
     "Decide",
     "DeliveryStats",
     "HeldTransfer",
+    "InclusionRecord",
     "IncomingMessage",
+    "IssuedReceipt",
     "MakeReceipt",
     "MessageView",
     "SettlementLine",
+    "SignCheckpoint",
     "StageCount",
     "StageRecord",
     "Store",

@@ -21,23 +21,29 @@ from collections.abc import Callable
 from typing import TypeAlias, TypeVar
 
 from gateway.core.sla import Sla
-from gateway.store import reports, views, writes
+from gateway.store import reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
+    AuditSink,
     CaseQuery,
     CaseView,
+    CheckpointRecord,
     ClaimedDelivery,
+    ConsistencyRecord,
     Decide,
     DeliveryStats,
     HeldTransfer,
+    InclusionRecord,
     IncomingMessage,
     MakeReceipt,
     SettlementLine,
+    SignCheckpoint,
     StageCount,
 )
 from gateway.store.steps import Steps
 
 T = TypeVar("T")
+INTEGRATE_BATCH = 2_000  # leaves hashed into the stored tree per transaction
 # An operation not yet started: a driver makes a fresh one for every attempt at its transaction.
 Operation: TypeAlias = Callable[[], Steps[T]]
 
@@ -109,3 +115,25 @@ class SQLStore(ABC):
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
         return await self.read(lambda: reports.stage_counts(now, due_soon_before))
+
+    async def publish_checkpoint(self, sign: SignCheckpoint) -> CheckpointRecord | None:
+        while True:  # the tree catches up a batch per transaction, then the checkpoint is signed
+            size, leaves = await self.write(lambda: transparency.integrate(INTEGRATE_BATCH))
+            if size >= leaves:
+                break
+        return await self.write(lambda: transparency.publish(sign, self._clock(), INTEGRATE_BATCH))
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        return await self.read(transparency.latest_checkpoint)
+
+    async def leaf_of(self, message_id: str) -> tuple[str, int] | None:
+        return await self.read(lambda: transparency.leaf_of(message_id))
+
+    async def inclusion_proof(self, message_id: str, tree_size: int) -> InclusionRecord:
+        return await self.read(lambda: transparency.inclusion_proof(message_id, tree_size))
+
+    async def consistency_proof(self, first: int, second: int) -> ConsistencyRecord:
+        return await self.read(lambda: transparency.consistency_proof(first, second))
+
+    async def audit(self, sink: AuditSink) -> None:
+        await self.read(lambda: transparency.audit(sink))

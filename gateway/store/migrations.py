@@ -23,8 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from google.protobuf.message import DecodeError
+
 from gateway.store.rows import DEAD_LETTER, HELD, IN_FLIGHT, PENDING
-from gateway.store.steps import QueryOne, Statement, Steps
+from gateway.store.steps import Query, QueryOne, Statement, Steps
+from mitransfer.protocol import entries
+from mitransfer.v1 import envelope_pb2
 
 
 @dataclass(frozen=True)
@@ -151,12 +155,97 @@ def _3_fund_totals(t: ColumnTypes) -> str:
     """
 
 
+def _4_transparency_log(t: ColumnTypes) -> str:
+    return f"""
+    -- The transparency log (gateway.store.transparency): its leaves, each written once by the
+    -- accept that made it, their leaf index handed out by log_head like the sequence.
+    ALTER TABLE log_head ADD COLUMN leaves {t.integer} NOT NULL DEFAULT 0;
+    -- Where each message's entry is (NULL only until this migration's backfill has run).
+    ALTER TABLE messages ADD COLUMN leaf_index {t.integer};
+    CREATE TABLE log_entries (
+        leaf_index      {t.integer} PRIMARY KEY,
+        entry           {t.blob} NOT NULL
+    );
+    -- The Merkle tree's hashes by stored hash index (mitransfer.protocol.tlog), written once.
+    CREATE TABLE log_hashes (
+        hash_index      {t.integer} PRIMARY KEY,
+        hash            {t.blob} NOT NULL
+    );
+    -- How many leaves log_hashes covers: the tree is extended after the accepts, off their path.
+    CREATE TABLE log_tree (size {t.integer} NOT NULL);
+    INSERT INTO log_tree (size) VALUES (0);
+    -- Signed tree heads (C2SP tlog-checkpoint notes).
+    CREATE TABLE log_checkpoints (
+        tree_size       {t.integer} PRIMARY KEY,
+        root_hash       {t.blob} NOT NULL,
+        note            {t.blob} NOT NULL,
+        published_at    {t.integer} NOT NULL
+    );
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
     _2_stages_and_log_head,
     _3_fund_totals,
+    _4_transparency_log,
 )
+# Rows a migration computes in Python from those already stored, run right after its SQL in the
+# same transaction: migration 4 logs the messages accepted before the log existed.
+AFTER: dict[int, Callable[[], Steps[None]]] = {4: lambda: _backfill_log()}
+
+
+class _Logged(NamedTuple):
+    sequence: int
+    message_id: str
+    transfer_id: str
+    fingerprint: bytes
+    receipt: bytes
+    case_state: int
+    amount_fen: int | None
+    status: str | None
+    outbound: str
+    inbound: str
+
+
+def _backfill_log(page: int = 5_000) -> Steps[None]:
+    """Log what was accepted before the log existed, in sequence order: each message (its receipt
+    body as stored, which names no leaf; the case's state only on the case's last message, the
+    one state known), and after each fund transfer its movement with the status it has now.
+    Kept here, not beside the write path, so that it cannot change with it."""
+    after, leaf = 0, 0
+    while True:
+        rows = yield from Query(
+            "SELECT m.sequence, m.message_id, m.transfer_id, m.fingerprint, m.receipt,"
+            " CASE WHEN m.sequence = (SELECT MAX(x.sequence) FROM messages x WHERE x.transfer_id = m.transfer_id)"
+            " THEN c.state ELSE 0 END AS case_state, f.amount_fen, f.status, c.outbound, c.inbound"
+            " FROM messages m JOIN cases c ON c.transfer_id = m.transfer_id"
+            " LEFT JOIN fund_movements f ON f.message_id = m.message_id"
+            " WHERE m.sequence > ? ORDER BY m.sequence LIMIT ?", (after, page), _Logged)
+        logged: list[tuple[int, bytes]] = []
+        for r in rows:
+            try:
+                body = envelope_pb2.Receipt.FromString(bytes(r.receipt)).body
+            except DecodeError:  # a receipt that does not parse is logged as it is stored
+                body = bytes(r.receipt)
+            logged.append((leaf, entries.message_entry(bytes(r.fingerprint), body, r.case_state)))
+            yield from Statement("UPDATE messages SET leaf_index = ? WHERE sequence = ?", (leaf, r.sequence))
+            leaf += 1
+            if r.status is not None and r.amount_fen is not None:
+                logged.append((leaf, entries.fund_entry(
+                    transfer_id=r.transfer_id, fund_message_id=r.message_id, message_id=r.message_id, previous=None,
+                    status=r.status, amount_fen=r.amount_fen, outbound=r.outbound, inbound=r.inbound)))
+                leaf += 1
+        for at in range(0, len(logged), 500):
+            chunk = logged[at:at + 500]
+            yield from Statement(
+                f"INSERT INTO log_entries (leaf_index, entry) VALUES {', '.join('(?, ?)' for _ in chunk)}",
+                tuple(v for pair in chunk for v in pair))
+        if len(rows) < page:
+            break
+        after = rows[-1].sequence
+    yield from Statement("UPDATE log_head SET leaves = ?", (leaf,))
 
 
 class _Version(NamedTuple):
@@ -174,6 +263,8 @@ def migrate(types: ColumnTypes) -> Steps[list[int]]:
         for statement in migration(types).split(";"):
             if statement.strip():
                 yield Statement(statement)
+        if version in AFTER:
+            yield from AFTER[version]()
         yield Statement("INSERT INTO schema_version (version) VALUES (?)", (version,))
         ran.append(version)
     return ran

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.core.case import Case, CaseIndex, Decision
 from gateway.core.messages import MessageKind
@@ -173,8 +173,72 @@ class DeliveryStats:
     oldest_undelivered_at: dt.datetime | None
 
 
+class IssuedReceipt(NamedTuple):
+    """A receipt as `MakeReceipt` signs it: the serialized Receipt, and its serialized ReceiptBody
+    exactly as signed (what the transparency log keeps of it)."""
+
+    receipt: bytes
+    body: bytes
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A signed checkpoint the store keeps (C2SP tlog-checkpoint, `mitransfer.protocol.checkpoint`)."""
+
+    tree_size: int
+    root_hash: bytes
+    note: bytes  # the signed note
+    published_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class InclusionRecord:
+    """The proof that the tree of `checkpoint` holds the entry at `leaf_index`."""
+
+    leaf_index: int
+    entry: bytes               # the serialized LogEntry
+    hashes: tuple[bytes, ...]  # audit path, the leaf's sibling first
+    checkpoint: CheckpointRecord
+
+
+@dataclass(frozen=True)
+class ConsistencyRecord:
+    """The proof that the tree of `checkpoint` extends the tree of `first` leaves."""
+
+    first: int
+    hashes: tuple[bytes, ...]
+    checkpoint: CheckpointRecord
+
+
+class AuditSink(Protocol):
+    """What `Store.audit` hands over, in this order, from one consistent snapshot: the log's
+    head, its checkpoints (by size), its entries and stored hashes (by index), then the mutable
+    rows the log must agree with (messages by sequence, cases, fund movements, fund totals)."""
+
+    def head(self, sequence: int, leaves: int, tree_size: int) -> None: ...
+
+    def checkpoint(self, record: CheckpointRecord) -> None: ...
+
+    def entry(self, leaf_index: int, entry: bytes) -> None: ...
+
+    def stored_hash(self, index: int, value: bytes) -> None: ...
+
+    def message(self, sequence: int, message_id: str, fingerprint: bytes, receipt: bytes,
+                leaf_index: int | None) -> None: ...
+
+    def case(self, transfer_id: str, state: int, closed: bool) -> None: ...
+
+    def fund(self, transfer_id: str, message_id: str, amount_fen: int, status: str) -> None: ...
+
+    def total(self, outbound_province: str, inbound_province: str, status: str, amount_fen: int,
+              transfers: int) -> None: ...
+
+
 Decide = Callable[[Case | None, CaseIndex], Decision]
-MakeReceipt = Callable[[int, dt.datetime], bytes]
+MakeReceipt = Callable[[int, int, dt.datetime], IssuedReceipt]
+"""(sequence, leaf index, acceptance time) → the signed receipt; called inside the accept's transaction."""
+SignCheckpoint = Callable[[int, bytes], bytes]
+"""(tree size, root hash) → the signed checkpoint note."""
 
 
 class UnaskedQuestion(LookupError):
@@ -238,3 +302,28 @@ class Store(Protocol):
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
         """Unfinished stages per stage and province pair: open, overdue at `now`, due soon."""
+
+    async def publish_checkpoint(self, sign: SignCheckpoint) -> CheckpointRecord | None:
+        """Extend the stored tree over the leaves logged since it was last extended, then, if it
+        grew past the last checkpoint, sign and keep a checkpoint of it. None if it did not grow.
+        Replicas may call it at once: one signs, the others find nothing to do."""
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The checkpoint of the largest tree signed so far, or None before the first."""
+
+    async def leaf_of(self, message_id: str) -> tuple[str, int] | None:
+        """(transfer id, leaf index) of an accepted message, or None."""
+
+    async def inclusion_proof(self, message_id: str, tree_size: int) -> InclusionRecord:
+        """The proof that the checkpoint of `tree_size` (0: the latest) holds the message's entry.
+
+        Raises NotFound (MESSAGE_NOT_FOUND, CHECKPOINT_NOT_FOUND), RuleViolation
+        (LEAF_NOT_IN_TREE: that checkpoint is older than the message)."""
+
+    async def consistency_proof(self, first: int, second: int) -> ConsistencyRecord:
+        """The proof that the checkpoint of `second` (0: the latest) extends the tree of `first` leaves.
+
+        Raises NotFound (CHECKPOINT_NOT_FOUND), RuleViolation (TREE_SIZE_INVALID: first > second)."""
+
+    async def audit(self, sink: AuditSink) -> None:
+        """Hand the log and the rows it must agree with to `sink`, from one snapshot (see AuditSink)."""

@@ -4,7 +4,8 @@ group commit, each under a savepoint when one fails).
 
 An accept in order: lock the case; one read answers both "was this message id seen" and "what
 messages has the case"; the case as committed; the decision (`gateway.store.decision`); the case
-row; the log's head; the message; its effects (fund movement and totals, held deliveries
+row; the log's head; the message and its transparency-log entries (`gateway.store.transparency`);
+its effects (fund movement and totals, held deliveries
 released or cancelled); the case's stages; its deliveries; wake-ups. What a new table must keep
 in step with each accepted message (a log of leaves, an index) goes here, as steps after the
 message's row, so it commits or rolls back with it.
@@ -21,6 +22,7 @@ from gateway.core.errors import IdempotencyConflict, NotFound
 from gateway.core.messages import MessageKind
 from gateway.core.sla import Sla, Stage, province
 from gateway.core.timestamps import from_micros, micros
+from gateway.store import transparency
 from gateway.store.decision import decide_case
 from gateway.store.port import (
     AcceptOutcome,
@@ -40,6 +42,7 @@ from gateway.store.rows import (
     load_case,
 )
 from gateway.store.steps import Batch, LockCase, Query, QueryOne, SkipLocked, Statement, Steps, Wake, marks
+from mitransfer.protocol import entries
 from mitransfer.v1 import envelope_pb2
 
 _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
@@ -56,10 +59,6 @@ class _Known(NamedTuple):
     sequence: int
     fingerprint: bytes | None
     receipt: bytes | None
-
-
-class _Head(NamedTuple):
-    sequence: int
 
 
 class _Fund(NamedTuple):
@@ -116,16 +115,22 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
             " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, updated_at = ?"
             " WHERE transfer_id = ?", (*columns, after.transfer_id))
     # The log's head, taken last: one counter row makes sequences gapless and in commit order
-    # across replicas, and holds its lock only for the rest of this transaction.
-    head = yield from QueryOne("UPDATE log_head SET sequence = sequence + 1 RETURNING sequence", (), _Head)
-    assert head is not None  # migration 2 made the row
-    sequence = head.sequence
-    receipt = make_receipt(sequence, now)
+    # across replicas, hands out the leaves of the transparency log in the same order, and holds
+    # its lock only for the rest of this transaction.
+    fund_entry = _fund_change(m, decision, fund_was)
+    sequence, leaf = yield from transparency.take_head(1 if fund_entry is None else 2)
+    issued = make_receipt(sequence, leaf, now)
+    receipt = issued.receipt
     yield Statement(
         "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
-        " accepted_at, fingerprint, ack_status, signed_message, receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " accepted_at, fingerprint, ack_status, signed_message, receipt, leaf_index)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
-         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt))
+         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt, leaf))
+    logged = [entries.message_entry(m.fingerprint, issued.body, after.state)]
+    if fund_entry is not None:
+        logged.append(fund_entry)
+    yield transparency.append(leaf, logged)
     yield from _effects(m, decision, now_us, fund_was)
     yield Batch(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
@@ -149,6 +154,24 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         yield Wake(platform)
     return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
                          inbound=after.inbound, finished_stages=tuple(finished))
+
+
+def _fund_change(m: IncomingMessage, decision: Decision, fund_was: _Fund | None) -> bytes | None:
+    """The log entry of the change this message makes to its case's fund movement, if any: its
+    creation by a fund transfer, or a move to another status."""
+    if decision.fund_status is None:
+        return None
+    case = decision.case
+    status = str(decision.fund_status)
+    if m.kind == envelope_pb2.MESSAGE_KIND_FUND_TRANSFER:
+        return entries.fund_entry(transfer_id=m.transfer_id, fund_message_id=m.message_id, message_id=m.message_id,
+                                  previous=None, status=status, amount_fen=m.fund_amount_fen,
+                                  outbound=case.outbound, inbound=case.inbound)
+    if fund_was is None or fund_was.status == status:
+        return None
+    return entries.fund_entry(transfer_id=m.transfer_id, fund_message_id=case.fund_message_id or "",
+                              message_id=m.message_id, previous=fund_was.status, status=status,
+                              amount_fen=fund_was.amount_fen, outbound=case.outbound, inbound=case.inbound)
 
 
 def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: _Fund | None) -> Steps[None]:

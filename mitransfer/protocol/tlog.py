@@ -402,3 +402,31 @@ class Tree:
 
     def consistency(self, old: int, new: int | None = None) -> list[bytes]:
         return prove_consistency(self.size if new is None else new, old, self.read)
+
+
+class CompactRange:
+    """The right edge of a tree: the hashes of its complete subtrees, largest first (the stored
+    hashes at `root_indexes(size)`). That is all a log needs to append leaves and compute its
+    root, in O(log n) memory: how the gateway extends its stored tree, and how a verifier
+    recomputes a log of any length."""
+
+    def __init__(self, size: int = 0, edge: Sequence[bytes] = ()) -> None:
+        if len(edge) != size.bit_count():
+            raise ValueError(f"a tree of {size} leaves has {size.bit_count()} complete subtrees on its edge, "
+                             f"not {len(edge)}")
+        self.size = size
+        self.edge = list(edge)
+
+    def append(self, leaf: bytes) -> list[bytes]:
+        """Add a leaf whose hash is `leaf`; returns the hashes to store from
+        `stored_hash_index(0, n)` on, n being the leaf's index."""
+        n = self.size
+        m = _trailing_ones(n)
+        hashes = append_hashes(n, leaf, self.edge[len(self.edge) - m:])
+        del self.edge[len(self.edge) - m:]
+        self.edge.append(hashes[-1])
+        self.size += 1
+        return hashes
+
+    def root(self) -> bytes:
+        return root_from(self.size, self.edge)

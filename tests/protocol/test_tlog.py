@@ -246,3 +246,22 @@ def test_reads_stay_logarithmic() -> None:
         assert len(tlog.inclusion_indexes(size, size // 3)) <= 2 * size.bit_length()
         assert len(tlog.consistency_indexes(size, max(1, size // 7))) <= 2 * size.bit_length()
         assert len(tlog.append_indexes(size)) <= size.bit_length()
+
+
+@settings(max_examples=30, deadline=None)
+@given(count=st.integers(0, 100), start=st.integers(0, 100))
+def test_a_compact_range_extends_a_stored_tree(count: int, start: int) -> None:
+    """Resumed from the stored hashes of its edge, a compact range stores what the whole tree
+    would, and knows its root."""
+    tree = Tree()
+    for i in range(start):
+        tree.append(i.to_bytes(2, "big"))
+    compact = tlog.CompactRange(start, tree.read(tlog.root_indexes(start)))
+    for i in range(start, start + count):
+        new = compact.append(tlog.leaf_hash(i.to_bytes(2, "big")))
+        at = tlog.stored_hash_index(0, i)
+        tree.append(i.to_bytes(2, "big"))
+        assert tree.hashes[at:] == new
+        assert compact.root() == tree.root()
+    with pytest.raises(ValueError):
+        tlog.CompactRange(3, [])

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from gateway.core.case import Case, CaseIndex, Decision, MessageRef, Side
 from gateway.core.sla import Sla
+from gateway.core.timestamps import timestamp_of
 from gateway.core.workdays import WorkingCalendar
-from gateway.store import IncomingMessage, Store
+from gateway.store import IncomingMessage, IssuedReceipt, MakeReceipt, Store
 from gateway.store.base import SQLStore
 from gateway.store.postgres import PostgresConfig, PostgresStore
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
@@ -87,8 +88,16 @@ def opening(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
     return lambda case, _index: Decision(case or opened(m))
 
 
-def receipt_for(m: IncomingMessage) -> Callable[[int, dt.datetime], bytes]:
-    return lambda seq, at: f"receipt:{m.message_id}:{seq}:{at.isoformat()}".encode()
+def receipt_for(m: IncomingMessage) -> MakeReceipt:
+    """An unsigned receipt of `m` (the store keeps what it is given; signing is the service's)."""
+
+    def make(sequence: int, leaf_index: int, at: dt.datetime) -> IssuedReceipt:
+        body = envelope_pb2.ReceiptBody(
+            message_id=m.message_id, transfer_id=m.transfer_id, kind=m.kind, sender=m.sender, receiver=m.receiver,
+            sequence=sequence, leaf_index=leaf_index, accepted_at=timestamp_of(at)).SerializeToString()
+        return IssuedReceipt(envelope_pb2.Receipt(body=body, key_id="test").SerializeToString(), body)
+
+    return make
 
 
 async def open_case(store: Store) -> IncomingMessage:

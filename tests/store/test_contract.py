@@ -19,7 +19,8 @@ import pytest
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
 from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
 from gateway.core.sla import Stage
-from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, Store, UnaskedQuestion
+from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, IssuedReceipt, Store, UnaskedQuestion
+from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opened, opening, receipt_for, same
 
@@ -29,7 +30,7 @@ async def test_accept_stores_message_case_and_delivery(store_and_clock: tuple[St
     m = incoming(str(uuid.uuid4()))
     outcome = await store.accept(m, opening(m), receipt_for(m))
     assert not outcome.replayed
-    assert outcome.receipt == receipt_for(m)(outcome.sequence, T0)
+    assert outcome.receipt == receipt_for(m)(outcome.sequence, 0, T0).receipt
     view = await store.get_case(m.transfer_id)
     assert view is not None
     assert view.case.state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED
@@ -113,7 +114,7 @@ async def test_a_failure_after_writing_undoes_only_its_own_message(store_and_clo
     openings = [incoming(str(uuid.uuid4())) for _ in range(24)]
     doomed = openings[11]
 
-    def no_receipt(_sequence: int, _at: dt.datetime) -> bytes:
+    def no_receipt(_sequence: int, _leaf: int, _at: dt.datetime) -> IssuedReceipt:
         raise RuntimeError("signer unavailable")
 
     results = await asyncio.gather(
@@ -380,3 +381,47 @@ async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock
     assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
 
 
+
+
+# --- the transparency log ---------------------------------------------------------------------------
+
+def _sign(size: int, root: bytes) -> bytes:
+    return f"note {size} {root.hex()}\n".encode()
+
+
+async def test_each_message_and_fund_change_is_a_leaf_and_every_proof_checks(
+        store_and_clock: tuple[Store, Clock]) -> None:
+    store, _ = store_and_clock
+    assert await store.latest_checkpoint() is None
+    assert await store.publish_checkpoint(_sign) is None  # nothing logged, nothing to sign
+    m = await open_case(store)
+    fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=b"fund", amount=900)
+    out = await store.accept(fund, lambda case, _i: Decision(case, fund_status=FundStatus.HELD), receipt_for(fund))
+    body = envelope_pb2.ReceiptBody.FromString(envelope_pb2.Receipt.FromString(out.receipt).body)
+    assert (body.sequence, body.leaf_index) == (2, 1)  # the fund transfer's movement is leaf 2
+    first = await store.publish_checkpoint(_sign)
+    assert first is not None and first.tree_size == 3 and first.note == _sign(3, first.root_hash)
+    assert await store.publish_checkpoint(_sign) is None
+    ack = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, body=b"ack", sender="330100",
+                   receiver="320100")
+    await store.accept(ack, lambda case, _i: Decision(case, fund_status=FundStatus.CREDITED), receipt_for(ack))
+    second = await store.publish_checkpoint(_sign)
+    assert second is not None and second.tree_size == 5 and await store.latest_checkpoint() == second
+    for message, leaf in ((m, 0), (fund, 1), (ack, 3)):
+        assert await store.leaf_of(message.message_id) == (message.transfer_id, leaf)
+        proof = await store.inclusion_proof(message.message_id, 0)
+        assert proof.leaf_index == leaf and proof.checkpoint == second
+        tlog.check_inclusion(proof.hashes, 5, second.root_hash, leaf, tlog.leaf_hash(proof.entry))
+    change = entries.read_entry((await store.inclusion_proof(m.message_id, 3)).entry)
+    assert change.message.case_state == tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED
+    consistency = await store.consistency_proof(3, 0)
+    tlog.check_consistency(consistency.hashes, 5, second.root_hash, 3, first.root_hash)
+    with pytest.raises(RuleViolation) as refused:
+        await store.inclusion_proof(ack.message_id, 3)
+    assert refused.value.reason == "LEAF_NOT_IN_TREE"
+    with pytest.raises(NotFound):
+        await store.inclusion_proof("no-such-message", 0)
+    with pytest.raises(NotFound):
+        await store.consistency_proof(1, 4)  # no checkpoint of size 4
+    with pytest.raises(RuleViolation):
+        await store.consistency_proof(5, 3)

@@ -16,6 +16,7 @@ from gateway.core.sla import Stage
 from gateway.store import postgres, sqlite
 from gateway.store.migrations import MIGRATIONS, ColumnTypes
 from gateway.store.steps import QueryOne, Statement, Steps
+from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.store.support import T0, Clock, Factory, incoming, open_case, opening, receipt_for
 
@@ -59,7 +60,9 @@ def _versions() -> Steps[_Versions | None]:
 
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables and index added later dropped)."""
-    undo = {3: ["DROP TABLE fund_totals"],
+    undo = {4: ["DROP TABLE log_checkpoints", "DROP TABLE log_tree", "DROP TABLE log_hashes", "DROP TABLE log_entries",
+                "ALTER TABLE log_head DROP COLUMN leaves", "ALTER TABLE messages DROP COLUMN leaf_index"],
+            3: ["DROP TABLE fund_totals"],
             2: ["DROP TABLE case_stages", "DROP INDEX cases_by_opening", "DROP TABLE log_head"]}
     for newer in sorted(undo, reverse=True):
         if newer > version:
@@ -142,3 +145,34 @@ async def test_a_database_of_the_first_schema_upgrades_and_its_cases_move_on(
     finally:
         await store.close()
 
+
+
+async def test_messages_from_before_the_log_are_logged_when_it_arrives(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    """Migration 4 logs every message already stored, in sequence order, each fund transfer
+    followed by its movement as it stands; the log goes on after them, and they are provable."""
+    make, _ = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        m = await open_case(store)
+        fund = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, body=b"fund", amount=700)
+        await store.accept(fund, lambda case, _i: Decision(case, fund_status=FundStatus.HELD), receipt_for(fund))
+        await store.write(lambda: _back_to(3))
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        later = await open_case(store)
+        assert await store.leaf_of(later.message_id) == (later.transfer_id, 3)  # after 2 messages and 1 movement
+        published = await store.publish_checkpoint(lambda size, root: f"{size}".encode())
+        assert published is not None and published.tree_size == 4
+        proof = await store.inclusion_proof(m.message_id, 0)
+        tlog.check_inclusion(proof.hashes, 4, published.root_hash, proof.leaf_index, tlog.leaf_hash(proof.entry))
+        logged = entries.read_entry(proof.entry).message
+        assert logged.case_state == 0  # not the case's last message: its state then is not known
+        assert await store.leaf_of(fund.message_id) == (fund.transfer_id, 1)
+    finally:
+        await store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -109,3 +109,27 @@ async def test_a_commit_wakes_the_other_replicas(replicas: tuple[SQLStore, SQLSt
         except TimeoutError:
             continue
     pytest.fail("no wake-up reached the other replica")
+
+
+async def test_replicas_publish_one_checkpoint_per_tree_size(tmp_path: Path) -> None:
+    """Two replicas publishing at once: one extends the tree and signs, the other finds it done."""
+    with postgres_store(tmp_path, Clock()) as make:
+        await _publish_at_once(make)
+
+
+async def _publish_at_once(make: Callable[[], SQLStore]) -> None:
+    a, b = make(), make()
+    await a.open()
+    await b.open()
+    try:
+        for _ in range(5):
+            await open_case(a)
+            await open_case(b)
+        sign = lambda size, root: f"{size}".encode()  # noqa: E731
+        results = await asyncio.gather(a.publish_checkpoint(sign), b.publish_checkpoint(sign))
+        published = [r for r in results if r is not None]
+        assert len(published) == 1 and published[0].tree_size == 10
+        assert await a.latest_checkpoint() == await b.latest_checkpoint() == published[0]
+    finally:
+        await a.close()
+        await b.close()

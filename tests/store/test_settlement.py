@@ -23,7 +23,7 @@ from gateway.core.messages import BusinessMessage, kind_of, payload_type
 from gateway.core.signing import fingerprint
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
-from gateway.store import IncomingMessage
+from gateway.store import IncomingMessage, IssuedReceipt
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2
@@ -76,7 +76,7 @@ class Ledger(RuleBasedStateMachine):
         def decide(case: rules.Case | None, index: rules.CaseIndex) -> rules.Decision:
             return rules.apply(case, message, policies=POLICIES, index=index)
 
-        self.loop.run_until_complete(self.store.accept(incoming(message), decide, lambda seq, at: b"r"))
+        self.loop.run_until_complete(self.store.accept(incoming(message), decide, _receipt))
 
     @rule(target=cases, pair=st.sampled_from(PAIRS), balance=st.sampled_from([0, 1, 5_000, 999_999, 1_000_000,
                                                                               1_000_001, 4_321_000]))
@@ -107,7 +107,7 @@ class Ledger(RuleBasedStateMachine):
             fingerprint=hashlib.sha256(decision_id.encode()).digest(), signed_message=b"d",
         )
         try:
-            self.loop.run_until_complete(self.store.accept(message, decide, lambda seq, at: b"r"))
+            self.loop.run_until_complete(self.store.accept(message, decide, _receipt))
         except RuleViolation:
             assert entry is None or entry[3] != "held"
             return
@@ -161,3 +161,7 @@ class Ledger(RuleBasedStateMachine):
 
 Ledger.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 TestLedger = Ledger.TestCase
+
+
+def _receipt(_sequence: int, _leaf: int, _at: dt.datetime) -> IssuedReceipt:
+    return IssuedReceipt(b"r", b"b")

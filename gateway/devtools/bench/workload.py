@@ -86,7 +86,7 @@ def store_templates(pki: DevPaths, case: SignedCase) -> list[Template]:
         digest = hashlib.sha256(signed.payload).digest()
         receipt = issue_receipt(signer, message_id="0" * 36, transfer_id=s.transfer_id, kind=s.kind,
                                 sender="000000", receiver="000000", payload_sha256=digest, sequence=sequence,
-                                accepted_at=dt.datetime.now(dt.UTC))
+                                accepted_at=dt.datetime.now(dt.UTC)).receipt
         templates.append(Template(s.kind, s.platform == case[0].platform, s.data, receipt, ack_status))
     return templates
 
