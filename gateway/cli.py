@@ -1,5 +1,5 @@
 """`transfer-gateway`: serve, check a configuration, migrate, review held transfers, report,
-make dev certificates, run the demo, benchmark.
+verify and export the transparency log, make dev certificates, run the demo, benchmark.
 
 Every command ends the same way on failure: one `error:` line naming the file, setting or
 address (and a `hint:` when one helps), and an exit code by kind: 78 for configuration, 69 for
@@ -127,6 +127,38 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(config, as_json=args.json)
 
 
+def _log_sources(args: argparse.Namespace) -> tuple[Any, Path]:
+    """(store configuration, registry file) of `log verify` and `log export`: the options, else
+    the configuration file's, else the dev layout's. Raises ConfigError."""
+    from gateway.app.config import load_config
+    from gateway.app.devpki import DevPaths
+    from gateway.store.engines import store_config
+
+    config = load_config(Path(args.config)) if args.config else None
+    store = store_config(args.store) if args.store else (config.store if config else store_config("var/gateway.db"))
+    registry = Path(args.registry) if args.registry else (config.registry if config else DevPaths(
+        Path(args.certs)).registry)
+    return store, registry
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    from gateway.app import logtool
+
+    store, registry_path = _log_sources(args)
+    registry = logtool.load_registry(registry_path)
+    if args.bundle:
+        return logtool.verify_bundle(Path(args.bundle), registry, sys.stdout)
+    return logtool.verify_store(store, registry, sys.stdout)
+
+
+def _log_export(args: argparse.Namespace) -> int:
+    from gateway.app import logtool
+
+    store, registry_path = _log_sources(args)
+    registry = logtool.load_registry(registry_path)
+    return logtool.export(store, registry.log_origin, Path(args.out), sys.stdout, force=args.force)
+
+
 class _Version(argparse.Action):
     """`--version`: one line, unwrapped (argparse's own action wraps it at the terminal width)."""
 
@@ -184,6 +216,23 @@ def _parser() -> argparse.ArgumentParser:
 
     add_operator_commands(commands, report_commands,
                           lambda parent, name, run, help_text: command(parent, name, run, help_text), common)
+
+    log_parser = commands.add_parser("log", help="the transparency log: verify it, export it", parents=[common])
+    log_commands = log_parser.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    verify = command(log_commands, "verify", _log_verify,
+                     "recompute the log's tree and ledger, check every checkpoint and compare the store's rows")
+    export = command(log_commands, "export", _log_export,
+                     "write the log's entries and checkpoints to a bundle (mode 0600) anyone can verify")
+    for sub in (verify, export):
+        sub.add_argument("--config", help="TOML configuration file: its store and registry")
+        sub.add_argument("--store", help="postgresql://… URL or SQLite database file (default: the configuration's,"
+                         " else var/gateway.db)")
+        sub.add_argument("--registry", help="registry.json with the gateway's public keys (default: the"
+                         " configuration's, else the dev layout's)")
+        sub.add_argument("--certs", default="certs/dev", help="dev PKI folder when neither is given")
+    verify.add_argument("--bundle", help="verify an exported bundle instead of a store")
+    export.add_argument("--out", required=True, help="the bundle file to write (JSON Lines, mode 0600)")
+    export.add_argument("--force", action="store_true", help="replace the file if it exists")
 
     certs = commands.add_parser("certs", help="certificates and keys", parents=[common])
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="KIND")

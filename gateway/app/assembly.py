@@ -28,6 +28,7 @@ from gateway.app.build import BuildInfo
 from gateway.app.config import GatewayConfig
 from gateway.app.failures import ConfigError, bounded
 from gateway.app.monitor import Monitor
+from gateway.app.publisher import CheckpointPublisher
 from gateway.app.server import GatewayHealth, GatewayServer, ServerTls, Services, utc_now
 from gateway.app.sweeper import CaseSweeper
 from gateway.core.registry import Registry
@@ -37,6 +38,7 @@ from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
 from gateway.service.authored import GatewayAuthor
 from gateway.service.exchange import ExchangeService
+from gateway.service.log import LogService
 from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
@@ -242,14 +244,18 @@ def assemble(
     metrics = Metrics(prometheus)
     sla = Sla(materials.calendar, config.sla.limits)
     store = make_store(config.store, clock, sla)
+    metrics.watch_log_cpu(store.log_cpu_seconds)
     router = Router(store, config.delivery, clock)
     registry, signer, rules = materials.registry, materials.signer, config.rules
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
+    publisher = CheckpointPublisher(store=store, origin=registry.log_origin, signer=signer,
+                                    public=registry.gateway_keys[signer.key_id], metrics=metrics, clock=clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
                                  sla=sla, clock=clock),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock),
         admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock),
+        log=LogService(registry=registry, store=store, publish_now=publisher.publish_now),
     )
     health = GatewayHealth()
     monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=list(registry.platforms), clock=clock,
@@ -257,6 +263,6 @@ def assemble(
     sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
     return GatewayServer(
         config=config, tls=materials.tls, store=store, router=router, services=services, health=health,
-        monitor=monitor, sweeper=sweeper, metrics=metrics, prometheus=prometheus, sla=sla, build=build,
-        source=source, dev_only=registry.dev_only, warnings=materials.warnings,
+        monitor=monitor, sweeper=sweeper, publisher=publisher, metrics=metrics, prometheus=prometheus, sla=sla,
+        build=build, source=source, dev_only=registry.dev_only, warnings=materials.warnings,
     )

@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar
 
 from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
 from gateway.app.failures import ConfigError, bounded
+from gateway.app.publisher import LogConfig
 from gateway.core.case import CaseRules
 from gateway.core.settings import Setting, described, setting
 from gateway.core.sla import Limits
@@ -131,6 +132,7 @@ class GatewayConfig:
     delivery: DeliveryConfig = setting(factory=DeliveryConfig, doc="Store-and-forward delivery to platforms.")
     rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
     sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
+    log: LogConfig = setting(factory=LogConfig, doc="The transparency log's signed checkpoints.")
     shutdown_grace: float = setting(10.0, "Time in-flight calls get to finish after SIGTERM.",
                                     key="shutdown_grace_seconds", unit="seconds", minimum=0)
     monitor_interval: float = setting(5.0, "Time between readings of backlog, stages and funds into the gauges.",

@@ -62,6 +62,16 @@ class ConfigError(OperatorError):
                          hint=hint)
 
 
+class Findings(OperatorError):
+    """A check that ran and found problems (`transfer-gateway log verify`): one line each."""
+
+    def __init__(self, problems: Sequence[str], *, hint: str = "") -> None:
+        if not problems:
+            raise ValueError("Findings needs at least one problem")
+        self.problems = tuple(problems)
+        super().__init__(self.problems[0], hint=hint)
+
+
 class Unavailable(OperatorError):
     """Something the command needs is not there now (a port in use, a database or gateway that does
     not answer); the same command may succeed later."""
@@ -77,7 +87,7 @@ def bounded(text: object, limit: int = _MAX_DETAIL) -> str:
 
 def report(error: BaseException, stream: TextIO) -> ExitCode:
     """Print `error` as the command's last word; return the exit code for it."""
-    if isinstance(error, ConfigError) and len(error.problems) > 1:
+    if isinstance(error, ConfigError | Findings) and len(error.problems) > 1:
         for problem in error.problems:
             print(f"error: {problem}", file=stream)
         code = error.exit_code

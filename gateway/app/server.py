@@ -29,11 +29,13 @@ from gateway.app.build import BuildInfo
 from gateway.app.config import GatewayConfig, parse_address
 from gateway.app.failures import ConfigError, Unavailable
 from gateway.app.monitor import Monitor
+from gateway.app.publisher import CheckpointPublisher
 from gateway.app.sweeper import CaseSweeper
 from gateway.core.sla import Sla
 from gateway.service.admin import AdminService
 from gateway.service.exchange import ExchangeService
 from gateway.service.instrument import InstrumentedServer
+from gateway.service.log import LogService
 from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
@@ -41,7 +43,16 @@ from gateway.store import Store
 from gateway.store.engines import StoreConfig
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres import PostgresConfig
-from mitransfer.v1 import admin_pb2, admin_pb2_grpc, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from mitransfer.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    exchange_pb2,
+    exchange_pb2_grpc,
+    log_pb2,
+    log_pb2_grpc,
+    tracking_pb2,
+    tracking_pb2_grpc,
+)
 
 log = logging.getLogger("gateway.app.server")
 
@@ -49,6 +60,7 @@ SERVICE_NAMES = (
     exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name,
     tracking_pb2.DESCRIPTOR.services_by_name["Tracking"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    log_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
 )
 # Health of the working-day calendar: NOT_SERVING while deadlines within the monitor's horizon
 # are counted Monday–Friday for want of an official calendar (the gateway itself keeps serving).
@@ -83,6 +95,7 @@ class Services:
     exchange: ExchangeService
     tracking: TrackingService
     admin: AdminService
+    log: LogService
 
 
 class GatewayHealth:
@@ -161,7 +174,8 @@ class GatewayServer:
 
     def __init__(
         self, *, config: GatewayConfig, tls: ServerTls, store: Store, router: Router, services: Services,
-        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, metrics: Metrics, prometheus: CollectorRegistry,
+        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, publisher: CheckpointPublisher, metrics: Metrics,
+        prometheus: CollectorRegistry,
         sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
     ) -> None:
         self._config = config
@@ -172,6 +186,7 @@ class GatewayServer:
         self._health = health
         self.monitor = monitor
         self.sweeper = sweeper
+        self.publisher = publisher
         self.metrics = metrics
         self.prometheus = prometheus
         self.sla = sla
@@ -214,7 +229,8 @@ class GatewayServer:
             await self._health.store(True)
             await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
             self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
-                           asyncio.create_task(self.sweeper.run(cfg.sweep_interval))]
+                           asyncio.create_task(self.sweeper.run(cfg.sweep_interval)),
+                           asyncio.create_task(self.publisher.run(cfg.log.checkpoint_interval))]
         except BaseException:
             await self._release(grace=0)
             raise
@@ -235,6 +251,7 @@ class GatewayServer:
         exchange_pb2_grpc.add_ExchangeServicer_to_server(self._services.exchange, services)
         tracking_pb2_grpc.add_TrackingServicer_to_server(self._services.tracking, services)
         admin_pb2_grpc.add_AdminServicer_to_server(self._services.admin, services)
+        log_pb2_grpc.add_LogServiceServicer_to_server(self._services.log, services)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server

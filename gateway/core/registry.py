@@ -35,6 +35,7 @@ class Registry:
     operators: Mapping[str, Operator] = field(default_factory=dict)
     dev_only: bool = False
     policies: Mapping[str, RegionPolicy] = field(default_factory=dict)  # by region or province
+    log_origin: str = RegistryDocument.log_origin  # the transparency log's name (its checkpoints' origin)
 
     @classmethod
     def load(cls, path: Path) -> Registry:
@@ -64,7 +65,7 @@ class Registry:
     def of(cls, document: RegistryDocument) -> Registry:
         """The gateway's view of a checked registry document."""
         return cls(document.platforms, document.agencies, document.gateway_keys, document.operators,
-                   dev_only=document.dev_only, policies=document.policies)
+                   dev_only=document.dev_only, policies=document.policies, log_origin=document.log_origin)
 
     def policy(self, region: str) -> RegionPolicy:
         """The policy that applies to a pooling region: its own, its province's, or the national default."""

@@ -6,6 +6,8 @@ methods, codes, message kinds, reason codes and platform ids; never persons or m
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -104,9 +106,31 @@ class Metrics:
             "1 when deadlines in this year are counted Monday–Friday because no official calendar is known.",
             ["year"], registry=registry,
         )
+        self.log_checkpoint_size = Gauge(
+            "transfer_gateway_log_checkpoint_tree_size",
+            "Leaves in the transparency log's latest signed checkpoint.", registry=registry,
+        )
+        self.log_checkpoint_time = Gauge(
+            "transfer_gateway_log_checkpoint_timestamp_seconds",
+            "When the transparency log's latest checkpoint was signed (Unix time).", registry=registry,
+        )
+        self.log_cpu = Gauge(
+            "transfer_gateway_log_cpu_seconds",
+            "CPU time this process spent on the transparency log since it started: serializing and storing"
+            " each accept's entries, extending the tree, signing checkpoints.", registry=registry,
+        )
         self._stage_labels: set[tuple[str, str, str]] = set()
         self._fund_labels: set[tuple[str, str, str]] = set()
         self._message_children: dict[tuple[str, str, str], Any] = {}
+
+    def watch_log_cpu(self, read: Callable[[], float]) -> None:
+        """Read the log's CPU time from the store at every scrape."""
+        self.log_cpu.set_function(read)
+
+    def log_checkpoint(self, tree_size: int, published_at: dt.datetime) -> None:
+        """The latest checkpoint of the transparency log, as this process last saw it."""
+        self.log_checkpoint_size.set(tree_size)
+        self.log_checkpoint_time.set(published_at.timestamp())
 
     def count_message(self, kind: str, result: str, reason: str = "") -> None:
         """One submitted message in `transfer_gateway_messages_total` (children kept: once per message,

@@ -24,7 +24,6 @@ from gateway.core.sla import Sla
 from gateway.store import reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
-    AuditSink,
     CaseQuery,
     CaseView,
     CheckpointRecord,
@@ -35,6 +34,7 @@ from gateway.store.port import (
     HeldTransfer,
     InclusionRecord,
     IncomingMessage,
+    LoggedMessage,
     MakeReceipt,
     SettlementLine,
     SignCheckpoint,
@@ -54,6 +54,7 @@ class SQLStore(ABC):
     def __init__(self, clock: Callable[[], dt.datetime], sla: Sla) -> None:
         self._clock = clock  # the acceptance time of each message, read under its case's lock
         self._sla = sla      # the deadlines of the stages each accept starts
+        self._log_meter = transparency.LogMeter()
 
     @abstractmethod
     async def open(self) -> None:
@@ -77,7 +78,8 @@ class SQLStore(ABC):
         """Run `operation` on one consistent snapshot. Raises what it raises, StoreUnavailable."""
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
-        return await self.write(lambda: writes.accept(message, decide, make_receipt, self._clock, self._sla))
+        return await self.write(lambda: writes.accept(message, decide, make_receipt, self._clock, self._sla,
+                                                      self._log_meter))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
@@ -118,15 +120,20 @@ class SQLStore(ABC):
 
     async def publish_checkpoint(self, sign: SignCheckpoint) -> CheckpointRecord | None:
         while True:  # the tree catches up a batch per transaction, then the checkpoint is signed
-            size, leaves = await self.write(lambda: transparency.integrate(INTEGRATE_BATCH))
+            size, leaves = await self.write(lambda: transparency.metered(
+                transparency.integrate(INTEGRATE_BATCH), self._log_meter))
             if size >= leaves:
                 break
-        return await self.write(lambda: transparency.publish(sign, self._clock(), INTEGRATE_BATCH))
+        return await self.write(lambda: transparency.metered(
+            transparency.publish(sign, self._clock(), INTEGRATE_BATCH), self._log_meter))
+
+    def log_cpu_seconds(self) -> float:
+        return self._log_meter.seconds
 
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         return await self.read(transparency.latest_checkpoint)
 
-    async def leaf_of(self, message_id: str) -> tuple[str, int] | None:
+    async def leaf_of(self, message_id: str) -> LoggedMessage | None:
         return await self.read(lambda: transparency.leaf_of(message_id))
 
     async def inclusion_proof(self, message_id: str, tree_size: int) -> InclusionRecord:
@@ -135,5 +142,3 @@ class SQLStore(ABC):
     async def consistency_proof(self, first: int, second: int) -> ConsistencyRecord:
         return await self.read(lambda: transparency.consistency_proof(first, second))
 
-    async def audit(self, sink: AuditSink) -> None:
-        await self.read(lambda: transparency.audit(sink))

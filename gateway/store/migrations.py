@@ -230,7 +230,7 @@ def _backfill_log(page: int = 5_000) -> Steps[None]:
             except DecodeError:  # a receipt that does not parse is logged as it is stored
                 body = bytes(r.receipt)
             logged.append((leaf, entries.message_entry(bytes(r.fingerprint), body, r.case_state)))
-            yield from Statement("UPDATE messages SET leaf_index = ? WHERE sequence = ?", (leaf, r.sequence))
+            yield Statement("UPDATE messages SET leaf_index = ? WHERE sequence = ?", (leaf, r.sequence))
             leaf += 1
             if r.status is not None and r.amount_fen is not None:
                 logged.append((leaf, entries.fund_entry(
@@ -239,13 +239,13 @@ def _backfill_log(page: int = 5_000) -> Steps[None]:
                 leaf += 1
         for at in range(0, len(logged), 500):
             chunk = logged[at:at + 500]
-            yield from Statement(
+            yield Statement(
                 f"INSERT INTO log_entries (leaf_index, entry) VALUES {', '.join('(?, ?)' for _ in chunk)}",
                 tuple(v for pair in chunk for v in pair))
         if len(rows) < page:
             break
         after = rows[-1].sequence
-    yield from Statement("UPDATE log_head SET leaves = ?", (leaf,))
+    yield Statement("UPDATE log_head SET leaves = ?", (leaf,))
 
 
 class _Version(NamedTuple):

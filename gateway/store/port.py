@@ -191,6 +191,15 @@ class CheckpointRecord:
     published_at: dt.datetime
 
 
+class LoggedMessage(NamedTuple):
+    """Where a message is in the transparency log, and the sides of its case."""
+
+    transfer_id: str
+    leaf_index: int
+    outbound: str
+    inbound: str
+
+
 @dataclass(frozen=True)
 class InclusionRecord:
     """The proof that the tree of `checkpoint` holds the entry at `leaf_index`."""
@@ -211,7 +220,7 @@ class ConsistencyRecord:
 
 
 class AuditSink(Protocol):
-    """What `Store.audit` hands over, in this order, from one consistent snapshot: the log's
+    """What `transparency.audit` hands over, in this order, from one consistent snapshot: the log's
     head, its checkpoints (by size), its entries and stored hashes (by index), then the mutable
     rows the log must agree with (messages by sequence, cases, fund movements, fund totals)."""
 
@@ -311,8 +320,11 @@ class Store(Protocol):
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         """The checkpoint of the largest tree signed so far, or None before the first."""
 
-    async def leaf_of(self, message_id: str) -> tuple[str, int] | None:
-        """(transfer id, leaf index) of an accepted message, or None."""
+    def log_cpu_seconds(self) -> float:
+        """CPU time this process has spent on the log's upkeep so far (entries, tree, checkpoints)."""
+
+    async def leaf_of(self, message_id: str) -> LoggedMessage | None:
+        """Where an accepted message is in the log (and its case's sides), or None."""
 
     async def inclusion_proof(self, message_id: str, tree_size: int) -> InclusionRecord:
         """The proof that the checkpoint of `tree_size` (0: the latest) holds the message's entry.
@@ -324,6 +336,3 @@ class Store(Protocol):
         """The proof that the checkpoint of `second` (0: the latest) extends the tree of `first` leaves.
 
         Raises NotFound (CHECKPOINT_NOT_FOUND), RuleViolation (TREE_SIZE_INVALID: first > second)."""
-
-    async def audit(self, sink: AuditSink) -> None:
-        """Hand the log and the rows it must agree with to `sink`, from one snapshot (see AuditSink)."""

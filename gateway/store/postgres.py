@@ -246,3 +246,24 @@ class PostgresStore(SQLStore):
 
     def on_wake(self, callback: Callable[[str], None]) -> None:
         self._wakers.append(callback)
+
+
+async def snapshot_of(config: PostgresConfig, operation: Operation[T]) -> T:
+    """Run a read-only operation on one REPEATABLE READ snapshot of the schema, on a connection of
+    its own: no pool, no migration, nothing written (the log's audit of a live database).
+
+    Raises StoreUnavailable if the database cannot be reached.
+    """
+    try:
+        conn = await psycopg.AsyncConnection.connect(config.url, connect_timeout=max(1, round(config.timeout)),
+                                                     options=f"-c search_path={config.schema}")
+    except psycopg.Error as err:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {' '.join(str(err).split())}",
+                               reason="STORE_UNAVAILABLE") from err
+    try:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        async with conn.transaction():
+            return await drive(operation(), PostgresSteps(conn, "", set()))
+    finally:
+        await conn.close()

@@ -357,3 +357,22 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def snapshot_of(path: Path, operation: Operation[T]) -> T:
+    """Run a read-only operation on one snapshot of a SQLite file opened read-only: no lock, no
+    migration, beside a gateway that is writing it (the log's audit of a live store).
+
+    Raises StoreUnavailable if the file cannot be read as a store.
+    """
+    if not path.is_file():
+        raise StoreUnavailable(f"no SQLite store at {path}", reason="STORE_UNAVAILABLE")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("BEGIN")
+            return run_now(drive(operation(), SQLiteSteps(conn)))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot read SQLite store {path}: {exc}", reason="STORE_UNAVAILABLE") from exc

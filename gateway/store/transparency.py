@@ -21,16 +21,50 @@ them). A receipt names its leaf at once; a checkpoint covers it from the next pu
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from gateway.core.errors import NotFound, RuleViolation
 from gateway.core.timestamps import from_micros, micros
-from gateway.store.port import AuditSink, CheckpointRecord, ConsistencyRecord, InclusionRecord, SignCheckpoint
+from gateway.store.port import (
+    AuditSink,
+    CheckpointRecord,
+    ConsistencyRecord,
+    InclusionRecord,
+    LoggedMessage,
+    SignCheckpoint,
+)
 from gateway.store.steps import Batch, Query, QueryOne, Statement, Steps, marks
 from mitransfer.protocol import tlog
 
 PAGE = 2_000  # rows per query when a whole table is read (audit)
+T = TypeVar("T")
+
+
+class LogMeter:
+    """The CPU time (this thread's) spent on the log's own work: serializing and inserting each
+    accept's entries, extending the tree, signing checkpoints. Measured inside the operations, so
+    it is exact where a driver runs an operation's steps on one thread without interleaving other
+    work (SQLite's writer), and an upper bound where it awaits between steps (PostgreSQL)."""
+
+    __slots__ = ("ns",)
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.ns / 1e9
+
+
+def metered(operation: Steps[T], meter: LogMeter) -> Steps[T]:
+    """`operation`, its thread CPU time from first step to end added to `meter`."""
+    start = time.thread_time_ns()
+    try:
+        return (yield from operation)
+    finally:
+        meter.ns += time.thread_time_ns() - start
 
 
 class _Head(NamedTuple):
@@ -62,6 +96,8 @@ class _Checkpoint(NamedTuple):
 class _Leaf(NamedTuple):
     transfer_id: str
     leaf_index: int | None
+    outbound: str
+    inbound: str
 
 
 def _record(row: _Checkpoint) -> CheckpointRecord:
@@ -129,8 +165,8 @@ def integrate(limit: int) -> Steps[tuple[int, int]]:
     for r in rows:
         at = tlog.stored_hash_index(0, compact.size)
         stored += [(at + i, h) for i, h in enumerate(compact.append(tlog.leaf_hash(bytes(r.entry))))]
-    yield from Batch("INSERT INTO log_hashes (hash_index, hash) VALUES (?, ?)", stored)
-    yield from Statement("UPDATE log_tree SET size = ?", (end,))
+    yield Batch("INSERT INTO log_hashes (hash_index, hash) VALUES (?, ?)", stored)
+    yield Statement("UPDATE log_tree SET size = ?", (end,))
     return end, head.leaves
 
 
@@ -163,7 +199,7 @@ def publish(sign: SignCheckpoint, now: dt.datetime, limit: int) -> Steps[Checkpo
         return None
     root = tlog.root_from(size, (yield from _hashes(tlog.root_indexes(size))))
     note = sign(size, root)
-    yield from Statement("INSERT INTO log_checkpoints (tree_size, root_hash, note, published_at) VALUES (?, ?, ?, ?)",
+    yield Statement("INSERT INTO log_checkpoints (tree_size, root_hash, note, published_at) VALUES (?, ?, ?, ?)",
                          (size, root, note, micros(now)))
     return CheckpointRecord(size, root, note, now)
 
@@ -174,13 +210,14 @@ def latest_checkpoint() -> Steps[CheckpointRecord | None]:
 
 # --- proofs ---------------------------------------------------------------------------------------
 
-def leaf_of(message_id: str) -> Steps[tuple[str, int] | None]:
-    """(transfer id, leaf index) of a message."""
-    row = yield from QueryOne("SELECT transfer_id, leaf_index FROM messages WHERE message_id = ?", (message_id,),
-                              _Leaf)
+def leaf_of(message_id: str) -> Steps[LoggedMessage | None]:
+    """Where a message is in the log, and its case's sides."""
+    row = yield from QueryOne("SELECT m.transfer_id, m.leaf_index, c.outbound, c.inbound FROM messages m"
+                              " JOIN cases c ON c.transfer_id = m.transfer_id WHERE m.message_id = ?",
+                              (message_id,), _Leaf)
     if row is None or row.leaf_index is None:
         return None
-    return row.transfer_id, row.leaf_index
+    return LoggedMessage(row.transfer_id, row.leaf_index, row.outbound, row.inbound)
 
 
 def inclusion_proof(message_id: str, tree_size: int) -> Steps[InclusionRecord]:
@@ -188,7 +225,7 @@ def inclusion_proof(message_id: str, tree_size: int) -> Steps[InclusionRecord]:
     found = yield from leaf_of(message_id)
     if found is None:
         raise NotFound(f"no message {message_id}", reason="MESSAGE_NOT_FOUND", metadata={"message_id": message_id})
-    _, leaf = found
+    leaf = found.leaf_index
     checkpoint = yield from _checkpoint(tree_size)
     if leaf >= checkpoint.tree_size:
         raise RuleViolation(f"message {message_id} is leaf {leaf}, after the checkpoint of tree size"
@@ -245,8 +282,9 @@ class _TotalRow(NamedTuple):
     transfers: int
 
 
-def audit(sink: AuditSink) -> Steps[None]:
-    """Hand everything `sink` takes to it, table by table, a page at a time (see AuditSink)."""
+def audit(sink: AuditSink, *, rows: bool = True) -> Steps[None]:
+    """Hand everything `sink` takes to it, table by table, a page at a time (see AuditSink); with
+    `rows` False, only the log's head, checkpoints and entries (an export)."""
     head = yield from QueryOne("SELECT sequence, leaves FROM log_head", (), _Head)
     tree = yield from QueryOne("SELECT size FROM log_tree", (), _Size)
     sink.head(head.sequence if head else 0, head.leaves if head else 0, tree.size if tree else 0)
@@ -262,6 +300,8 @@ def audit(sink: AuditSink) -> Steps[None]:
         if len(entries) < PAGE:
             break
         after = entries[-1].leaf_index
+    if not rows:
+        return
     after = -1
     while True:
         hashes = yield from Query("SELECT hash_index, hash FROM log_hashes WHERE hash_index > ?"

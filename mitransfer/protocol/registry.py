@@ -7,7 +7,7 @@ keys sign the gateway's receipts and notices; and which of the national platform
 (reviewers, operators) may call the admin service. It holds no secret.
 
     {"dev_only": false,
-     "gateway":   {"keys": [KEY, ...]},
+     "gateway":   {"keys": [KEY, ...], "log_origin": "gateway.example/log"},  (log_origin optional)
      "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...]}, ...],
      "agencies":  [{"code": "320100", "name", "platform"}, ...],
      "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...],
@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import Final, NoReturn, TypeGuard
 
 from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
+from mitransfer.protocol.note import valid_name
 from mitransfer.protocol.suites import VerifyingKey, load_verifying_key
 
 _MALFORMED: Final = "REGISTRY_MALFORMED"
@@ -121,6 +122,7 @@ class RegistryDocument:
     operators: Mapping[str, Operator]         # operator id → operator
     dev_only: bool                            # development material: never in production
     policies: Mapping[str, RegionPolicy] = field(default_factory=dict)  # region or province → its policy
+    log_origin: str = "transfer-gateway/log"  # the transparency log's name: its checkpoints' first line
 
 
 def from_json(text: str | bytes) -> RegistryDocument:
@@ -145,7 +147,11 @@ def from_dict(data: object) -> RegistryDocument:
     """
     doc = _object(data, "")
     seen_key_ids: set[str] = set()
-    gateway_keys = _keys(_object(_get(doc, "gateway", ""), "gateway"), "gateway", seen_key_ids)
+    gateway = _object(_get(doc, "gateway", ""), "gateway")
+    gateway_keys = _keys(gateway, "gateway", seen_key_ids)
+    log_origin = _string(gateway, "log_origin", "gateway") if "log_origin" in gateway else RegistryDocument.log_origin
+    if not valid_name(log_origin):
+        _malformed("gateway.log_origin", "must hold no space and no plus sign (it names the log's checkpoint key)")
     platforms: dict[str, Platform] = {}
     uris: set[str] = set()
     for i, p in _objects(doc, "platforms", ""):
@@ -197,7 +203,7 @@ def from_dict(data: object) -> RegistryDocument:
         _unique(policy.region, policies, f"policies[{i}].region")
         policies[policy.region] = policy
     return RegistryDocument(gateway_keys, MappingProxyType(platforms), MappingProxyType(agencies),
-                            MappingProxyType(operators), dev_only, MappingProxyType(policies))
+                            MappingProxyType(operators), dev_only, MappingProxyType(policies), log_origin)
 
 
 def _policy(p: Mapping[str, object], where: str) -> RegionPolicy:

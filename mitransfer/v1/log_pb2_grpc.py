@@ -68,7 +68,7 @@ class LogServiceServicer:
         checkpoint's root. A platform may ask for the messages of its own agencies' cases; an
         operator for any. If no checkpoint includes the message yet, the gateway publishes one.
         Errors: NOT_FOUND (no such message, or no checkpoint of the size asked),
-        PERMISSION_DENIED (another platform's case), INVALID_ARGUMENT (a tree size that does not
+        PERMISSION_DENIED (another platform's case), FAILED_PRECONDITION (a tree size that does not
         include the message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -77,7 +77,7 @@ class LogServiceServicer:
 
     def GetConsistencyProof(self, request, context):
         """The proof that the checkpoint of tree size `second` extends the tree of size `first`.
-        Errors: INVALID_ARGUMENT (first > second), NOT_FOUND (no checkpoint of size `second`).
+        Errors: FAILED_PRECONDITION (first > second), NOT_FOUND (no checkpoint of size `second`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

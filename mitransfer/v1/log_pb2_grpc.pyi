@@ -52,12 +52,12 @@ class LogServiceStub:
     checkpoint's root. A platform may ask for the messages of its own agencies' cases; an
     operator for any. If no checkpoint includes the message yet, the gateway publishes one.
     Errors: NOT_FOUND (no such message, or no checkpoint of the size asked),
-    PERMISSION_DENIED (another platform's case), INVALID_ARGUMENT (a tree size that does not
+    PERMISSION_DENIED (another platform's case), FAILED_PRECONDITION (a tree size that does not
     include the message).
     """
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_log_pb2.GetConsistencyProofRequest, _log_pb2.GetConsistencyProofResponse]
     """The proof that the checkpoint of tree size `second` extends the tree of size `first`.
-    Errors: INVALID_ARGUMENT (first > second), NOT_FOUND (no checkpoint of size `second`).
+    Errors: FAILED_PRECONDITION (first > second), NOT_FOUND (no checkpoint of size `second`).
     """
 
 @_typing.type_check_only
@@ -72,12 +72,12 @@ class LogServiceAsyncStub(LogServiceStub):
     checkpoint's root. A platform may ask for the messages of its own agencies' cases; an
     operator for any. If no checkpoint includes the message yet, the gateway publishes one.
     Errors: NOT_FOUND (no such message, or no checkpoint of the size asked),
-    PERMISSION_DENIED (another platform's case), INVALID_ARGUMENT (a tree size that does not
+    PERMISSION_DENIED (another platform's case), FAILED_PRECONDITION (a tree size that does not
     include the message).
     """
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_log_pb2.GetConsistencyProofRequest, _log_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
     """The proof that the checkpoint of tree size `second` extends the tree of size `first`.
-    Errors: INVALID_ARGUMENT (first > second), NOT_FOUND (no checkpoint of size `second`).
+    Errors: FAILED_PRECONDITION (first > second), NOT_FOUND (no checkpoint of size `second`).
     """
 
 class LogServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,7 +101,7 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
         checkpoint's root. A platform may ask for the messages of its own agencies' cases; an
         operator for any. If no checkpoint includes the message yet, the gateway publishes one.
         Errors: NOT_FOUND (no such message, or no checkpoint of the size asked),
-        PERMISSION_DENIED (another platform's case), INVALID_ARGUMENT (a tree size that does not
+        PERMISSION_DENIED (another platform's case), FAILED_PRECONDITION (a tree size that does not
         include the message).
         """
 
@@ -112,7 +112,7 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_log_pb2.GetConsistencyProofResponse, _abc.Awaitable[_log_pb2.GetConsistencyProofResponse]]:
         """The proof that the checkpoint of tree size `second` extends the tree of size `first`.
-        Errors: INVALID_ARGUMENT (first > second), NOT_FOUND (no checkpoint of size `second`).
+        Errors: FAILED_PRECONDITION (first > second), NOT_FOUND (no checkpoint of size `second`).
         """
 
 def add_LogServiceServicer_to_server(servicer: LogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,7 +42,7 @@ SECTIONS = {
 SCALE = ("messages_loaded", "load_seconds", "file_mib")
 SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
 RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
-          "cpu_vs_floor")
+          "cpu_vs_floor", "log_cpu_share")
 REFERENCES = ("floor_server_vs_echo", "floor_server_p99_vs_echo", "floor_server_cpu_vs_floor",
               "submit_vs_floor_server", "cpu_vs_floor_server")
 
@@ -110,6 +110,7 @@ def assert_complete(result: dict[str, Any]) -> None:
     for name in RATIOS:
         assert finite(result[name]), name
         assert result["targets"][name]["pass"] in (True, False)
+    assert 0 < result["log_cpu_share"] < 1  # the gateway's own meter counted the log's work, a part of the whole
     assert set(result["targets"]) == set(RATIOS)
     for name in REFERENCES:
         assert finite(result[name]), name

@@ -408,7 +408,7 @@ async def test_each_message_and_fund_change_is_a_leaf_and_every_proof_checks(
     second = await store.publish_checkpoint(_sign)
     assert second is not None and second.tree_size == 5 and await store.latest_checkpoint() == second
     for message, leaf in ((m, 0), (fund, 1), (ack, 3)):
-        assert await store.leaf_of(message.message_id) == (message.transfer_id, leaf)
+        assert (await store.leaf_of(message.message_id) or (None, None))[:2] == (message.transfer_id, leaf)
         proof = await store.inclusion_proof(message.message_id, 0)
         assert proof.leaf_index == leaf and proof.checkpoint == second
         tlog.check_inclusion(proof.hashes, 5, second.root_hash, leaf, tlog.leaf_hash(proof.entry))

@@ -166,13 +166,14 @@ async def test_messages_from_before_the_log_are_logged_when_it_arrives(
     await store.open()
     try:
         later = await open_case(store)
-        assert await store.leaf_of(later.message_id) == (later.transfer_id, 3)  # after 2 messages and 1 movement
+        # after the 2 messages and 1 movement from before
+        assert (await store.leaf_of(later.message_id) or (None, None))[:2] == (later.transfer_id, 3)
         published = await store.publish_checkpoint(lambda size, root: f"{size}".encode())
         assert published is not None and published.tree_size == 4
         proof = await store.inclusion_proof(m.message_id, 0)
         tlog.check_inclusion(proof.hashes, 4, published.root_hash, proof.leaf_index, tlog.leaf_hash(proof.entry))
         logged = entries.read_entry(proof.entry).message
         assert logged.case_state == 0  # not the case's last message: its state then is not known
-        assert await store.leaf_of(fund.message_id) == (fund.transfer_id, 1)
+        assert (await store.leaf_of(fund.message_id) or (None, None))[:2] == (fund.transfer_id, 1)
     finally:
         await store.close()

@@ -10,9 +10,9 @@ One of three:
 
 The gateway's store is a SQLite file
 (`"database"` in the spec) or a PostgreSQL schema (`"store"`: the URL, `"schema"`). The harness runs
-`python -m gateway.devtools.bench.child '<json spec>'`; the child prints `{"port": N}` on stdout once it
-serves, and stops gracefully when its stdin yields a line or closes (so it also ends with the
-harness).
+`python -m gateway.devtools.bench.child '<json spec>'`; the child prints
+`{"port": N, "metrics_port": M}` on stdout once it serves (M: the gateway's /metrics, else null),
+and stops gracefully when its stdin yields a line or closes (so it also ends with the harness).
 """
 
 from __future__ import annotations
@@ -180,15 +180,17 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
     return SQLiteConfig(path=Path(spec["database"]))
 
 
-async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tuple[int, Callable[[], Awaitable[None]]]:
-    """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr)."""
+async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str
+                        ) -> tuple[int, Callable[[], Awaitable[None]], int | None]:
+    """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr),
+    with its /metrics on another (the bench reads the log's CPU meter there)."""
     from gateway.app import logs
     from gateway.app.assembly import assemble
     from gateway.app.config import GatewayConfig
     from gateway.app.server import tune_collector
 
     logs.configure(log_level)
-    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen=None), store=store)
+    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"), store=store)
     server = assemble(config)
     await server.start()
     tune_collector()  # as `serve` does
@@ -196,20 +198,21 @@ async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str) -> tu
     async def stop() -> None:
         await server.stop(grace=1.0)
 
-    return server.port, stop
+    return server.port, stop, server.metrics_port
 
 
 async def _serve(spec: dict[str, Any]) -> None:
     pki = DevPaths(Path(spec["pki"]))
+    metrics_port = None
     if spec["role"] == "echo":
         port, stop = await start_echo(pki)
     elif spec["role"] == "floors":
         port, stop = await start_floors(pki, Path(spec["database"]))
     elif spec["role"] == "gateway":
-        port, stop = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"))
+        port, stop, metrics_port = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"))
     else:
         raise SystemExit(f"unknown role {spec['role']!r}")
-    print(json.dumps({"port": port}), flush=True)
+    print(json.dumps({"port": port, "metrics_port": metrics_port}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await stop()
 

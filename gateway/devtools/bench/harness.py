@@ -241,6 +241,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "large_store_vs_empty": report.ratio(large.per_second, submit.per_second),
         "rss_large_vs_empty": report.ratio(rounds.large_rss, rounds.empty_rss),
         "cpu_vs_floor": report.ratio(submit.cpu_us_per_call, floor_sum),
+        "log_cpu_share": report.ratio(submit.log_cpu_seconds, submit.server_cpu_seconds),
         "floor_server_vs_echo": report.ratio(in_situ.per_second, echo.per_second),
         "floor_server_p99_vs_echo": report.ratio(in_situ.p99_ms, echo.p99_ms),
         "floor_server_cpu_vs_floor": report.ratio(in_situ.cpu_us_per_call, floor_sum),
@@ -307,7 +308,7 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                         t.windows.append(await measure(
                             config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
                             window=config.window / config.rounds, server_cpu=t.cpu_seconds_by_thread,
-                            engine_cpu=None if t is echo else store.engine_cpu_seconds))
+                            engine_cpu=None if t is echo else store.engine_cpu_seconds, log_cpu=t.log_cpu_seconds))
                         progress.advance()
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:

@@ -73,6 +73,7 @@ class Window:
     error_examples: list[str] = field(default_factory=list)
     cut_short: bool = False  # the workload ran out before the window's time
     engine_cpu_seconds: float = math.nan  # a store engine in processes of its own (PostgreSQL), else NaN
+    log_cpu_seconds: float = math.nan  # the gateway's own meter of its transparency log's CPU, else NaN
 
     @classmethod
     def combine(cls, windows: list[Window]) -> Window:
@@ -86,6 +87,7 @@ class Window:
             error_examples=[e for w in windows for e in w.error_examples][:3],
             cut_short=any(w.cut_short for w in windows),
             engine_cpu_seconds=sum(w.engine_cpu_seconds for w in windows) if windows else math.nan,
+            log_cpu_seconds=sum(w.log_cpu_seconds for w in windows) if windows else math.nan,
             thread_cpu_seconds={kind: sum(w.thread_cpu_seconds.get(kind, 0.0) for w in windows)
                                 for kind in dict.fromkeys(k for w in windows for k in w.thread_cpu_seconds)},
         )
@@ -124,6 +126,8 @@ class Window:
             "cut_short": self.cut_short,
             "engine_cpu_us_per_request": round(self.engine_cpu_seconds / self.completed * 1e6, 1)
             if self.completed else math.nan,
+            "log_cpu_us_per_request": round(self.log_cpu_seconds / self.completed * 1e6, 1)
+            if self.completed else math.nan,
             "cpu_us_per_request_by_thread": {
                 kind: round(seconds / self.completed * 1e6, 1) if self.completed else math.nan
                 for kind, seconds in self.thread_cpu_seconds.items()},
@@ -134,10 +138,12 @@ Worker = Callable[[int, Meter], Coroutine[Any, Any, None]]
 
 
 async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
-                  server_cpu: Callable[[], dict[str, float]], engine_cpu: Callable[[], float] | None = None) -> Window:
+                  server_cpu: Callable[[], dict[str, float]], engine_cpu: Callable[[], float] | None = None,
+                  log_cpu: Callable[[], float] | None = None) -> Window:
     """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`.
 
-    `server_cpu` gives the server's CPU time so far by kind of thread; the window's is their sum."""
+    `server_cpu` gives the server's CPU time so far by kind of thread; the window's is their sum.
+    `log_cpu`, the part of it the gateway's transparency log took by its own meter."""
     def engine() -> float:
         return engine_cpu() if engine_cpu is not None else math.nan
 
@@ -146,12 +152,14 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
     exhausted = asyncio.create_task(meter.exhausted.wait())
     try:
         await asyncio.wait({exhausted}, timeout=warmup)
+        log_start = log_cpu() if log_cpu is not None else math.nan
         threads_start, engine_start = server_cpu(), engine()
         meter.opened_at = time.perf_counter()
         if not exhausted.done():
             await asyncio.wait({exhausted}, timeout=window)
         meter.closed_at = time.perf_counter()
         threads_end, engine_used = server_cpu(), engine() - engine_start
+        log_used = log_cpu() - log_start if log_cpu is not None else math.nan
         threads_used = {kind: threads_end[kind] - seconds for kind, seconds in threads_start.items()}
         if engine_used < 0:
             engine_used = math.nan  # a backend exited meanwhile (the engine restarted): not measurable
@@ -166,7 +174,7 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
         latencies=sorted(meter.latencies), seconds=meter.closed_at - meter.opened_at,
         thread_cpu_seconds=threads_used,
         errors=dict(meter.errors), error_examples=meter.examples, cut_short=meter.exhausted.is_set(),
-        engine_cpu_seconds=engine_used,
+        engine_cpu_seconds=engine_used, log_cpu_seconds=log_used,
     )
 
 

@@ -38,6 +38,8 @@ TARGETS = (
     Target("large_store_vs_empty", True, 0.9, "submit req/s, large store ÷ empty store"),
     Target("rss_large_vs_empty", False, 1.25, "gateway peak RSS, large store ÷ empty store"),
     Target("cpu_vs_floor", False, 1.5, "gateway CPU per message ÷ (echo CPU per request + sign + verify + append)"),
+    Target("log_cpu_share", False, 0.1, "the transparency log's CPU per accepted message (its own meter) ÷ the"
+           " gateway's whole CPU per accepted message"),
 )
 
 
@@ -115,7 +117,8 @@ def table(result: dict[str, Any]) -> str:
         f"{floors['single_commit_wall_us']:.0f} µs wall), echo server {_n(echo['cpu_us_per_request'])} µs CPU per "
         f"request; gateway {_n(submit['cpu_us_per_request'])} µs CPU per accepted message",
         "gateway CPU per accepted message by thread: " + ", ".join(
-            f"{kind.replace('_', ' ')} {_n(us)} µs" for kind, us in submit["cpu_us_per_request_by_thread"].items()),
+            f"{kind.replace('_', ' ')} {_n(us)} µs" for kind, us in submit["cpu_us_per_request_by_thread"].items())
+        + f"; of which the transparency log {_n(submit['log_cpu_us_per_request'], 1)} µs",
         "",
         f"{'ratio':24}{'value':>8}  {'target':8}{'':6}meaning",
     ]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,10 +37,23 @@ def _cpu_seconds(stat: str) -> float:
 
 
 class ServerProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, metrics_port: int | None = None) -> None:
         self._process = process
         self.port = port
+        self.metrics_port = metrics_port
         self.pid = process.pid
+
+    def log_cpu_seconds(self) -> float:
+        """The gateway's own meter of the CPU its transparency log took so far
+        (`transfer_gateway_log_cpu_seconds` on its /metrics); NaN for a server without one."""
+        if self.metrics_port is None:
+            return math.nan
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8")
+        for line in text.splitlines():
+            if line.startswith("transfer_gateway_log_cpu_seconds "):
+                return float(line.split()[1])
+        return math.nan
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process so far (all threads)."""
@@ -105,11 +119,12 @@ async def running(spec: dict[str, Any], log: Path) -> AsyncIterator[ServerProces
     try:
         try:
             line = await asyncio.wait_for(process.stdout.readline(), _STARTUP_TIMEOUT)
-            port = int(json.loads(line)["port"])
+            started = json.loads(line)
+            port, metrics_port = int(started["port"]), started.get("metrics_port")
         except (TimeoutError, ValueError, KeyError) as exc:
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{spec['role']} process did not start: {exc!r}\n{tail}") from exc
-        yield ServerProcess(process, port)
+        yield ServerProcess(process, port, metrics_port)
     finally:
         if process.returncode is None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):

@@ -59,6 +59,10 @@ class Target(ABC):
         ServerProcess.cpu_seconds_by_thread)."""
         return self.server.cpu_seconds_by_thread()
 
+    def log_cpu_seconds(self) -> float:
+        """The gateway's meter of its transparency log's CPU so far (NaN for other servers)."""
+        return self.server.log_cpu_seconds()
+
     async def close(self) -> None:
         for c in self._channels:
             await c.close()
@@ -175,6 +179,9 @@ class ReplicaTargets(Target):
             for kind, seconds in r.server.cpu_seconds_by_thread().items():
                 parts[kind] = parts.get(kind, 0.0) + seconds
         return parts
+
+    def log_cpu_seconds(self) -> float:
+        return sum(r.server.log_cpu_seconds() for r in self.replicas)
 
     async def close(self) -> None:
         for r in self.replicas:

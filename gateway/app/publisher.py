@@ -1,0 +1,78 @@
+"""Publishing the transparency log's checkpoints: at a set interval, and on demand.
+
+Every `[log] checkpoint_interval_seconds` the publisher has the store hash the leaves logged since
+the last time into the stored tree and, if the tree grew, sign a checkpoint (`Store.publish_checkpoint`:
+replicas take turns on one row, so one of them signs each tree size). `publish_now` does the same
+at once, for a caller waiting on it (an inclusion proof for a message no checkpoint covers yet);
+callers arriving while a publication runs share it.
+
+Checkpoints are signed by the key that signs receipts (`gateway.core.checkpoints`), so a change
+of the gateway's signing key or suite changes them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.core.checkpoints import checkpoint_signer
+from gateway.core.errors import GatewayError
+from gateway.core.settings import setting
+from gateway.core.signing import Signer, VerifyingKey
+from gateway.service.metrics import Metrics
+from gateway.store import CheckpointRecord, Store
+
+log = logging.getLogger("gateway.app.publisher")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The transparency log's checkpoints."""
+
+    checkpoint_interval: float = setting(
+        10.0, "Time between checkpoints of the transparency log (one is signed only if the log grew; an"
+        " inclusion proof asked for a newer message publishes one at once).", key="checkpoint_interval_seconds",
+        unit="seconds", minimum=0.05, maximum=3600)
+
+
+class CheckpointPublisher:
+    """Extends the stored tree and signs its checkpoints; see the module docstring."""
+
+    def __init__(self, *, store: Store, origin: str, signer: Signer, public: VerifyingKey, metrics: Metrics,
+                 clock: Callable[[], dt.datetime]) -> None:
+        self._store = store
+        self._sign = checkpoint_signer(origin, signer, public)
+        self._metrics = metrics
+        self._clock = clock
+        self._running: asyncio.Task[CheckpointRecord | None] | None = None
+
+    async def publish_now(self) -> CheckpointRecord | None:
+        """Publish a checkpoint of everything logged so far (None if there was nothing new).
+
+        Raises StoreUnavailable.
+        """
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._publish())
+        return await asyncio.shield(self._running)
+
+    async def _publish(self) -> CheckpointRecord | None:
+        published = await self._store.publish_checkpoint(self._sign)
+        latest = published or await self._store.latest_checkpoint()
+        if latest is not None:
+            self._metrics.log_checkpoint(latest.tree_size, latest.published_at)
+        if published is not None:
+            log.debug("checkpoint", extra={"fields": {"tree_size": published.tree_size}})
+        return published
+
+    async def run(self, interval: float) -> None:
+        """Publish every `interval` seconds until cancelled; a failed round is logged and retried
+        at the next one."""
+        while True:
+            try:
+                await self.publish_now()
+            except GatewayError as err:
+                log.warning("checkpoint not published", extra={"fields": {"reason": err.reason}})
+            await asyncio.sleep(interval)

@@ -1,0 +1,40 @@
+"""The gateway's checkpoints: signed with its signer like its receipts, checked with the
+registry's gateway keys.
+
+A checkpoint is a C2SP signed note (`mitransfer.protocol.checkpoint`) whose key name is the log's
+origin (the registry's `gateway.log_origin`) and whose key ID is computed from the registry's
+public key of the signing key id (`mitransfer.protocol.note.key_id`): whatever key and suite sign
+receipts sign checkpoints, and a verifier finds the key by (origin, key ID) among the registry's
+gateway keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+
+from gateway.core.signing import Signer, VerifyingKey
+from mitransfer.protocol import checkpoint, note
+from mitransfer.protocol.checkpoint import Checkpoint
+from mitransfer.protocol.note import KeyLookup, NoteSigner
+
+
+def checkpoint_signer(origin: str, signer: Signer, public: VerifyingKey) -> Callable[[int, bytes], bytes]:
+    """(tree size, root hash) → the signed checkpoint note; `public` is the registry's key of
+    `signer.key_id` (its key ID in the note is computed from it)."""
+    named = NoteSigner(origin, public, signer.sign)
+
+    def sign(size: int, root: bytes) -> bytes:
+        return checkpoint.sign(Checkpoint(origin, size, root), [named])
+
+    return sign
+
+
+def checkpoint_keys(origin: str, gateway_keys: Mapping[str, VerifyingKey], when: dt.datetime | None) -> KeyLookup:
+    """The registry's gateway keys as a note verifier knows them, under the log's origin.
+
+    `when` is the time the checkpoint is judged at (the newest acceptance time in its tree: it
+    cannot have been signed earlier); every gateway key of the registry counts.
+    """
+    del when  # every registered gateway key signs at any time
+    return note.known_keys((origin, key) for key in gateway_keys.values())

@@ -1,0 +1,73 @@
+"""LogService: the transparency log's checkpoints and proofs, for platforms and operators.
+
+A platform may ask for the inclusion of the messages of its own agencies' cases (like Tracking,
+an operator for any); checkpoints and consistency proofs are the same for everyone. An
+inclusion proof asked against the latest checkpoint for a message no checkpoint covers yet has
+one published first, so that a platform can check a receipt right after it got it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
+from gateway.core.registry import Registry
+from gateway.service.auth import tracking_scope
+from gateway.store import CheckpointRecord, Store
+from mitransfer.v1 import log_pb2, log_pb2_grpc
+
+MAX_MESSAGE_ID = 128
+
+
+def checkpoint_proto(record: CheckpointRecord) -> log_pb2.Checkpoint:
+    return log_pb2.Checkpoint(note=record.note, tree_size=record.tree_size, root_hash=record.root_hash)
+
+
+class LogService(log_pb2_grpc.LogServiceServicer):
+    def __init__(self, *, registry: Registry, store: Store,
+                 publish_now: Callable[[], Awaitable[CheckpointRecord | None]]) -> None:
+        self._registry = registry
+        self._store = store
+        self._publish_now = publish_now
+
+    async def GetCheckpoint(self, request: log_pb2.GetCheckpointRequest,
+                            context: Any) -> log_pb2.GetCheckpointResponse:
+        tracking_scope(context, self._registry)  # any platform or operator; refuses anyone else
+        latest = await self._store.latest_checkpoint()
+        if latest is None:
+            await self._publish_now()
+            latest = await self._store.latest_checkpoint()
+        if latest is None:
+            raise NotFound("the log is empty: no checkpoint yet", reason="CHECKPOINT_NOT_FOUND")
+        return log_pb2.GetCheckpointResponse(checkpoint=checkpoint_proto(latest))
+
+    async def GetInclusionProof(self, request: log_pb2.GetInclusionProofRequest,
+                                context: Any) -> log_pb2.GetInclusionProofResponse:
+        scope = tracking_scope(context, self._registry)
+        if not request.message_id or len(request.message_id) > MAX_MESSAGE_ID:
+            raise InvalidMessage([FieldViolation("message_id", f"must be 1 to {MAX_MESSAGE_ID} characters")],
+                                 reason="QUERY_INVALID")
+        logged = await self._store.leaf_of(request.message_id)
+        if logged is None:
+            raise NotFound(f"no message {request.message_id}", reason="MESSAGE_NOT_FOUND",
+                           metadata={"message_id": request.message_id})
+        if scope is not None and logged.outbound not in scope and logged.inbound not in scope:
+            raise NotPermitted(f"message {request.message_id} is not of a case of the calling platform",
+                               reason="CASE_NOT_OF_PLATFORM")
+        if request.tree_size == 0:
+            latest = await self._store.latest_checkpoint()
+            if latest is None or latest.tree_size <= logged.leaf_index:
+                await self._publish_now()
+        proof = await self._store.inclusion_proof(request.message_id, request.tree_size)
+        return log_pb2.GetInclusionProofResponse(
+            leaf_index=proof.leaf_index, tree_size=proof.checkpoint.tree_size, entry=proof.entry,
+            hashes=proof.hashes, checkpoint=checkpoint_proto(proof.checkpoint))
+
+    async def GetConsistencyProof(self, request: log_pb2.GetConsistencyProofRequest,
+                                  context: Any) -> log_pb2.GetConsistencyProofResponse:
+        tracking_scope(context, self._registry)
+        proof = await self._store.consistency_proof(request.first, request.second)
+        return log_pb2.GetConsistencyProofResponse(
+            first=proof.first, second=proof.checkpoint.tree_size, hashes=proof.hashes,
+            checkpoint=checkpoint_proto(proof.checkpoint))
