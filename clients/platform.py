@@ -32,7 +32,19 @@ from clients.errors import ClientError, GatewayRejected, GatewayUnavailable, Reg
 from clients.messages import BusinessMessage, kind_of, parse
 from clients.retry import PERMANENT, RETRYABLE, RetryPolicy
 from clients.signing import KeyRing, Signer
-from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, tracking_pb2, tracking_pb2_grpc
+from clients.witness import CheckpointStore, Witness
+from mitransfer.protocol import tlog
+from mitransfer.protocol.checkpoint import Checkpoint
+from mitransfer.protocol.errors import ProtocolError
+from mitransfer.v1 import (
+    envelope_pb2,
+    exchange_pb2,
+    exchange_pb2_grpc,
+    log_pb2,
+    log_pb2_grpc,
+    tracking_pb2,
+    tracking_pb2_grpc,
+)
 
 log = logging.getLogger("clients.platform")
 
@@ -53,6 +65,7 @@ class PlatformConfig:
     key_id: str            # the signing key's id in the registry
     registry: Path         # registry.json: platforms, agencies, public keys (incl. the gateway's)
     target_name_override: str | None = None  # TLS name to expect when the address is not in the certificate
+    checkpoints: Path | None = None  # folder keeping the last verified checkpoint per gateway log (witness)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @classmethod
@@ -84,8 +97,11 @@ class PlatformClient:
         self, *, platform: str, exchange: exchange_pb2_grpc.ExchangeAsyncStub,
         tracking: tracking_pb2_grpc.TrackingAsyncStub, keyring: KeyRing, signer: Signer,
         retry: RetryPolicy | None = None, recent: RecentIds | None = None, rng: random.Random | None = None,
+        log: log_pb2_grpc.LogServiceAsyncStub | None = None, witness: Witness | None = None,
     ) -> None:
         self.platform = platform
+        self._log = log
+        self.witness = witness
         self.keyring = keyring
         self._exchange = exchange
         self._tracking = tracking
@@ -119,8 +135,10 @@ class PlatformClient:
             # On an aio channel the generated stubs are the *AsyncStub types of the .pyi files.
             exchange = cast("exchange_pb2_grpc.ExchangeAsyncStub", exchange_pb2_grpc.ExchangeStub(channel))
             tracking = cast("tracking_pb2_grpc.TrackingAsyncStub", tracking_pb2_grpc.TrackingStub(channel))
+            log_stub = cast("log_pb2_grpc.LogServiceAsyncStub", log_pb2_grpc.LogServiceStub(channel))
+            witness = Witness(keyring, CheckpointStore(config.checkpoints)) if config.checkpoints else None
             yield cls(platform=config.platform, exchange=exchange, tracking=tracking, keyring=keyring,
-                      signer=signer, retry=config.retry)
+                      signer=signer, retry=config.retry, log=log_stub, witness=witness)
         finally:
             await channel.close()
 
@@ -165,6 +183,63 @@ class PlatformClient:
     async def list_cases(self, request: tracking_pb2.ListCasesRequest) -> tracking_pb2.ListCasesResponse:
         """One page of the cases of this platform's agencies that match `request`'s filters."""
         return await self._call("ListCases", lambda timeout: self._tracking.ListCases(request, timeout=timeout))
+
+    async def checkpoint(self) -> bytes:
+        """The gateway's latest signed checkpoint (a note; `Witness.open` verifies it)."""
+        stub = self._log_stub()
+        response: log_pb2.GetCheckpointResponse = await self._call("GetCheckpoint", lambda timeout: stub.GetCheckpoint(
+            log_pb2.GetCheckpointRequest(), timeout=timeout))
+        return response.checkpoint.note
+
+    async def inclusion_proof(self, message_id: str, tree_size: int = 0) -> log_pb2.GetInclusionProofResponse:
+        """The proof that a message of this platform's cases is in the log (tree_size 0: the latest
+        checkpoint, published at once if none covers the message yet)."""
+        stub = self._log_stub()
+        request = log_pb2.GetInclusionProofRequest(message_id=message_id, tree_size=tree_size)
+        return await self._call("GetInclusionProof", lambda timeout: stub.GetInclusionProof(request, timeout=timeout))
+
+    async def consistency_proof(self, first: int, second: int = 0) -> log_pb2.GetConsistencyProofResponse:
+        """The proof that the checkpoint of `second` (0: the latest) extends the tree of `first`."""
+        stub = self._log_stub()
+        request = log_pb2.GetConsistencyProofRequest(first=first, second=second)
+        return await self._call("GetConsistencyProof",
+                                lambda timeout: stub.GetConsistencyProof(request, timeout=timeout))
+
+    async def witness_receipt(self, receipt: envelope_pb2.Receipt) -> Checkpoint:
+        """Check that a receipt's message is in the gateway's log, and that the log still extends
+        the last checkpoint this platform kept; keep the newer one. Returns it.
+
+        Raises:
+            VerificationError: the receipt, the checkpoint or a proof does not verify
+                (RECEIPT_NOT_LOGGED, CHECKPOINT_INVALID, LOG_FORKED, LOG_ROLLED_BACK): the
+                gateway's history is not what it showed before; keep the evidence.
+            GatewayRejected, GatewayUnavailable: as the calls are.
+            RuntimeError: the client was built without a checkpoint folder (`PlatformConfig.checkpoints`).
+        """
+        if self.witness is None:
+            raise RuntimeError("no checkpoint folder configured: PlatformConfig.checkpoints")
+        body = self.keyring.verify_receipt(receipt)
+        proof = await self.inclusion_proof(body.message_id)
+        head = self.witness.open(proof.checkpoint.note)
+        kept = self.witness.kept()
+        if kept is None or kept.size <= head.size:  # the usual case: the log grew since, or not at all
+            extension = (await self.consistency_proof(kept.size, head.size)).hashes if kept is not None else []
+            head = self.witness.advance(proof.checkpoint.note, extension)
+        else:  # proved against an older tree than the one kept (a lagging replica): it must be a prefix of it
+            prefix = (await self.consistency_proof(head.size, kept.size)).hashes
+            try:
+                tlog.check_consistency(prefix, kept.size, kept.root_hash, head.size, head.root_hash)
+            except ProtocolError as exc:
+                raise VerificationError(f"tree size {head.size} is not a prefix of the kept tree of size"
+                                        f" {kept.size}: {exc}", reason="LOG_FORKED") from exc
+        self.witness.check_receipt(receipt, leaf_index=proof.leaf_index, entry=proof.entry, proof=proof.hashes,
+                                   head=head)
+        return head
+
+    def _log_stub(self) -> log_pb2_grpc.LogServiceAsyncStub:
+        if self._log is None:
+            raise RuntimeError("this client was built without the LogService stub")
+        return self._log
 
     async def ack(self, message_id: str) -> None:
         """Tell the gateway a delivery is durably handled (idempotent, so retried freely)."""

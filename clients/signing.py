@@ -110,6 +110,7 @@ class KeyRing:
     platform_keys: Mapping[str, VerifyingKey]  # key id → key (owner: platform id)
     gateway_keys: Mapping[str, VerifyingKey]   # key id → key (owner: GATEWAY)
     agencies: Mapping[str, str]                # agency code → platform id
+    log_origin: str = registry_format.RegistryDocument.log_origin  # the gateway's transparency log's name
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:
@@ -138,7 +139,7 @@ class KeyRing:
         platform_keys = {key_id: VerifyingKey(key, platform.id)
                          for platform in document.platforms.values() for key_id, key in platform.keys.items()}
         agencies = {code: agency.platform for code, agency in document.agencies.items()}
-        return cls(platform_keys, gateway_keys, agencies)
+        return cls(platform_keys, gateway_keys, agencies, document.log_origin)
 
     def platform_of_agency(self, code: str) -> str | None:
         return self.agencies.get(code)
