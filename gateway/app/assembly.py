@@ -252,7 +252,7 @@ def assemble(
                                     public=registry.gateway_keys[signer.key_id], metrics=metrics, clock=clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
-                                 sla=sla, clock=clock),
+                                 sla=sla, clock=clock, limits=config.messages),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock),
         admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock),
         log=LogService(registry=registry, store=store, publish_now=publisher.publish_now),

@@ -37,6 +37,7 @@ from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
 from gateway.app.failures import ConfigError, bounded
 from gateway.app.publisher import LogConfig
 from gateway.core.case import CaseRules
+from gateway.core.limits import MessageLimits
 from gateway.core.settings import Setting, described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
@@ -130,6 +131,7 @@ class GatewayConfig:
         "127.0.0.1:9095", "Prometheus /metrics address, host:port; \"\" turns it off.", check=parse_address,
         empty_is_none=True)
     delivery: DeliveryConfig = setting(factory=DeliveryConfig, doc="Store-and-forward delivery to platforms.")
+    messages: MessageLimits = setting(factory=MessageLimits, doc="What Submit takes: a message's size and age.")
     rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
     sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
     log: LogConfig = setting(factory=LogConfig, doc="The transparency log's signed checkpoints.")

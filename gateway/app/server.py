@@ -244,9 +244,15 @@ class GatewayServer:
         }})
 
     def _grpc_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)],  # never share a port silently with another process
-        )
+        limits = self._config.messages
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),  # never share a port silently with another process
+            # Requests are read only up to twice the largest message Submit takes (room to refuse
+            # one a little too large by name); responses never exceed what platforms are told to
+            # accept (gateway.core.limits).
+            ("grpc.max_receive_message_length", limits.grpc_receive_bytes),
+            ("grpc.max_send_message_length", limits.grpc_send_bytes),
+        ])
         services = InstrumentedServer(server, self.metrics)  # registers with metrics and error mapping
         exchange_pb2_grpc.add_ExchangeServicer_to_server(self._services.exchange, services)
         tracking_pb2_grpc.add_TrackingServicer_to_server(self._services.tracking, services)

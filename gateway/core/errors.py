@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
+
+# Violations an InvalidMessage reports (in its BadRequest and, the first five, in its text); the
+# rest are counted. A caller fixing a message needs the first few; a hostile one gets no more.
+REPORTED_VIOLATIONS: Final = 10
+_SUMMARIZED: Final = 5
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,12 @@ class CallerError(GatewayError):
 
 
 class InvalidMessage(CallerError):
-    """A field is missing or malformed (INVALID_ARGUMENT)."""
+    """A field is missing or malformed (INVALID_ARGUMENT).
+
+    `violations` keeps the first REPORTED_VIOLATIONS found, `total` counts them all: the answer
+    stays small however many a message has (validation checks counts before items, so the list
+    it builds is bounded too).
+    """
 
     def __init__(
         self,
@@ -45,11 +56,13 @@ class InvalidMessage(CallerError):
         reason: str = "FIELD_INVALID",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        self.violations = tuple(violations)
-        if not self.violations:
+        found = tuple(violations)
+        if not found:
             raise ValueError("InvalidMessage needs at least one violation")
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
-        more = len(self.violations) - 5
+        self.total = len(found)
+        self.violations = found[:REPORTED_VIOLATIONS]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in found[:_SUMMARIZED])
+        more = self.total - _SUMMARIZED
         if more > 0:
             summary += f"; and {more} more"
         super().__init__(f"invalid message: {summary}", reason=reason, metadata=metadata)

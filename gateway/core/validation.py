@@ -1,30 +1,48 @@
 """Stateless validation of the business messages (pure: no case, no I/O).
 
-`validate` reports every violation of a message at once, each with its field path
+`validate` reports the violations of a message at once, each with its field path
 (`periods[1].last_month`), so an integrator fixes a message in one round. Descriptions never
-repeat a person's certificate number or name.
+repeat a person's certificate number or name, and repeat any other value a caller sent only as
+`gateway.core.text.shown` does (a short, escaped prefix). A repeated field's count is checked
+before its items, so a message of a million empty periods costs one violation, not a million.
+
+Every field is bounded where its meaning bounds it: dates no earlier than the scheme (1998) and no
+later than a transfer can make sense of (a suspension not after today), months from 1950 (deemed
+contribution years reach back before the scheme) to this month, one money cap for every amount,
+no control or bidirectional formatting character in any text, and `header.created_at` within the
+freshness window of `gateway.core.limits.MessageLimits`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Final
 
 from gateway.core.continuity import Period, cumulative_bounds, month_index
 from gateway.core.errors import FieldViolation, InvalidMessage
+from gateway.core.limits import MessageLimits
 from gateway.core.messages import BusinessMessage
+from gateway.core.text import shown, unsafe_description
 from gateway.core.timestamps import micros, timestamp_micros
 from gateway.core.workdays import local_date
 from mitransfer.protocol import idnumbers
 from mitransfer.v1 import messages_pb2, types_pb2
 
-CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-EARLIEST: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-MAX_FUND_FEN: Final = 10_000_000_000  # 1e8 yuan: a sanity cap, far above any personal account
+# One cap for every amount (balances, transfers, credits): 1e8 yuan, far above any personal
+# account. One cap, so that no case can hold a balance its fund transfer could not move.
+MAX_FUND_FEN: Final = 10_000_000_000
 MAX_PERIODS: Final = 600  # a table's contribution periods: far more than a working life has
 MAX_PSN_NO: Final = 30    # 人员编号 psn_no: 字符型 30 on the national platform
+MAX_TEXT: Final = 500     # free text: a reason's, a withdrawal's
+# No date of a transfer precedes the basic medical insurance scheme (国发〔1998〕44号).
+EARLIEST_DATE: Final = dt.date(1998, 1, 1)
+EARLIEST_MONTH: Final = (1950, 1)  # deemed contribution months (视同缴费) reach back before the scheme
+# How far ahead a date may be: an inbound enrollment for next year's resident insurance is made
+# months before it starts; a bank's value date may be set ahead, or recorded late.
+DATE_HORIZON: Final = dt.timedelta(days=366)
+DEFAULT_LIMITS: Final = MessageLimits()
 PROVINCE_CODES: Final = frozenset({
     "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41", "42",
     "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82",
@@ -38,9 +56,9 @@ _CERTIFICATE_TYPES: Final = frozenset(types_pb2.CertificateType.values())
 _INSURANCE_TYPES: Final = frozenset(types_pb2.InsuranceType.values())
 _CHANNELS: Final = frozenset(messages_pb2.TransferRequest.Channel.values())
 _REASON_CODES: Final = frozenset(types_pb2.ReasonCode.values())
+MAX_REASONS: Final = len(_REASON_CODES) - 1  # each defined code once (not REASON_CODE_UNSPECIFIED)
 _ACK_STATUSES: Final = frozenset(Ack.Status.values())
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EARLIEST_US: Final = micros(EARLIEST)
 
 
 def is_region_code(code: str) -> bool:
@@ -49,23 +67,22 @@ def is_region_code(code: str) -> bool:
     return len(code) == 6 and code.isascii() and code.isdigit() and code[:2] in PROVINCE_CODES
 
 
-def validate(message: BusinessMessage, *, now: dt.datetime) -> None:
-    """Raise InvalidMessage listing every field violation of `message`; return if there is none."""
+def validate(message: BusinessMessage, *, now: dt.datetime, limits: MessageLimits = DEFAULT_LIMITS) -> None:
+    """Raise InvalidMessage listing the field violations of `message`; return if there is none."""
     v: list[FieldViolation] = []
-    _header(v, message.header, now)
+    _header(v, message.header, now, limits)
     if isinstance(message, messages_pb2.TransferRequest):
         _request(v, message, now)
     elif isinstance(message, messages_pb2.Withdrawal):
-        if len(message.text) > 500:
-            _add(v, "text", "is longer than 500 characters")
+        _text(v, "text", message.text)
     elif isinstance(message, Notice):
         _notice(v, message, now)
     elif isinstance(message, messages_pb2.InformationTable):
         _table(v, message, now)
     elif isinstance(message, messages_pb2.FundTransfer):
-        _fund(v, message)
+        _fund(v, message, now)
     else:
-        _ack(v, message)
+        _ack(v, message, now)
     if v:
         raise InvalidMessage(v)
 
@@ -74,18 +91,33 @@ def _add(v: list[FieldViolation], field: str, description: str) -> None:
     v.append(FieldViolation(field, description))
 
 
-def _is_uuid(value: str) -> bool:
+def is_uuid(value: str) -> bool:
     """Canonical form: what str(uuid.UUID(value)) gives back, lower-case 8-4-4-4-12 hex."""
     return _CANONICAL_UUID.fullmatch(value) is not None
 
 
-def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -> None:
+def _text(v: list[FieldViolation], field: str, value: str, limit: int = MAX_TEXT) -> None:
+    """Free text: at most `limit` characters, nothing that displays otherwise than it is stored."""
+    if len(value) > limit:
+        _add(v, field, f"is longer than {limit} characters")
+    elif (unsafe := unsafe_description(value)) is not None:
+        _add(v, field, unsafe)
+
+
+def _span(delta: dt.timedelta) -> str:
+    """`7 days`, `300 seconds`: a window as the configuration states it."""
+    if delta >= dt.timedelta(days=1):
+        return f"{delta / dt.timedelta(days=1):g} days"
+    return f"{delta.total_seconds():g} seconds"
+
+
+def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime, limits: MessageLimits) -> None:
     for name in ("message_id", "transfer_id"):
-        if not _is_uuid(getattr(h, name)):
+        if not is_uuid(getattr(h, name)):
             _add(v, f"header.{name}", "must be a canonical lower-case UUID")
     for name in ("sender", "receiver"):
         if not is_region_code(getattr(h, name)):
-            _add(v, f"header.{name}", f"{getattr(h, name)!r} is not a 6-digit 医保区划 code of a province")
+            _add(v, f"header.{name}", f"{shown(getattr(h, name))} is not a 6-digit 医保区划 code of a province")
     if h.sender and h.sender == h.receiver:
         _add(v, "header.receiver", "must differ from the sender")
     if not h.HasField("created_at"):
@@ -94,10 +126,11 @@ def _header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime) -
         _add(v, "header.created_at", "nanos must be between 0 and 999,999,999")
     else:  # in epoch microseconds, as ToDatetime would truncate them (it costs more than this check)
         created = timestamp_micros(h.created_at)
-        if created > micros(now + CLOCK_SKEW):
-            _add(v, "header.created_at", "is more than 5 minutes in the future")
-        elif created < _EARLIEST_US:
-            _add(v, "header.created_at", "is before 2000-01-01")
+        if created > micros(now + limits.max_clock_skew):
+            _add(v, "header.created_at", f"is more than {_span(limits.max_clock_skew)} ahead of the gateway's clock")
+        elif created < micros(now - limits.max_age):
+            _add(v, "header.created_at", f"is more than {_span(limits.max_age)} old: a new message is submitted "
+                 "soon after it is made (a retry of an accepted one is answered whatever its age)")
 
 
 def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> None:
@@ -107,15 +140,15 @@ def _person(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> Non
         _add(v, "person.certificate_number", "is required")
     elif len(p.certificate_number) > 32:
         _add(v, "person.certificate_number", "is longer than 32 characters")
+    elif (unsafe := unsafe_description(p.certificate_number)) is not None:
+        _add(v, "person.certificate_number", unsafe)
     elif p.certificate_type == types_pb2.CERTIFICATE_TYPE_RESIDENT_ID_CARD:
         for problem in idnumbers.problems(p.certificate_number, today=today):
             _add(v, "person.certificate_number", problem)
     if not p.name.strip():
         _add(v, "person.name", "is required")
-    elif len(p.name) > 50:
-        _add(v, "person.name", "is longer than 50 characters")
-    elif any(ord(c) < 32 or ord(c) == 127 for c in p.name):
-        _add(v, "person.name", "contains control characters")
+    else:
+        _text(v, "person.name", p.name, 50)
     if p.psn_no and not (len(p.psn_no) <= MAX_PSN_NO and p.psn_no.isascii() and p.psn_no.isalnum()):
         _add(v, "person.psn_no", f"must be 1 to {MAX_PSN_NO} ASCII letters and digits when present")
 
@@ -133,6 +166,19 @@ def _not_in_future(v: list[FieldViolation], field: str, day: dt.date | None, tod
         _add(v, field, f"is after today ({today.isoformat()}, Asia/Shanghai): a suspension is reported once done")
 
 
+def date_problem(d: types_pb2.Date, *, earliest: dt.date, latest: dt.date) -> str | None:
+    """What is wrong with `d` as a date between `earliest` and `latest`; None if nothing is."""
+    try:
+        day = dt.date(d.year, d.month, d.day)
+    except ValueError:
+        if not 1 <= d.year <= 9999 or not 1 <= d.month <= 12:  # beyond any calendar: nothing worth repeating
+            return "is not a calendar date"
+        return f"{d.year:04d}-{d.month:02d}-{d.day:02d} is not a calendar date"
+    if not earliest <= day <= latest:
+        return f"{day.isoformat()} is not between {earliest.isoformat()} and {latest.isoformat()}"
+    return None
+
+
 def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.datetime) -> None:
     _person(v, r.person, local_date(now))
     _insurance(v, r.outbound_insurance_type, "outbound_insurance_type")
@@ -141,34 +187,43 @@ def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.d
         _add(v, "channel", "must be a defined channel")
 
 
-def _date(v: list[FieldViolation], field: str, d: types_pb2.Date, present: bool) -> dt.date | None:
+def _date(v: list[FieldViolation], field: str, d: types_pb2.Date, present: bool, *, latest: dt.date,
+          earliest: dt.date = EARLIEST_DATE) -> dt.date | None:
+    """The date, or None if missing, not a calendar date, or outside [earliest, latest]."""
     if not present:
         _add(v, field, "is required")
         return None
-    try:
-        return dt.date(d.year, d.month, d.day)
-    except ValueError:
-        _add(v, field, f"{d.year:04d}-{d.month:02d}-{d.day:02d} is not a calendar date")
+    problem = date_problem(d, earliest=earliest, latest=latest)
+    if problem is not None:
+        _add(v, field, problem)
         return None
+    return dt.date(d.year, d.month, d.day)
 
 
-def _month(v: list[FieldViolation], field: str, ym: types_pb2.YearMonth, present: bool) -> int | None:
+def _month(v: list[FieldViolation], field: str, ym: types_pb2.YearMonth, present: bool,
+           today: dt.date) -> int | None:
     """The month as a count (year * 12 + month - 1), or None if missing or invalid."""
     if not present:
         _add(v, field, "is required")
         return None
-    if not 1950 <= ym.year <= 2100 or not 1 <= ym.month <= 12:
-        _add(v, field, f"{ym.year:04d}-{ym.month:02d} is not a month between 1950 and 2100")
+    first, latest = EARLIEST_MONTH, (today.year, today.month)
+    if not 1 <= ym.month <= 12 or not first <= (ym.year, ym.month) <= latest:
+        shown_month = f"{ym.year:04d}-{ym.month:02d}" if 0 <= ym.year <= 9999 and 0 <= ym.month <= 99 else "it"
+        _add(v, field, f"{shown_month} is not a month from {first[0]}-{first[1]:02d} to {latest[0]}-{latest[1]:02d}")
         return None
     return ym.year * 12 + ym.month - 1
 
 
-def _reasons(v: list[FieldViolation], reasons: Iterable[types_pb2.Reason], *, required: bool, status: str) -> None:
-    listed = list(reasons)
-    if required and not listed:
+def _reasons(v: list[FieldViolation], reasons: Sequence[types_pb2.Reason], *, required: bool, status: str) -> None:
+    if required and not reasons:
         _add(v, "reasons", f"at least one reason is required when {status}")
-    if not required and listed:
+    if not required and reasons:
         _add(v, "reasons", f"reasons are only for a refusal or rejection, not when {status}")
+        return
+    if len(reasons) > MAX_REASONS:
+        _add(v, "reasons", f"at most {MAX_REASONS} reasons (each code once), not {len(reasons)}")
+        return
+    listed = list(reasons)
     seen: set[int] = set()
     for i, r in enumerate(listed):
         if not r.code or r.code not in _REASON_CODES:
@@ -178,8 +233,7 @@ def _reasons(v: list[FieldViolation], reasons: Iterable[types_pb2.Reason], *, re
         seen.add(r.code)
         if r.code == types_pb2.REASON_CODE_OTHER and not r.text.strip():
             _add(v, f"reasons[{i}].text", "is required for REASON_CODE_OTHER")
-        if len(r.text) > 500:
-            _add(v, f"reasons[{i}].text", "is longer than 500 characters")
+        _text(v, f"reasons[{i}].text", r.text)
 
 
 def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.datetime) -> None:
@@ -188,8 +242,7 @@ def _notice(v: list[FieldViolation], n: messages_pb2.OutboundNotice, now: dt.dat
     _insurance(v, n.insurance_type)
     _insurance(v, n.inbound_insurance_type, "inbound_insurance_type", optional=True)
     if n.outcome == Notice.OUTCOME_ACCEPTED:
-        suspended = _date(v, "suspension_date", n.suspension_date, n.HasField("suspension_date"))
-        _not_in_future(v, "suspension_date", suspended, today)
+        _suspension(v, n.suspension_date, n.HasField("suspension_date"), today)
         _reasons(v, n.reasons, required=False, status="accepted")
     elif n.outcome == Notice.OUTCOME_REFUSED:
         if n.HasField("suspension_date"):
@@ -204,9 +257,8 @@ def _table(v: list[FieldViolation], t: messages_pb2.InformationTable, now: dt.da
     _person(v, t.person, today)
     _insurance(v, t.insurance_type)
     _insurance(v, t.inbound_insurance_type, "inbound_insurance_type", optional=True)
-    suspended = _date(v, "suspension_date", t.suspension_date, t.HasField("suspension_date"))
-    _not_in_future(v, "suspension_date", suspended, today)
-    periods = _periods(v, t, suspended)
+    suspended = _suspension(v, t.suspension_date, t.HasField("suspension_date"), today)
+    periods = _periods(v, t, suspended, today)
     if periods is not None:
         lower, upper = cumulative_bounds(periods)
         if not lower <= t.cumulative_months <= upper:
@@ -223,14 +275,21 @@ def _table(v: list[FieldViolation], t: messages_pb2.InformationTable, now: dt.da
         _add(v, "account_balance_retained_fen", "a balance is either transferred out or retained, not both")
 
 
+def _suspension(v: list[FieldViolation], d: types_pb2.Date, present: bool, today: dt.date) -> dt.date | None:
+    """A suspension date: from the scheme's start, not after today."""
+    suspended = _date(v, "suspension_date", d, present, latest=dt.date.max)
+    _not_in_future(v, "suspension_date", suspended, today)
+    return suspended if suspended is not None and suspended <= today else None
+
+
 def _periods(v: list[FieldViolation], t: messages_pb2.InformationTable,
-             suspended: dt.date | None) -> list[Period] | None:
+             suspended: dt.date | None, today: dt.date) -> list[Period] | None:
     """The periods as month indices, or None if any is invalid (the cumulative check then waits)."""
     if not t.periods:
         _add(v, "periods", "at least one contribution period is required")
         return None
-    if len(t.periods) > MAX_PERIODS:
-        _add(v, "periods", f"at most {MAX_PERIODS} contribution periods")
+    if len(t.periods) > MAX_PERIODS:  # before any period is looked at: one violation, however many
+        _add(v, "periods", f"at most {MAX_PERIODS} contribution periods, not {len(t.periods)}")
         return None
     valid: list[Period] = []
     previous_first: int | None = None
@@ -239,10 +298,10 @@ def _periods(v: list[FieldViolation], t: messages_pb2.InformationTable,
         path = f"periods[{i}]"
         ok = True
         if not is_region_code(p.pooling_region):
-            _add(v, f"{path}.pooling_region", f"{p.pooling_region!r} is not a 医保区划 code")
+            _add(v, f"{path}.pooling_region", f"{shown(p.pooling_region)} is not a 医保区划 code")
         _insurance(v, p.insurance_type, f"{path}.insurance_type", optional=True)
-        first = _month(v, f"{path}.first_month", p.first_month, p.HasField("first_month"))
-        last = _month(v, f"{path}.last_month", p.last_month, p.HasField("last_month"))
+        first = _month(v, f"{path}.first_month", p.first_month, p.HasField("first_month"), today)
+        last = _month(v, f"{path}.last_month", p.last_month, p.HasField("last_month"), today)
         if first is None or last is None:
             continue
         if first > last:
@@ -273,14 +332,14 @@ def _account(v: list[FieldViolation], path: str, a: messages_pb2.FundAccount) ->
         value = getattr(a, name)
         if not value.strip():
             _add(v, f"{path}.{name}", "is required")
-        elif len(value) > 100:
-            _add(v, f"{path}.{name}", "is longer than 100 characters")
+        else:
+            _text(v, f"{path}.{name}", value, 100)
     n = a.account_number
     if not (6 <= len(n) <= 34 and n.isascii() and n.isdigit()):
         _add(v, f"{path}.account_number", "must be 6 to 34 digits")
 
 
-def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer) -> None:
+def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer, now: dt.datetime) -> None:
     if not 0 < f.amount_fen <= MAX_FUND_FEN:
         _add(v, "amount_fen", f"must be between 1 and {MAX_FUND_FEN} fen")
     if f.currency != "CNY":
@@ -294,11 +353,13 @@ def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer) -> None:
         _add(v, "bank_reference", "is required")
     elif len(ref) > 64 or not ref.isascii() or not ref.isprintable():
         _add(v, "bank_reference", "must be at most 64 printable ASCII characters")
-    _date(v, "value_date", f.value_date, f.HasField("value_date"))
+    today = local_date(now)
+    _date(v, "value_date", f.value_date, f.HasField("value_date"), earliest=today - DATE_HORIZON,
+          latest=today + DATE_HORIZON)
 
 
-def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement) -> None:
-    if not _is_uuid(a.answers_message_id):
+def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement, now: dt.datetime) -> None:
+    if not is_uuid(a.answers_message_id):
         _add(v, "answers_message_id", "must be a canonical lower-case UUID")
     elif a.answers_message_id == a.header.message_id:
         _add(v, "answers_message_id", "a message cannot answer itself")
@@ -308,12 +369,16 @@ def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement) -> None:
     status = Ack.Status.Name(a.status).removeprefix("STATUS_").lower()
     _reasons(v, a.reasons, required=a.status == Ack.STATUS_REJECTED, status=status)
     if a.status == Ack.STATUS_FUNDS_CREDITED:
-        if a.credited_amount_fen <= 0:
-            _add(v, "credited_amount_fen", "must be positive when funds are credited")
+        if not 0 < a.credited_amount_fen <= MAX_FUND_FEN:
+            _add(v, "credited_amount_fen", f"must be between 1 and {MAX_FUND_FEN} fen when funds are credited")
     elif a.credited_amount_fen:
         _add(v, "credited_amount_fen", "is only for STATUS_FUNDS_CREDITED")
     if a.status == Ack.STATUS_ACCEPTED:  # the inbound acceptance carries what continuity needs
-        _date(v, "inbound_enrollment_date", a.inbound_enrollment_date, a.HasField("inbound_enrollment_date"))
+        # Not before the scheme, and not more than a year ahead (next year's resident insurance is
+        # enrolled in advance); with the suspension date's own window this also keeps it within
+        # plausible reach of the suspension.
+        _date(v, "inbound_enrollment_date", a.inbound_enrollment_date, a.HasField("inbound_enrollment_date"),
+              latest=local_date(now) + DATE_HORIZON)
         _insurance(v, a.inbound_insurance_type, "inbound_insurance_type")
     else:
         if a.HasField("inbound_enrollment_date"):

@@ -1,10 +1,16 @@
 """Exchange service: Submit, Subscribe, AckDelivery.
 
 Submit runs the gateway's pipeline in this order, and stores nothing until every step passed:
-who is calling (mTLS) → which key (registry) → signature over the bytes as received → parse →
-validate fields → may this platform send as this agency → store atomically with the case
+who is calling (mTLS) → size → which key (registry) → signature over the bytes as received →
+parse → validate fields → may this platform send as this agency → store atomically with the case
 decision → signed receipt. A request byte for byte identical to one this process already verified
-and committed, from the same platform, is answered with its receipt right after the first step.
+and committed, from the same platform, is answered with its receipt right after the size check.
+
+A message accepted before is answered as a replay whatever has changed since: its `created_at`
+may have left the freshness window, or a field rule may have tightened. The store decides replays
+inside `accept`, after validation; so when validation refuses a message, Submit first asks the
+store whether that very payload was accepted under its id (any replica may have accepted it:
+the recent-receipts shortcut knows only this process) and answers with its receipt if so.
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from gateway.core import case as case_rules
 from gateway.core import messages
 from gateway.core.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
+from gateway.core.limits import MessageLimits
 from gateway.core.registry import Platform, Registry
 from gateway.core.signing import Signer, pae
 from gateway.core.sla import Sla
+from gateway.core.text import shown
 from gateway.core.timestamps import datetime_of
-from gateway.core.validation import validate
+from gateway.core.validation import is_uuid, validate
 from gateway.service.auth import calling_platform
 from gateway.service.instrument import raw_bytes
 from gateway.service.metrics import Metrics
@@ -77,26 +85,27 @@ class RecentReceipts:
             self._entries.popitem(last=False)
 
 
-_LOGGED_ID_MAX: Final = 64  # a message or transfer id is a UUID (36); a longer one is cut in logs
-
-
 def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
     """The message and transfer ids of a refused message, as far as its header parses (ids only:
-    the header never holds a person's data), cut to a bounded length."""
+    the header never holds a person's data): as they are when they are UUIDs, else shown as a
+    short escaped prefix (a log line repeats nothing unbounded or unprintable)."""
     if signed is None:
         return {"message_id": "", "transfer_id": ""}
     try:
         header = messages.parse(signed.kind, signed.payload).header
     except CallerError:  # an unknown kind or a payload that does not parse
         return {"message_id": "", "transfer_id": ""}
-    return {"message_id": header.message_id[:_LOGGED_ID_MAX], "transfer_id": header.transfer_id[:_LOGGED_ID_MAX]}
+    return {name: value if is_uuid(value) else shown(value)
+            for name, value in (("message_id", header.message_id), ("transfer_id", header.transfer_id))}
 
 
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
         sla: Sla, clock: Callable[[], dt.datetime],
+        limits: MessageLimits | None = None,
     ) -> None:
+        self._limits = limits or MessageLimits()
         self._registry = registry
         self._sla = sla
         self._store = store
@@ -115,6 +124,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         platform: Platform | None = None
         try:
             platform = calling_platform(context, self._registry)
+            self._check_size(request)
             request_digest = hashlib.sha256(request).digest()
             known = self._recent.get(request_digest, platform.id)
             if known is not None:  # byte-identical to a request already verified and committed
@@ -124,7 +134,17 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             signed = _signed_message(request)
             kind_label = messages.kind_name(signed.kind)
             digest = hashlib.sha256(self._verify(platform, signed)).digest()
-            incoming, message = self._admit(platform, signed, request, digest)
+            message = messages.parse(signed.kind, signed.payload)
+            try:
+                validate(message, now=self._clock(), limits=self._limits)
+            except InvalidMessage:
+                earlier = await self._accepted_before(platform, signed, message)
+                if earlier is None:
+                    raise
+                self._recent.put(request_digest, platform.id, kind_label, earlier)
+                self._metrics.count_message(kind_label, "replayed")
+                return earlier
+            incoming = self._admit(platform, signed, message, request, digest)
             outcome = await self._store.accept(
                 incoming,
                 lambda case, index: case_rules.apply(case, message, policies=self._registry.policies, index=index),
@@ -152,6 +172,30 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             }})
         return outcome.receipt
 
+    def _check_size(self, request: bytes) -> None:
+        """Refuse a request above the configured size before anything else is done with it."""
+        limit = self._limits.max_message_bytes
+        if len(request) > limit:
+            raise InvalidMessage([FieldViolation("request", f"is {len(request)} bytes; at most {limit} are taken")],
+                                 reason="MESSAGE_TOO_LARGE", metadata={"max_bytes": str(limit)})
+
+    async def _accepted_before(
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.BusinessMessage
+    ) -> bytes | None:
+        """The stored receipt if this payload, of this kind, was accepted under its message id from
+        one of `platform`'s agencies; None otherwise. Its receipt names the payload's SHA-256, so
+        the same payload means the same fingerprint, as the store's own replay check requires."""
+        header = message.header
+        if not is_uuid(header.message_id) or self._registry.platform_of_agency(header.sender) != platform.id:
+            return None
+        stored = await self._store.receipt_of(header.message_id)
+        if stored is None:
+            return None
+        body = envelope_pb2.ReceiptBody.FromString(envelope_pb2.Receipt.FromString(stored).body)
+        same = (body.message_id == header.message_id and body.kind == signed.kind and body.sender == header.sender
+                and body.payload_sha256 == hashlib.sha256(signed.payload).digest())
+        return stored if same else None
+
     def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> bytes:
         """Check the signature over the bytes as received; returns those bytes, PAE(type, payload),
         whose SHA-256 is the message's fingerprint."""
@@ -160,8 +204,8 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         if key is None:
             self._metrics.signature_failures.labels(platform.id).inc()
             raise SignatureRejected(
-                f"key_id {signed.key_id!r} is not a signing key of platform {platform.id}",
-                reason="UNKNOWN_SIGNING_KEY", metadata={"key_id": signed.key_id},
+                f"key_id {shown(signed.key_id)} is not a signing key of platform {platform.id}",
+                reason="UNKNOWN_SIGNING_KEY", metadata={"key_id": shown(signed.key_id)},
             )
         signed_bytes = pae(payload_type, signed.payload)
         if not key.verify(signed.signature, signed_bytes):
@@ -173,11 +217,10 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         return signed_bytes
 
     def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, received: bytes, digest: bytes
-    ) -> tuple[IncomingMessage, messages.BusinessMessage]:
-        """Parse, validate and authorize; raises the CallerError that says what is wrong."""
-        message = messages.parse(signed.kind, signed.payload)
-        validate(message, now=self._clock())
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.BusinessMessage,
+        received: bytes, digest: bytes,
+    ) -> IncomingMessage:
+        """Authorize a validated message; raises the CallerError that says what is wrong."""
         header = message.header
         self._registry.check_acts_for(platform, header.sender, what="header.sender")
         receiver_platform = self._registry.platform_of_agency(header.receiver)
@@ -200,7 +243,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
             opens_case_of=case_rules.index_question(message),
         )
-        return incoming, message
+        return incoming
 
     async def Subscribe(
         self, request: exchange_pb2.SubscribeRequest, context: Any

@@ -41,10 +41,14 @@ def grpc_code(error: GatewayError) -> grpc.StatusCode:
 
 
 def to_status(error: GatewayError) -> grpc.Status:
-    """A grpc.Status carrying ErrorInfo (reason, domain, metadata) and, for bad fields, BadRequest."""
+    """A grpc.Status carrying ErrorInfo (reason, domain, metadata) and, for bad fields, BadRequest
+    with the first violations; ErrorInfo's `violations` then counts them all."""
     code = grpc_code(error)
     details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    metadata = dict(error.metadata)
+    if isinstance(error, InvalidMessage) and error.total > len(error.violations):
+        metadata["violations"] = str(error.total)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details.append(_pack(info))
     if isinstance(error, InvalidMessage):
         bad = error_details_pb2.BadRequest(field_violations=[

@@ -30,6 +30,7 @@ from gateway.app.config import (
 from gateway.app.failures import ConfigError, ExitCode
 from gateway.app.publisher import LogConfig
 from gateway.core.case import CaseRules
+from gateway.core.limits import MessageLimits
 from gateway.core.settings import described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
@@ -193,9 +194,9 @@ def test_an_address_either_parses_or_says_why(text: str) -> None:
 
 TABLES: tuple[tuple[str, type], ...] = (
     ("", GatewayConfig), ("tls", TLSConfig), ("signing", SigningConfig), ("store", SQLiteConfig),
-    ("store", PostgresConfig), ("delivery", DeliveryConfig), ("rules", CaseRules), ("sla", SlaConfig), ("sla", Limits),
-    ("log", LogConfig))
-NESTED = {"tls", "signing", "store", "delivery", "rules", "sla", "limits", "log"}
+    ("store", PostgresConfig), ("delivery", DeliveryConfig), ("messages", MessageLimits), ("rules", CaseRules),
+    ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig))
+NESTED = {"tls", "signing", "store", "delivery", "messages", "rules", "sla", "limits", "log"}
 
 
 def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
@@ -209,7 +210,7 @@ def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
             key = setting.key or field.name
             assert f"| `{f'[{table}] {key}' if table else key}` |" in text, (table, key)
             rows += 1
-    assert text.count("\n| `") == rows == 26
+    assert text.count("\n| `") == rows == 29
     assert "| `[sla] calendar_file` | path | none |" in text
     assert "| `[sla] outbound_working_days` | integer 1–10 (working days) | `10` |" in text
     assert "| `[store] sqlite` | path | this or `postgresql`" in text

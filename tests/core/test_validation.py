@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
-from gateway.core.errors import InvalidMessage
+from gateway.core.errors import REPORTED_VIOLATIONS, InvalidMessage
+from gateway.core.limits import MessageLimits
 from gateway.core.messages import BusinessMessage
-from gateway.core.validation import MAX_FUND_FEN, is_region_code, validate
+from gateway.core.validation import MAX_FUND_FEN, MAX_PERIODS, is_region_code, validate
 from gateway.core.workdays import CHINA
 from mitransfer.v1 import messages_pb2, types_pb2
 
@@ -164,6 +165,63 @@ CASES: list[tuple[str, str, Mutation, str]] = [
      "person.certificate_number"),
     ("withdrawal-text-too-long", "withdrawal", lambda m: setattr(m, "text", "字" * 501), "text"),
     ("ack-amount-on-accept", "ack", lambda m: setattr(m, "credited_amount_fen", 10), "credited_amount_fen"),
+    # Text and code fields hold nothing that displays otherwise than it is stored.
+    ("name-right-to-left-override", "notice", lambda m: setattr(m.person, "name", "张\u202e三"), "person.name"),
+    ("name-line-break", "table", lambda m: setattr(m.person, "name", "张\n三"), "person.name"),
+    ("name-c1-control", "request", lambda m: setattr(m.person, "name", "张\x85三"), "person.name"),
+    ("name-line-separator", "notice", lambda m: setattr(m.person, "name", "张\u2028三"), "person.name"),
+    ("certificate-number-nul", "notice",
+     lambda m: (setattr(m.person, "certificate_type", 8), setattr(m.person, "certificate_number", "E1234\x005")),
+     "person.certificate_number"),
+    ("withdrawal-text-nul", "withdrawal", lambda m: setattr(m, "text", "不再\x00转移"), "text"),
+    ("reason-text-isolate", "refused", lambda m: setattr(m.reasons[0], "text", "欠费\u2067x\u2069"),
+     "reasons[0].text"),
+    ("reason-text-carriage-return", "refused", lambda m: setattr(m.reasons[0], "text", "a\rb"), "reasons[0].text"),
+    ("bank-name-tab", "fund", lambda m: setattr(m.payer, "bank_name", "银行\t分行"), "payer.bank_name"),
+    ("account-name-bidi-mark", "fund", lambda m: setattr(m.payee, "account_name", "\u200f账户"),
+     "payee.account_name"),
+    # Every date and amount within what its meaning allows.
+    ("suspension-year-one", "notice",
+     lambda m: m.suspension_date.CopyFrom(types_pb2.Date(year=1, month=1, day=1)), "suspension_date"),
+    ("suspension-before-the-scheme", "table",
+     lambda m: m.suspension_date.CopyFrom(types_pb2.Date(year=1997, month=12, day=31)), "suspension_date"),
+    ("suspension-year-9999", "notice",
+     lambda m: m.suspension_date.CopyFrom(types_pb2.Date(year=9999, month=12, day=31)), "suspension_date"),
+    ("enrollment-year-9999", "ack",
+     lambda m: m.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=9999, month=12, day=31)),
+     "inbound_enrollment_date"),
+    ("enrollment-before-the-scheme", "ack",
+     lambda m: m.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=1990, month=6, day=1)),
+     "inbound_enrollment_date"),
+    ("enrollment-int32-year", "ack",
+     lambda m: m.inbound_enrollment_date.CopyFrom(types_pb2.Date(year=2**31 - 1, month=1, day=1)),
+     "inbound_enrollment_date"),
+    ("value-date-year-9999", "fund",
+     lambda m: m.value_date.CopyFrom(types_pb2.Date(year=9999, month=12, day=31)), "value_date"),
+    ("value-date-two-years-back", "fund",
+     lambda m: m.value_date.CopyFrom(types_pb2.Date(year=NOW.year - 2, month=1, day=1)), "value_date"),
+    ("period-month-next-year", "table",
+     lambda m: m.periods[0].first_month.CopyFrom(types_pb2.YearMonth(year=NOW.year + 1, month=1)),
+     "periods[0].first_month"),
+    ("period-month-before-1950", "table",
+     lambda m: m.periods[0].first_month.CopyFrom(types_pb2.YearMonth(year=1949, month=12)),
+     "periods[0].first_month"),
+    ("balance-int64-max", "table", lambda m: setattr(m, "account_balance_fen", 2**63 - 1), "account_balance_fen"),
+    ("retained-int64-max", "table",
+     lambda m: (setattr(m, "account_balance_fen", 0), setattr(m, "account_balance_retained_fen", 2**63 - 1)),
+     "account_balance_retained_fen"),
+    ("credited-int64-max", "ack",
+     lambda m: (setattr(m, "status", Ack.STATUS_FUNDS_CREDITED), m.ClearField("inbound_enrollment_date"),
+                m.ClearField("inbound_insurance_type"), setattr(m, "credited_amount_fen", 2**63 - 1)),
+     "credited_amount_fen"),
+    ("created-at-eight-days-old", "fund",
+     lambda m: m.header.created_at.FromDatetime(NOW - dt.timedelta(days=8)), "header.created_at"),
+    ("created-at-year-2000", "table",
+     lambda m: m.header.created_at.FromDatetime(dt.datetime(2000, 1, 2, tzinfo=dt.UTC)), "header.created_at"),
+    ("created-at-huge-seconds", "ack", lambda m: setattr(m.header.created_at, "seconds", 2**62),
+     "header.created_at"),
+    ("reasons-more-than-codes", "refused",
+     lambda m: [m.reasons.add(code=types_pb2.REASON_CODE_OTHER, text="x") for _ in range(13)], "reasons"),
 ]
 
 
@@ -330,3 +388,49 @@ def test_balances_transferred_and_retained_are_checked() -> None:
     assert violations(table) == ["account_balance_retained_fen"]
     table.account_balance_fen, table.account_balance_retained_fen = 0, -1
     assert violations(table) == ["account_balance_retained_fen"]
+
+
+def test_the_freshness_window_is_the_configured_one_both_ways() -> None:
+    fund = valid()["fund"]
+    limits = MessageLimits(max_age=dt.timedelta(days=2), max_clock_skew=dt.timedelta(seconds=30))
+    for created, fresh in ((NOW - dt.timedelta(days=1, hours=23), True), (NOW - dt.timedelta(days=2, minutes=1), False),
+                           (NOW + dt.timedelta(seconds=29), True), (NOW + dt.timedelta(seconds=31), False)):
+        fund.header.created_at.FromDatetime(created)
+        if fresh:
+            validate(fund, now=NOW, limits=limits)
+        else:
+            with pytest.raises(InvalidMessage) as caught:
+                validate(fund, now=NOW, limits=limits)
+            assert [v.field for v in caught.value.violations] == ["header.created_at"]
+
+
+def test_a_million_periods_cost_one_violation() -> None:
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    empty = messages_pb2.ContributionPeriod()
+    table.periods.extend([empty] * 1_000_000)
+    with pytest.raises(InvalidMessage) as caught:
+        validate(table, now=NOW)
+    assert [(v.field, caught.value.total) for v in caught.value.violations] == [("periods", 1)]
+
+
+def test_answers_list_the_first_violations_and_count_the_rest() -> None:
+    table = valid()["table"]
+    assert isinstance(table, messages_pb2.InformationTable)
+    del table.periods[:]
+    table.periods.extend([messages_pb2.ContributionPeriod()] * MAX_PERIODS)  # each: region, both months
+    with pytest.raises(InvalidMessage) as caught:
+        validate(table, now=NOW)
+    error = caught.value
+    assert len(error.violations) == REPORTED_VIOLATIONS and error.total >= 3 * MAX_PERIODS
+    assert error.message.endswith(f"and {error.total - 5} more") and len(error.message) < 1000
+
+
+def test_a_caller_value_is_repeated_only_as_a_short_escaped_prefix() -> None:
+    notice = valid()["notice"]
+    notice.header.sender = "3\u202e" + "9" * 1_000_000
+    with pytest.raises(InvalidMessage) as caught:
+        validate(notice, now=NOW)
+    [description] = [v.description for v in caught.value.violations if v.field == "header.sender"]
+    assert len(description) < 120 and "\u202e" not in description and "\\u202e" in description
+    assert "(1000002 characters)" in description
