@@ -468,9 +468,9 @@ class _Reader:
                 return wrong("an integer" if tp is int else "a number")
             unit = f" {described_as.unit}" if described_as.unit else ""
             if described_as.minimum is not None and value < described_as.minimum:
-                return self.problem(path, key, f"must be at least {described_as.minimum:g}{unit}, got {value}")
+                return self.problem(path, key, f"must be at least {_number(described_as.minimum)}{unit}, got {value}")
             if described_as.maximum is not None and value > described_as.maximum:
-                return self.problem(path, key, f"must be at most {described_as.maximum:g}{unit}, got {value}")
+                return self.problem(path, key, f"must be at most {_number(described_as.maximum)}{unit}, got {value}")
             if tp is dt.timedelta:
                 return dt.timedelta(seconds=value * _UNIT_SECONDS[described_as.unit or "seconds"])
             return tp(value)
@@ -533,6 +533,11 @@ def _mapped(tp: Any) -> Any:
     return typing.get_args(inner)[1] if typing.get_origin(inner) in (dict, Mapping) else None
 
 
+def _number(value: float) -> str:
+    """A bound as the reference and the errors show it: whole numbers whole (4190208, not 4.19021e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _type_name(tp: Any, described_as: Setting) -> str:
     """`integer 0–6 (months)`, `number ≥ 0.05 (seconds)`, `host:port`, `path`, `array of string`, …"""
     inner, _ = _optional(tp)
@@ -544,11 +549,11 @@ def _type_name(tp: Any, described_as: Setting) -> str:
             dt.timedelta: "number"}.get(inner, str(inner))
     low, high = described_as.minimum, described_as.maximum
     if low is not None and high is not None:
-        name += f" {low:g}–{high:g}"
+        name += f" {_number(low)}–{_number(high)}"
     elif low is not None:
-        name += f" ≥ {low:g}"
+        name += f" ≥ {_number(low)}"
     elif high is not None:
-        name += f" ≤ {high:g}"
+        name += f" ≤ {_number(high)}"
     return f"{name} ({described_as.unit})" if described_as.unit else name
 
 

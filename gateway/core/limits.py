@@ -47,7 +47,7 @@ class MessageLimits:
     max_age: dt.timedelta = setting(
         dt.timedelta(days=7), "How old header.created_at may be when a message is first submitted (a"
         " byte-identical retry of an accepted message is answered with its receipt whatever its age).",
-        key="max_age_days", unit="days", minimum=1 / 24, maximum=366)
+        key="max_age_days", unit="days", minimum=1, maximum=366)
     max_clock_skew: dt.timedelta = setting(
         dt.timedelta(minutes=5), "How far header.created_at may be ahead of the gateway's clock.",
         key="max_clock_skew_seconds", unit="seconds", minimum=0, maximum=3600)
@@ -55,8 +55,8 @@ class MessageLimits:
     def __post_init__(self) -> None:
         if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
             raise ValueError(f"max_message_bytes must be {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}")
-        if not dt.timedelta(hours=1) <= self.max_age <= dt.timedelta(days=366):
-            raise ValueError("max_age must be between 1 hour and 366 days")
+        if not dt.timedelta(days=1) <= self.max_age <= dt.timedelta(days=366):
+            raise ValueError("max_age must be between 1 and 366 days")
         if not dt.timedelta(0) <= self.max_clock_skew <= dt.timedelta(hours=1):
             raise ValueError("max_clock_skew must be between 0 and 1 hour")
 
