@@ -248,8 +248,8 @@ def assemble(
     router = Router(store, config.delivery, clock)
     registry, signer, rules = materials.registry, materials.signer, config.rules
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
-    publisher = CheckpointPublisher(store=store, origin=registry.log_origin, signer=signer,
-                                    public=registry.gateway_keys[signer.key_id], metrics=metrics, clock=clock)
+    publisher = CheckpointPublisher(store=store, origin=registry.log_origin, signer=lambda: signer,
+                                    gateway_keys=registry.gateway_keys, metrics=metrics, clock=clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
                                  sla=sla, clock=clock, limits=config.messages),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.core.checkpoints import checkpoint_signer
@@ -41,10 +41,10 @@ class LogConfig:
 class CheckpointPublisher:
     """Extends the stored tree and signs its checkpoints; see the module docstring."""
 
-    def __init__(self, *, store: Store, origin: str, signer: Signer, public: VerifyingKey, metrics: Metrics,
-                 clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, *, store: Store, origin: str, signer: Callable[[], Signer],
+                 gateway_keys: Mapping[str, VerifyingKey], metrics: Metrics, clock: Callable[[], dt.datetime]) -> None:
         self._store = store
-        self._sign = checkpoint_signer(origin, signer, public)
+        self._sign = checkpoint_signer(origin, signer, gateway_keys)
         self._metrics = metrics
         self._clock = clock
         self._running: asyncio.Task[CheckpointRecord | None] | None = None

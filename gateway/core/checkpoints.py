@@ -19,12 +19,18 @@ from mitransfer.protocol.checkpoint import Checkpoint
 from mitransfer.protocol.note import KeyLookup, NoteSigner
 
 
-def checkpoint_signer(origin: str, signer: Signer, public: VerifyingKey) -> Callable[[int, bytes], bytes]:
-    """(tree size, root hash) → the signed checkpoint note; `public` is the registry's key of
-    `signer.key_id` (its key ID in the note is computed from it)."""
-    named = NoteSigner(origin, public, signer.sign)
+def checkpoint_signer(origin: str, current: Callable[[], Signer],
+                      gateway_keys: Mapping[str, VerifyingKey]) -> Callable[[int, bytes], bytes]:
+    """(tree size, root hash) → the signed checkpoint note, signed by `current()`: the gateway's
+    signer at the moment of signing (so a rotation of the receipt-signing key moves checkpoints
+    with it), its key ID computed from the registry's public key of the same key id.
 
+    The returned function raises KeyError if the signer's key id is not a registry gateway key
+    (start-up checks that it is).
+    """
     def sign(size: int, root: bytes) -> bytes:
+        signer = current()
+        named = NoteSigner(origin, gateway_keys[signer.key_id], signer.sign)
         return checkpoint.sign(Checkpoint(origin, size, root), [named])
 
     return sign

@@ -115,7 +115,7 @@ def logged(tmp_path: Path) -> Logged:
     async def build() -> Logged:
         store = SQLiteStore(SQLiteConfig(path=db), Clock(), SLA)
         await store.open()
-        sign = checkpoint_signer(ORIGIN, signer, signer.verifying_key())
+        sign = checkpoint_signer(ORIGIN, lambda: signer, {signer.key_id: signer.verifying_key()})
         order: list[str] = []
         try:
             completed = [await _case(store, order, amount=120_000 + i, complete=True) for i in range(3)]
@@ -268,7 +268,7 @@ def test_proofs_check_and_any_change_to_an_entry_is_caught(tmp_path_factory: pyt
     async def play() -> None:
         store = SQLiteStore(SQLiteConfig(path=db), Clock(), SLA)
         await store.open()
-        sign = checkpoint_signer(ORIGIN, signer, signer.verifying_key())
+        sign = checkpoint_signer(ORIGIN, lambda: signer, {signer.key_id: signer.verifying_key()})
         cases: list[str] = []
         messages: list[str] = []
         try:
