@@ -6,7 +6,8 @@ BEGIN IMMEDIATE, PostgreSQL an advisory lock). It creates `schema_version` if mi
 version reached, and runs every migration after it, each followed by its version's row.
 
 A migration is a function from the dialect's `ColumnTypes` to a script of statements separated
-by `;`. It names a column's type in portable SQL (TEXT) or by the dialect's word for it
+by `;` (so no `;` inside a statement, its literals or its comments: each piece runs as one
+`Statement`). It names a column's type in portable SQL (TEXT) or by the dialect's word for it
 (`{t.integer}`, `{t.blob}`): SQLite keeps `INTEGER PRIMARY KEY` as its row id and stores any
 integer in 64 bits; PostgreSQL needs BIGINT for microsecond times and BYTEA for bytes.
 
