@@ -31,6 +31,7 @@ from gateway.core.errors import RuleViolation
 from gateway.core.registry import Registry
 from gateway.core.signing import LocalSigner
 from gateway.store import IncomingMessage
+from gateway.store.base import SQLStore
 from gateway.store.engines import read_snapshot
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from gateway.store.transparency import audit
@@ -84,13 +85,13 @@ def _to(state: int, fund: FundStatus | None = None) -> Callable[[Case | None, Ca
     return decide
 
 
-async def _accept(store: SQLiteStore, m: IncomingMessage, decide: Callable[[Case | None, CaseIndex], Decision],
+async def _accept(store: SQLStore, m: IncomingMessage, decide: Callable[[Case | None, CaseIndex], Decision],
                   order: list[str]) -> None:
     await store.accept(m, decide, receipt_for(m))
     order.append(m.message_id)
 
 
-async def _case(store: SQLiteStore, order: list[str], *, amount: int, complete: bool) -> str:
+async def _case(store: SQLStore, order: list[str], *, amount: int, complete: bool) -> str:
     """A case through table, fund transfer, credit and (if `complete`) completion."""
     m = incoming(str(uuid.uuid4()), body=uuid.uuid4().bytes)
     await _accept(store, m, lambda case, _i: Decision(case or opened(m)), order)
@@ -332,3 +333,45 @@ def _tree(db: Path) -> tlog.Tree:
         for (entry,) in conn.execute("SELECT entry FROM log_entries ORDER BY leaf_index"):
             tree.append(bytes(entry))
     return tree
+
+
+def test_a_postgresql_store_verifies_and_its_tampering_is_named(tmp_path: Path) -> None:
+    """The same audit on PostgreSQL: one REPEATABLE READ snapshot, read-only, beside the gateway."""
+    import io
+
+    import psycopg
+
+    from gateway.app import logtool
+    from gateway.app.failures import Findings
+    from gateway.store.postgres import PostgresConfig, PostgresStore
+    from tests.support import drop_schema, postgres_url
+
+    signer, registry_path = _keys(tmp_path)
+    registry = Registry.load(registry_path)
+    config = PostgresConfig(url=postgres_url(), schema=f"logverify_{uuid.uuid4().hex[:12]}")
+    try:
+        store = PostgresStore(config, Clock(), SLA)
+
+        async def build() -> str:
+            await store.open()
+            order: list[str] = []
+            try:
+                t = await _case(store, order, amount=77_000, complete=True)
+                await store.publish_checkpoint(checkpoint_signer(ORIGIN, lambda: signer,
+                                                                 {signer.key_id: signer.verifying_key()}))
+            finally:
+                await store.close()
+            return t
+
+        case = asyncio.run(build())
+        out = io.StringIO()
+        assert logtool.verify_store(config, registry, out) == 0
+        assert "log verified: 7 entries, 1 of 1 checkpoints" in out.getvalue()
+        with psycopg.connect(config.url, options=f"-c search_path={config.schema}", autocommit=True) as conn:
+            conn.execute("UPDATE fund_movements SET status = 'rejected' WHERE transfer_id = %s", (case,))
+        with pytest.raises(Findings) as found:
+            logtool.verify_store(config, registry, io.StringIO())
+        assert any(f"fund movement of case {case}: status rejected in the store, credited in the log" in p
+                   for p in found.value.problems)
+    finally:
+        drop_schema(config.url, config.schema)
