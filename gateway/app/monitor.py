@@ -52,6 +52,7 @@ class Monitor:
         self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), self._platforms)
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
         self._metrics.observe_funds(await self._store.fund_totals())
+        self._metrics.log_leaves.set(await self._store.log_leaves())
         await self._check_calendar(now)
 
     async def _check_calendar(self, now: dt.datetime) -> None:

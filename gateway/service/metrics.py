@@ -106,6 +106,10 @@ class Metrics:
             "1 when deadlines in this year are counted Monday–Friday because no official calendar is known.",
             ["year"], registry=registry,
         )
+        self.log_leaves = Gauge(
+            "transfer_gateway_log_leaves", "Entries in the transparency log, checkpointed or not (from the store).",
+            registry=registry,
+        )
         self.log_checkpoint_size = Gauge(
             "transfer_gateway_log_checkpoint_tree_size",
             "Leaves in the transparency log's latest signed checkpoint.", registry=registry,

@@ -133,6 +133,9 @@ class SQLStore(ABC):
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         return await self.read(transparency.latest_checkpoint)
 
+    async def log_leaves(self) -> int:
+        return await self.read(transparency.leaves)
+
     async def leaf_of(self, message_id: str) -> LoggedMessage | None:
         return await self.read(lambda: transparency.leaf_of(message_id))
 

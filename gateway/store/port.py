@@ -320,6 +320,9 @@ class Store(Protocol):
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         """The checkpoint of the largest tree signed so far, or None before the first."""
 
+    async def log_leaves(self) -> int:
+        """How many entries the transparency log holds, checkpointed or not."""
+
     def log_cpu_seconds(self) -> float:
         """CPU time this process has spent on the log's upkeep so far (entries, tree, checkpoints)."""
 

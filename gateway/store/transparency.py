@@ -208,6 +208,12 @@ def latest_checkpoint() -> Steps[CheckpointRecord | None]:
     return (yield from _latest())
 
 
+def leaves() -> Steps[int]:
+    """How many entries the log holds (checkpointed or not)."""
+    head = yield from QueryOne("SELECT sequence, leaves FROM log_head", (), _Head)
+    return head.leaves if head is not None else 0
+
+
 # --- proofs ---------------------------------------------------------------------------------------
 
 def leaf_of(message_id: str) -> Steps[LoggedMessage | None]:
