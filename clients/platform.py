@@ -30,7 +30,7 @@ from clients.deliveries import RecentIds, VerifiedDelivery, open_delivery
 from clients.dispatch import CaseOrderedRunner
 from clients.errors import ClientError, GatewayRejected, GatewayUnavailable, RegistryError, VerificationError
 from clients.messages import BusinessMessage, kind_of, parse
-from clients.retry import PERMANENT, RETRYABLE, RetryPolicy
+from clients.retry import PERMANENT, RETRYABLE, RetryPolicy, next_wait
 from clients.signing import KeyRing, Signer
 from clients.witness import CheckpointStore, Witness
 from mitransfer.protocol import tlog
@@ -273,6 +273,7 @@ class PlatformClient:
             while not stop.is_set():
                 call = self._exchange.Subscribe(request)
                 received = False
+                wait: float | None = None
                 try:
                     while (delivery := await _next_delivery(call, stopped)) is not None:
                         received = True
@@ -283,12 +284,15 @@ class PlatformClient:
                     if err.code() in PERMANENT:
                         raise _rejected(err) from err
                     log.warning("subscription interrupted (%s); reopening", err.code().name)
+                    if received:  # the stream worked: back off from the start again
+                        backoffs = self._retry.backoffs(self._rng)
+                    wait = next_wait(err, backoffs)  # too many open: the gateway says when to come back
                 finally:
                     call.cancel()
-                if received:  # the stream worked: back off from the start again
+                if received and wait is None:
                     backoffs = self._retry.backoffs(self._rng)
                 if not stop.is_set():
-                    await asyncio.wait({stopped}, timeout=next(backoffs))
+                    await asyncio.wait({stopped}, timeout=next(backoffs) if wait is None else wait)
         except asyncio.CancelledError:
             runner.cancel()
             raise
@@ -333,7 +337,7 @@ class PlatformClient:
             except grpc.aio.AioRpcError as err:
                 if err.code() not in RETRYABLE:
                     raise _rejected(err) from err
-                wait = next(backoffs)
+                wait = next_wait(err, backoffs)  # at least what a RESOURCE_EXHAUSTED's RetryInfo asks
                 if loop.time() + wait >= deadline:
                     raise GatewayUnavailable(err.code(), err.details() or "", attempts) from err
                 # One line per retry (the command-line tools show them): what failed, how, and when

@@ -2,6 +2,11 @@
 
 Retrying Submit is safe only because the gateway is idempotent by message id AND the retry
 resends the identical SignedMessage; `PlatformClient` guarantees the second part.
+
+A refusal that says when to come back (RESOURCE_EXHAUSTED over a quota carries a
+google.rpc.RetryInfo) is waited out at least that long: `next_wait` takes the longer of it and
+the policy's own backoff, so a throttled client neither hammers the gateway nor falls in step
+with the others it throttled.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 # The gateway could not answer or commit now: the same request may succeed later.
 RETRYABLE: Final = frozenset({
@@ -57,3 +64,26 @@ class RetryPolicy:
         while True:
             yield rng.uniform(0, cap)
             cap = min(cap * self.multiplier, self.max_backoff)
+
+
+def retry_delay(err: grpc.aio.AioRpcError) -> float | None:
+    """The seconds a refusal's google.rpc.RetryInfo asks to wait, or None if it names none."""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:  # details inconsistent with the status line: none to trust
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds: float = info.retry_delay.ToNanoseconds() / 1e9
+            return max(0.0, seconds)
+    return None
+
+
+def next_wait(err: grpc.aio.AioRpcError, backoffs: Iterator[float]) -> float:
+    """How long to wait before the next attempt after `err`: the policy's next backoff, or what
+    the gateway's RetryInfo asks if that is longer."""
+    backoff = next(backoffs)
+    asked = retry_delay(err)
+    return backoff if asked is None else max(asked, backoff)

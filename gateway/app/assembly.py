@@ -36,6 +36,7 @@ from gateway.core.signing import LocalSigner
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
+from gateway.service.admission import Admission
 from gateway.service.authored import GatewayAuthor
 from gateway.service.exchange import ExchangeService
 from gateway.service.log import LogService
@@ -44,6 +45,7 @@ from gateway.service.routing import Router
 from gateway.service.tracking import TrackingService
 from gateway.store.engines import make_store
 from gateway.store.sqlite import SQLiteConfig
+from mitransfer.protocol.registry import unknown_limits
 
 EXPIRY_WARNING: Final = dt.timedelta(days=30)  # a certificate closer than this to its end is reported
 
@@ -140,12 +142,18 @@ def _registry(files: _Files, path: Path) -> Registry | None:
     if data is None:
         return None
     try:
-        return Registry.from_dict(json.loads(data))
+        parsed = json.loads(data)
+        registry = Registry.from_dict(parsed)
     except ValueError as exc:  # JSON that does not parse, or a RegistryError
         files.problems.append(f"registry: {path}: {bounded(exc)}")
+        return None
     except (TypeError, AttributeError) as exc:  # JSON of the wrong shape at the top
         files.problems.append(f"registry: {path}: not a registry ({bounded(exc)})")
-    return None
+        return None
+    for where in unknown_limits(parsed):
+        files.warnings.append(f"registry: {path}: {where} is not a limit the gateway knows (ignored; known: "
+                              "calls_in_flight, requests_per_second, burst, subscriptions)")
+    return registry
 
 
 def _tls(
@@ -262,7 +270,8 @@ def assemble(
                       on_calendar=health.calendar, on_store=health.store)
     sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
     return GatewayServer(
-        config=config, tls=materials.tls, store=store, router=router, services=services, health=health,
-        monitor=monitor, sweeper=sweeper, publisher=publisher, metrics=metrics, prometheus=prometheus, sla=sla,
-        build=build, source=source, dev_only=registry.dev_only, warnings=materials.warnings,
+        config=config, tls=materials.tls, store=store, router=router, services=services,
+        admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, sweeper=sweeper,
+        publisher=publisher, metrics=metrics, prometheus=prometheus, sla=sla, build=build, source=source,
+        dev_only=registry.dev_only, warnings=materials.warnings,
     )

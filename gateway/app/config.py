@@ -38,6 +38,7 @@ from gateway.app.failures import ConfigError, bounded
 from gateway.app.publisher import LogConfig
 from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
+from gateway.core.quota import Quota
 from gateway.core.settings import Setting, described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
@@ -46,8 +47,8 @@ from gateway.store.sqlite import SQLiteConfig
 
 C = TypeVar("C")
 
-__all__ = ["ConfigError", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSConfig", "config_from", "load_config",
-           "parse_address", "read_settings", "reference"]
+__all__ = ["ConfigError", "ConnectionsConfig", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSConfig",
+           "config_from", "load_config", "parse_address", "read_settings", "reference"]
 
 
 # Settings that were, and where what they said lives now: named in the refusal of an old file.
@@ -116,6 +117,58 @@ class SlaConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionsConfig:
+    """HTTP/2 and connection limits of the gRPC server, all callers together. gRPC knows a caller's
+    platform only after the TLS handshake and the gateway sees calls, not connections: limits per
+    platform are `[quota]`'s, per source address a firewall's or load balancer's."""
+
+    max_connections: int = setting(
+        1000, "TCP connections held at once, all callers together (grpc.max_allowed_incoming_connections);"
+        " more are closed as they arrive.", minimum=1)
+    handshake_timeout: float = setting(
+        10.0, "Time a new connection has to finish its TLS handshake before it is closed"
+        " (grpc.server_handshake_timeout_ms; gRPC's own default is 120 s).", key="handshake_timeout_seconds",
+        unit="seconds", minimum=0.1)
+    max_concurrent_streams: int = setting(
+        100, "Calls (HTTP/2 streams) one connection may have open at once (grpc.max_concurrent_streams);"
+        " a client queues the rest itself.", minimum=1)
+    max_connection_idle: float = setting(
+        300.0, "A connection without a call for this long is closed (GOAWAY; grpc.max_connection_idle_ms).",
+        key="max_connection_idle_seconds", unit="seconds", minimum=0.1)
+    max_connection_age: float = setting(
+        1800.0, "A connection is asked to close after this long (GOAWAY; grpc.max_connection_age_ms), so"
+        " clients spread over replicas again; gRPC adds ±10 % jitter.", key="max_connection_age_seconds",
+        unit="seconds", minimum=1)
+    max_connection_age_grace: float = setting(
+        30.0, "Time the calls of such a connection get to finish before it is cut (a subscription is"
+        " cut and reopened by its client; grpc.max_connection_age_grace_ms).",
+        key="max_connection_age_grace_seconds", unit="seconds", minimum=0)
+    keepalive_time: float = setting(
+        60.0, "The gateway pings a connection that has been quiet for this long (grpc.keepalive_time_ms)…",
+        key="keepalive_time_seconds", unit="seconds", minimum=1)
+    keepalive_timeout: float = setting(
+        20.0, "…and closes it if the ping is not answered within this (grpc.keepalive_timeout_ms): a"
+        " subscriber whose host vanished does not hold its stream for hours.",
+        key="keepalive_timeout_seconds", unit="seconds", minimum=0.1)
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """These limits as grpc.aio server options."""
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
+        return [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout)),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+        ]
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """One gateway process."""
 
@@ -132,6 +185,9 @@ class GatewayConfig:
         empty_is_none=True)
     delivery: DeliveryConfig = setting(factory=DeliveryConfig, doc="Store-and-forward delivery to platforms.")
     messages: MessageLimits = setting(factory=MessageLimits, doc="What Submit takes: a message's size and age.")
+    quota: Quota = setting(factory=Quota, doc="Each platform's share of the gateway (a platform's registry entry"
+                           " may set its own limits).")
+    connections: ConnectionsConfig = setting(factory=ConnectionsConfig, doc="HTTP/2 and connection limits.")
     rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
     sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
     log: LogConfig = setting(factory=LogConfig, doc="The transparency log's signed checkpoints.")

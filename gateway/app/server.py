@@ -33,6 +33,7 @@ from gateway.app.publisher import CheckpointPublisher
 from gateway.app.sweeper import CaseSweeper
 from gateway.core.sla import Sla
 from gateway.service.admin import AdminService
+from gateway.service.admission import Admission
 from gateway.service.exchange import ExchangeService
 from gateway.service.instrument import InstrumentedServer
 from gateway.service.log import LogService
@@ -174,6 +175,7 @@ class GatewayServer:
 
     def __init__(
         self, *, config: GatewayConfig, tls: ServerTls, store: Store, router: Router, services: Services,
+        admission: Admission,
         health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, publisher: CheckpointPublisher, metrics: Metrics,
         prometheus: CollectorRegistry,
         sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
@@ -183,6 +185,7 @@ class GatewayServer:
         self._store = store
         self._router = router
         self._services = services
+        self.admission = admission
         self._health = health
         self.monitor = monitor
         self.sweeper = sweeper
@@ -252,8 +255,9 @@ class GatewayServer:
             # accept (gateway.core.limits).
             ("grpc.max_receive_message_length", limits.grpc_receive_bytes),
             ("grpc.max_send_message_length", limits.grpc_send_bytes),
+            *self._config.connections.grpc_options(),
         ])
-        services = InstrumentedServer(server, self.metrics)  # registers with metrics and error mapping
+        services = InstrumentedServer(server, self.metrics, self.admission)  # metrics, admission, error mapping
         exchange_pb2_grpc.add_ExchangeServicer_to_server(self._services.exchange, services)
         tracking_pb2_grpc.add_TrackingServicer_to_server(self._services.tracking, services)
         admin_pb2_grpc.add_AdminServicer_to_server(self._services.admin, services)

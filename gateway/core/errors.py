@@ -38,7 +38,8 @@ class GatewayError(Exception):
 
 
 class CallerError(GatewayError):
-    """The caller's fault: resending the same request will fail the same way."""
+    """The caller's fault: resending the same request will fail the same way (over a quota: until
+    the time it names has passed)."""
 
 
 class InvalidMessage(CallerError):
@@ -86,6 +87,21 @@ class IdempotencyConflict(CallerError):
 
 class NotFound(CallerError):
     """No such case or delivery (NOT_FOUND)."""
+
+
+class QuotaExceeded(CallerError):
+    """The caller is over one of its limits (RESOURCE_EXHAUSTED): too many calls in flight, too
+    many per second, or too many subscriptions open. The same request succeeds once the caller is
+    back within its share: `retry_after` is the seconds to wait first (google.rpc.RetryInfo),
+    `subject` who is limited (`platform:jiangsu`) and `limit` the limit's name as the configuration
+    and the registry call it (google.rpc.QuotaFailure)."""
+
+    def __init__(self, message: str, *, reason: str, subject: str, limit: str, retry_after: float,
+                 metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.subject = subject
+        self.limit = limit
+        self.retry_after = retry_after
 
 
 class ServiceError(GatewayError):

@@ -15,6 +15,12 @@ def _sans(context: Any) -> list[str]:
     return [san.decode(errors="replace") for san in context.peer_identities() or ()]
 
 
+def peer_names(context: Any) -> tuple[str, ...]:
+    """The SANs of the caller's certificate: who is calling, before the registry says what it is
+    (admission keys each caller's share by them)."""
+    return tuple(_sans(context))
+
+
 def calling_operator(context: Any, registry: Registry, role: str) -> Operator:
     """The registered operator of the peer certificate, holding `role`; NotPermitted otherwise."""
     for san in _sans(context):

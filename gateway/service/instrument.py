@@ -1,5 +1,9 @@
-"""RPC metrics and the error → status mapping for the gateway's own services, wrapped around each
-method handler once, when it is registered.
+"""RPC metrics, admission and the error → status mapping for the gateway's own services, wrapped
+around each method handler once, when it is registered.
+
+Each call is counted, then admitted (`gateway.service.admission`: the caller's rate, its calls in
+flight or subscriptions, and its turn among all callers' calls), then run; a refusal on the way
+in is mapped like any other error.
 
 Servicers raise `GatewayError`s; here they become statuses with details, so no servicer calls
 `context.abort` itself and every code is counted (aio's AbortError is not a grpc.RpcError).
@@ -19,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.core.errors import GatewayError
+from gateway.service.admission import Admission
 from gateway.service.metrics import Metrics
 from gateway.service.status import grpc_code, to_status
 
@@ -38,9 +43,10 @@ class InstrumentedServer:
     register the gateway's own services: each method gets metrics and error mapping. Health and
     reflection register on the server itself."""
 
-    def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
+    def __init__(self, server: grpc.aio.Server, metrics: Metrics, admission: Admission) -> None:
         self._server = server
         self._metrics = metrics
+        self._admission = admission
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_GenericHandler(h, self) for h in handlers))
@@ -50,17 +56,17 @@ class InstrumentedServer:
             service, {name: self.wrap(service, name, handler) for name, handler in handlers.items()})
 
     def wrap(self, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler with metrics and error mapping."""
+        """The handler with metrics, admission and error mapping."""
         if handler.unary_unary is not None:
             raw = getattr(handler.unary_unary, "raw_bytes", False)
             return grpc.unary_unary_rpc_method_handler(
-                _unary(self._metrics, handler.unary_unary, service, method),
+                _unary(self._metrics, self._admission, handler.unary_unary, service, method),
                 request_deserializer=None if raw else handler.request_deserializer,
                 response_serializer=None if raw else handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _server_stream(self._metrics, handler.unary_stream, service, method),
+                _server_stream(self._metrics, self._admission, handler.unary_stream, service, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -138,12 +144,14 @@ class _Call:
             self._method.finished(code, time.perf_counter() - self._start)
 
 
-def _unary(m: Metrics, behavior: Callable[..., Awaitable[Any]], service: str, method: str) -> Callable[..., Any]:
+def _unary(m: Metrics, admission: Admission, behavior: Callable[..., Awaitable[Any]], service: str,
+           method: str) -> Callable[..., Any]:
     calls = _Method(m, "unary", service, method)
 
     async def wrapped(request: Any, context: Any) -> Any:
         async with _Call(calls, context):
-            response = await behavior(request, context)
+            async with admission.call(context):
+                response = await behavior(request, context)
             calls.sent.inc()
             return response
 
@@ -151,14 +159,15 @@ def _unary(m: Metrics, behavior: Callable[..., Awaitable[Any]], service: str, me
 
 
 def _server_stream(
-    m: Metrics, behavior: Callable[..., AsyncIterator[Any]], service: str, method: str
+    m: Metrics, admission: Admission, behavior: Callable[..., AsyncIterator[Any]], service: str, method: str
 ) -> Callable[..., AsyncIterator[Any]]:
     calls = _Method(m, "server_stream", service, method)
 
     async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
         async with _Call(calls, context):
-            async for response in behavior(request, context):
-                yield response
-                calls.sent.inc()
+            with admission.subscription(context):
+                async for response in behavior(request, context):
+                    yield response
+                    calls.sent.inc()
 
     return wrapped

@@ -50,6 +50,16 @@ class Metrics:
             "transfer_gateway_deliveries", "Deliveries put on a subscription stream (attempt: first or redelivery).",
             ["platform", "attempt"], registry=registry,
         )
+        self.throttled = Counter(
+            "transfer_gateway_throttled",
+            "Calls refused RESOURCE_EXHAUSTED because their caller was over a limit (calls_in_flight,"
+            " requests_per_second, subscriptions), by caller (platform or operator id).",
+            ["caller", "limit"], registry=registry,
+        )
+        self.subscriptions = Gauge(
+            "transfer_gateway_subscriptions", "Subscribe streams open on this process, by caller.", ["caller"],
+            registry=registry,
+        )
         self.reviews = Counter(
             "transfer_gateway_reviews", "Reviewers' decisions on held fund transfers.", ["decision"],
             registry=registry,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Final
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -15,6 +16,7 @@ from gateway.core.errors import (
     InvalidMessage,
     NotFound,
     NotPermitted,
+    QuotaExceeded,
     RuleViolation,
     SignatureRejected,
     StoreUnavailable,
@@ -29,6 +31,7 @@ _CODES: Final[tuple[tuple[type[GatewayError], grpc.StatusCode], ...]] = (
     (RuleViolation, grpc.StatusCode.FAILED_PRECONDITION),
     (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -41,8 +44,9 @@ def grpc_code(error: GatewayError) -> grpc.StatusCode:
 
 
 def to_status(error: GatewayError) -> grpc.Status:
-    """A grpc.Status carrying ErrorInfo (reason, domain, metadata) and, for bad fields, BadRequest
-    with the first violations; ErrorInfo's `violations` then counts them all."""
+    """A grpc.Status carrying ErrorInfo (reason, domain, metadata); for bad fields, BadRequest with
+    the first violations (ErrorInfo's `violations` then counts them all); over a quota, RetryInfo
+    (when to try again) and QuotaFailure (who, which limit)."""
     code = grpc_code(error)
     details = []
     metadata = dict(error.metadata)
@@ -56,11 +60,17 @@ def to_status(error: GatewayError) -> grpc.Status:
             for v in error.violations
         ])
         details.append(_pack(bad))
+    if isinstance(error, QuotaExceeded):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(1_000_000, round(error.retry_after * 1e9)))  # never "now": at least 1 ms
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=error.subject, description=error.limit)])))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

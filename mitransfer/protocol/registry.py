@@ -8,13 +8,20 @@ keys sign the gateway's receipts and notices; and which of the national platform
 
     {"dev_only": false,
      "gateway":   {"keys": [KEY, ...], "log_origin": "gateway.example/log"},  (log_origin optional)
-     "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...]}, ...],
+     "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...],
+                    "limits": {"calls_in_flight": 64, "requests_per_second": 200,
+                               "burst": 400, "subscriptions": 16}}, ...],               (limits optional)
      "agencies":  [{"code": "320100", "name", "platform"}, ...],
      "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...],
                     "provinces": ["33", ...]}, ...],                                    (optional)
      "policies":  [{"region": "33" | "330100", "waiting_period_months": 0..6,
                     "review_above_fen": 1000000 | null}, ...]}                          (optional)
     KEY = {"key_id", "algorithm": "ed25519" | "ecdsa-p256-sha256", "public_key": SPKI PEM}
+
+A platform's `limits` replace, for that platform alone, the gateway's configured defaults of the
+same names (each key optional): calls it may have in flight at once, requests per second and the
+burst above that rate, and subscription streams open at once. They are public so that a platform
+knows what it is allowed, and what a RESOURCE_EXHAUSTED refers to.
 
 An operator's `provinces` scope what it may decide (a reviewer decides the held transfers whose
 outbound agency lies in them); absent, every province. A policy is a region's own choice where the
@@ -27,7 +34,8 @@ Checks: every field present with its type (strings, lists, `dev_only` a boolean)
 2 digits and agency codes of 6 digits; platform ids, agency codes, key ids (across the whole
 document) and certificate URIs (platforms and operators) unique; each agency's platform listed
 and the agency inside that platform's provinces; each key readable as its algorithm
-(`mitransfer.protocol.suites`); operators' provinces of 2 digits; policy regions of 2 or 6
+(`mitransfer.protocol.suites`); operators' provinces of 2 digits; platform limits positive whole numbers (the rate a positive
+number); policy regions of 2 or 6
 digits, each listed once, waiting periods 0 to 6, review thresholds whole fen ≥ 0 or null. Fields
 this format does not define are ignored, so a document with fields added later still reads.
 
@@ -50,6 +58,19 @@ _MALFORMED: Final = "REGISTRY_MALFORMED"
 
 
 @dataclass(frozen=True)
+class PlatformLimits:
+    """A platform's own limits where the registry gives them; None: the gateway's default."""
+
+    calls_in_flight: int | None = None      # calls at once (waiting for their turn included)
+    requests_per_second: float | None = None  # sustained rate of calls and subscriptions opened
+    burst: int | None = None                 # calls above the rate after a quiet spell
+    subscriptions: int | None = None         # Subscribe streams open at once
+
+
+NO_LIMITS: Final = PlatformLimits()
+
+
+@dataclass(frozen=True)
 class Platform:
     """A provincial platform (省级医保信息平台)."""
 
@@ -58,6 +79,7 @@ class Platform:
     certificate_uri: str  # the SAN URI of its client certificate: how the gateway knows it
     provinces: frozenset[str]  # 2-digit province codes its agencies lie in
     keys: Mapping[str, VerifyingKey]  # key id → key it signs its messages with
+    limits: PlatformLimits = NO_LIMITS  # its own limits, where the registry sets them
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ def from_dict(data: object) -> RegistryDocument:
             certificate_uri=_unique(_string(p, "certificate_uri", where), uris, f"{where}.certificate_uri"),
             provinces=frozenset(_digits(x, 2, f"{where}.provinces[{j}]") for j, x in _items(p, "provinces", where)),
             keys=_keys(p, where, seen_key_ids),
+            limits=_limits(p.get("limits"), f"{where}.limits"),
         )
         _unique(platform.id, platforms, f"{where}.id")
         platforms[platform.id] = platform
@@ -217,6 +240,43 @@ def _policy(p: Mapping[str, object], where: str) -> RegionPolicy:
     if above is not None and (not _whole(above) or above < 0):
         _malformed(f"{where}.review_above_fen", "must be a whole number of fen, 0 or more, or null")
     return RegionPolicy(region, waiting, above)
+
+
+_LIMIT_KEYS: Final = ("calls_in_flight", "requests_per_second", "burst", "subscriptions")
+
+
+def unknown_limits(data: object) -> list[str]:
+    """The paths of keys in platforms' `limits` objects that this format does not define. They are
+    ignored like any field added later, but a misspelled limit silently is the default: the gateway
+    warns of them at start-up."""
+    found: list[str] = []
+    platforms = data.get("platforms") if isinstance(data, dict) else None
+    for i, p in enumerate(platforms if isinstance(platforms, list) else []):
+        limits = p.get("limits") if isinstance(p, dict) else None
+        if isinstance(limits, dict):
+            found += [f"platforms[{i}].limits.{str(key)[:40]}" for key in limits if key not in _LIMIT_KEYS]
+    return found
+
+
+def _limits(value: object, where: str) -> PlatformLimits:
+    """A platform's `limits` object (absent: none of its own); keys it does not define are ignored."""
+    if value is None:
+        return NO_LIMITS
+    limits = _object(value, where)
+    read: dict[str, int | float | None] = {}
+    for key in _LIMIT_KEYS:
+        given = limits.get(key)
+        if given is None:
+            read[key] = None
+        elif key == "requests_per_second":
+            if isinstance(given, bool) or not isinstance(given, int | float) or not 0 < given < float("inf"):
+                _malformed(f"{where}.{key}", "must be a positive number")
+            read[key] = float(given)
+        elif not _whole(given) or given < 1:
+            _malformed(f"{where}.{key}", "must be a whole number, 1 or more")
+        else:
+            read[key] = given
+    return PlatformLimits(**read)  # type: ignore[arg-type]
 
 
 def _whole(value: object) -> TypeGuard[int]:

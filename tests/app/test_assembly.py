@@ -140,6 +140,18 @@ def test_a_private_key_others_can_read_is_reported_outside_dev(pki: DevPaths, tm
                                   "chmod 600 it",)
 
 
+def test_a_registry_limit_the_gateway_does_not_know_is_a_warning(pki: DevPaths, tmp_path: Path) -> None:
+    copy = copy_pki(pki, tmp_path)
+    registry = json.loads(copy.registry.read_text(encoding="utf-8"))
+    registry["platforms"][1]["limits"] = {"requests_per_second": 5, "calls_in_fligth": 3}
+    copy.registry.write_text(json.dumps(registry), encoding="utf-8")
+    materials = read_materials(gateway_config(copy, tmp_path / "g.db"), now=utc_now())
+    assert materials.registry.platforms["zhejiang"].limits.requests_per_second == 5
+    assert materials.warnings == (
+        f"registry: {copy.registry}: platforms[1].limits.calls_in_fligth is not a limit the gateway knows "
+        "(ignored; known: calls_in_flight, requests_per_second, burst, subscriptions)",)
+
+
 def test_dev_pki_keys_are_private_and_an_existing_set_is_kept(tmp_path: Path) -> None:
     paths = write_dev_pki(tmp_path / "pki")
     for key in (paths.gateway_key, paths.gateway_signing_key, paths.platform_key("anhui"),

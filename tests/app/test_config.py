@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.app.config import (
+    ConnectionsConfig,
     GatewayConfig,
     SigningConfig,
     SlaConfig,
@@ -31,6 +32,7 @@ from gateway.app.failures import ConfigError, ExitCode
 from gateway.app.publisher import LogConfig
 from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
+from gateway.core.quota import Quota
 from gateway.core.settings import described, setting
 from gateway.core.sla import Limits
 from gateway.service.routing import DeliveryConfig
@@ -194,9 +196,9 @@ def test_an_address_either_parses_or_says_why(text: str) -> None:
 
 TABLES: tuple[tuple[str, type], ...] = (
     ("", GatewayConfig), ("tls", TLSConfig), ("signing", SigningConfig), ("store", SQLiteConfig),
-    ("store", PostgresConfig), ("delivery", DeliveryConfig), ("messages", MessageLimits), ("rules", CaseRules),
-    ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig))
-NESTED = {"tls", "signing", "store", "delivery", "messages", "rules", "sla", "limits", "log"}
+    ("store", PostgresConfig), ("delivery", DeliveryConfig), ("messages", MessageLimits), ("quota", Quota),
+    ("connections", ConnectionsConfig), ("rules", CaseRules), ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig))
+NESTED = {"tls", "signing", "store", "delivery", "messages", "quota", "connections", "rules", "sla", "limits", "log"}
 
 
 def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
@@ -210,7 +212,7 @@ def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
             key = setting.key or field.name
             assert f"| `{f'[{table}] {key}' if table else key}` |" in text, (table, key)
             rows += 1
-    assert text.count("\n| `") == rows == 29
+    assert text.count("\n| `") == rows == 42
     assert "| `[sla] calendar_file` | path | none |" in text
     assert "| `[sla] outbound_working_days` | integer 1–10 (working days) | `10` |" in text
     assert "| `[store] sqlite` | path | this or `postgresql`" in text

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from clients import builders
@@ -22,7 +22,7 @@ from clients.dispatch import CaseOrderedRunner
 from clients.errors import GatewayRejected, GatewayUnavailable, VerificationError
 from clients.messages import BusinessMessage, kind_of
 from clients.platform import PlatformClient
-from clients.retry import RetryPolicy
+from clients.retry import RetryPolicy, next_wait, retry_delay
 from clients.scenario import ReferencePlatform
 from clients.signing import pae
 from mitransfer.v1 import envelope_pb2, exchange_pb2, messages_pb2
@@ -32,9 +32,15 @@ FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.004, deadline=2.0, attem
 
 
 def rpc_error(code: grpc.StatusCode, message: str = "boom", *, reason: str = "",
-              fields: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
+              fields: tuple[tuple[str, str], ...] = (), retry_after: float | None = None) -> grpc.aio.AioRpcError:
     """An AioRpcError carrying google.rpc.Status details, as the gateway sends them."""
     details = []
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(retry_after * 1e9))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     if reason:
         info = any_pb2.Any()
         info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="transfer-gateway.mitransfer.v1"))
@@ -187,6 +193,51 @@ async def test_receipt_not_signed_by_the_gateway_is_refused(keys: Keys) -> None:
     with pytest.raises(VerificationError) as err:
         await client_for("north", keys, exchange).submit(sample_notice())
     assert err.value.reason == "UNKNOWN_KEY"
+
+
+async def test_a_refusal_that_says_when_to_come_back_is_waited_out(
+        keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    exchange = FakeExchange(keys, [rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, reason="RATE_EXCEEDED",
+                                             retry_after=0.2)])
+    caplog.set_level("INFO", logger="clients.platform")
+    await client_for("north", keys, exchange).submit(sample_notice())
+    assert len(exchange.submitted) == 2
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 1 and "RESOURCE_EXHAUSTED" in retries[0] and "retrying in 0.2 s" in retries[0]
+
+
+def test_the_wait_is_the_longer_of_the_backoff_and_what_the_gateway_asks() -> None:
+    asks = rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=1.5)
+    silent = rpc_error(grpc.StatusCode.UNAVAILABLE)
+    assert retry_delay(asks) == pytest.approx(1.5) and retry_delay(silent) is None
+    assert next_wait(asks, iter([0.1])) == pytest.approx(1.5)
+    assert next_wait(asks, iter([3.0])) == 3.0
+    assert next_wait(silent, iter([0.1])) == 0.1
+    inconsistent = grpc.aio.AioRpcError(  # details whose status differs from the call's: none to trust
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), asks.trailing_metadata(), details="other")
+    assert retry_delay(inconsistent) is None
+
+
+async def test_a_subscription_refused_for_too_many_open_reopens_when_the_gateway_says(
+        keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    exchange = FakeExchange(keys)
+    exchange.streams = [([rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, reason="SUBSCRIPTIONS_EXCEEDED",
+                                    retry_after=0.3)], False)]
+    client = client_for("south", keys, exchange)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(client.subscribe(_ignore, stop=stop))
+    while len(exchange.calls) < 2:
+        await asyncio.sleep(0.01)
+    reopened = loop.time() - started
+    stop.set()
+    await task
+    assert reopened >= 0.3  # FAST's own backoff is at most 4 ms
+
+
+async def _ignore(delivery: VerifiedDelivery) -> None:
+    return None
 
 
 def test_backoffs_grow_with_full_jitter() -> None:

@@ -30,8 +30,9 @@ _EC = ec.generate_private_key(ec.SECP256R1())
 
 
 def sample() -> Doc:
-    """Two platforms (one with an ECDSA key), a gateway key, three agencies, two reviewers (one scoped
-    to a province), two region policies (a province's and a pooling region's)."""
+    """Two platforms (one with an ECDSA key, one with limits of its own), a gateway key, three
+    agencies, two reviewers (one scoped to a province), two region policies (a province's and a
+    pooling region's)."""
     return {
         "dev_only": True,
         "comment": "fields the format does not define are ignored",
@@ -40,7 +41,8 @@ def sample() -> Doc:
             {"id": "north", "name": "北方平台", "certificate_uri": "urn:p:north", "provinces": ["11", "12"],
              "keys": [{"key_id": "north-1", "algorithm": "ecdsa-p256-sha256", "public_key": _pem(_EC)}]},
             {"id": "south", "name": "南方平台", "certificate_uri": "urn:p:south", "provinces": ["44"],
-             "keys": [{"key_id": "south-1", "algorithm": "ed25519", "public_key": _pem(_ED)}]},
+             "keys": [{"key_id": "south-1", "algorithm": "ed25519", "public_key": _pem(_ED)}],
+             "limits": {"requests_per_second": 2.5, "subscriptions": 2}},
         ],
         "agencies": [
             {"code": "110100", "name": "北京", "platform": "north"},
@@ -62,6 +64,8 @@ def test_a_good_document_reads_into_its_dataclasses() -> None:
     north = doc.platforms["north"]
     assert (north.name, north.certificate_uri, north.provinces) == ("北方平台", "urn:p:north", {"11", "12"})
     assert north.keys["north-1"].algorithm == "ecdsa-p256-sha256"
+    assert north.limits == registry.PlatformLimits()
+    assert doc.platforms["south"].limits == registry.PlatformLimits(requests_per_second=2.5, subscriptions=2)
     assert north.keys["north-1"].verify(_EC.sign(b"m", ec.ECDSA(hashes.SHA256())), b"m")
     assert doc.gateway_keys["gw-1"].verify(_ED.sign(b"m"), b"m")
     assert doc.agencies["129900"] == registry.Agency("129900", "天津", "north")
@@ -118,6 +122,8 @@ def test_the_committed_dev_registry_reads() -> None:
 
 # The document's only optional fields.
 OPTIONAL = {("dev_only",), ("operators",), ("comment",), ("policies",), ("operators", 1, "provinces"),
+            ("platforms", 1, "limits"), ("platforms", 1, "limits", "requests_per_second"),
+            ("platforms", 1, "limits", "subscriptions"),
             *(("policies", i, name) for i in (0, 1) for name in ("waiting_period_months", "review_above_fen"))}
 
 
@@ -235,6 +241,18 @@ BAD: list[Any] = [
                  "policies[0].review_above_fen", id="review-threshold-negative"),
     pytest.param(lambda d: d["policies"][0].update(review_above_fen="10000"), "REGISTRY_MALFORMED",
                  "policies[0].review_above_fen", id="review-threshold-a-string"),
+    pytest.param(lambda d: d["platforms"][1].update(limits=[]), "REGISTRY_MALFORMED", "platforms[1].limits",
+                 id="limits-a-list"),
+    pytest.param(lambda d: d["platforms"][1]["limits"].update(subscriptions=0), "REGISTRY_MALFORMED",
+                 "platforms[1].limits.subscriptions", id="no-subscription-at-all"),
+    pytest.param(lambda d: d["platforms"][1]["limits"].update(calls_in_flight=2.5), "REGISTRY_MALFORMED",
+                 "platforms[1].limits.calls_in_flight", id="calls-in-flight-a-fraction"),
+    pytest.param(lambda d: d["platforms"][1]["limits"].update(burst=True), "REGISTRY_MALFORMED",
+                 "platforms[1].limits.burst", id="burst-a-boolean"),
+    pytest.param(lambda d: d["platforms"][1]["limits"].update(requests_per_second=0), "REGISTRY_MALFORMED",
+                 "platforms[1].limits.requests_per_second", id="rate-zero"),
+    pytest.param(lambda d: d["platforms"][1]["limits"].update(requests_per_second="5"), "REGISTRY_MALFORMED",
+                 "platforms[1].limits.requests_per_second", id="rate-a-string"),
 ]
 
 
@@ -259,6 +277,14 @@ def test_text_that_is_not_a_json_document(text: bytes) -> None:
     with pytest.raises(RegistryFormatError) as err:
         registry.from_json(text)
     assert err.value.reason == "REGISTRY_MALFORMED"
+
+
+def test_limits_the_format_does_not_define_are_ignored_and_named_for_a_warning() -> None:
+    data = sample()
+    data["platforms"][1]["limits"]["request_per_second"] = 9  # misspelled
+    assert registry.from_dict(data).platforms["south"].limits.requests_per_second == 2.5
+    assert registry.unknown_limits(data) == ["platforms[1].limits.request_per_second"]
+    assert registry.unknown_limits(sample()) == [] and registry.unknown_limits([]) == []
 
 
 def test_from_json_reads_what_from_dict_reads() -> None:

@@ -1,0 +1,154 @@
+"""Admission on its own: the fair gate's turns and cancellations, and each caller's limits, with
+callers named by certificate as grpc.aio names them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.app.devpki import DevPaths
+from gateway.core.errors import QuotaExceeded
+from gateway.core.quota import Quota
+from gateway.core.registry import Registry
+from gateway.service.admission import UNREGISTERED, Admission, FairGate
+from gateway.service.metrics import Metrics
+from mitransfer.protocol.registry import PlatformLimits
+
+
+class Peer:
+    """The part of a grpc.aio ServicerContext admission reads: the certificate's SANs."""
+
+    def __init__(self, *sans: str) -> None:
+        self._sans = [s.encode() for s in sans]
+
+    def peer_identity_key(self) -> str | None:
+        return "x509_subject_alternative_name" if self._sans else None
+
+    def peer_identities(self) -> list[bytes]:
+        return self._sans
+
+
+async def test_waiting_callers_take_turns_whatever_their_number() -> None:
+    gate = FairGate(2)
+    await gate.enter("a")
+    await gate.enter("a")
+    served: list[str] = []
+
+    async def wait(key: str) -> None:
+        await gate.enter(key)
+        served.append(key)
+
+    tasks = [asyncio.create_task(wait(key)) for key in ("a", "a", "a", "b", "c", "a", "b")]
+    await asyncio.sleep(0)
+    assert (gate.waiting("a"), gate.waiting("b"), gate.waiting("c")) == (4, 2, 1)
+    for _ in tasks:
+        gate.leave()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    # First come first served would give a a a b c a b: the turns give one each, in the order queued.
+    assert served == ["a", "b", "c", "a", "b", "a", "a"]
+    assert gate.active == 2
+
+
+async def test_a_waiter_cancelled_leaves_its_place_and_one_cancelled_when_served_passes_it_on() -> None:
+    gate = FairGate(1)
+    await gate.enter("a")
+    early = asyncio.create_task(gate.enter("b"))
+    late = asyncio.create_task(gate.enter("c"))
+    last = asyncio.create_task(gate.enter("d"))
+    await asyncio.sleep(0)
+    early.cancel()  # cancelled while waiting: leaves the queue
+    await asyncio.sleep(0)
+    assert gate.waiting("b") == 0
+    gate.leave()  # to c ...
+    late.cancel()  # ... cancelled before it ran: c passes the place to d
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert last.done() and late.cancelled() and early.cancelled()
+    assert gate.active == 1
+    gate.leave()
+    assert gate.active == 0
+
+
+def admission(pki: DevPaths, quota: Quota, now: list[float]) -> tuple[Admission, CollectorRegistry]:
+    prometheus = CollectorRegistry()
+    return Admission(Registry.load(pki.registry), quota, Metrics(prometheus), clock=lambda: now[0]), prometheus
+
+
+async def test_calls_over_the_rate_are_refused_with_the_wait_until_the_next(pki: DevPaths) -> None:
+    now = [0.0]
+    gate, prometheus = admission(pki, Quota(requests_per_second=4.0, burst=2), now)
+    jiangsu, zhejiang = Peer("urn:mitransfer:platform:jiangsu"), Peer("urn:mitransfer:platform:zhejiang")
+    for _ in range(2):
+        async with gate.call(jiangsu):
+            pass
+    with pytest.raises(QuotaExceeded) as refused:
+        gate.call(jiangsu)
+    err = refused.value
+    assert (err.reason, err.subject, err.limit) == ("RATE_EXCEEDED", "platform:jiangsu", "requests_per_second")
+    assert err.retry_after == pytest.approx(0.25)
+    assert err.metadata == {"limit": "requests_per_second", "allowed": "4"}
+    async with gate.call(zhejiang):  # its own bucket
+        pass
+    now[0] += 0.25
+    async with gate.call(jiangsu):
+        pass
+    sample = prometheus.get_sample_value("transfer_gateway_throttled_total",
+                                         {"caller": "jiangsu", "limit": "requests_per_second"})
+    assert sample == 1
+
+
+async def test_calls_in_flight_beyond_the_limit_are_refused_those_waiting_included(pki: DevPaths) -> None:
+    gate, _ = admission(pki, Quota(calls_in_flight=3, active_calls=1), [0.0])
+    jiangsu = Peer("urn:mitransfer:platform:jiangsu")
+    release = asyncio.Event()
+
+    async def call() -> None:
+        async with gate.call(jiangsu):
+            await release.wait()
+
+    running = [asyncio.create_task(call()) for _ in range(3)]  # one at work, two waiting for their turn
+    await asyncio.sleep(0)
+    with pytest.raises(QuotaExceeded) as refused:
+        gate.call(jiangsu)
+    assert refused.value.reason == "CALLS_IN_FLIGHT_EXCEEDED" and refused.value.retry_after > 0
+    other = asyncio.create_task(call_as(gate, Peer("urn:mitransfer:platform:anhui")))  # its own limit: admitted
+    await asyncio.sleep(0)
+    assert gate.gate.waiting("platform:anhui") == 1
+    release.set()
+    await asyncio.gather(*running, other)
+    async with gate.call(jiangsu):  # all done: room again
+        pass
+
+
+async def call_as(gate: Admission, peer: Peer) -> None:
+    async with gate.call(peer):
+        pass
+
+
+def test_a_registry_limit_applies_to_its_platform_alone(pki: DevPaths) -> None:
+    registry = Registry.load(pki.registry)
+    limited = registry.platforms["zhejiang"]
+    platforms = dict(registry.platforms)
+    platforms["zhejiang"] = replace(limited, limits=PlatformLimits(subscriptions=1))
+    gate = Admission(replace(registry, platforms=platforms), Quota(subscriptions=5), Metrics(CollectorRegistry()))
+    zhejiang, jiangsu = Peer("urn:mitransfer:platform:zhejiang"), Peer("urn:mitransfer:platform:jiangsu")
+    with gate.subscription(zhejiang):
+        with pytest.raises(QuotaExceeded) as refused:
+            gate.subscription(zhejiang)
+        assert refused.value.reason == "SUBSCRIPTIONS_EXCEEDED"
+        with gate.subscription(jiangsu), gate.subscription(jiangsu):
+            pass
+    with gate.subscription(zhejiang):  # closed: room again
+        pass
+
+
+def test_callers_without_a_registered_certificate_share_one_share(pki: DevPaths) -> None:
+    gate = Admission(Registry.load(pki.registry), Quota(), Metrics(CollectorRegistry()))
+    strangers = [gate.caller(Peer("urn:nobody:1")), gate.caller(Peer("urn:nobody:2")), gate.caller(Peer())]
+    assert {id(c) for c in strangers} == {id(strangers[0])} and strangers[0].label == UNREGISTERED
+    reviewer = gate.caller(Peer("urn:mitransfer:operator:reviewer"))
+    assert reviewer.subject == "operator:reviewer"
