@@ -28,6 +28,7 @@ from gateway.app.config import GatewayConfig
 from gateway.app.devpki import DevPaths
 from gateway.core.quota import Quota
 from mitransfer.v1 import envelope_pb2, exchange_pb2
+from tests.adversarial.conftest import rss_mib
 from tests.conftest import test_config as base_config
 from tests.support import GatewayHandle, failure, sign, signer
 
@@ -110,6 +111,7 @@ async def test_250_concurrent_maximum_size_bad_signatures_are_refused_beyond_the
         for _ in range(config.quota.active_calls):  # hold every place: nothing is worked on meanwhile
             await admission.gate.enter("test")
         channels = [gateway.channel("jiangsu").unary_unary("/mitransfer.v1.Exchange/Submit") for _ in range(4)]
+        before = rss_mib()
         calls = [asyncio.ensure_future(channels[i % 4](bad, timeout=DEADLINE)) for i in range(250)]
         for _ in range(2000):  # until every call has arrived: waiting or refused (bounded)
             if admission.gate.waiting("platform:jiangsu") + sum(c.done() for c in calls) >= 250:
@@ -119,6 +121,7 @@ async def test_250_concurrent_maximum_size_bad_signatures_are_refused_beyond_the
         for _ in range(config.quota.active_calls):
             admission.gate.leave()
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        grown = rss_mib() - before  # this process: the gateway and its 250 callers together
         exhausted = gateway.server.prometheus.get_sample_value(
             "transfer_gateway_throttled_total", {"caller": "jiangsu", "limit": "calls_in_flight"})
 
@@ -132,6 +135,7 @@ async def test_250_concurrent_maximum_size_bad_signatures_are_refused_beyond_the
     retry, quota_failure = details(refusal)
     assert 0 < retry.retry_delay.ToNanoseconds() <= 10**9
     assert [(v.subject, v.description) for v in quota_failure.violations] == [("platform:jiangsu", "calls_in_flight")]
+    assert grown < 64, f"{grown:.0f} MiB more for 250 calls of {len(bad):,} bytes"
 
 
 def details(err: grpc.aio.AioRpcError) -> tuple[error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure]:
