@@ -27,7 +27,7 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError
 
 from gateway.store.rows import DEAD_LETTER, HELD, IN_FLIGHT, PENDING
-from gateway.store.steps import Query, QueryOne, Statement, Steps
+from gateway.store.steps import Batch, Query, QueryOne, Statement, Steps
 from mitransfer.protocol import entries
 from mitransfer.v1 import envelope_pb2
 
@@ -225,13 +225,14 @@ def _backfill_log(page: int = 5_000) -> Steps[None]:
             " LEFT JOIN fund_movements f ON f.message_id = m.message_id"
             " WHERE m.sequence > ? ORDER BY m.sequence LIMIT ?", (after, page), _Logged)
         logged: list[tuple[int, bytes]] = []
+        placed: list[tuple[int, int]] = []  # (leaf index, sequence) of each message
         for r in rows:
             try:
                 body = envelope_pb2.Receipt.FromString(bytes(r.receipt)).body
             except DecodeError:  # a receipt that does not parse is logged as it is stored
                 body = bytes(r.receipt)
             logged.append((leaf, entries.message_entry(bytes(r.fingerprint), body, r.case_state)))
-            yield Statement("UPDATE messages SET leaf_index = ? WHERE sequence = ?", (leaf, r.sequence))
+            placed.append((leaf, r.sequence))
             leaf += 1
             if r.status is not None and r.amount_fen is not None:
                 logged.append((leaf, entries.fund_entry(
@@ -243,6 +244,7 @@ def _backfill_log(page: int = 5_000) -> Steps[None]:
             yield Statement(
                 f"INSERT INTO log_entries (leaf_index, entry) VALUES {', '.join('(?, ?)' for _ in chunk)}",
                 tuple(v for pair in chunk for v in pair))
+        yield Batch("UPDATE messages SET leaf_index = ? WHERE sequence = ?", placed)
         if len(rows) < page:
             break
         after = rows[-1].sequence
