@@ -11,6 +11,7 @@ number of messages (a few dozen bytes each) and the tree's stored hashes (32 byt
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -60,16 +61,18 @@ class Finding:
         return f"{self.subject}: {self.problem}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Message:
+    """A logged message, kept small (a million of them are held at once): digests, not bodies."""
+
     leaf: int
     message_id: str
     fingerprint: bytes
-    receipt_body: bytes
+    receipt_digest: bytes  # SHA-256 of the receipt body as logged
     seen: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Movement:
     fund_message_id: str
     amount_fen: int
@@ -77,13 +80,15 @@ class _Movement:
     leaf: int
     message_id: str
     pair: tuple[str, str]
+    seen: bool = False  # its row was found in the store
 
 
-@dataclass
+@dataclass(slots=True)
 class _CaseState:
     state: int
     leaf: int
     message_id: str
+    seen: bool = False  # its row was found in the store
 
 
 @dataclass
@@ -122,7 +127,6 @@ class LogAudit:
     _messages: dict[int, _Message] = field(default_factory=dict)
     _cases: dict[str, _CaseState] = field(default_factory=dict)
     _funds: dict[str, _Movement] = field(default_factory=dict)
-    _rows_seen: dict[str, set[str]] = field(default_factory=lambda: {"case": set(), "fund": set()})
     _totals: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
     _verified: int = 0
     _leaves_named: bool = False
@@ -179,7 +183,8 @@ class LogAudit:
                           else "messages are out of order"))
         self._last_sequence = max(self._last_sequence, body.sequence)
         self._last_message = body.message_id
-        self._messages[body.sequence] = _Message(leaf, body.message_id, logged.fingerprint, logged.receipt_body)
+        self._messages[body.sequence] = _Message(leaf, body.message_id, logged.fingerprint,
+                                                 hashlib.sha256(logged.receipt_body).digest())
         if body.HasField("accepted_at"):
             accepted = datetime_of(body.accepted_at)
             self._newest = accepted if self._newest is None else max(self._newest, accepted)
@@ -269,14 +274,15 @@ class LogAudit:
             body = envelope_pb2.Receipt.FromString(receipt).body
         except DecodeError:
             body = b""
-        if body != logged.receipt_body:
+        if hashlib.sha256(body).digest() != logged.receipt_digest:
             self._find("message", subject, f"its stored receipt differs from the one entry {logged.leaf} logged")
         if leaf_index is not None and leaf_index != logged.leaf:
             self._find("message", subject, f"points at leaf {leaf_index}; the log has it at entry {logged.leaf}")
 
     def case(self, transfer_id: str, state: int, closed: bool) -> None:
-        self._rows_seen["case"].add(transfer_id)
         logged = self._cases.get(transfer_id)
+        if logged is not None:
+            logged.seen = True
         if logged is None:
             self._find("case", f"case {transfer_id[:64]}", f"is {_state(state)} in the store, but no logged "
                        "message states where it stands")
@@ -290,9 +296,10 @@ class LogAudit:
                        f"{_state(logged.state)} ({where}) is {'closed' if not closed else 'open'}")
 
     def fund(self, transfer_id: str, message_id: str, amount_fen: int, status: str) -> None:
-        self._rows_seen["fund"].add(transfer_id)
         logged = self._funds.get(transfer_id)
         subject = f"fund movement of case {transfer_id[:64]}"
+        if logged is not None:
+            logged.seen = True
         if logged is None:
             self._find("fund", subject, f"{amount_fen} fen {status} in the store, never in the log")
             return
@@ -341,10 +348,10 @@ class LogAudit:
                     self._find("message", f"entry {message.leaf} (message {message.message_id[:64]})",
                                "the store has no such message (deleted)")
             for transfer_id, logged in self._cases.items():
-                if transfer_id not in self._rows_seen["case"]:
+                if not logged.seen:
                     self._find("case", f"case {transfer_id[:64]}", f"the store has no such case (entry {logged.leaf})")
             for transfer_id, movement in self._funds.items():
-                if transfer_id not in self._rows_seen["fund"]:
+                if not movement.seen:
                     self._find("fund", f"fund movement of case {transfer_id[:64]}",
                                f"the store has no such movement (entry {movement.leaf})")
             for (out_p, in_p, status), (fen, count) in self._totals.items():
