@@ -34,9 +34,9 @@ Checks: every field present with its type (strings, lists, `dev_only` a boolean)
 2 digits and agency codes of 6 digits; platform ids, agency codes, key ids (across the whole
 document) and certificate URIs (platforms and operators) unique; each agency's platform listed
 and the agency inside that platform's provinces; each key readable as its algorithm
-(`mitransfer.protocol.suites`); operators' provinces of 2 digits; platform limits positive whole numbers (the rate a positive
-number); policy regions of 2 or 6
-digits, each listed once, waiting periods 0 to 6, review thresholds whole fen ≥ 0 or null. Fields
+(`mitransfer.protocol.suites`); operators' provinces of 2 digits; platform limits positive whole
+numbers (the rate a positive number); policy regions of 2 or 6 digits, each listed once, waiting
+periods 0 to 6, review thresholds whole fen ≥ 0 or null. Fields
 this format does not define are ignored, so a document with fields added later still reads.
 
 The gateway's `Registry` and the reference client's `KeyRing` each build their own view of it.
