@@ -75,4 +75,6 @@ class CheckpointPublisher:
                 await self.publish_now()
             except GatewayError as err:
                 log.warning("checkpoint not published", extra={"fields": {"reason": err.reason}})
+            except Exception as err:  # a defect or an altered store: say so, and keep the loop alive
+                log.exception("checkpoint not published", extra={"fields": {"reason": type(err).__name__}})
             await asyncio.sleep(interval)
