@@ -21,7 +21,7 @@ from clients.deliveries import VerifiedDelivery
 from clients.messages import kind_name
 from clients.platform import PlatformClient
 from clients.scenario import ReferencePlatform
-from mitransfer.v1 import admin_pb2, messages_pb2
+from mitransfer.v1 import admin_pb2, automatic_pb2, messages_pb2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,9 @@ def _count(text: str) -> int:
 
 def describe(delivery: VerifiedDelivery) -> str:
     message = delivery.message
+    if isinstance(message, automatic_pb2.AutomaticTransferRequest):
+        return (f"{kind_name(delivery.kind)} {message.message_id} transfer {message.transfer_id} "
+                f"gateway → {message.outbound}/{message.inbound} opened by enrollment {message.enrollment_message_id}")
     if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired):
         what = ("approved" if message.approved else "rejected") if isinstance(message, admin_pb2.ReviewDecision) \
             else "expired"

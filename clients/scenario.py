@@ -19,8 +19,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from clients.automatic import suspended_record
 from clients.builders import (
     EMPLOYEE,
     RESIDENT,
@@ -39,7 +40,7 @@ from clients.errors import ClientError, GatewayRejected, VerificationError
 from clients.platform import PlatformClient
 from clients.reviewer import ReviewerClient
 from clients.roles import CaseOutcome, InboundCase, answer_as_inbound, outcome_for_outbound
-from mitransfer.v1 import admin_pb2, envelope_pb2, messages_pb2, types_pb2
+from mitransfer.v1 import admin_pb2, automatic_pb2, envelope_pb2, messages_pb2, types_pb2
 
 log = logging.getLogger("clients.scenario")
 
@@ -133,6 +134,7 @@ class ReferencePlatform:
         self._cases: dict[str, InboundCase] = {}                           # open inbound cases
         self._outbox: dict[str, list[envelope_pb2.SignedMessage]] = {}     # by delivered message id
         self._waiting: dict[str, asyncio.Future[CaseOutcome]] = {}         # our outbound cases
+        self._records: dict[str, CasePlan] = {}  # our suspended records in the gateway's index, by their id
         self._broken: str | None = None
 
     async def run(self, stop: asyncio.Event, *, concurrency: int = 16) -> None:
@@ -156,6 +158,47 @@ class ReferencePlatform:
         finally:
             self._waiting.pop(transfer_id, None)
 
+    async def register_record(self, plan: CasePlan) -> envelope_pb2.ReceiptBody:
+        """Register the suspended record `plan` describes in the gateway's index (its transfer id is the
+        record's id); the case opens when the person's new enrollment is reported, and is answered
+        then with the plan's notice, table and funds. Returns the verified receipt body: its
+        `automatic.opened_transfer_ids` holds the record's id if an enrollment was already waiting."""
+        self._records[plan.route.transfer_id] = plan
+        return await self.client.submit(suspended_record(plan.route.outbound, plan.person, plan.insurance_type,
+                                                         plan.suspension_date, transfer_id=plan.route.transfer_id))
+
+    async def play_automatic_outbound(self, plan: CasePlan) -> CaseOutcome:
+        """Register the record and wait until the case it opens completes or is rejected (the
+        inbound side's enrollment opens it, whenever it comes).
+
+        Raises:
+            ClientError: the registration failed, or the case was abandoned.
+        """
+        if self._broken:
+            raise CaseFailed(self._broken)
+        transfer_id = plan.route.transfer_id
+        waiter: asyncio.Future[CaseOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting[transfer_id] = waiter
+        try:
+            await self.register_record(plan)
+            return await waiter
+        finally:
+            self._waiting.pop(transfer_id, None)
+
+    def _answer_automatic(self, request: automatic_pb2.AutomaticTransferRequest) -> list[envelope_pb2.SignedMessage]:
+        """What this platform sends for the gateway's automatic request: as the outbound side, the
+        record's notice, table and funds, as for any request; as the inbound side, nothing (the
+        notice will say what it needs)."""
+        if request.outbound not in self.client.agencies:
+            return []
+        plan = self._records.get(request.transfer_id)
+        if plan is None:  # a real platform looks its record up in its own database
+            raise CaseFailed(f"no record {request.transfer_id} remembered for the gateway's automatic request")
+        r = request.request
+        plan = replace(plan, route=Route(request.transfer_id, request.outbound, request.inbound),
+                       inbound_insurance_type=r.inbound_insurance_type)
+        return [self.client.sign(m) for m in outbound_messages(plan)]
+
     def abandon(self, transfer_id: str, why: str) -> None:
         """Stop waiting for one of our outbound cases; `play_outbound` raises CaseFailed."""
         waiter = self._waiting.get(transfer_id)
@@ -171,6 +214,11 @@ class ReferencePlatform:
     async def handle(self, delivery: VerifiedDelivery) -> None:
         """Answer one verified delivery; raising leaves it unacknowledged, to come again."""
         message = delivery.message
+        if isinstance(message, automatic_pb2.AutomaticTransferRequest):
+            if delivery.message_id not in self._outbox:
+                self._outbox[delivery.message_id] = self._answer_automatic(message)
+            await self._send(delivery)
+            return
         if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired):
             # The gateway's word on the case: a rejected review or an expiry ends it for both sides.
             if not (isinstance(message, admin_pb2.ReviewDecision) and message.approved):
@@ -196,9 +244,12 @@ class ReferencePlatform:
                 self._cases.pop(delivery.transfer_id, None)
             else:
                 self._cases[delivery.transfer_id] = decision.case
-            outbox = [self.client.sign(ack) for ack in decision.acknowledgements]
-            self._outbox[delivery.message_id] = outbox
-        for signed in outbox:  # a retry resends the same bytes: the gateway replays its receipts
+            self._outbox[delivery.message_id] = [self.client.sign(ack) for ack in decision.acknowledgements]
+        await self._send(delivery)
+
+    async def _send(self, delivery: VerifiedDelivery) -> None:
+        """Submit the answers kept for a delivery, in order, then forget them."""
+        for signed in self._outbox[delivery.message_id]:  # a retry resends the same bytes: receipts replay
             try:
                 await self.client.submit_signed(signed)
             except (GatewayRejected, VerificationError) as err:

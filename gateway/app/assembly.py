@@ -27,10 +27,12 @@ from prometheus_client import CollectorRegistry
 from gateway.app.build import BuildInfo
 from gateway.app.config import GatewayConfig
 from gateway.app.failures import ConfigError, bounded
+from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
 from gateway.app.server import GatewayHealth, GatewayServer, ServerTls, Services, utc_now
 from gateway.app.sweeper import CaseSweeper
+from gateway.core.personkeys import PersonKeys, parse_secret
 from gateway.core.registry import Registry
 from gateway.core.signing import LocalSigner
 from gateway.core.sla import Sla
@@ -38,6 +40,7 @@ from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
 from gateway.service.admission import Admission
 from gateway.service.authored import GatewayAuthor
+from gateway.service.automatic import AutomaticTransfer
 from gateway.service.exchange import ExchangeService
 from gateway.service.log import LogService
 from gateway.service.metrics import Metrics
@@ -59,6 +62,7 @@ class Materials:
     tls: ServerTls
     calendar: WorkingCalendar
     certificate_expires: dt.datetime
+    person_keys: PersonKeys | None = None  # None: no secret configured, the index is off
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -129,12 +133,32 @@ def read_materials(config: GatewayConfig, *, now: dt.datetime) -> Materials:
     tls, expires = _tls(files, config, now, dev_only=dev_only)
     signer = _signer(files, config, registry, dev_only=dev_only)
     calendar = _calendar(files, config.sla.calendar_file)
+    person_keys = _person_keys(files, config, dev_only=dev_only)
     if isinstance(config.store, SQLiteConfig):
         _sqlite_location(files, config.store.path)
     if files.problems or registry is None or tls is None or signer is None or calendar is None or expires is None:
         raise ConfigError(files.problems or ["the configured files cannot be used"])
     return Materials(registry=registry, signer=signer, tls=tls, calendar=calendar, certificate_expires=expires,
-                     warnings=tuple(files.warnings))
+                     person_keys=person_keys, warnings=tuple(files.warnings))
+
+
+def _person_keys(files: _Files, config: GatewayConfig, *, dev_only: bool) -> PersonKeys | None:
+    """The person-key secrets, each file checked (never echoing what it holds)."""
+    automatic = config.automatic
+    secrets: dict[str, bytes] = {}
+    for key_id, path in automatic.person_key_secrets.items():
+        setting = f"[automatic.person_key_secrets] {key_id}"
+        data = files.read(setting, path)
+        if data is None:
+            continue
+        files.private(setting, path, dev_only=dev_only)
+        try:
+            secrets[key_id] = parse_secret(data)
+        except ValueError as exc:
+            files.problems.append(f"{setting}: {path}: {exc}")
+    if len(secrets) != len(automatic.person_key_secrets) or automatic.current_person_key is None:
+        return None
+    return PersonKeys(secrets, automatic.current_person_key)
 
 
 def _registry(files: _Files, path: Path) -> Registry | None:
@@ -258,9 +282,12 @@ def assemble(
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
     publisher = CheckpointPublisher(store=store, origin=registry.log_origin, signer=lambda: signer,
                                     gateway_keys=registry.gateway_keys, metrics=metrics, clock=clock)
+    automatic = AutomaticTransfer(registry=registry, store=store, router=router, author=author, signer=signer,
+                                  metrics=metrics, keys=materials.person_keys, rules=config.automatic.rules,
+                                  clock=clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
-                                 sla=sla, clock=clock, limits=config.messages),
+                                 sla=sla, clock=clock, automatic=automatic, limits=config.messages),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock),
         admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock),
         log=LogService(registry=registry, store=store, publish_now=publisher.publish_now),
@@ -269,9 +296,11 @@ def assemble(
     monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=list(registry.platforms), clock=clock,
                       on_calendar=health.calendar, on_store=health.store)
     sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
+    keeper = IndexKeeper(store=store, keys=materials.person_keys, metrics=metrics, clock=clock,
+                         batch=config.automatic.upkeep_batch)
     return GatewayServer(
         config=config, tls=materials.tls, store=store, router=router, services=services,
         admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, sweeper=sweeper,
-        publisher=publisher, metrics=metrics, prometheus=prometheus, sla=sla, build=build, source=source,
-        dev_only=registry.dev_only, warnings=materials.warnings,
+        publisher=publisher, keeper=keeper, metrics=metrics, prometheus=prometheus, sla=sla, build=build,
+        source=source, dev_only=registry.dev_only, warnings=materials.warnings,
     )

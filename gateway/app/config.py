@@ -33,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
+from gateway.app.devpki import GATEWAY_KEY_ID, PERSON_KEY_ID, DevPaths
 from gateway.app.failures import ConfigError, bounded
 from gateway.app.publisher import LogConfig
+from gateway.core.automatic import AutomaticRules
 from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
+from gateway.core.personkeys import is_key_id
 from gateway.core.quota import Quota
 from gateway.core.settings import Setting, described, setting
 from gateway.core.sla import Limits
@@ -47,8 +49,8 @@ from gateway.store.sqlite import SQLiteConfig
 
 C = TypeVar("C")
 
-__all__ = ["ConfigError", "ConnectionsConfig", "GatewayConfig", "SigningConfig", "SlaConfig", "TLSConfig",
-           "config_from", "load_config", "parse_address", "read_settings", "reference"]
+__all__ = ["AutomaticConfig", "ConfigError", "ConnectionsConfig", "GatewayConfig", "SigningConfig", "SlaConfig",
+           "TLSConfig", "config_from", "load_config", "parse_address", "read_settings", "reference"]
 
 
 # Settings that were, and where what they said lives now: named in the refusal of an old file.
@@ -169,6 +171,35 @@ class ConnectionsConfig:
 
 
 @dataclass(frozen=True)
+class AutomaticConfig:
+    """Automatic transfer (免申请): the suspended-record index and the person-key secrets it is keyed by."""
+
+    rules: AutomaticRules = setting(factory=AutomaticRules, doc="How long the index keeps what waits.", inline=True)
+    person_key_secrets: Mapping[str, Path] = setting(
+        factory=dict, doc="The person-key secrets by id (1 to 32 letters, digits, . _ -): files of at least 64 hex"
+        " digits (`openssl rand -hex 32`), readable by the gateway's user only. The index keeps an HMAC of each"
+        " person's certificate under them, never the number. None: the index is off and its messages are refused."
+        " Every replica has the same set, but for the steps of a rotation (docs/operating.md).")
+    current_person_key: str | None = setting(
+        None, "The id of the secret new entries are keyed under (required with any secret). The others still"
+        " match, and the index keys their entries again under this one.")
+    upkeep_interval: float = setting(60.0, "Time between rounds of the index's upkeep: enrollments past their"
+                                     " retention period lapse, entries under an old secret are keyed again.",
+                                     key="upkeep_interval_seconds", unit="seconds", minimum=0.05)
+    upkeep_batch: int = setting(500, "Most entries one round of upkeep lapses or keys again.", minimum=1)
+
+    def __post_init__(self) -> None:
+        bad = [key_id for key_id in self.person_key_secrets if not is_key_id(key_id)]
+        if bad:
+            raise ValueError(f"person-key secret id {bad[0][:40]!r} is not 1 to 32 letters, digits, . _ or -")
+        if self.person_key_secrets and self.current_person_key is None:
+            raise ValueError("current_person_key is required with person_key_secrets: the id new entries use")
+        if self.current_person_key is not None and self.current_person_key not in self.person_key_secrets:
+            raise ValueError(f"current_person_key {self.current_person_key[:40]!r} is not one of"
+                             f" person_key_secrets ({', '.join(sorted(self.person_key_secrets)) or 'none'})")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """One gateway process."""
 
@@ -191,6 +222,8 @@ class GatewayConfig:
     rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
     sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
     log: LogConfig = setting(factory=LogConfig, doc="The transparency log's signed checkpoints.")
+    automatic: AutomaticConfig = setting(factory=AutomaticConfig, doc="Automatic transfer (免申请): the"
+                                         " suspended-record index.")
     shutdown_grace: float = setting(10.0, "Time in-flight calls get to finish after SIGTERM.",
                                     key="shutdown_grace_seconds", unit="seconds", minimum=0)
     monitor_interval: float = setting(5.0, "Time between readings of backlog, stages and funds into the gauges.",
@@ -205,6 +238,8 @@ class GatewayConfig:
         """The embedded default: dev certificates, SQLite at `database` (or `store=`), loopback."""
         paths = DevPaths(certs)
         overrides.setdefault("store", SQLiteConfig(path=database))
+        overrides.setdefault("automatic", AutomaticConfig(person_key_secrets={PERSON_KEY_ID: paths.person_key_secret},
+                                                          current_person_key=PERSON_KEY_ID))
         return cls(
             tls=TLSConfig(ca=paths.ca, cert=paths.gateway_cert, key=paths.gateway_key),
             signing=SigningConfig(key=paths.gateway_signing_key, key_id=GATEWAY_KEY_ID),
@@ -218,7 +253,9 @@ def dev_settings(certs: Path, database: Path = Path("var/gateway.db")) -> dict[s
     paths = DevPaths(certs)
     return {"registry": str(paths.registry), "store": {"sqlite": str(database)},
             "tls": {"ca": str(paths.ca), "cert": str(paths.gateway_cert), "key": str(paths.gateway_key)},
-            "signing": {"key": str(paths.gateway_signing_key), "key_id": GATEWAY_KEY_ID}}
+            "signing": {"key": str(paths.gateway_signing_key), "key_id": GATEWAY_KEY_ID},
+            "automatic": {"person_key_secrets": {PERSON_KEY_ID: str(paths.person_key_secret)},
+                          "current_person_key": PERSON_KEY_ID}}
 
 
 def load_config(path: Path, overrides: Mapping[str, tuple[str, Any]] | None = None) -> GatewayConfig:

@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from mitransfer.protocol import suites
 GATEWAY_URI = "urn:mitransfer:gateway"
 GATEWAY_KEY_ID = "gateway-dev-1"
 DEV_LOG_ORIGIN = "dev.transfer-gateway.example/log"  # the dev registry's transparency log name
+PERSON_KEY_ID = "person-dev-1"  # the dev person-key secret's id (automatic transfer's index)
 _VALIDITY = dt.timedelta(days=3650)
 
 
@@ -99,6 +101,11 @@ class DevPaths:
     def registry(self) -> Path:
         return self.root / "registry.json"
 
+    @property
+    def person_key_secret(self) -> Path:
+        """The secret of the suspended-record index's person keys (hex, as `openssl rand -hex 32`)."""
+        return self.root / "person-key-dev.hex"
+
     def platform_cert(self, platform: str) -> Path:
         return self.root / "platforms" / f"{platform}.pem"
 
@@ -166,7 +173,8 @@ class PkiExists(FileExistsError):
 
 def _existing(root: Path, platforms: tuple[DevPlatform, ...]) -> list[str]:
     paths = DevPaths(root)
-    candidates = [paths.ca, paths.gateway_cert, paths.gateway_key, paths.gateway_signing_key, paths.registry]
+    candidates = [paths.ca, paths.gateway_cert, paths.gateway_key, paths.gateway_signing_key, paths.registry,
+                  paths.person_key_secret]
     for platform in platforms:
         candidates += [paths.platform_cert(platform.id), paths.platform_key(platform.id),
                        paths.platform_signing_key(platform.id)]
@@ -250,6 +258,7 @@ def write_dev_pki(
     _write_private(paths.gateway_key, _pem_private(server_key))
     gateway_signing_private, gateway_signing_public = _signing_key(signing_algorithm)
     _write_private(paths.gateway_signing_key, gateway_signing_private)
+    _write_private(paths.person_key_secret, secrets.token_hex(32).encode() + b"\n")
 
     registry_platforms = []
     registry_agencies = []

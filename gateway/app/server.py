@@ -1,4 +1,5 @@
-"""The running gateway: gRPC over mTLS, health, reflection, metrics, store, monitor and sweeper.
+"""The running gateway: gRPC over mTLS, health, reflection, metrics, store, monitor, sweeper and the
+index's upkeep.
 
 `gateway.app.assembly.assemble` builds a `GatewayServer` from what it has read; `start()` is all
 or nothing, in the order that fails cheapest first: bind the metrics port, bind the gRPC port,
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from gateway.app.build import BuildInfo
 from gateway.app.config import GatewayConfig, parse_address
 from gateway.app.failures import ConfigError, Unavailable
+from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
 from gateway.app.sweeper import CaseSweeper
@@ -176,7 +178,8 @@ class GatewayServer:
     def __init__(
         self, *, config: GatewayConfig, tls: ServerTls, store: Store, router: Router, services: Services,
         admission: Admission,
-        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, publisher: CheckpointPublisher, metrics: Metrics,
+        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, publisher: CheckpointPublisher,
+        keeper: IndexKeeper, metrics: Metrics,
         prometheus: CollectorRegistry,
         sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
     ) -> None:
@@ -190,6 +193,7 @@ class GatewayServer:
         self.monitor = monitor
         self.sweeper = sweeper
         self.publisher = publisher
+        self.keeper = keeper
         self.metrics = metrics
         self.prometheus = prometheus
         self.sla = sla
@@ -233,7 +237,8 @@ class GatewayServer:
             await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
             self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
                            asyncio.create_task(self.sweeper.run(cfg.sweep_interval)),
-                           asyncio.create_task(self.publisher.run(cfg.log.checkpoint_interval))]
+                           asyncio.create_task(self.publisher.run(cfg.log.checkpoint_interval)),
+                           asyncio.create_task(self.keeper.run(cfg.automatic.upkeep_interval))]
         except BaseException:
             await self._release(grace=0)
             raise

@@ -21,12 +21,13 @@ from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
 
 from gateway.core.errors import RuleViolation
-from gateway.core.messages import BusinessMessage, MessageKind, kind_of
+from gateway.core.messages import CaseMessage, MessageKind, kind_of
 from gateway.core.settings import setting
 from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
+Channel: TypeAlias = messages_pb2.TransferRequest.Channel.ValueType
 InsuranceType: TypeAlias = types_pb2.InsuranceType.ValueType
 Ack = messages_pb2.Acknowledgement
 _S = tracking_pb2
@@ -35,6 +36,8 @@ NO_POLICIES: Final[Policies] = {}
 EMPLOYEE: Final = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC
 RESIDENT: Final = types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
 UNSPECIFIED: Final = types_pb2.INSURANCE_TYPE_UNSPECIFIED
+NO_CHANNEL: Final[Channel] = messages_pb2.TransferRequest.CHANNEL_UNSPECIFIED
+AUTOMATIC: Final[Channel] = messages_pb2.TransferRequest.CHANNEL_AUTOMATIC
 
 NEW: Final[CaseState] = _S.CASE_STATE_UNSPECIFIED  # "no case yet" in the table
 CLOSED_STATES: Final[frozenset[CaseState]] = frozenset({
@@ -76,6 +79,7 @@ class Event(StrEnum):
     ACK_TRANSFER_IN_COMPLETED = "ack_transfer_in_completed"
     WITHDRAWAL = "withdrawal"
     EXPIRY = "expiry"
+    AUTOMATIC_REQUEST = "automatic_request"  # the gateway opens a case from a record and an enrollment
 
 
 class Guard(StrEnum):
@@ -113,6 +117,8 @@ def _t(event: Event, side: Side, sources: set[CaseState] | frozenset[CaseState],
 
 TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t(Event.TRANSFER_REQUEST, Side.INBOUND, {NEW}, _S.CASE_STATE_OPENED),
+    # 免申请: the request the person would have lodged at the inbound side, written by the gateway.
+    _t(Event.AUTOMATIC_REQUEST, Side.GATEWAY, {NEW}, _S.CASE_STATE_OPENED),
     _t(Event.NOTICE_ACCEPTED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_OUTBOUND_ACCEPTED),
     _t(Event.NOTICE_REFUSED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_REFUSED),
     _t(Event.INFORMATION_TABLE, Side.OUTBOUND, {_S.CASE_STATE_OUTBOUND_ACCEPTED}, _S.CASE_STATE_TABLE_SENT),
@@ -197,6 +203,7 @@ class Case:
     # cases opened before it was required lack it; their table or acceptance states it.
     inbound_insurance_type: InsuranceType = UNSPECIFIED
     enrollment_date: str = ""           # ISO date, from the inbound acceptance
+    channel: Channel = NO_CHANNEL       # how it opened: the request's channel (none: the outbound notice)
     messages: Mapping[str, MessageRef] = field(default_factory=dict)
 
     @property
@@ -249,7 +256,7 @@ def _insurance_name(value: InsuranceType) -> str:
     return f"{types_pb2.InsuranceType.Name(value).removeprefix('INSURANCE_TYPE_')} ({value})" if known else str(value)
 
 
-def event_of(message: BusinessMessage) -> Event:
+def event_of(message: CaseMessage) -> Event:
     """The event a (validated) message stands for."""
     if isinstance(message, messages_pb2.TransferRequest):
         return Event.TRANSFER_REQUEST
@@ -272,7 +279,7 @@ def _violation(rule: str, text: str, case: Case | None, **extra: str) -> RuleVio
     return RuleViolation(text, reason=rule, metadata=metadata)
 
 
-def apply(case: Case | None, message: BusinessMessage, *, policies: Policies, index: CaseIndex) -> Decision:
+def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index: CaseIndex) -> Decision:
     """The decision on `message` (validated by gateway.core.validation), or RuleViolation.
 
     `case` is None for a transfer id the gateway has not seen; `policies` are the regions' own
@@ -303,7 +310,7 @@ def apply(case: Case | None, message: BusinessMessage, *, policies: Policies, in
     return Decision(after, fund_status=fund_status)
 
 
-def index_question(message: BusinessMessage) -> tuple[bytes, str] | None:
+def index_question(message: CaseMessage) -> tuple[bytes, str] | None:
     """What `apply` asks its CaseIndex about `message` when its transfer has no case yet: the
     person key and outbound agency of the case it would open. None: it asks nothing (the message
     opens no case, or is a refused notice, which opens a case only to close it). A store answers
@@ -331,6 +338,27 @@ def review(case: Case | None, *, approved: bool, message_id: str) -> Decision:
     return Decision(after, cancel_message=case.fund_message_id, fund_status=FundStatus.REJECTED)
 
 
+def open_automatic(case: Case | None, request: messages_pb2.TransferRequest, *, message_id: str,
+                   index: CaseIndex) -> Decision:
+    """The decision to open a case the gateway writes itself (免申请): `request` is the transfer
+    request of its AutomaticTransferRequest, as if the person had applied at the inbound side
+    (channel CHANNEL_AUTOMATIC). The request stands for the inbound side's application: the inbound
+    agency is the applicant, may withdraw it, and the outbound side answers it as any request.
+
+    Raises RuleViolation: the transfer id has a case already (CASE_EXISTS), an insurance type the
+    measures do not cover, or the person has an open case at the outbound agency (CASE_ALREADY_OPEN).
+    """
+    if case is not None:
+        raise _violation("CASE_EXISTS", f"transfer {case.transfer_id} has a case already", case)
+    new = _new_case(request, Event.TRANSFER_REQUEST)
+    transition = _transition(new, Event.AUTOMATIC_REQUEST, Side.GATEWAY, NO_POLICIES)
+    assert transition.target is not None
+    _check_content(new, request, Event.TRANSFER_REQUEST, opening=True)
+    _check_one_open_case(new, index)
+    refs = {message_id: MessageRef(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, Side.INBOUND)}
+    return Decision(replace(new, state=transition.target, channel=AUTOMATIC, messages=refs))
+
+
 def expire(case: Case | None, *, message_id: str) -> Decision:
     """The decision to close a case whose transfer request was never answered."""
     if case is None:
@@ -343,11 +371,11 @@ def expire(case: Case | None, *, message_id: str) -> Decision:
     return Decision(replace(case, state=transition.target, messages=refs))
 
 
-def _new_case(message: BusinessMessage, event: Event) -> Case:
+def _new_case(message: CaseMessage, event: Event) -> Case:
     h = message.header
     if isinstance(message, messages_pb2.TransferRequest):
         return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.receiver, inbound=h.sender, applicant=h.sender,
-                    insurance_type=message.outbound_insurance_type,
+                    insurance_type=message.outbound_insurance_type, channel=message.channel,
                     inbound_insurance_type=message.inbound_insurance_type, person_key=person_key(message.person))
     if isinstance(message, messages_pb2.OutboundNotice):
         return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.sender, inbound=h.receiver, applicant=h.sender,
@@ -445,7 +473,7 @@ def _same_inbound_insurance(case: Case, stated: InsuranceType, what: str) -> Non
                          field="inbound_insurance_type")
 
 
-def _check_content(case: Case, message: BusinessMessage, event: Event, *, opening: bool) -> _Facts:
+def _check_content(case: Case, message: CaseMessage, event: Event, *, opening: bool) -> _Facts:
     """Rules comparing the message with the case so far; returns the facts it adds."""
     if isinstance(message, messages_pb2.TransferRequest):
         _covered(case, message.outbound_insurance_type, "outbound insurance type")

@@ -14,13 +14,16 @@ from mitransfer.protocol.kinds import (
     RECEIPT_PAYLOAD_TYPE,
     REVIEW_DECISION_PAYLOAD_TYPE,
     BusinessMessage,
+    CaseMessage,
+    IndexMessage,
     MessageKind,
+    is_index_kind,
     kind_of,
 )
 
 __all__ = [
-    "RECEIPT_PAYLOAD_TYPE", "REVIEW_DECISION_PAYLOAD_TYPE", "BusinessMessage", "MessageKind", "kind_name",
-    "kind_of", "message_class", "parse", "payload_type",
+    "RECEIPT_PAYLOAD_TYPE", "REVIEW_DECISION_PAYLOAD_TYPE", "BusinessMessage", "CaseMessage", "IndexMessage",
+    "MessageKind", "is_index_kind", "kind_name", "kind_of", "message_class", "parse", "payload_type",
 ]
 
 

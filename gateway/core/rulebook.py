@@ -24,6 +24,11 @@ class Rule:
 
 _FP, _IA, _PD = "FAILED_PRECONDITION", "INVALID_ARGUMENT", "PERMISSION_DENIED"
 _CONTRACT = "the exchange contract"
+_ZHEJIANG = ("浙江 自动归集 (in-province since 2022-09): 参保人员在新地区参保同时，系统将自动校验参保人是否存在原"
+             "参保地的暂停参保记录，同步发起转移接续申请")
+_JIANGSU = ("江苏 免申请 (in-province since 2025-09): 由医保信息平台完成参保状态的读取、办理条件的判断、"
+            "业务的自动触发办理")
+_JIANGSU_CHOICE = "江苏: 参保人员有多地暂停参保记录，可以自主选择待转移的记录进行申请办理"
 
 RULES: Final[tuple[Rule, ...]] = (
     # Who and what the measures cover.
@@ -120,6 +125,38 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule("NOT_HELD_FOR_REVIEW", _FP, "A reviewer decides only on a held fund transfer.", _CONTRACT),
     Rule("REVIEW_ALREADY_DECIDED", _FP, "The opposite decision on an already decided review (the same decision "
          "again returns the first receipt); metadata `transfer_id`.", _CONTRACT),
+    # Automatic transfer (免申请): the suspended-record index.
+    Rule("AUTOMATIC_ACROSS_PROVINCES", "", "A suspended record and a new enrollment of the same person (certificate "
+         "type and number) at agencies of two provinces open the case without an application, as if the person had "
+         "applied at the inbound side (channel CHANNEL_AUTOMATIC); a move within one province is left to the "
+         "province's own platform.", f"{_ZHEJIANG}; {_JIANGSU}"),
+    Rule("AUTOMATIC_OLDEST_FIRST", "", "Several suspended records of the person open one case each, the oldest "
+         "suspension first, unless the enrollment names the outbound agencies the person chose.",
+         f"{_JIANGSU_CHOICE}"),
+    Rule("AUTOMATIC_ONLY_WHAT_THE_RULES_ALLOW", "", "A record and an enrollment open nothing when the case would "
+         "be refused: an enrollment before the suspension (OVERLAPPING_COVERAGE), resident → resident within the "
+         "suspension's year (RESIDENT_SAME_YEAR).",
+         f"{MEASURES}: 不得重复参保; 原则上当年度在转入地不再办理转移接续手续"),
+    Rule("ENROLLMENT_WAITS", "", "An enrollment without a matching record waits for one for the gateway's "
+         "retention period (`[automatic] enrollment_retention_days`, 90 days by default; the receipt's "
+         "`automatic.waiting_until`); a record registered meanwhile opens the case.", _CONTRACT),
+    Rule("TRANSFER_ID_IN_USE", _FP, "A suspended record's id is new: no record or case has it (it becomes the id "
+         "of the case the record opens); metadata `transfer_id`.", _CONTRACT),
+    Rule("RECORD_ALREADY_REGISTERED", _FP, "One waiting record per person and agency; metadata `transfer_id` names "
+         "it (withdraw it first if it ended).", f"{MEASURES}: 不得重复参保"),
+    Rule("RECORD_NOT_FOUND", "NOT_FOUND", "The agency withdrawing a record registered it; metadata `transfer_id`.",
+         _CONTRACT),
+    Rule("RECORD_NOT_WAITING", _FP, "A record that opened its case, or was withdrawn, is not withdrawn again: an "
+         "open case is answered (or refused) in the case; metadata `transfer_id`, `record_state`.", _CONTRACT),
+    Rule("ENROLLMENT_NOT_FOUND", "NOT_FOUND", "The agency opting out reported the enrollment; metadata "
+         "`enrollment_message_id`.", _CONTRACT),
+    Rule("ENROLLMENT_NOT_WAITING", _FP, "An enrollment that lapsed or was opted out of opens nothing more; the "
+         "cases it opened are withdrawn like any other; metadata `enrollment_message_id`, `enrollment_state`.",
+         _CONTRACT),
+    Rule("CASE_EXISTS", _FP, "The gateway opens an automatic case only under a transfer id no case has.", _CONTRACT),
+    Rule("AUTOMATIC_TRANSFER_NOT_CONFIGURED", _FP, "The gateway keeps no index without a person-key secret "
+         "(`[automatic.person_key_secrets]`): its messages are refused until the operators configure one.",
+         _CONTRACT),
     # Clocks.
     Rule("OUTBOUND_CLOCK", "", "The outbound stage runs from the opening until the table (and the funds when due) "
          "are sent: 10 working days.",

@@ -23,12 +23,12 @@ from typing import Final
 from gateway.core.continuity import Period, cumulative_bounds, month_index
 from gateway.core.errors import FieldViolation, InvalidMessage
 from gateway.core.limits import MessageLimits
-from gateway.core.messages import BusinessMessage
+from gateway.core.messages import BusinessMessage, IndexMessage
 from gateway.core.text import shown, unsafe_description
 from gateway.core.timestamps import micros, timestamp_micros
 from gateway.core.workdays import local_date
 from mitransfer.protocol import idnumbers
-from mitransfer.v1 import messages_pb2, types_pb2
+from mitransfer.v1 import automatic_pb2, messages_pb2, types_pb2
 
 # One cap for every amount (balances, transfers, credits): 1e8 yuan, far above any personal
 # account. One cap, so that no case can hold a balance its fund transfer could not move.
@@ -70,6 +70,11 @@ def is_region_code(code: str) -> bool:
 def validate(message: BusinessMessage, *, now: dt.datetime, limits: MessageLimits = DEFAULT_LIMITS) -> None:
     """Raise InvalidMessage listing the field violations of `message`; return if there is none."""
     v: list[FieldViolation] = []
+    if isinstance(message, _INDEX_MESSAGES):
+        _index_message(v, message, now, limits)
+        if v:
+            raise InvalidMessage(v)
+        return
     _header(v, message.header, now, limits)
     if isinstance(message, messages_pb2.TransferRequest):
         _request(v, message, now)
@@ -185,6 +190,8 @@ def _request(v: list[FieldViolation], r: messages_pb2.TransferRequest, now: dt.d
     _insurance(v, r.inbound_insurance_type, "inbound_insurance_type")
     if not r.channel or r.channel not in _CHANNELS:
         _add(v, "channel", "must be a defined channel")
+    elif r.channel == messages_pb2.TransferRequest.CHANNEL_AUTOMATIC:
+        _add(v, "channel", "CHANNEL_AUTOMATIC is the gateway's own: an automatic case opens from an Enrollment")
 
 
 def _date(v: list[FieldViolation], field: str, d: types_pb2.Date, present: bool, *, latest: dt.date,
@@ -385,3 +392,85 @@ def _ack(v: list[FieldViolation], a: messages_pb2.Acknowledgement, now: dt.datet
             _add(v, "inbound_enrollment_date", "is only for STATUS_ACCEPTED")
         if a.inbound_insurance_type:
             _add(v, "inbound_insurance_type", "is only for STATUS_ACCEPTED")
+
+
+# -- the suspended-record index's messages (gateway.core.automatic) ----------------------------------
+
+_INDEX_MESSAGES: Final = (automatic_pb2.SuspendedRecord, automatic_pb2.SuspendedRecordWithdrawal,
+                          automatic_pb2.Enrollment, automatic_pb2.EnrollmentOptOut)
+_AUTOMATIC_INSURANCE: Final = frozenset({types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC,
+                                         types_pb2.INSURANCE_TYPE_RESIDENT_BASIC})
+_WITHDRAWAL_REASONS: Final = frozenset(automatic_pb2.SuspendedRecordWithdrawal.Reason.values()) - {0}
+MAX_CHOSEN_AGENCIES: Final = 10  # a person's suspended records at once: a handful at most
+
+
+def _index_message(v: list[FieldViolation], m: IndexMessage, now: dt.datetime, limits: MessageLimits) -> None:
+    today = local_date(now)
+    names_record = isinstance(m, automatic_pb2.SuspendedRecord | automatic_pb2.SuspendedRecordWithdrawal)
+    _index_header(v, m.header, now, limits, names_record=names_record)
+    if isinstance(m, automatic_pb2.SuspendedRecord):
+        _certificate_only(v, m.person, today)
+        _automatic_insurance(v, m.insurance_type)
+        _date(v, "suspension_date", m.suspension_date, m.HasField("suspension_date"), latest=today)
+    elif isinstance(m, automatic_pb2.SuspendedRecordWithdrawal):
+        if m.reason not in _WITHDRAWAL_REASONS:
+            _add(v, "reason", "must be a defined reason")
+    elif isinstance(m, automatic_pb2.Enrollment):
+        _person(v, m.person, today)
+        _automatic_insurance(v, m.insurance_type)
+        _date(v, "enrollment_date", m.enrollment_date, m.HasField("enrollment_date"), latest=today + DATE_HORIZON)
+        _chosen_agencies(v, m)
+    else:
+        if not is_uuid(m.enrollment_message_id):
+            _add(v, "enrollment_message_id", "must be a canonical lower-case UUID")
+        _text(v, "text", m.text)
+
+
+def _index_header(v: list[FieldViolation], h: messages_pb2.Header, now: dt.datetime, limits: MessageLimits, *,
+                  names_record: bool) -> None:
+    """The header rules of every message, but the receiver is the gateway (empty), and the transfer id
+    names the record (a suspended record and its withdrawal) or nothing (an enrollment and its opt-out)."""
+    found: list[FieldViolation] = []
+    _header(found, h, now, limits)
+    v.extend(f for f in found if f.field not in ("header.receiver", "header.transfer_id"))
+    if h.receiver:
+        _add(v, "header.receiver", "must be empty: the index's messages are addressed to the gateway")
+    if names_record and not is_uuid(h.transfer_id):
+        _add(v, "header.transfer_id", "must be a canonical lower-case UUID: the record's id, which becomes the"
+             " transfer id of the case it opens")
+    elif not names_record and h.transfer_id:
+        _add(v, "header.transfer_id", "must be empty: an enrollment opens one case per matching record, each with"
+             " the record's id")
+
+
+def _certificate_only(v: list[FieldViolation], p: types_pb2.Person, today: dt.date) -> None:
+    """A suspended record's person: the certificate and nothing more (the index needs no more)."""
+    found: list[FieldViolation] = []
+    _person(found, p, today)
+    v.extend(f for f in found if f.field != "person.name")
+    for name in ("name", "psn_no"):
+        if getattr(p, name):
+            _add(v, f"person.{name}", "must be empty: the index keeps a keyed hash of the certificate and needs"
+                 " nothing else")
+
+
+def _automatic_insurance(v: list[FieldViolation], value: int) -> None:
+    if value not in _AUTOMATIC_INSURANCE:
+        _add(v, "insurance_type", "must be 310 or 390: the insurance types the transfer measures cover")
+
+
+def _chosen_agencies(v: list[FieldViolation], m: automatic_pb2.Enrollment) -> None:
+    chosen = list(m.outbound_agencies)
+    if len(chosen) > MAX_CHOSEN_AGENCIES:
+        _add(v, "outbound_agencies", f"at most {MAX_CHOSEN_AGENCIES}")
+        return
+    seen: set[str] = set()
+    for i, agency in enumerate(chosen):
+        if not is_region_code(agency):
+            _add(v, f"outbound_agencies[{i}]", f"{shown(agency)} is not a 6-digit 医保区划 code of a province")
+        elif agency in seen:
+            _add(v, f"outbound_agencies[{i}]", "is listed twice")
+        elif agency[:2] == m.header.sender[:2]:
+            _add(v, f"outbound_agencies[{i}]", "is in the enrollment's own province: the gateway opens transfers"
+                 " across provinces only")
+        seen.add(agency)

@@ -1,4 +1,5 @@
-"""Messages the gateway itself writes into a case's log (review decisions, expiries).
+"""Messages the gateway itself writes into a case's log (review decisions, expiries, the requests of
+the cases it opens from the suspended-record index).
 
 They are signed with the gateway's key like receipts, stored and receipted through the same
 atomic `Store.accept`, and delivered to both sides of the case.
@@ -19,7 +20,7 @@ from gateway.core.sla import Sla
 from gateway.service.metrics import Metrics
 from gateway.service.receipts import receipt_maker
 from gateway.service.routing import Router
-from gateway.store import AcceptOutcome, Decide, IncomingMessage, Store
+from gateway.store import AcceptOutcome, Decide, IncomingMessage, MakeReceipt, Store
 from mitransfer.v1 import envelope_pb2
 
 GATEWAY_SENDER: Final = "gateway"  # sender of what the gateway writes into a case's log
@@ -36,11 +37,13 @@ class GatewayAuthor:
         self._router = router
         self._signer = signer
 
-    async def record(
+    def prepare(
         self, *, kind: MessageKind, message_id: str, transfer_id: str, payload: Message, sides: tuple[str, str],
-        decide: Decide, now: dt.datetime,
-    ) -> AcceptOutcome:
-        """Sign `payload`, store it in the case's log with `decide`'s decision, deliver it to both sides."""
+        now: dt.datetime, opens_case_of: tuple[bytes, str] | None = None,
+    ) -> tuple[IncomingMessage, MakeReceipt]:
+        """`payload` signed, as a message ready for the store to accept into the case's log and deliver
+        to both sides, and the maker of its receipt. Pure (the signer's work): the suspended-record
+        index calls it inside its transaction to write the request of a case it opens."""
         body = payload.SerializeToString()
         payload_type = payload.DESCRIPTOR.full_name
         signed = envelope_pb2.SignedMessage(kind=kind, payload=body, key_id=self._signer.key_id,
@@ -50,10 +53,19 @@ class GatewayAuthor:
         incoming = IncomingMessage(
             message_id=message_id, transfer_id=transfer_id, kind=kind, sender=GATEWAY_SENDER, receiver=BOTH_SIDES,
             deliveries=deliveries, created_at=now, fingerprint=fingerprint(payload_type, body),
-            signed_message=signed.SerializeToString(), created_by_gateway=True,
+            signed_message=signed.SerializeToString(), created_by_gateway=True, opens_case_of=opens_case_of,
         )
-        outcome = await self._store.accept(incoming, decide,
-                                           receipt_maker(self._signer, incoming, hashlib.sha256(body).digest()))
+        return incoming, receipt_maker(self._signer, incoming, hashlib.sha256(body).digest())
+
+    async def record(
+        self, *, kind: MessageKind, message_id: str, transfer_id: str, payload: Message, sides: tuple[str, str],
+        decide: Decide, now: dt.datetime,
+    ) -> AcceptOutcome:
+        """Sign `payload`, store it in the case's log with `decide`'s decision, deliver it to both sides."""
+        incoming, make_receipt = self.prepare(kind=kind, message_id=message_id, transfer_id=transfer_id,
+                                              payload=payload, sides=sides, now=now)
+        deliveries = incoming.deliveries
+        outcome = await self._store.accept(incoming, decide, make_receipt)
         self._metrics.observe_finished(outcome, self._sla)
         for platform, _ in deliveries:
             self._router.notify(platform)

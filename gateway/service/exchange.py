@@ -11,6 +11,9 @@ may have left the freshness window, or a field rule may have tightened. The stor
 inside `accept`, after validation; so when validation refuses a message, Submit first asks the
 store whether that very payload was accepted under its id (any replica may have accepted it:
 the recent-receipts shortcut knows only this process) and answers with its receipt if so.
+
+A message to the suspended-record index (a suspended record, an enrollment, their withdrawals)
+goes, once validated, to `gateway.service.automatic` instead of to a case.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -35,13 +38,14 @@ from gateway.core.text import shown
 from gateway.core.timestamps import datetime_of
 from gateway.core.validation import is_uuid, validate
 from gateway.service.auth import calling_platform
+from gateway.service.automatic import AutomaticTransfer
 from gateway.service.instrument import raw_bytes
 from gateway.service.metrics import Metrics
 from gateway.service.receipts import receipt_maker
 from gateway.service.routing import Router
 from gateway.service.status import grpc_code
 from gateway.store import IncomingMessage, Store
-from mitransfer.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
+from mitransfer.v1 import automatic_pb2, envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
 log = logging.getLogger("gateway.exchange")
 
@@ -85,6 +89,10 @@ class RecentReceipts:
             self._entries.popitem(last=False)
 
 
+INDEX_MESSAGES: Final = (automatic_pb2.SuspendedRecord, automatic_pb2.SuspendedRecordWithdrawal,
+                         automatic_pb2.Enrollment, automatic_pb2.EnrollmentOptOut)
+
+
 def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
     """The message and transfer ids of a refused message, as far as its header parses (ids only:
     the header never holds a person's data): as they are when they are UUIDs, else shown as a
@@ -102,11 +110,12 @@ def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
-        sla: Sla, clock: Callable[[], dt.datetime],
+        sla: Sla, clock: Callable[[], dt.datetime], automatic: AutomaticTransfer,
         limits: MessageLimits | None = None,
     ) -> None:
         self._limits = limits or MessageLimits()
         self._registry = registry
+        self._automatic = automatic
         self._sla = sla
         self._store = store
         self._router = router
@@ -144,10 +153,18 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 self._recent.put(request_digest, platform.id, kind_label, earlier)
                 self._metrics.count_message(kind_label, "replayed")
                 return earlier
+            if isinstance(message, INDEX_MESSAGES):
+                indexed = await self._automatic.submit(platform, signed.kind, message, request, digest,
+                                                       hashlib.sha256(signed.payload).digest())
+                self._recent.put(request_digest, platform.id, kind_label, indexed.receipt)
+                self._metrics.count_message(kind_label, "replayed" if indexed.replayed else "accepted")
+                return indexed.receipt
             incoming = self._admit(platform, signed, message, request, digest)
+            case_message = message
             outcome = await self._store.accept(
                 incoming,
-                lambda case, index: case_rules.apply(case, message, policies=self._registry.policies, index=index),
+                lambda case, index: case_rules.apply(case, case_message, policies=self._registry.policies,
+                                                     index=index),
                 receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest()),
             )
         except CallerError as err:
@@ -161,6 +178,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         self._metrics.count_message(kind_label, result)
         if not outcome.replayed:
             self._metrics.observe_finished(outcome, self._sla)
+            self._metrics.observe_opened(outcome)
             for receiving_platform, _ in incoming.deliveries:
                 self._router.notify(receiving_platform)
         # Per message at DEBUG: the store's log is the record of every message, and a JSON line
@@ -217,10 +235,10 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         return signed_bytes
 
     def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.BusinessMessage,
+        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.CaseMessage,
         received: bytes, digest: bytes,
     ) -> IncomingMessage:
-        """Authorize a validated message; raises the CallerError that says what is wrong."""
+        """Authorize a validated case message; raises the CallerError that says what is wrong."""
         header = message.header
         self._registry.check_acts_for(platform, header.sender, what="header.sender")
         receiver_platform = self._registry.platform_of_agency(header.receiver)

@@ -23,13 +23,15 @@ def issue_receipt(
     sequence: int,
     accepted_at: dt.datetime,
     leaf_index: int = 0,
+    automatic: envelope_pb2.AutomaticOutcome | None = None,
 ) -> IssuedReceipt:
     """A signed Receipt attesting that the gateway committed this message, and its body as signed
-    (the transparency log keeps the body; the receipt names its leaf)."""
+    (the transparency log keeps the body; the receipt names its leaf). For a suspended record or
+    an enrollment the body says what it opened (`automatic`)."""
     body = envelope_pb2.ReceiptBody(
         message_id=message_id, transfer_id=transfer_id, kind=kind, sender=sender, receiver=receiver,
         payload_sha256=payload_sha256, sequence=sequence,
-        accepted_at=timestamp_of(accepted_at), leaf_index=leaf_index,
+        accepted_at=timestamp_of(accepted_at), leaf_index=leaf_index, automatic=automatic,
     )
     body_bytes = body.SerializeToString()
     receipt = envelope_pb2.Receipt(

@@ -113,7 +113,7 @@ def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime
     out = tracking_pb2.Case(
         transfer_id=c.transfer_id, state=c.state, outbound=c.outbound, inbound=c.inbound,
         insurance_type=c.insurance_type, account_balance_fen=c.balance_fen or 0, applicant=c.applicant,
-        inbound_insurance_type=c.inbound_insurance_type,
+        inbound_insurance_type=c.inbound_insurance_type, channel=c.channel,
     )
     if c.suspension_date and c.enrollment_date:
         found = continuity(dt.date.fromisoformat(c.suspension_date), dt.date.fromisoformat(c.enrollment_date),

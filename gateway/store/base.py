@@ -20,8 +20,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TypeAlias, TypeVar
 
+from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Sla
-from gateway.store import reports, transparency, views, writes
+from gateway.store import index, reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
     CaseQuery,
@@ -34,11 +35,17 @@ from gateway.store.port import (
     HeldTransfer,
     InclusionRecord,
     IncomingMessage,
+    IndexCount,
+    IndexMessage,
+    IndexOutcome,
     LoggedMessage,
+    MakeIndexReceipt,
     MakeReceipt,
+    OpenCase,
     SettlementLine,
     SignCheckpoint,
     StageCount,
+    StaleEntry,
 )
 from gateway.store.steps import Steps
 
@@ -145,3 +152,18 @@ class SQLStore(ABC):
     async def consistency_proof(self, first: int, second: int) -> ConsistencyRecord:
         return await self.read(lambda: transparency.consistency_proof(first, second))
 
+    async def submit_index(self, message: IndexMessage, open_case: OpenCase,
+                           make_receipt: MakeIndexReceipt) -> IndexOutcome:
+        return await self.write(lambda: index.submit(message, open_case, make_receipt, self._clock, self._sla))
+
+    async def lapse_enrollments(self, now: dt.datetime, limit: int) -> int:
+        return await self.write(lambda: index.lapse_enrollments(now, limit))
+
+    async def stale_index_entries(self, current_key_id: str, limit: int) -> list[StaleEntry]:
+        return await self.read(lambda: index.stale_entries(current_key_id, limit))
+
+    async def rekey_index_entry(self, entry: StaleEntry, new: PersonKey) -> bool:
+        return await self.write(lambda: index.rekey(entry, new))
+
+    async def index_counts(self) -> list[IndexCount]:
+        return await self.read(index.index_counts)

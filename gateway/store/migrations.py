@@ -185,12 +185,80 @@ def _4_transparency_log(t: ColumnTypes) -> str:
     """
 
 
+def _5_automatic_transfer(t: ColumnTypes) -> str:
+    integer, blob = t.integer, t.blob
+    return f"""
+    -- How each case opened: its transfer request's channel (0: the outbound notice opened it).
+    ALTER TABLE cases ADD COLUMN channel {integer} NOT NULL DEFAULT 0;
+    -- The suspended-record index's messages (gateway.store.index): records and enrollments belong
+    -- to no case until they open one. Numbered in the one log with every case's messages, each a
+    -- leaf of the transparency log like them.
+    CREATE TABLE index_messages (
+        sequence        {integer} PRIMARY KEY,
+        message_id      TEXT NOT NULL UNIQUE,
+        kind            {integer} NOT NULL,
+        sender          TEXT NOT NULL,
+        transfer_id     TEXT NOT NULL,
+        created_at      {integer} NOT NULL,
+        accepted_at     {integer} NOT NULL,
+        fingerprint     {blob} NOT NULL,
+        signed_message  {blob} NOT NULL,
+        receipt         {blob} NOT NULL,
+        leaf_index      {integer} NOT NULL
+    );
+    -- Suspended records under the person's keyed hash (never the certificate number). A record's
+    -- key is kept only while it waits: once it opened its case or was withdrawn it matches nothing.
+    CREATE TABLE suspended_records (
+        transfer_id     TEXT PRIMARY KEY,
+        agency          TEXT NOT NULL,
+        key_id          TEXT NOT NULL,
+        person_key      {blob} NOT NULL,
+        insurance_type  {integer} NOT NULL,
+        suspension_date TEXT NOT NULL,
+        message_id      TEXT NOT NULL REFERENCES index_messages (message_id),
+        registered      {integer} NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('waiting', 'opened', 'withdrawn')),
+        ended_at        {integer}
+    );
+    -- One waiting record per person and agency, whatever the code above does.
+    CREATE UNIQUE INDEX suspended_records_one_per_agency ON suspended_records (person_key, agency)
+        WHERE state = 'waiting';
+    CREATE INDEX suspended_records_by_key_id ON suspended_records (key_id) WHERE state = 'waiting';
+    -- Reported enrollments, each waiting for records until waiting_until, keyed like the records.
+    CREATE TABLE enrollments (
+        message_id      TEXT PRIMARY KEY REFERENCES index_messages (message_id),
+        agency          TEXT NOT NULL,
+        key_id          TEXT NOT NULL,
+        person_key      {blob} NOT NULL,
+        insurance_type  {integer} NOT NULL,
+        enrollment_date TEXT NOT NULL,
+        chosen          TEXT NOT NULL,
+        reported        {integer} NOT NULL,
+        accepted_at     {integer} NOT NULL,
+        waiting_until   {integer} NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('waiting', 'opted_out', 'lapsed'))
+    );
+    CREATE INDEX enrollments_by_person ON enrollments (person_key) WHERE state = 'waiting';
+    CREATE INDEX enrollments_to_lapse ON enrollments (waiting_until) WHERE state = 'waiting';
+    CREATE INDEX enrollments_by_key_id ON enrollments (key_id) WHERE state = 'waiting';
+    -- The cases the gateway opened itself, with what opened them. A record opens at most one
+    -- case, ever: the case's transfer id is the record's, and both are primary keys.
+    CREATE TABLE automatic_cases (
+        transfer_id           TEXT PRIMARY KEY REFERENCES cases (transfer_id),
+        record_message_id     TEXT NOT NULL,
+        enrollment_message_id TEXT NOT NULL,
+        enrolled_at           {integer} NOT NULL
+    );
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
     _2_stages_and_log_head,
     _3_fund_totals,
     _4_transparency_log,
+    _5_automatic_transfer,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from gateway.core.automatic import Enrollment, SuspendedRecord
 from gateway.core.case import Case, CaseIndex, Decision
 from gateway.core.messages import MessageKind
+from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Stage
 
 
@@ -73,6 +75,11 @@ class AcceptOutcome:
     outbound: str = ""  # the case's agencies (empty on a replay)
     inbound: str = ""
     finished_stages: tuple[StageRecord, ...] = ()  # stages this message finished
+    opened: bool = False  # this message opened its case
+    channel: int = 0      # the case's channel (TransferRequest.Channel; 0: opened by the outbound notice)
+    # An automatic case this message completed: when its enrollment was accepted (the clock of
+    # "enrollment to completion").
+    enrolled_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,122 @@ SignCheckpoint = Callable[[int, bytes], bytes]
 """(tree size, root hash) → the signed checkpoint note."""
 
 
+# -- the suspended-record index (gateway.store.index) ------------------------------------------
+
+@dataclass(frozen=True)
+class RecordRegistration:
+    """A suspended record to add: `transfer_id` is its id (and its case's, if it opens one)."""
+
+    transfer_id: str
+    agency: str
+    insurance_type: int
+    suspension_date: str  # ISO date
+    keys: tuple[PersonKey, ...]  # the person's keys, the current secret's first
+
+
+@dataclass(frozen=True)
+class RecordWithdrawal:
+    transfer_id: str
+    agency: str
+
+
+@dataclass(frozen=True)
+class EnrollmentReport:
+    agency: str
+    insurance_type: int
+    enrollment_date: str  # ISO date
+    chosen: frozenset[str]  # outbound agencies the person chose; empty: any
+    keys: tuple[PersonKey, ...]
+    retention: dt.timedelta  # how long it waits for records
+
+
+@dataclass(frozen=True)
+class OptOut:
+    enrollment_message_id: str
+    agency: str
+
+
+IndexFacts = RecordRegistration | RecordWithdrawal | EnrollmentReport | OptOut
+
+
+@dataclass(frozen=True)
+class IndexMessage:
+    """A verified, validated message to the index, ready to be stored."""
+
+    message_id: str
+    kind: MessageKind
+    sender: str
+    transfer_id: str  # the record's id, or empty
+    created_at: dt.datetime
+    fingerprint: bytes     # SHA-256 of PAE(payload_type, payload)
+    signed_message: bytes  # the SignedMessage exactly as received
+    facts: IndexFacts
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A suspended record and an enrollment that open a case: what the gateway's request needs."""
+
+    record: SuspendedRecord
+    record_message_id: str
+    enrollment: Enrollment
+    enrollment_signed: bytes  # the signed Enrollment as received (the person is in it)
+    enrolled_at: dt.datetime  # when the gateway accepted the enrollment
+
+
+@dataclass(frozen=True)
+class AuthoredOpening:
+    """The gateway's AutomaticTransferRequest for an opening, signed and ready to be accepted."""
+
+    message: IncomingMessage  # its opens_case_of names the person's case key and the outbound agency
+    decide: Decide
+    make_receipt: MakeReceipt
+
+
+OpenCase = Callable[[Opening, dt.datetime], AuthoredOpening]
+MakeIndexReceipt = Callable[[int, int, dt.datetime, Sequence[str], dt.datetime | None], IssuedReceipt]
+"""(sequence, leaf index, acceptance time, transfer ids of the cases opened, waiting until) → the
+signed receipt; called inside the transaction."""
+
+
+@dataclass(frozen=True)
+class OpenedCase:
+    transfer_id: str
+    request: IncomingMessage  # the gateway's request that opened it (its deliveries: both sides)
+    outcome: AcceptOutcome
+
+
+@dataclass(frozen=True)
+class IndexOutcome:
+    receipt: bytes
+    sequence: int
+    replayed: bool
+    opened: tuple[OpenedCase, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class IndexCount:
+    """Entries waiting in the index, by kind and by the secret they are keyed under."""
+
+    kind: str  # "record" or "enrollment"
+    key_id: str
+    entries: int
+
+
+@dataclass(frozen=True)
+class StaleEntry:
+    """A waiting entry keyed under another secret than the current one, with the signed message it
+    came in (to key it again)."""
+
+    kind: str  # "record" or "enrollment"
+    entry_id: str  # the record's transfer id, or the enrollment's message id
+    key_id: str
+    person_key: bytes
+    signed_message: bytes
+
+
+
+
 class UnaskedQuestion(LookupError):
     """A decision asked the case index about a case its message did not name in
     `IncomingMessage.opens_case_of`: a defect of the caller (INTERNAL), never a guess."""
@@ -339,3 +462,26 @@ class Store(Protocol):
         """The proof that the checkpoint of `second` (0: the latest) extends the tree of `first` leaves.
 
         Raises NotFound (CHECKPOINT_NOT_FOUND), RuleViolation (TREE_SIZE_INVALID: first > second)."""
+    async def submit_index(self, message: IndexMessage, open_case: OpenCase,
+                           make_receipt: MakeIndexReceipt) -> IndexOutcome:
+        """Store a message to the suspended-record index with what it does, atomically: a record or
+        an enrollment, the cases it opens with its match (one per record, ever, however the two race),
+        their requests, stages and deliveries. Idempotent by message id like `accept`.
+
+        Raises: IdempotencyConflict; NotFound (RECORD_NOT_FOUND, ENROLLMENT_NOT_FOUND); RuleViolation
+        (TRANSFER_ID_IN_USE, RECORD_ALREADY_REGISTERED, RECORD_NOT_WAITING, ENROLLMENT_NOT_WAITING,
+        CASE_ALREADY_OPEN when another replica opened the person's case at that agency meanwhile);
+        StoreUnavailable.
+        """
+
+    async def lapse_enrollments(self, now: dt.datetime, limit: int) -> int:
+        """Up to `limit` enrollments past their waiting period stop waiting (their keys are dropped)."""
+
+    async def stale_index_entries(self, current_key_id: str, limit: int) -> list[StaleEntry]:
+        """Waiting index entries keyed under another secret than the current one."""
+
+    async def rekey_index_entry(self, entry: StaleEntry, new: PersonKey) -> bool:
+        """Key `entry` under `new` if it is still as read; whether it was."""
+
+    async def index_counts(self) -> list[IndexCount]:
+        """Entries waiting in the index, by kind and key id."""

@@ -4,7 +4,8 @@ The operations are `gateway.store.base`'s, the same as SQLite's; this driver run
 transaction on a pooled connection and answers its steps (`PostgresSteps`) in PostgreSQL's words:
 - `?` placeholders become `%s` (and a literal `%` becomes `%%`), once per statement text;
 - a case's writers are serialized by a transaction-scoped advisory lock on its transfer id, so
-  two replicas deciding messages of one case decide them one after the other;
+  two replicas deciding messages of one case decide them one after the other (a named lock,
+  `LockName`, the same way on its name);
 - the log's sequence comes from one counter row, updated last in the transaction: gapless and in
   commit order across replicas;
 - a query's `SkipLocked` lock is `FOR UPDATE OF … SKIP LOCKED`, so two replicas never lease one
@@ -42,6 +43,7 @@ from gateway.store.migrations import ColumnTypes, migrate
 from gateway.store.steps import (
     Batch,
     LockCase,
+    LockName,
     Query,
     QueryOne,
     R,
@@ -139,6 +141,11 @@ class PostgresSteps:
     async def lock_case(self, step: LockCase) -> None:
         """Writers of one case, on any replica, wait for each other until commit."""
         await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (step.transfer_id,))
+
+    async def lock_name(self, step: LockName) -> None:
+        """Writers naming one lock, on any replica, wait for each other until commit. Its key is the
+        name's hash, as a case's is its transfer id's: names and transfer ids never look alike."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (step.name,))
 
     async def wake(self, step: Wake) -> None:
         """Delivered to every listening replica when the transaction commits (not before)."""

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
-from gateway.core.case import Case, CaseState, InsuranceType, MessageRef, Side
+from gateway.core.case import Case, CaseState, Channel, InsuranceType, MessageRef, Side
 from gateway.core.messages import MessageKind
 from gateway.core.timestamps import from_micros
 from gateway.store.steps import QueryOne, Steps
@@ -40,6 +40,7 @@ class CaseRow(NamedTuple):
     enrollment_date: str
     balance_fen: int | None
     fund_message_id: str | None
+    channel: Channel
 
 
 CASE_COLUMNS = ", ".join(CaseRow._fields)
@@ -72,7 +73,7 @@ def case_from(transfer_id: str, row: CaseRow, messages: Iterable[CaseMessage]) -
         applicant=row.applicant, insurance_type=row.insurance_type,
         inbound_insurance_type=row.inbound_insurance_type, person_key=bytes(row.person_key),
         suspension_date=row.suspension_date, enrollment_date=row.enrollment_date, balance_fen=row.balance_fen,
-        fund_message_id=row.fund_message_id, messages=refs,
+        fund_message_id=row.fund_message_id, channel=row.channel, messages=refs,
     )
 
 
@@ -81,6 +82,8 @@ def side_of(kind: int, sender: str, outbound: str) -> Side:
         return Side.REVIEWER
     if kind == envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
         return Side.GATEWAY
+    if kind == envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST:
+        return Side.INBOUND  # written by the gateway, it stands for the person's application at the inbound side
     return Side.OUTBOUND if sender == outbound else Side.INBOUND
 
 

@@ -10,7 +10,7 @@ see every committed write without ever holding up the writer.
 
 The operations are `gateway.store.base`'s, shared with the PostgreSQL store; this driver answers
 their steps (`SQLiteSteps`): SQL as written (SQLite takes `?`), rows built as each query's row
-type, no row locks, no case locks and no wake-ups (one writer in one process serializes every
+type, no row locks, no case or named locks and no wake-ups (one writer in one process serializes every
 write and its own subscribers hear of its commits directly). `drive` runs on the writer or the
 reader thread with `run_now`: nothing in a step ever waits on the event loop.
 """
@@ -39,6 +39,7 @@ from gateway.store.migrations import ColumnTypes, migrate
 from gateway.store.steps import (
     Batch,
     LockCase,
+    LockName,
     Query,
     QueryOne,
     R,
@@ -132,6 +133,9 @@ class SQLiteSteps:
 
     async def lock_case(self, step: LockCase) -> None:
         """Nothing to do: the one writer thread already runs writes one after another."""
+
+    async def lock_name(self, step: LockName) -> None:
+        """Nothing to do, as for a case."""
 
     async def wake(self, step: Wake) -> None:
         """Nothing to do: one process owns the file, and it tells its own subscribers."""

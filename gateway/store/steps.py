@@ -13,6 +13,7 @@ the engines differ.
 | `Statement(sql, params)`      | an INSERT, UPDATE, DELETE or DDL statement          | rows changed    |
 | `Batch(sql, rows)`            | one statement per parameter tuple (executemany)     | None            |
 | `LockCase(transfer_id)`       | hold off other writers of this case until commit    | None            |
+| `LockName(name)`              | hold off other writers naming this lock until commit | None           |
 | `Wake(platform)`              | on commit, tell every process: deliveries may wait  | None            |
 
 In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed. A step
@@ -135,6 +136,22 @@ class LockCase:
 
 
 @dataclass(slots=True)
+class LockName:
+    """Writers that take the lock of this name wait for each other from here until their
+    transactions end. For what is not one case: the suspended-record index locks a person
+    (`gateway.core.personkeys.lock_names`), so that a record and an enrollment of that person,
+    arriving at once on two replicas, are matched by whichever commits second."""
+
+    name: str
+
+    def run(self, executor: Executor) -> Awaitable[None]:
+        return executor.lock_name(self)
+
+    def __iter__(self) -> Generator[Step, Any, None]:
+        yield self
+
+
+@dataclass(slots=True)
 class Wake:
     """Once this transaction commits, every gateway process sharing the store hears that
     `platform` may have deliveries (its subscribers stop waiting for the next poll)."""
@@ -148,7 +165,7 @@ class Wake:
         yield self
 
 
-Step: TypeAlias = Query[Any] | QueryOne[Any] | Statement | Batch | LockCase | Wake
+Step: TypeAlias = Query[Any] | QueryOne[Any] | Statement | Batch | LockCase | LockName | Wake
 Steps: TypeAlias = Generator[Step, Any, T]  # an operation: yields steps, returns a T
 
 
@@ -166,6 +183,8 @@ class Executor(Protocol):
     async def batch(self, step: Batch) -> None: ...
 
     async def lock_case(self, step: LockCase) -> None: ...
+
+    async def lock_name(self, step: LockName) -> None: ...
 
     async def wake(self, step: Wake) -> None: ...
 

@@ -217,10 +217,13 @@ def leaves() -> Steps[int]:
 # --- proofs ---------------------------------------------------------------------------------------
 
 def leaf_of(message_id: str) -> Steps[LoggedMessage | None]:
-    """Where a message is in the log, and its case's sides."""
+    """Where a message is in the log, and its case's sides (for a message to the suspended-record
+    index, which belongs to no case: its sender as the one side)."""
     row = yield from QueryOne("SELECT m.transfer_id, m.leaf_index, c.outbound, c.inbound FROM messages m"
-                              " JOIN cases c ON c.transfer_id = m.transfer_id WHERE m.message_id = ?",
-                              (message_id,), _Leaf)
+                              " JOIN cases c ON c.transfer_id = m.transfer_id WHERE m.message_id = ?"
+                              " UNION ALL SELECT transfer_id, leaf_index, sender AS outbound, '' AS inbound"
+                              " FROM index_messages WHERE message_id = ?",
+                              (message_id, message_id), _Leaf)
     if row is None or row.leaf_index is None:
         return None
     return LoggedMessage(row.transfer_id, row.leaf_index, row.outbound, row.inbound)
@@ -320,7 +323,9 @@ def audit(sink: AuditSink, *, rows: bool = True) -> Steps[None]:
     after = -1
     while True:
         messages = yield from Query("SELECT sequence, message_id, fingerprint, receipt, leaf_index FROM messages"
-                                    " WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, PAGE), _MessageRow)
+                                    " WHERE sequence > ? UNION ALL SELECT sequence, message_id, fingerprint, receipt,"
+                                    " leaf_index FROM index_messages WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                                    (after, after, PAGE), _MessageRow)
         for m in messages:
             sink.message(m.sequence, m.message_id, bytes(m.fingerprint), bytes(m.receipt), m.leaf_index)
         if len(messages) < PAGE:

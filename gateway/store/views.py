@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
-from gateway.core.case import CaseState, InsuranceType
+from gateway.core.case import CaseState, Channel, InsuranceType
 from gateway.core.messages import MessageKind
 from gateway.core.sla import Stage
 from gateway.core.timestamps import from_micros, micros
@@ -37,11 +37,12 @@ class _ViewRow(NamedTuple):
     enrollment_date: str
     balance_fen: int | None
     fund_message_id: str | None
+    channel: Channel
 
     def case_row(self) -> CaseRow:
         return CaseRow(self.state, self.outbound, self.inbound, self.applicant, self.insurance_type,
                        self.inbound_insurance_type, self.person_key, self.suspension_date, self.enrollment_date,
-                       self.balance_fen, self.fund_message_id)
+                       self.balance_fen, self.fund_message_id, self.channel)
 
 
 _VIEW_COLUMNS = ", ".join(_ViewRow._fields)
@@ -133,7 +134,10 @@ class _Receipt(NamedTuple):
 
 
 def receipt_of(message_id: str) -> Steps[bytes | None]:
-    row = yield from QueryOne("SELECT receipt FROM messages WHERE message_id = ?", (message_id,), _Receipt)
+    """The stored receipt of a case's message or of a message to the suspended-record index."""
+    row = yield from QueryOne("SELECT receipt FROM messages WHERE message_id = ? UNION ALL"
+                              " SELECT receipt FROM index_messages WHERE message_id = ?", (message_id, message_id),
+                              _Receipt)
     return None if row is None else bytes(row.receipt)
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from gateway.core.case import Case, Decision
+from gateway.core.case import AUTOMATIC, Case, Decision
 from gateway.core.errors import IdempotencyConflict, NotFound
 from gateway.core.messages import MessageKind
 from gateway.core.sla import Sla, Stage, province
@@ -44,7 +44,7 @@ from gateway.store.rows import (
 )
 from gateway.store.steps import Batch, LockCase, Query, QueryOne, SkipLocked, Statement, Steps, Wake, marks
 from mitransfer.protocol import entries
-from mitransfer.v1 import envelope_pb2
+from mitransfer.v1 import envelope_pb2, tracking_pb2
 
 _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_order
 
@@ -108,8 +108,9 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
         yield Statement(
             "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
             " enrollment_date, balance_fen, fund_message_id, updated_at, opened_at, transfer_id, outbound,"
-            " inbound, applicant, person_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key))
+            " inbound, applicant, person_key, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key,
+             after.channel))
     else:
         yield Statement(
             "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
@@ -158,8 +159,18 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
          for platform, agency in m.deliveries])
     for platform in sorted({p for p, _ in m.deliveries}):
         yield Wake(platform)
+    enrolled_at = None
+    if after.channel == AUTOMATIC and after.state == tracking_pb2.CASE_STATE_COMPLETED and before is not None:
+        enrolled = yield from QueryOne("SELECT enrolled_at FROM automatic_cases WHERE transfer_id = ?",
+                                       (after.transfer_id,), _Enrolled)
+        enrolled_at = None if enrolled is None else from_micros(enrolled.enrolled_at)
     return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
-                         inbound=after.inbound, finished_stages=tuple(finished))
+                         inbound=after.inbound, finished_stages=tuple(finished), opened=before is None,
+                         channel=after.channel, enrolled_at=enrolled_at)
+
+
+class _Enrolled(NamedTuple):
+    enrolled_at: int
 
 
 def _fund_change(m: IncomingMessage, decision: Decision, fund_was: _Fund | None) -> bytes | None:

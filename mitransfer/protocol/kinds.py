@@ -1,7 +1,9 @@
 """The message kinds: protobuf class, DSSE payload type, short name, and who writes each.
 
-Business messages are written and signed by provincial platforms and carry a Header; gateway
-notices (review decisions, expiries) are written and signed by the gateway itself and delivered
+Business messages are written and signed by provincial platforms and carry a Header; most belong
+to a case, and the index messages (suspended records and enrollments, `INDEX_KINDS`) are addressed
+to the gateway itself and belong to none until they open one. Gateway notices (review decisions,
+expiries, automatic transfer requests) are written and signed by the gateway itself and delivered
 to both sides of a case. A platform key never signs a notice and a gateway key never signs a
 business message: `is_gateway_kind` is how both ends tell them apart.
 
@@ -19,9 +21,9 @@ from typing import Final, TypeAlias
 from google.protobuf.message import DecodeError
 
 from mitransfer.protocol.errors import UndecodablePayload, UnknownKind
-from mitransfer.v1 import admin_pb2, envelope_pb2, messages_pb2
+from mitransfer.v1 import admin_pb2, automatic_pb2, envelope_pb2, messages_pb2
 
-BusinessMessage: TypeAlias = (
+CaseMessage: TypeAlias = (
     messages_pb2.TransferRequest
     | messages_pb2.OutboundNotice
     | messages_pb2.InformationTable
@@ -29,7 +31,14 @@ BusinessMessage: TypeAlias = (
     | messages_pb2.Acknowledgement
     | messages_pb2.Withdrawal
 )
-GatewayNotice: TypeAlias = admin_pb2.ReviewDecision | admin_pb2.CaseExpired
+IndexMessage: TypeAlias = (
+    automatic_pb2.SuspendedRecord
+    | automatic_pb2.SuspendedRecordWithdrawal
+    | automatic_pb2.Enrollment
+    | automatic_pb2.EnrollmentOptOut
+)
+BusinessMessage: TypeAlias = CaseMessage | IndexMessage
+GatewayNotice: TypeAlias = admin_pb2.ReviewDecision | admin_pb2.CaseExpired | automatic_pb2.AutomaticTransferRequest
 MessageKind: TypeAlias = envelope_pb2.MessageKind.ValueType
 
 _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType({
@@ -39,16 +48,27 @@ _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType
     envelope_pb2.MESSAGE_KIND_FUND_TRANSFER: messages_pb2.FundTransfer,
     envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT: messages_pb2.Acknowledgement,
     envelope_pb2.MESSAGE_KIND_WITHDRAWAL: messages_pb2.Withdrawal,
+    envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD: automatic_pb2.SuspendedRecord,
+    envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL: automatic_pb2.SuspendedRecordWithdrawal,
+    envelope_pb2.MESSAGE_KIND_ENROLLMENT: automatic_pb2.Enrollment,
+    envelope_pb2.MESSAGE_KIND_ENROLLMENT_OPT_OUT: automatic_pb2.EnrollmentOptOut,
 })
 _NOTICES: Final[Mapping[MessageKind, type[GatewayNotice]]] = MappingProxyType({
     envelope_pb2.MESSAGE_KIND_REVIEW_DECISION: admin_pb2.ReviewDecision,
     envelope_pb2.MESSAGE_KIND_CASE_EXPIRED: admin_pb2.CaseExpired,
+    envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: automatic_pb2.AutomaticTransferRequest,
 })
 
 BUSINESS_KINDS: Final = frozenset(_BUSINESS)
 """The kinds a platform writes and signs (and may submit)."""
 GATEWAY_KINDS: Final = frozenset(_NOTICES)
 """The kinds only the gateway writes and signs."""
+INDEX_KINDS: Final = frozenset({
+    envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD, envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL,
+    envelope_pb2.MESSAGE_KIND_ENROLLMENT, envelope_pb2.MESSAGE_KIND_ENROLLMENT_OPT_OUT,
+})
+"""The business kinds addressed to the gateway's suspended-record index, not to a case's other side
+(header.receiver empty)."""
 
 RECEIPT_PAYLOAD_TYPE: Final = envelope_pb2.ReceiptBody.DESCRIPTOR.full_name  # "mitransfer.v1.ReceiptBody"
 REVIEW_DECISION_PAYLOAD_TYPE: Final = admin_pb2.ReviewDecision.DESCRIPTOR.full_name
@@ -82,6 +102,11 @@ _BY_PAYLOAD_TYPE: Final[Mapping[str, type[BusinessMessage] | type[GatewayNotice]
 _KIND_BY_CLASS: Final[Mapping[type[BusinessMessage] | type[GatewayNotice], MessageKind]] = MappingProxyType(
     {cls: number for number, cls in (*_BUSINESS.items(), *_NOTICES.items())}
 )
+
+
+def is_index_kind(kind: MessageKind) -> bool:
+    """True for the business kinds addressed to the gateway's index rather than to another agency."""
+    return kind in INDEX_KINDS
 
 
 def is_gateway_kind(kind: MessageKind) -> bool:

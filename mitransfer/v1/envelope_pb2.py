@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmitransfer/v1/envelope.proto\x12\rmitransfer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\rSignedMessage\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.mitransfer.v1.MessageKind\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xf1\x01\n\x0bReceiptBody\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.mitransfer.v1.MessageKind\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x06 \x01(\x0c\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x08 \x01(\x04\x12\x12\n\nleaf_index\x18\t \x01(\x04\":\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c*\xb4\x02\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cMESSAGE_KIND_OUTBOUND_NOTICE\x10\x01\x12\"\n\x1eMESSAGE_KIND_INFORMATION_TABLE\x10\x02\x12\x1e\n\x1aMESSAGE_KIND_FUND_TRANSFER\x10\x03\x12 \n\x1cMESSAGE_KIND_ACKNOWLEDGEMENT\x10\x04\x12!\n\x1dMESSAGE_KIND_TRANSFER_REQUEST\x10\x05\x12\x1b\n\x17MESSAGE_KIND_WITHDRAWAL\x10\x06\x12 \n\x1cMESSAGE_KIND_REVIEW_DECISION\x10\x07\x12\x1d\n\x19MESSAGE_KIND_CASE_EXPIRED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmitransfer/v1/envelope.proto\x12\rmitransfer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\rSignedMessage\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.mitransfer.v1.MessageKind\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xa5\x02\n\x0bReceiptBody\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.mitransfer.v1.MessageKind\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x06 \x01(\x0c\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x08 \x01(\x04\x12\x12\n\nleaf_index\x18\t \x01(\x04\x12\x32\n\tautomatic\x18\n \x01(\x0b\x32\x1f.mitransfer.v1.AutomaticOutcome\"b\n\x10\x41utomaticOutcome\x12\x1b\n\x13opened_transfer_ids\x18\x01 \x03(\t\x12\x31\n\rwaiting_until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c*\xf4\x03\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cMESSAGE_KIND_OUTBOUND_NOTICE\x10\x01\x12\"\n\x1eMESSAGE_KIND_INFORMATION_TABLE\x10\x02\x12\x1e\n\x1aMESSAGE_KIND_FUND_TRANSFER\x10\x03\x12 \n\x1cMESSAGE_KIND_ACKNOWLEDGEMENT\x10\x04\x12!\n\x1dMESSAGE_KIND_TRANSFER_REQUEST\x10\x05\x12\x1b\n\x17MESSAGE_KIND_WITHDRAWAL\x10\x06\x12 \n\x1cMESSAGE_KIND_REVIEW_DECISION\x10\x07\x12\x1d\n\x19MESSAGE_KIND_CASE_EXPIRED\x10\x08\x12!\n\x1dMESSAGE_KIND_SUSPENDED_RECORD\x10\x0b\x12,\n(MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL\x10\x0c\x12\x1b\n\x17MESSAGE_KIND_ENROLLMENT\x10\r\x12#\n\x1fMESSAGE_KIND_ENROLLMENT_OPT_OUT\x10\x0e\x12+\n\'MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST\x10\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mitransfer.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGEKIND']._serialized_start=496
-  _globals['_MESSAGEKIND']._serialized_end=804
+  _globals['_MESSAGEKIND']._serialized_start=648
+  _globals['_MESSAGEKIND']._serialized_end=1148
   _globals['_SIGNEDMESSAGE']._serialized_start=80
   _globals['_SIGNEDMESSAGE']._serialized_end=189
   _globals['_RECEIPTBODY']._serialized_start=192
-  _globals['_RECEIPTBODY']._serialized_end=433
-  _globals['_RECEIPT']._serialized_start=435
-  _globals['_RECEIPT']._serialized_end=493
+  _globals['_RECEIPTBODY']._serialized_end=485
+  _globals['_AUTOMATICOUTCOME']._serialized_start=487
+  _globals['_AUTOMATICOUTCOME']._serialized_end=585
+  _globals['_RECEIPT']._serialized_start=587
+  _globals['_RECEIPT']._serialized_end=645
 # @@protoc_insertion_point(module_scope)

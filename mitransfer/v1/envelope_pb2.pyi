@@ -10,9 +10,11 @@ the payload's message ("mitransfer.v1.OutboundNotice"). The signature binds the 
 needs no canonical re-serialization, and is verified before the payload is parsed.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -53,6 +55,19 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """Made by the gateway itself: the case expired unanswered (payload: mitransfer.v1.CaseExpired),
     signed by the gateway and delivered to both sides.
     """
+    MESSAGE_KIND_SUSPENDED_RECORD: _MessageKind.ValueType  # 11
+    """中止参保记录登记 payload: mitransfer.v1.SuspendedRecord (addressed to the gateway)"""
+    MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL: _MessageKind.ValueType  # 12
+    """撤销中止参保记录 payload: mitransfer.v1.SuspendedRecordWithdrawal (addressed to the gateway)"""
+    MESSAGE_KIND_ENROLLMENT: _MessageKind.ValueType  # 13
+    """新参保登记 payload: mitransfer.v1.Enrollment (addressed to the gateway)"""
+    MESSAGE_KIND_ENROLLMENT_OPT_OUT: _MessageKind.ValueType  # 14
+    """不参加自动转移 payload: mitransfer.v1.EnrollmentOptOut (addressed to the gateway)"""
+    MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: _MessageKind.ValueType  # 15
+    """Made by the gateway itself: the transfer request of a case it opened from a suspended record
+    and an enrollment (payload: mitransfer.v1.AutomaticTransferRequest), signed by the gateway
+    and delivered to both sides.
+    """
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """报文类型 the kind of a business message; fixes payload_type for the signature."""
@@ -78,6 +93,19 @@ signed by the gateway and delivered to both sides (payload: mitransfer.v1.Review
 MESSAGE_KIND_CASE_EXPIRED: MessageKind.ValueType  # 8
 """Made by the gateway itself: the case expired unanswered (payload: mitransfer.v1.CaseExpired),
 signed by the gateway and delivered to both sides.
+"""
+MESSAGE_KIND_SUSPENDED_RECORD: MessageKind.ValueType  # 11
+"""中止参保记录登记 payload: mitransfer.v1.SuspendedRecord (addressed to the gateway)"""
+MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL: MessageKind.ValueType  # 12
+"""撤销中止参保记录 payload: mitransfer.v1.SuspendedRecordWithdrawal (addressed to the gateway)"""
+MESSAGE_KIND_ENROLLMENT: MessageKind.ValueType  # 13
+"""新参保登记 payload: mitransfer.v1.Enrollment (addressed to the gateway)"""
+MESSAGE_KIND_ENROLLMENT_OPT_OUT: MessageKind.ValueType  # 14
+"""不参加自动转移 payload: mitransfer.v1.EnrollmentOptOut (addressed to the gateway)"""
+MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: MessageKind.ValueType  # 15
+"""Made by the gateway itself: the transfer request of a case it opened from a suspended record
+and an enrollment (payload: mitransfer.v1.AutomaticTransferRequest), signed by the gateway
+and delivered to both sides.
 """
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
@@ -130,6 +158,7 @@ class ReceiptBody(_message.Message):
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """报文编号 the accepted message's id"""
     transfer_id: _builtins.str
@@ -152,6 +181,12 @@ class ReceiptBody(_message.Message):
     def accepted_at(self) -> _timestamp_pb2.Timestamp:
         """受理时间 when the gateway committed it"""
 
+    @_builtins.property
+    def automatic(self) -> Global___AutomaticOutcome:
+        """自动转移结果 for a SuspendedRecord or an Enrollment: the cases it opened, and how long an
+        enrollment waits for records
+        """
+
     def __init__(
         self,
         *,
@@ -164,14 +199,47 @@ class ReceiptBody(_message.Message):
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
         leaf_index: _builtins.int = ...,
+        automatic: Global___AutomaticOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "automatic", b"automatic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "kind", b"kind", "leaf_index", b"leaf_index", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "sender", b"sender", "sequence", b"sequence", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "automatic", b"automatic", "kind", b"kind", "leaf_index", b"leaf_index", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "sender", b"sender", "sequence", b"sequence", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReceiptBody: _TypeAlias = ReceiptBody  # noqa: Y015
+
+@_typing.final
+class AutomaticOutcome(_message.Message):
+    """自动转移结果 what accepting a suspended record or an enrollment did, as committed with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_TRANSFER_IDS_FIELD_NUMBER: _builtins.int
+    WAITING_UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def opened_transfer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """已开启业务 the transfer ids of the cases it opened, the oldest suspension first; empty: none yet"""
+
+    @_builtins.property
+    def waiting_until(self) -> _timestamp_pb2.Timestamp:
+        """等待至 an enrollment: it opens a case with any matching record registered until then (the
+        gateway's retention period); unset for a suspended record
+        """
+
+    def __init__(
+        self,
+        *,
+        opened_transfer_ids: _abc.Iterable[_builtins.str] | None = ...,
+        waiting_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["waiting_until", b"waiting_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["opened_transfer_ids", b"opened_transfer_ids", "waiting_until", b"waiting_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutomaticOutcome: _TypeAlias = AutomaticOutcome  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):

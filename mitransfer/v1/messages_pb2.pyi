@@ -92,6 +92,10 @@ class TransferRequest(_message.Message):
         """窗口申请 at an agency's counter"""
         CHANNEL_EMPLOYER: TransferRequest._Channel.ValueType  # 3
         """单位代办 lodged by the employer for its employee"""
+        CHANNEL_AUTOMATIC: TransferRequest._Channel.ValueType  # 4
+        """免申请 opened by the gateway from a suspended record and a new enrollment
+        (AutomaticTransferRequest); never in a request a platform submits
+        """
 
     class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
         """申请渠道 where the person lodged the application."""
@@ -104,6 +108,10 @@ class TransferRequest(_message.Message):
     """窗口申请 at an agency's counter"""
     CHANNEL_EMPLOYER: TransferRequest.Channel.ValueType  # 3
     """单位代办 lodged by the employer for its employee"""
+    CHANNEL_AUTOMATIC: TransferRequest.Channel.ValueType  # 4
+    """免申请 opened by the gateway from a suspended record and a new enrollment
+    (AutomaticTransferRequest); never in a request a platform submits
+    """
 
     HEADER_FIELD_NUMBER: _builtins.int
     PERSON_FIELD_NUMBER: _builtins.int

@@ -502,6 +502,7 @@ class Case(_message.Message):
     INBOUND_INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
     CONTINUITY_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """转移业务编号 the case's transfer id"""
     state: Global___CaseState.ValueType
@@ -518,6 +519,11 @@ class Case(_message.Message):
     """申请地经办机构 where the application was lodged"""
     inbound_insurance_type: _types_pb2.InsuranceType.ValueType
     """转入险种 insurance type at the inbound side, once known"""
+    channel: _messages_pb2.TransferRequest.Channel.ValueType
+    """申请渠道 how the case was opened: the transfer request's channel (CHANNEL_AUTOMATIC: by the
+    gateway from an enrollment); unset for a case opened by the outbound notice (an application
+    lodged at the outbound side)
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """开始时间 when the case opened"""
@@ -554,10 +560,11 @@ class Case(_message.Message):
         inbound_insurance_type: _types_pb2.InsuranceType.ValueType = ...,
         continuity: Global___Continuity | None = ...,
         stages: _abc.Iterable[Global___StageProgress] | None = ...,
+        channel: _messages_pb2.TransferRequest.Channel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["continuity", b"continuity", "opened_at", b"opened_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "applicant", b"applicant", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "stages", b"stages", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "applicant", b"applicant", "channel", b"channel", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "stages", b"stages", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.app.config import (
+    AutomaticConfig,
     ConnectionsConfig,
     GatewayConfig,
     SigningConfig,
@@ -30,6 +31,7 @@ from gateway.app.config import (
 )
 from gateway.app.failures import ConfigError, ExitCode
 from gateway.app.publisher import LogConfig
+from gateway.core.automatic import AutomaticRules
 from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
 from gateway.core.quota import Quota
@@ -197,8 +199,11 @@ def test_an_address_either_parses_or_says_why(text: str) -> None:
 TABLES: tuple[tuple[str, type], ...] = (
     ("", GatewayConfig), ("tls", TLSConfig), ("signing", SigningConfig), ("store", SQLiteConfig),
     ("store", PostgresConfig), ("delivery", DeliveryConfig), ("messages", MessageLimits), ("quota", Quota),
-    ("connections", ConnectionsConfig), ("rules", CaseRules), ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig))
-NESTED = {"tls", "signing", "store", "delivery", "messages", "quota", "connections", "rules", "sla", "limits", "log"}
+    ("connections", ConnectionsConfig), ("rules", CaseRules), ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig),
+    ("automatic", AutomaticConfig), ("automatic", AutomaticRules))
+NESTED = {"tls", "signing", "store", "delivery", "messages", "quota", "connections", "rules", "sla", "limits", "log",
+          "automatic"}
+NAMED = {"person_key_secrets"}  # a table keyed by names: `[automatic.person_key_secrets] <name>`
 
 
 def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
@@ -210,9 +215,10 @@ def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
             if setting is None or field.name in NESTED:
                 continue
             key = setting.key or field.name
-            assert f"| `{f'[{table}] {key}' if table else key}` |" in text, (table, key)
+            row = f"[{table}.{key}] <name>" if key in NAMED else f"[{table}] {key}" if table else key
+            assert f"| `{row}` |" in text, (table, key)
             rows += 1
-    assert text.count("\n| `") == rows == 42
+    assert text.count("\n| `") == rows == 47
     assert "| `[sla] calendar_file` | path | none |" in text
     assert "| `[sla] outbound_working_days` | integer 1–10 (working days) | `10` |" in text
     assert "| `[store] sqlite` | path | this or `postgresql`" in text

@@ -26,7 +26,8 @@ OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_
         S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED)
 CLOSED = (S.CASE_STATE_COMPLETED, S.CASE_STATE_REFUSED, S.CASE_STATE_INBOUND_REJECTED, S.CASE_STATE_WITHDRAWN,
           S.CASE_STATE_REVIEW_REJECTED, S.CASE_STATE_EXPIRED)
-MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED, Event.EXPIRY)]
+MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED, Event.EXPIRY,
+                                                Event.AUTOMATIC_REQUEST)]
 
 # (state, event, side, funds expected) → next state. Everything absent is refused. In these
 # worlds the application was lodged at the inbound side for OPENED cases and at the outbound
@@ -423,9 +424,12 @@ def test_every_rule_is_in_the_rulebook_and_the_integration_guide() -> None:
     from gateway.core.rulebook import RULES
 
     root = Path(__file__).parent.parent.parent
-    source = "".join((root / "gateway" / name).read_text() for name in ("core/case.py", "service/admin.py"))
+    source = "".join((root / "gateway" / name).read_text()
+                     for name in ("core/case.py", "service/admin.py", "store/index.py", "service/exchange.py"))
     named = set(re.findall(r'_violation\(\s*"([A-Z_]+)"', source))
     named |= set(re.findall(r'RuleViolation\([^;]*?reason="([A-Z_]+)"', source, re.DOTALL))
+    index = (root / "gateway" / "store" / "index.py").read_text()  # the index's own NOT_FOUND answers too
+    named |= set(re.findall(r'NotFound\([^;]*?reason="([A-Z_]+)"', index, re.DOTALL))
     codes = [rule.code for rule in RULES]
     assert len(codes) == len(set(codes)) and all(rule.source and rule.rule for rule in RULES)
     assert len(named) > 15 and sorted(named - set(codes)) == []
@@ -460,3 +464,37 @@ def test_whether_a_transfer_is_held_is_the_outbound_regions_policy(policies: dic
     decision = rules.apply(case, replace_amount(world.fund, 2_000_000), policies=policies, index=NoOtherCases())
     assert decision.hold_delivery is held
     assert decision.case.state == (S.CASE_STATE_HELD_FOR_REVIEW if held else S.CASE_STATE_FUNDS_SENT)
+
+
+def _automatic(world: World) -> tuple[messages_pb2.TransferRequest, Case]:
+    request = transfer_request(world.plan)
+    request.channel = messages_pb2.TransferRequest.CHANNEL_AUTOMATIC
+    decision = rules.open_automatic(None, request, message_id="auto-1", index=NoOtherCases())
+    return request, decision.case
+
+
+def test_the_gateway_opens_an_automatic_case_as_if_the_person_applied_at_the_inbound_side() -> None:
+    world = World(True)
+    _, case = _automatic(world)
+    assert (case.state, case.channel, case.applicant, case.outbound, case.inbound) == (
+        S.CASE_STATE_OPENED, messages_pb2.TransferRequest.CHANNEL_AUTOMATIC, "330100", "320100", "330100")
+    assert case.messages == {"auto-1": MessageRef(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, Side.INBOUND)}
+    # The outbound side answers it as any request: "received" for the gateway's request, then its notice.
+    received = builders.acknowledgement(builders.header("330100", "320100", case.transfer_id), Ack.STATUS_RECEIVED)
+    received.answers_message_id = "auto-1"
+    received.header.sender, received.header.receiver = "320100", "330100"
+    assert apply(case, received).state == S.CASE_STATE_OPENED
+    assert apply(case, world.notice).state == S.CASE_STATE_OUTBOUND_ACCEPTED
+    # The inbound side, the applicant, may withdraw it.
+    assert apply(case, world.message(Event.WITHDRAWAL, Side.INBOUND)).state == S.CASE_STATE_WITHDRAWN
+
+
+def test_an_automatic_case_opens_once_and_never_beside_an_open_case() -> None:
+    world = World(True)
+    request, case = _automatic(world)
+    with pytest.raises(RuleViolation) as exists:
+        rules.open_automatic(case, request, message_id="auto-2", index=NoOtherCases())
+    assert exists.value.reason == "CASE_EXISTS"
+    with pytest.raises(RuleViolation) as busy:
+        rules.open_automatic(None, request, message_id="auto-2", index=OtherCase("applied"))
+    assert (busy.value.reason, busy.value.metadata["open_transfer_id"]) == ("CASE_ALREADY_OPEN", "applied")

@@ -32,12 +32,20 @@ def test_each_kind_names_its_own_message(kind: int) -> None:
     assert kinds.kind_of(cls()) == kind
 
 
-def test_only_review_decisions_and_expiries_are_written_by_the_gateway() -> None:
-    assert {envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED} == kinds.GATEWAY_KINDS
+def test_only_decisions_expiries_and_automatic_requests_are_written_by_the_gateway() -> None:
+    assert {envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED,
+            envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST} == kinds.GATEWAY_KINDS
     assert kinds.is_gateway_kind(envelope_pb2.MESSAGE_KIND_CASE_EXPIRED)
     assert not kinds.is_gateway_kind(envelope_pb2.MESSAGE_KIND_FUND_TRANSFER)
     assert kinds.REVIEW_DECISION_PAYLOAD_TYPE == "mitransfer.v1.ReviewDecision"
     assert kinds.RECEIPT_PAYLOAD_TYPE == "mitransfer.v1.ReceiptBody"
+
+
+def test_the_index_kinds_are_business_kinds_a_platform_signs() -> None:
+    assert kinds.INDEX_KINDS < kinds.BUSINESS_KINDS
+    assert kinds.is_index_kind(envelope_pb2.MESSAGE_KIND_ENROLLMENT)
+    assert not kinds.is_index_kind(envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST)
+    assert not kinds.is_index_kind(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST)
 
 
 @pytest.mark.parametrize(("lookup", "kind"), [

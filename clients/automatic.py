@@ -1,0 +1,81 @@
+"""Automatic transfer (免申请) for a platform: the messages of the gateway's suspended-record index,
+and what the outbound side sends when the gateway opens a case for one of its records.
+
+    record = suspended_record("320100", person, EMPLOYEE, suspended_on)     # 转出地: on suspension
+    receipt = await client.submit(record)         # receipt.automatic: the case it opened, if any
+    report = enrollment("330100", person, EMPLOYEE, enrolled_on)            # 转入地: on enrollment
+    receipt = await client.submit(report)         # receipt.automatic: cases opened, waiting until
+
+A record's transfer id (`record.header.transfer_id`) is the id of the case it opens: keep it with
+the record, and answer the gateway's AutomaticTransferRequest for that id as any transfer request.
+The index messages go to the gateway, not to another agency: their header has no receiver, and an
+enrollment's has no transfer id either (it opens one case per matching record).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Final
+
+from clients.builders import header, new_id, proto_date, today_in_china
+from mitransfer.v1 import automatic_pb2, types_pb2
+
+COVERED: Final = frozenset({types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC})
+Withdrawn = automatic_pb2.SuspendedRecordWithdrawal
+
+
+def certificate_only(person: types_pb2.Person) -> types_pb2.Person:
+    """What the index needs of a person: certificate type and number, nothing else."""
+    return types_pb2.Person(certificate_type=person.certificate_type, certificate_number=person.certificate_number)
+
+
+def suspended_record(
+    agency: str, person: types_pb2.Person, insurance_type: types_pb2.InsuranceType.ValueType,
+    suspension_date: dt.date, *, transfer_id: str | None = None, created_at: dt.datetime | None = None,
+) -> automatic_pb2.SuspendedRecord:
+    """中止参保记录登记 by the outbound `agency`; its transfer id (new unless given) is the record's id.
+
+    Raises ValueError for an insurance type the measures do not cover, or a suspension after today.
+    """
+    if insurance_type not in COVERED:
+        raise ValueError("only 310 and 390 records transfer")
+    if suspension_date > today_in_china(created_at):
+        raise ValueError("a suspension date after today: register a record once it is suspended")
+    return automatic_pb2.SuspendedRecord(
+        header=header(agency, "", transfer_id or new_id(), created_at=created_at),
+        person=certificate_only(person), insurance_type=insurance_type, suspension_date=proto_date(suspension_date))
+
+
+def record_withdrawal(
+    record: automatic_pb2.SuspendedRecord, reason: automatic_pb2.SuspendedRecordWithdrawal.Reason.ValueType, *,
+    created_at: dt.datetime | None = None,
+) -> automatic_pb2.SuspendedRecordWithdrawal:
+    """撤销中止参保记录: the record ended otherwise (resumed, terminated, transferred on application)."""
+    return automatic_pb2.SuspendedRecordWithdrawal(
+        header=header(record.header.sender, "", record.header.transfer_id, created_at=created_at), reason=reason)
+
+
+def enrollment(
+    agency: str, person: types_pb2.Person, insurance_type: types_pb2.InsuranceType.ValueType,
+    enrollment_date: dt.date, *, outbound_agencies: Sequence[str] = (), created_at: dt.datetime | None = None,
+) -> automatic_pb2.Enrollment:
+    """新参保登记 by the inbound `agency`; `outbound_agencies`: the records the person chose, when not all.
+
+    Raises ValueError for an insurance type the measures do not cover, or an agency of the person's
+    choice in the enrollment's own province (the gateway transfers across provinces only).
+    """
+    if insurance_type not in COVERED:
+        raise ValueError("only 310 and 390 enrollments transfer")
+    if any(a[:2] == agency[:2] for a in outbound_agencies):
+        raise ValueError("an outbound agency in the enrollment's own province never matches")
+    return automatic_pb2.Enrollment(
+        header=header(agency, "", "", created_at=created_at), person=person, insurance_type=insurance_type,
+        enrollment_date=proto_date(enrollment_date), outbound_agencies=list(outbound_agencies))
+
+
+def opt_out(report: automatic_pb2.Enrollment, text: str = "", *,
+            created_at: dt.datetime | None = None) -> automatic_pb2.EnrollmentOptOut:
+    """不参加自动转移: the person declines before a case opens; the enrollment stops waiting."""
+    return automatic_pb2.EnrollmentOptOut(header=header(report.header.sender, "", "", created_at=created_at),
+                                          enrollment_message_id=report.header.message_id, text=text)

@@ -1,0 +1,197 @@
+"""Automatic transfer (免申请) end to end, over real gRPC and mTLS with the reference clients: a
+suspended record and a new enrollment of one person in two provinces open the case without an
+application, in either order, and the case runs as an applied one does."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from clients import automatic, builders
+from clients.errors import GatewayRejected
+from clients.platform import PlatformClient, PlatformConfig
+from clients.roles import CaseOutcome
+from clients.scenario import CasePlan, ReferencePlatform
+from mitransfer.v1 import automatic_pb2, envelope_pb2, messages_pb2, tracking_pb2
+from tests.support import GatewayHandle
+
+EMPLOYEE, RESIDENT = builders.EMPLOYEE, builders.RESIDENT
+S = tracking_pb2
+AUTOMATIC = messages_pb2.TransferRequest.CHANNEL_AUTOMATIC
+JIANGSU, ZHEJIANG, ANHUI = "320100", "330100", "340100"
+
+
+class Platforms:
+    """Jiangsu and Anhui hold suspended records; Zhejiang enrolls the person. Each plays the
+    reference platform, answering what is delivered to it, until the test ends."""
+
+    def __init__(self, clients: dict[str, PlatformClient]) -> None:
+        self.clients = clients
+        self.reference = {name: ReferencePlatform(client) for name, client in clients.items()}
+        self.stop = asyncio.Event()
+        self.tasks = [asyncio.create_task(p.run(self.stop)) for p in self.reference.values()]
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), timeout=5)
+
+
+@pytest.fixture
+async def platforms(gateway: GatewayHandle) -> AsyncIterator[Platforms]:
+    address = f"127.0.0.1:{gateway.server.port}"
+    root = str(gateway.pki.root)
+    async with (
+        PlatformClient.connect(PlatformConfig.dev("jiangsu", address, root)) as js,
+        PlatformClient.connect(PlatformConfig.dev("zhejiang", address, root)) as zj,
+        PlatformClient.connect(PlatformConfig.dev("anhui", address, root)) as ah,
+    ):
+        running = Platforms({"jiangsu": js, "zhejiang": zj, "anhui": ah})
+        try:
+            yield running
+        finally:
+            await running.close()
+
+
+def record_plan(outbound: str = JIANGSU, *, seed: int = 21, balance_fen: int = 123_400,
+                suspended: dt.date | None = None) -> CasePlan:
+    """A suspended record at `outbound` of the synthetic person `seed`; its inbound side is unknown
+    until the enrollment (ZHEJIANG is a placeholder the gateway's request replaces)."""
+    return CasePlan.synthetic(outbound, ZHEJIANG, insurance_type=EMPLOYEE, balance_fen=balance_fen, seed=seed,
+                              today=suspended or builders.today_in_china() - dt.timedelta(days=3))
+
+
+def enrollment_of(plan: CasePlan, *, chosen: tuple[str, ...] = ()) -> automatic_pb2.Enrollment:
+    return automatic.enrollment(ZHEJIANG, plan.person, EMPLOYEE, builders.today_in_china(),
+                                outbound_agencies=chosen)
+
+
+async def wait_for_state(client: PlatformClient, transfer_id: str, state: int, timeout: float = 10) -> \
+        tracking_pb2.Case:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        case = await client.get_case(transfer_id)
+        if case.state == state or asyncio.get_running_loop().time() > deadline:
+            return case
+        await asyncio.sleep(0.05)
+
+
+async def test_a_record_then_an_enrollment_opens_and_completes_the_case(platforms: Platforms) -> None:
+    plan = record_plan()
+    js, zj = platforms.reference["jiangsu"], platforms.clients["zhejiang"]
+    outcome = asyncio.create_task(js.play_automatic_outbound(plan))
+    await asyncio.sleep(0.2)  # registered, nothing to match yet
+    receipt = await zj.submit(enrollment_of(plan))
+    assert list(receipt.automatic.opened_transfer_ids) == [plan.route.transfer_id]
+    assert await asyncio.wait_for(outcome, 10) == CaseOutcome.COMPLETED
+    case = await wait_for_state(zj, plan.route.transfer_id, S.CASE_STATE_COMPLETED)
+    assert (case.state, case.channel, case.outbound, case.inbound, case.applicant) == (
+        S.CASE_STATE_COMPLETED, AUTOMATIC, JIANGSU, ZHEJIANG, ZHEJIANG)
+    kinds = [m.kind for m in case.messages]
+    assert kinds[0] == envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST and case.messages[0].sender == "gateway"
+    assert envelope_pb2.MESSAGE_KIND_FUND_TRANSFER in kinds  # answered as today: notice, table, funds
+
+
+async def test_an_enrollment_then_its_record_opens_the_case(platforms: Platforms) -> None:
+    plan = record_plan(seed=22)
+    zj = platforms.clients["zhejiang"]
+    receipt = await zj.submit(enrollment_of(plan))
+    assert list(receipt.automatic.opened_transfer_ids) == []  # no record yet: it waits, and says until when
+    waiting = receipt.automatic.waiting_until.ToDatetime(dt.UTC) - receipt.accepted_at.ToDatetime(dt.UTC)
+    assert waiting == dt.timedelta(days=90)
+    outcome = await asyncio.wait_for(platforms.reference["jiangsu"].play_automatic_outbound(plan), 10)
+    assert outcome == CaseOutcome.COMPLETED
+    case = await zj.get_case(plan.route.transfer_id)
+    assert case.channel == AUTOMATIC and case.state == S.CASE_STATE_COMPLETED
+
+
+async def test_two_records_open_two_cases_oldest_first(platforms: Platforms) -> None:
+    older = record_plan(ANHUI, seed=23, suspended=builders.today_in_china() - dt.timedelta(days=40))
+    newer = replace(record_plan(JIANGSU, seed=23), route=builders.Route.new(JIANGSU, ZHEJIANG))
+    outcomes = [asyncio.create_task(platforms.reference["anhui"].play_automatic_outbound(older)),
+                asyncio.create_task(platforms.reference["jiangsu"].play_automatic_outbound(newer))]
+    await asyncio.sleep(0.3)
+    receipt = await platforms.clients["zhejiang"].submit(enrollment_of(older))
+    assert list(receipt.automatic.opened_transfer_ids) == [older.route.transfer_id, newer.route.transfer_id]
+    assert await asyncio.wait_for(asyncio.gather(*outcomes), 15) == [CaseOutcome.COMPLETED, CaseOutcome.COMPLETED]
+
+
+async def test_an_enrollment_that_names_a_record_opens_only_that_one(platforms: Platforms) -> None:
+    js_plan = record_plan(JIANGSU, seed=24)
+    ah_plan = replace(record_plan(ANHUI, seed=24), route=builders.Route.new(ANHUI, ZHEJIANG))
+    await platforms.reference["jiangsu"].register_record(js_plan)
+    await platforms.reference["anhui"].register_record(ah_plan)
+    receipt = await platforms.clients["zhejiang"].submit(enrollment_of(js_plan, chosen=(ANHUI,)))
+    assert list(receipt.automatic.opened_transfer_ids) == [ah_plan.route.transfer_id]
+
+
+async def test_no_record_opens_nothing_and_the_inbound_side_is_told(platforms: Platforms) -> None:
+    plan = record_plan(seed=25)
+    receipt = await platforms.clients["zhejiang"].submit(enrollment_of(plan))
+    assert list(receipt.automatic.opened_transfer_ids) == [] and receipt.automatic.HasField("waiting_until")
+    with pytest.raises(GatewayRejected) as unknown:
+        await platforms.clients["zhejiang"].get_case(plan.route.transfer_id)
+    assert unknown.value.reason == "CASE_NOT_FOUND"
+
+
+async def test_a_withdrawn_record_and_an_opted_out_enrollment_open_nothing(platforms: Platforms) -> None:
+    js, zj = platforms.clients["jiangsu"], platforms.clients["zhejiang"]
+    withdrawn = record_plan(seed=26)
+    record = automatic.suspended_record(JIANGSU, withdrawn.person, EMPLOYEE, withdrawn.suspension_date)
+    await js.submit(record)
+    await js.submit(automatic.record_withdrawal(record, automatic.Withdrawn.REASON_RESUMED))
+    assert list((await zj.submit(enrollment_of(withdrawn))).automatic.opened_transfer_ids) == []
+
+    declined = record_plan(seed=27)
+    report = enrollment_of(declined)
+    await zj.submit(report)
+    await zj.submit(automatic.opt_out(report, "参保人选择自行申请"))
+    late = automatic.suspended_record(JIANGSU, declined.person, EMPLOYEE, declined.suspension_date)
+    assert list((await js.submit(late)).automatic.opened_transfer_ids) == []
+
+
+async def test_the_applicant_side_withdraws_an_automatic_case(gateway: GatewayHandle) -> None:
+    """The inbound side stands for the person's application: it may withdraw before funds move."""
+    address, root = f"127.0.0.1:{gateway.server.port}", str(gateway.pki.root)
+    async with (
+        PlatformClient.connect(PlatformConfig.dev("jiangsu", address, root)) as js,
+        PlatformClient.connect(PlatformConfig.dev("zhejiang", address, root)) as zj,
+    ):
+        plan = record_plan(seed=28)
+        record = automatic.suspended_record(JIANGSU, plan.person, EMPLOYEE, plan.suspension_date)
+        await js.submit(record)
+        tid = record.header.transfer_id
+        await zj.submit(enrollment_of(plan))
+        route = builders.Route(tid, JIANGSU, ZHEJIANG)
+        with pytest.raises(GatewayRejected) as not_applicant:
+            await js.submit(builders.withdrawal(route, by_inbound=False))
+        assert not_applicant.value.reason == "WITHDRAWAL_NOT_BY_APPLICANT"
+        await zj.submit(builders.withdrawal(route, by_inbound=True, text="参保人撤回"))
+        assert (await zj.get_case(tid)).state == S.CASE_STATE_WITHDRAWN
+
+
+async def test_the_index_holds_no_certificate_number(gateway: GatewayHandle, platforms: Platforms) -> None:
+    """Read the raw database: the index's tables hold the person only as a keyed hash, and the
+    number is nowhere but inside the signed messages as they came (the log's evidence)."""
+    plan = record_plan(seed=29)
+    await platforms.reference["jiangsu"].register_record(plan)
+    other = record_plan(seed=30)
+    await platforms.clients["zhejiang"].submit(enrollment_of(other))  # waits, keyed
+    await platforms.clients["zhejiang"].submit(enrollment_of(plan))   # opens the case
+    number = plan.person.certificate_number.encode()
+    with sqlite3.connect(gateway.database) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            cursor = db.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cursor.description]
+            for row in cursor.fetchall():
+                for column, value in zip(columns, row, strict=True):
+                    raw = value if isinstance(value, bytes) else str(value).encode()
+                    if number in raw or other.person.certificate_number.encode() in raw:
+                        assert column == "signed_message", (table, column)
+        keys = db.execute("SELECT person_key FROM enrollments WHERE state = 'waiting'").fetchall()
+    assert keys and all(len(k[0]) == 32 for k in keys)
