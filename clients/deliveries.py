@@ -9,6 +9,7 @@ cannot sign in another province's name even with a valid key of its own.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def open_delivery(keyring: KeyRing, delivery: exchange_pb2.Delivery, *, receivin
     signed = delivery.message
     if is_gateway_kind(signed.kind):
         return _open_gateway_notice(keyring, delivery, receipt, receiving_platform)
-    kind, payload = keyring.verify_message(signed)
+    kind, payload = keyring.verify_message(signed, receipt.accepted_at.ToDatetime(dt.UTC))
     if receipt.payload_sha256 != hashlib.sha256(payload).digest() or receipt.kind != kind:
         raise VerificationError("the receipt does not attest this payload", reason="RECEIPT_MISMATCH")
     message = parse(kind, payload)
@@ -76,7 +77,7 @@ def open_delivery(keyring: KeyRing, delivery: exchange_pb2.Delivery, *, receivin
 def _open_gateway_notice(keyring: KeyRing, delivery: exchange_pb2.Delivery, receipt: envelope_pb2.ReceiptBody,
                          receiving_platform: str) -> VerifiedDelivery:
     """A review decision or expiry: signed by a gateway key, addressed to both sides of its case."""
-    kind, payload = keyring.verify_gateway_message(delivery.message)
+    kind, payload = keyring.verify_gateway_message(delivery.message, receipt.accepted_at.ToDatetime(dt.UTC))
     if receipt.payload_sha256 != hashlib.sha256(payload).digest() or receipt.kind != kind:
         raise VerificationError("the receipt does not attest this payload", reason="RECEIPT_MISMATCH")
     notice = parse_gateway_notice(kind, payload)

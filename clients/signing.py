@@ -5,12 +5,16 @@ its sender. Verifiers check the signature over the bytes as received and only th
 nothing is ever re-serialized to be verified (protobuf serialization is not canonical).
 
 Which algorithm verifies a key comes from the registry entry, never from the message, so a
-sender cannot choose a weaker one. PAE, the signature suites and the registry's format are
-`mitransfer.protocol`'s, the very ones the gateway uses.
+sender cannot choose a weaker one. A key counts only within its registry window (not_before,
+not_after, revoked_at), judged at the time the gateway accepted the message (the receipt's
+`accepted_at`): what was accepted before a key was retired still verifies after it. PAE, the
+signature suites and the registry's format are `mitransfer.protocol`'s, the very ones the
+gateway uses.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ from mitransfer.protocol import registry as registry_format
 from mitransfer.protocol import suites
 from mitransfer.protocol.dsse import pae
 from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
+from mitransfer.protocol.validity import KeyNotValid
 from mitransfer.v1 import envelope_pb2
 
 __all__ = ["GATEWAY", "KeyRing", "Signer", "VerifyingKey", "load_verifying_key", "pae"]
@@ -50,6 +55,16 @@ class VerifyingKey:
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if `signature` is this key's signature over `data` under its algorithm."""
         return self.key.verify(signature, data)
+
+    def check_window(self, when: dt.datetime | None) -> None:
+        """Raise VerificationError (KEY_EXPIRED, KEY_REVOKED, KEY_NOT_YET_VALID) naming the key
+        unless it was valid at `when`; None checks nothing (no time known)."""
+        if when is None:
+            return
+        try:
+            self.key.window.check(self.key_id, when)
+        except KeyNotValid as exc:
+            raise VerificationError(str(exc), reason=exc.reason) from exc
 
 
 def load_verifying_key(key_id: str, algorithm: str, pem: str, owner: str) -> VerifyingKey:
@@ -152,31 +167,38 @@ class KeyRing:
         """The platform owning a signing key. Raises VerificationError (UNKNOWN_KEY)."""
         return self._platform_key(key_id).owner
 
-    def verify_message(self, signed: envelope_pb2.SignedMessage) -> tuple[MessageKind, bytes]:
-        """Check a platform's signature over the payload bytes as received.
+    def verify_message(self, signed: envelope_pb2.SignedMessage,
+                       accepted_at: dt.datetime | None = None) -> tuple[MessageKind, bytes]:
+        """Check a platform's signature over the payload bytes as received, with a key valid at
+        `accepted_at` (the receipt's time; None: the window is not judged).
 
         Returns (kind, payload) for the caller to parse. Which platform signed it is
         `platform_of_key(signed.key_id)`; whether that platform may speak for the header's sender
         is for the caller to check after parsing (see `clients.deliveries`).
 
         Raises:
-            VerificationError: UNKNOWN_KIND, UNKNOWN_KEY or BAD_SIGNATURE.
+            VerificationError: UNKNOWN_KIND, UNKNOWN_KEY, KEY_EXPIRED / KEY_REVOKED /
+                KEY_NOT_YET_VALID, or BAD_SIGNATURE.
         """
         if is_gateway_kind(signed.kind):  # a platform key never signs what the gateway writes
             raise VerificationError(f"kind {int(signed.kind)} is signed by the gateway, not a platform",
                                     reason="UNKNOWN_KIND")
         ptype = payload_type(signed.kind)
         key = self._platform_key(signed.key_id)
+        key.check_window(accepted_at)
         if not key.verify(signed.signature, pae(ptype, signed.payload)):
             raise VerificationError(f"signature by {signed.key_id} over {ptype} does not verify",
                                     reason="BAD_SIGNATURE")
         return signed.kind, signed.payload
 
-    def verify_gateway_message(self, signed: envelope_pb2.SignedMessage) -> tuple[MessageKind, bytes]:
-        """Check a gateway notice (review decision, expiry): signed by a registry GATEWAY key.
+    def verify_gateway_message(self, signed: envelope_pb2.SignedMessage,
+                               accepted_at: dt.datetime | None = None) -> tuple[MessageKind, bytes]:
+        """Check a gateway notice (review decision, expiry): signed by a registry GATEWAY key
+        valid at `accepted_at` (None: the window is not judged).
 
         Raises:
-            VerificationError: UNKNOWN_KIND (not a gateway kind), UNKNOWN_KEY or BAD_SIGNATURE.
+            VerificationError: UNKNOWN_KIND (not a gateway kind), UNKNOWN_KEY, KEY_EXPIRED /
+                KEY_REVOKED / KEY_NOT_YET_VALID, or BAD_SIGNATURE.
         """
         if not is_gateway_kind(signed.kind):
             raise VerificationError(f"kind {int(signed.kind)} is not written by the gateway", reason="UNKNOWN_KIND")
@@ -184,15 +206,19 @@ class KeyRing:
         key = self.gateway_keys.get(signed.key_id)
         if key is None:
             raise VerificationError(f"{signed.key_id!r} is not a gateway key of the registry", reason="UNKNOWN_KEY")
+        key.check_window(accepted_at)
         if not key.verify(signed.signature, pae(ptype, signed.payload)):
             raise VerificationError(f"gateway signature over {ptype} does not verify", reason="BAD_SIGNATURE")
         return signed.kind, signed.payload
 
     def verify_receipt(self, receipt: envelope_pb2.Receipt) -> envelope_pb2.ReceiptBody:
-        """Check the gateway's signature over the receipt body, then parse it.
+        """Check the gateway's signature over the receipt body, parse it, and check that the key
+        was valid at the receipt's own `accepted_at` (a receipt dated after its key's end is
+        refused, whoever made it).
 
         Raises:
-            VerificationError: UNKNOWN_KEY, BAD_SIGNATURE or PAYLOAD_UNDECODABLE.
+            VerificationError: UNKNOWN_KEY, BAD_SIGNATURE, PAYLOAD_UNDECODABLE, or KEY_EXPIRED /
+                KEY_REVOKED / KEY_NOT_YET_VALID naming the key.
         """
         key = self.gateway_keys.get(receipt.key_id)
         if key is None:
@@ -206,6 +232,7 @@ class KeyRing:
             body.ParseFromString(receipt.body)
         except DecodeError as exc:
             raise VerificationError("receipt body does not parse", reason="PAYLOAD_UNDECODABLE") from exc
+        key.check_window(body.accepted_at.ToDatetime(dt.UTC))
         return body
 
     def _platform_key(self, key_id: str) -> VerifyingKey:

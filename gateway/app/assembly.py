@@ -10,11 +10,12 @@ uses; no constructor reads a file or opens anything, and `GatewayServer.start` b
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -25,20 +26,25 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from prometheus_client import CollectorRegistry
 
 from gateway.app.build import BuildInfo
-from gateway.app.config import GatewayConfig
+from gateway.app.config import GatewayConfig, parse_address
+from gateway.app.expiry import ExpiryGauges
 from gateway.app.failures import ConfigError, bounded
 from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
+from gateway.app.registry_sync import RegistrySync
 from gateway.app.server import GatewayHealth, GatewayServer, ServerTls, Services, utc_now
 from gateway.app.sweeper import CaseSweeper
+from gateway.core.checkpoints import rotating_checkpoint_signer
+from gateway.core.keys import GatewaySigner
 from gateway.core.personkeys import PersonKeys, parse_secret
-from gateway.core.registry import Registry
+from gateway.core.registry import LiveRegistry, Registry
 from gateway.core.signing import LocalSigner
 from gateway.core.sla import Sla
 from gateway.core.workdays import WorkingCalendar
 from gateway.service.admin import AdminService
 from gateway.service.admission import Admission
+from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
 from gateway.service.automatic import AutomaticTransfer
 from gateway.service.exchange import ExchangeService
@@ -58,12 +64,18 @@ class Materials:
     """What the configured files hold, read and checked; `warnings` are worth a look, not fatal."""
 
     registry: Registry
-    signer: LocalSigner
+    signer: LocalSigner  # `[signing] key`
     tls: ServerTls
     calendar: WorkingCalendar
     certificate_expires: dt.datetime
     person_keys: PersonKeys | None = None  # None: no secret configured, the index is off
     warnings: tuple[str, ...] = field(default=())
+    rotation: tuple[LocalSigner, ...] = field(default=())  # `[signing] rotation_keys`, each with its registry id
+
+    @property
+    def signers(self) -> tuple[LocalSigner, ...]:
+        """Every signing key the gateway holds: the configured key, then the rotation keys."""
+        return (self.signer, *self.rotation)
 
 
 class _Files:
@@ -132,14 +144,19 @@ def read_materials(config: GatewayConfig, *, now: dt.datetime) -> Materials:
     dev_only = registry.dev_only if registry is not None else False
     tls, expires = _tls(files, config, now, dev_only=dev_only)
     signer = _signer(files, config, registry, dev_only=dev_only)
+    rotation = tuple(found for path in config.signing.rotation_keys
+                     if (found := _rotation_key(files, path, registry, dev_only=dev_only)) is not None)
     calendar = _calendar(files, config.sla.calendar_file)
     person_keys = _person_keys(files, config, dev_only=dev_only)
     if isinstance(config.store, SQLiteConfig):
         _sqlite_location(files, config.store.path)
+    if config.metrics_listen and not _loopback(parse_address(config.metrics_listen)[0]):
+        files.warnings.append(f"metrics_listen {config.metrics_listen}: not a loopback address; /metrics (fund "
+                              f"totals per province pair) is plain HTTP: keep it on 127.0.0.1 and scrape it locally")
     if files.problems or registry is None or tls is None or signer is None or calendar is None or expires is None:
         raise ConfigError(files.problems or ["the configured files cannot be used"])
     return Materials(registry=registry, signer=signer, tls=tls, calendar=calendar, certificate_expires=expires,
-                     person_keys=person_keys, warnings=tuple(files.warnings))
+                     person_keys=person_keys, warnings=tuple(files.warnings), rotation=rotation)
 
 
 def _person_keys(files: _Files, config: GatewayConfig, *, dev_only: bool) -> PersonKeys | None:
@@ -166,15 +183,14 @@ def _registry(files: _Files, path: Path) -> Registry | None:
     if data is None:
         return None
     try:
-        parsed = json.loads(data)
-        registry = Registry.from_dict(parsed)
+        registry = Registry.from_json(data)
     except ValueError as exc:  # JSON that does not parse, or a RegistryError
         files.problems.append(f"registry: {path}: {bounded(exc)}")
         return None
     except (TypeError, AttributeError) as exc:  # JSON of the wrong shape at the top
         files.problems.append(f"registry: {path}: not a registry ({bounded(exc)})")
         return None
-    for where in unknown_limits(parsed):
+    for where in unknown_limits(json.loads(data)):
         files.warnings.append(f"registry: {path}: {where} is not a limit the gateway knows (ignored; known: "
                               "calls_in_flight, requests_per_second, burst, subscriptions)")
     return registry
@@ -232,6 +248,42 @@ def _signer(files: _Files, config: GatewayConfig, registry: Registry | None, *, 
     return signer
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _rotation_key(files: _Files, path: Path, registry: Registry | None, *, dev_only: bool) -> LocalSigner | None:
+    """A `[signing] rotation_keys` file, named by the registry gateway key with its public key."""
+    pem = files.read("[signing] rotation_keys", path)
+    if pem is None:
+        return None
+    files.private("[signing] rotation_keys", path, dev_only=dev_only)
+    try:
+        unnamed = LocalSigner.from_pem("rotation", pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        files.problems.append(f"[signing] rotation_keys: {path}: not a usable signing key ({bounded(exc)})")
+        return None
+    if registry is None:
+        return None
+    public = unnamed.verifying_key().public_pem()
+    for key_id, key in registry.gateway_keys.items():
+        if key.public_pem() == public:
+            return LocalSigner(replace(unnamed.key, key_id=key_id))
+    files.problems.append(f"[signing] rotation_keys: {path}: its public key is not a gateway key of the registry "
+                          f"{_known_keys(registry)}")
+    return None
+
+
+def _known_keys(registry: Registry) -> str:
+    """The registry's gateway key ids, for a message that found none matching."""
+    return f"(it lists: {', '.join(sorted(registry.gateway_keys)) or 'none'})"
+
+
 def _sqlite_location(files: _Files, path: Path) -> None:
     """The database file, its WAL and lock files need a folder this user may write in."""
     if path.exists():
@@ -278,23 +330,34 @@ def assemble(
     store = make_store(config.store, clock, sla)
     metrics.watch_log_cpu(store.log_cpu_seconds)
     router = Router(store, config.delivery, clock)
-    registry, signer, rules = materials.registry, materials.signer, config.rules
+    registry, rules = LiveRegistry(materials.registry), config.rules
+    signer = GatewaySigner(materials.signers, registry)
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
-    publisher = CheckpointPublisher(store=store, origin=registry.log_origin, signer=lambda: signer,
-                                    gateway_keys=registry.gateway_keys, metrics=metrics, clock=clock)
+    publisher = CheckpointPublisher(store=store, sign=rotating_checkpoint_signer(signer, registry, clock),
+                                    metrics=metrics, clock=clock)
     automatic = AutomaticTransfer(registry=registry, store=store, router=router, author=author, signer=signer,
                                   metrics=metrics, keys=materials.person_keys, rules=config.automatic.rules,
                                   clock=clock)
+    sync = RegistrySync(live=registry, store=store, path=config.registry, signers=materials.signers, metrics=metrics)
+    callers = Callers(materials.tls.ca, clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
-                                 sla=sla, clock=clock, automatic=automatic, limits=config.messages),
-        tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock),
-        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock),
-        log=LogService(registry=registry, store=store, publish_now=publisher.publish_now),
+                                 sla=sla, clock=clock, automatic=automatic, limits=config.messages, callers=callers),
+        tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock, callers=callers),
+        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock,
+                           reloader=sync, callers=callers),
+        log=LogService(registry=registry, store=store, publish_now=publisher.publish_now, callers=callers),
     )
     health = GatewayHealth()
-    monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=list(registry.platforms), clock=clock,
-                      on_calendar=health.calendar, on_store=health.store)
+    expiry = ExpiryGauges(metrics=metrics, registry=registry,
+                          server=x509.load_pem_x509_certificates(materials.tls.chain),
+                          ca=x509.load_pem_x509_certificates(materials.tls.ca), clients=callers.seen)
+
+    async def poll_registry(_: dt.datetime) -> None:
+        await sync.poll()
+
+    monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=lambda: list(registry.current.platforms),
+                      clock=clock, on_calendar=health.calendar, on_store=health.store, also=(poll_registry, expiry))
     sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
     keeper = IndexKeeper(store=store, keys=materials.person_keys, metrics=metrics, clock=clock,
                          batch=config.automatic.upkeep_batch)
@@ -302,5 +365,5 @@ def assemble(
         config=config, tls=materials.tls, store=store, router=router, services=services,
         admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, sweeper=sweeper,
         publisher=publisher, keeper=keeper, metrics=metrics, prometheus=prometheus, sla=sla, build=build,
-        source=source, dev_only=registry.dev_only, warnings=materials.warnings,
+        source=source, dev_only=registry.current.dev_only, warnings=materials.warnings, registry_sync=sync,
     )

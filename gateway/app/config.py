@@ -106,6 +106,10 @@ class SigningConfig:
                         example='"pki/gateway-signing.key"')
     key_id: str = setting(doc="Its id, listed with the same public key under \"gateway\" in the registry.",
                           example='"gateway-2026-1"')
+    rotation_keys: tuple[Path, ...] = setting(
+        (), "More signing keys, for a rotation (PKCS#8 PEM files, mode 0600): each must be a registry gateway key"
+        " (found by its public key). Of all the keys valid at a moment by their registry windows, the one whose"
+        " window began last signs (see the rotation runbook).")
 
 
 @dataclass(frozen=True)

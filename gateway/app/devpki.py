@@ -184,7 +184,8 @@ def _existing(root: Path, platforms: tuple[DevPlatform, ...]) -> list[str]:
 
 
 def _write_private(path: Path, pem: bytes) -> None:
-    """A private key readable by its owner only (0600 from the start: never briefly 0644)."""
+    """A file readable by its owner only (0600 from the start: never briefly 0644). Every file of
+    the dev PKI is written so: the keys must be, and the rest does not need more."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
@@ -216,8 +217,8 @@ def write_dev_pki(
     if existing and not force:
         raise PkiExists(root, existing)
     paths = DevPaths(root)
-    (root / "platforms").mkdir(parents=True, exist_ok=True)
-    (root / "operators").mkdir(parents=True, exist_ok=True)
+    (root / "platforms").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "operators").mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -241,7 +242,7 @@ def write_dev_pki(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(paths.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue(
@@ -254,7 +255,7 @@ def write_dev_pki(
         ],
         ExtendedKeyUsageOID.SERVER_AUTH, now,
     )
-    paths.gateway_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(paths.gateway_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(paths.gateway_key, _pem_private(server_key))
     gateway_signing_private, gateway_signing_public = _signing_key(signing_algorithm)
     _write_private(paths.gateway_signing_key, gateway_signing_private)
@@ -269,7 +270,7 @@ def write_dev_pki(
             [x509.UniformResourceIdentifier(platform.certificate_uri)],
             ExtendedKeyUsageOID.CLIENT_AUTH, now,
         )
-        paths.platform_cert(platform.id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(paths.platform_cert(platform.id), cert.public_bytes(serialization.Encoding.PEM))
         _write_private(paths.platform_key(platform.id), _pem_private(tls_key))
         signing_private, signing_public = _signing_key(signing_algorithm)
         _write_private(paths.platform_signing_key(platform.id), signing_private)
@@ -289,7 +290,7 @@ def write_dev_pki(
         tls_key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(f"{operator_id} operator", tls_key, ca_cert, ca_key,
                       [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH, now)
-        paths.operator_cert(operator_id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(paths.operator_cert(operator_id), cert.public_bytes(serialization.Encoding.PEM))
         _write_private(paths.operator_key(operator_id), _pem_private(tls_key))
         registry_operators.append({"id": operator_id, "name": name, "certificate_uri": uri, "roles": list(roles),
                                    **({"provinces": list(provinces)} if provinces else {})})
@@ -305,5 +306,5 @@ def write_dev_pki(
         "operators": registry_operators,
         "policies": list(DEV_POLICIES),
     }
-    paths.registry.write_text(json.dumps(registry, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    _write_private(paths.registry, (json.dumps(registry, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return paths

@@ -27,14 +27,18 @@ CALENDAR_HORIZON: Final = dt.timedelta(days=60)
 
 class Monitor:
     def __init__(
-        self, *, store: Store, metrics: Metrics, sla: Sla, platforms: Sequence[str],
+        self, *, store: Store, metrics: Metrics, sla: Sla, platforms: Callable[[], Sequence[str]],
         clock: Callable[[], dt.datetime], on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
         on_store: Callable[[bool], Awaitable[None]] | None = None,
+        also: Sequence[Callable[[dt.datetime], Awaitable[None]]] = (),
     ) -> None:
+        """`platforms` gives the registry's platforms at each reading (a reload may change them);
+        `also` are more readings of the same interval (the registry's version, keys' expiry)."""
         self._store = store
         self._metrics = metrics
         self._sla = sla
-        self._platforms = list(platforms)
+        self._platforms = platforms
+        self._also = tuple(also)
         self._clock = clock
         self._on_calendar = on_calendar
         self._on_store = on_store
@@ -49,11 +53,13 @@ class Monitor:
     async def refresh_once(self) -> None:
         """One reading of every gauge."""
         now = self._clock()
-        self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), self._platforms)
+        self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), list(self._platforms()))
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
         self._metrics.observe_funds(await self._store.fund_totals())
         self._metrics.log_leaves.set(await self._store.log_leaves())
         await self._check_calendar(now)
+        for reading in self._also:
+            await reading(now)
 
     async def _check_calendar(self, now: dt.datetime) -> None:
         calendar, years = self._sla.calendar, self.horizon_years(now)

@@ -6,8 +6,8 @@ replicas take turns on one row, so one of them signs each tree size). `publish_n
 at once, for a caller waiting on it (an inclusion proof for a message no checkpoint covers yet);
 callers arriving while a publication runs share it.
 
-Checkpoints are signed by the key that signs receipts (`gateway.core.checkpoints`), so a change
-of the gateway's signing key or suite changes them alike.
+Checkpoints are signed by the key that signs receipts at that moment (`gateway.core.checkpoints`,
+`GatewaySigner.at`), so a rotation of the gateway's signing key or suite changes them alike.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.core.checkpoints import checkpoint_signer
 from gateway.core.errors import GatewayError
 from gateway.core.settings import setting
-from gateway.core.signing import Signer, VerifyingKey
 from gateway.service.metrics import Metrics
-from gateway.store import CheckpointRecord, Store
+from gateway.store import CheckpointRecord, SignCheckpoint, Store
 
 log = logging.getLogger("gateway.app.publisher")
 
@@ -41,10 +39,10 @@ class LogConfig:
 class CheckpointPublisher:
     """Extends the stored tree and signs its checkpoints; see the module docstring."""
 
-    def __init__(self, *, store: Store, origin: str, signer: Callable[[], Signer],
-                 gateway_keys: Mapping[str, VerifyingKey], metrics: Metrics, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, *, store: Store, sign: SignCheckpoint, metrics: Metrics,
+                 clock: Callable[[], dt.datetime]) -> None:
         self._store = store
-        self._sign = checkpoint_signer(origin, signer, gateway_keys)
+        self._sign = sign
         self._metrics = metrics
         self._clock = clock
         self._running: asyncio.Task[CheckpointRecord | None] | None = None

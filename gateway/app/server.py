@@ -32,7 +32,10 @@ from gateway.app.failures import ConfigError, Unavailable
 from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
+from gateway.app.registry_sync import RegistrySync
 from gateway.app.sweeper import CaseSweeper
+from gateway.core.errors import StoreUnavailable
+from gateway.core.registry import RegistryError
 from gateway.core.sla import Sla
 from gateway.service.admin import AdminService
 from gateway.service.admission import Admission
@@ -182,8 +185,10 @@ class GatewayServer:
         keeper: IndexKeeper, metrics: Metrics,
         prometheus: CollectorRegistry,
         sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
+        registry_sync: RegistrySync | None = None,
     ) -> None:
         self._config = config
+        self.registry_sync = registry_sync
         self._tls = tls
         self._store = store
         self._router = router
@@ -215,7 +220,8 @@ class GatewayServer:
 
         Raises:
             Unavailable: a port is taken (or cannot be bound for another passing reason).
-            ConfigError: an address that cannot be this machine's, or a privileged port.
+            ConfigError: an address that cannot be this machine's, or a privileged port; or a
+                registry file whose version the store holds with other contents.
             StoreUnavailable: the store cannot be opened (in use, unreachable, unwritable).
         """
         cfg = self._config
@@ -230,6 +236,11 @@ class GatewayServer:
             self.port = self._bind(self._server)
             await self._store.open()
             self._store_open = True
+            if self.registry_sync is not None:
+                try:
+                    await self.registry_sync.start()  # the file's version against the store's
+                except RegistryError as exc:
+                    raise ConfigError(f"registry: {exc}") from exc
             self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
             self._started = True
             await self._server.start()
@@ -327,12 +338,34 @@ class GatewayServer:
             http.server_close()
 
 
+    async def reload_registry(self) -> None:
+        """Re-read the registry file (SIGHUP): a newer version is loaded and shared with the other
+        replicas; anything else is logged and counted, and the registry in force stays."""
+        if self.registry_sync is None:
+            return
+        try:
+            await self.registry_sync.reload_file()
+        except RegistryError:
+            pass  # RegistrySync logged and counted it
+        except StoreUnavailable as exc:
+            log.error("registry reload failed: the store is unavailable", extra={"fields": {"reason": exc.reason}})
+
+
 async def serve(server: GatewayServer) -> None:
-    """Start `server` and run it until SIGTERM or SIGINT, then drain gracefully."""
+    """Start `server` and run it until SIGTERM or SIGINT, then drain gracefully. SIGHUP reloads
+    the registry file (it used to end the process, undrained)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(server.reload_registry())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await server.start()
     tune_collector()
     await stopping.wait()

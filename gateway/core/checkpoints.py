@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 
+from gateway.core.keys import GatewaySigner
+from gateway.core.registry import LiveRegistry
 from gateway.core.signing import Signer, VerifyingKey
 from mitransfer.protocol import checkpoint, note
 from mitransfer.protocol.checkpoint import Checkpoint
@@ -36,11 +38,32 @@ def checkpoint_signer(origin: str, current: Callable[[], Signer],
     return sign
 
 
+def rotating_checkpoint_signer(signer: GatewaySigner, registry: LiveRegistry,
+                               clock: Callable[[], dt.datetime]) -> Callable[[int, bytes], bytes]:
+    """(tree size, root hash) → the checkpoint note signed, under the registry's log origin, by the
+    gateway key that signs at that moment (`GatewaySigner.at`): a rotation changes checkpoints' key
+    when it changes receipts'.
+
+    Raises SigningUnavailable (from `at`) when no configured key is valid now.
+    """
+
+    def sign(size: int, root: bytes) -> bytes:
+        key = signer.at(clock())
+        current = registry.current
+        return checkpoint_signer(current.log_origin, lambda: key, current.gateway_keys)(size, root)
+
+    return sign
+
+
 def checkpoint_keys(origin: str, gateway_keys: Mapping[str, VerifyingKey], when: dt.datetime | None) -> KeyLookup:
     """The registry's gateway keys as a note verifier knows them, under the log's origin.
 
-    `when` is the time the checkpoint is judged at (the newest acceptance time in its tree: it
-    cannot have been signed earlier); every gateway key of the registry counts.
+    `when` is the time the checkpoint is judged at (the newest acceptance time in its tree): it
+    was signed then or later, so a key whose window ended (not_after, revoked_at) at or before
+    `when` cannot have signed it and does not count. None: every gateway key counts.
     """
-    del when  # every registered gateway key signs at any time
-    return note.known_keys((origin, key) for key in gateway_keys.values())
+    def usable(key: VerifyingKey) -> bool:
+        ends = key.window.ends()
+        return when is None or ends is None or when < ends
+
+    return note.known_keys((origin, key) for key in gateway_keys.values() if usable(key))

@@ -73,12 +73,22 @@ class SignatureRejected(CallerError):
     """Unknown signing key or a signature that does not verify (UNAUTHENTICATED)."""
 
 
+class Unauthenticated(CallerError):
+    """The caller's certificate does not prove who it is: its chain does not verify, it is outside
+    its validity, or it is revoked (UNAUTHENTICATED)."""
+
+
 class NotPermitted(CallerError):
     """The authenticated platform may not do this (PERMISSION_DENIED)."""
 
 
 class RuleViolation(CallerError):
     """The message is well formed but the case or a business rule forbids it (FAILED_PRECONDITION)."""
+
+
+class RegistryRefused(CallerError):
+    """A registry version that may not replace the one in force (FAILED_PRECONDITION): older,
+    or the same version with other contents."""
 
 
 class IdempotencyConflict(CallerError):
@@ -110,3 +120,7 @@ class ServiceError(GatewayError):
 
 class StoreUnavailable(ServiceError):
     """The store cannot commit now (UNAVAILABLE); nothing was receipted."""
+
+
+class SigningUnavailable(ServiceError):
+    """No signing key of the gateway is valid now (UNAVAILABLE); nothing was receipted."""

@@ -1,5 +1,5 @@
 """Admin service: reviewers decide on held fund transfers of the provinces they are scoped to;
-operators read the settlement ledger."""
+operators read the settlement ledger and load newer versions of the agency registry."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.core import case as case_rules
-from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RuleViolation
-from gateway.core.registry import Registry
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused, RuleViolation
+from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
+from gateway.core.timestamps import timestamp_of
 from gateway.core.workdays import start_of
-from gateway.service.auth import calling_operator
+from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
 from gateway.service.metrics import Metrics
 from gateway.store import Store
@@ -22,11 +23,21 @@ from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, tracking_pb2
 log = logging.getLogger("gateway.admin")
 
 
+class RegistryReloader(Protocol):
+    """What loads a newer registry (`gateway.app.registry_sync.RegistrySync`)."""
+
+    async def reload_file(self) -> Reloaded: ...
+
+    async def reload(self, data: bytes, *, source: str) -> Reloaded: ...
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, *, registry: Registry, store: Store, author: GatewayAuthor, metrics: Metrics,
-        clock: Callable[[], dt.datetime],
+        self, *, registry: LiveRegistry, store: Store, author: GatewayAuthor, metrics: Metrics,
+        clock: Callable[[], dt.datetime], reloader: RegistryReloader, callers: Callers,
     ) -> None:
+        self._callers = callers
+        self._reloader = reloader
         self._metrics = metrics
         self._registry = registry
         self._store = store
@@ -36,7 +47,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListHeldFundTransfers(
         self, request: admin_pb2.ListHeldFundTransfersRequest, context: Any
     ) -> admin_pb2.ListHeldFundTransfersResponse:
-        reviewer = calling_operator(context, self._registry, "reviewer")
+        reviewer = self._callers.operator(context, self._registry.current, "reviewer")
         out = admin_pb2.ListHeldFundTransfersResponse()
         for held in await self._store.held_transfers():
             if not reviewer.covers(held.outbound[:2]):  # another province's reviewers decide it
@@ -49,7 +60,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ReviewFundTransfer(
         self, request: admin_pb2.ReviewFundTransferRequest, context: Any
     ) -> envelope_pb2.Receipt:
-        reviewer = calling_operator(context, self._registry, "reviewer")
+        reviewer = self._callers.operator(context, self._registry.current, "reviewer")
         if not request.approve and not request.comment.strip():
             raise InvalidMessage([FieldViolation("comment", "a rejection needs a comment")])
         view = await self._store.get_case(request.transfer_id)
@@ -93,7 +104,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def GetSettlement(
         self, request: admin_pb2.GetSettlementRequest, context: Any
     ) -> admin_pb2.SettlementReport:
-        calling_operator(context, self._registry, "operator")
+        self._callers.operator(context, self._registry.current, "operator")
         d = request.date
         try:
             day = dt.date(d.year, d.month, d.day)
@@ -109,3 +120,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         return report
 
+
+    async def ReloadRegistry(
+        self, request: admin_pb2.ReloadRegistryRequest, context: Any
+    ) -> admin_pb2.ReloadRegistryResponse:
+        """Load the given registry document, or re-read the configured file (role operator)."""
+        operator = self._callers.operator(context, self._registry.current, "operator")
+        try:
+            if request.document:
+                source = f"Admin.ReloadRegistry by {operator.id}"
+                reloaded = await self._reloader.reload(request.document, source=source)
+            else:
+                reloaded = await self._reloader.reload_file()
+        except RegistryError as exc:
+            if exc.reason == "REGISTRY_INVALID":
+                where = "document" if request.document else "registry file"
+                raise InvalidMessage([FieldViolation(where, str(exc)[:300])], reason="REGISTRY_INVALID") from exc
+            raise RegistryRefused(str(exc)[:300], reason=exc.reason) from exc
+        registry = reloaded.registry
+        response = admin_pb2.ReloadRegistryResponse(version=registry.version, sha256=registry.digest,
+                                                    changed=reloaded.changed)
+        if registry.issued_at is not None:
+            response.issued_at.CopyFrom(timestamp_of(registry.issued_at))
+        return response

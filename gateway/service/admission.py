@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from gateway.core.errors import QuotaExceeded
 from gateway.core.quota import Quota, TokenBucket
-from gateway.core.registry import Registry
+from gateway.core.registry import LiveRegistry
 from gateway.service.auth import peer_names
 from gateway.service.metrics import Metrics
 
@@ -129,7 +129,7 @@ class _Caller:
 class Admission:
     """Each caller's limits (see the module docstring). `clock` is monotonic seconds."""
 
-    def __init__(self, registry: Registry, quota: Quota, metrics: Metrics,
+    def __init__(self, registry: LiveRegistry, quota: Quota, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._registry = registry
         self._quota = quota
@@ -151,11 +151,11 @@ class Admission:
         if known is not None:
             return known
         for name in names:
-            platform = self._registry.platform_by_uri(name)
+            platform = self._registry.current.platform_by_uri(name)
             if platform is not None:
                 return self._remember(names, platform.id, f"platform:{platform.id}",
                                       self._quota.for_platform(platform.limits))
-            operator = self._registry.operator_by_uri(name)
+            operator = self._registry.current.operator_by_uri(name)
             if operator is not None:
                 return self._remember(names, operator.id, f"operator:{operator.id}", self._quota)
         if self._unregistered is None:

@@ -13,9 +13,10 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from gateway.core.keys import GatewaySigner
 from gateway.core.messages import MessageKind
-from gateway.core.registry import Registry
-from gateway.core.signing import Signer, fingerprint, pae
+from gateway.core.registry import LiveRegistry
+from gateway.core.signing import fingerprint, pae
 from gateway.core.sla import Sla
 from gateway.service.metrics import Metrics
 from gateway.service.receipts import receipt_maker
@@ -28,7 +29,7 @@ BOTH_SIDES: Final = "*"
 
 
 class GatewayAuthor:
-    def __init__(self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
+    def __init__(self, *, registry: LiveRegistry, store: Store, router: Router, signer: GatewaySigner, metrics: Metrics,
                  sla: Sla) -> None:
         self._registry = registry
         self._metrics = metrics
@@ -46,10 +47,12 @@ class GatewayAuthor:
         index calls it inside its transaction to write the request of a case it opens."""
         body = payload.SerializeToString()
         payload_type = payload.DESCRIPTOR.full_name
-        signed = envelope_pb2.SignedMessage(kind=kind, payload=body, key_id=self._signer.key_id,
-                                            signature=self._signer.sign(pae(payload_type, body)))
+        key = self._signer.at(now)
+        signed = envelope_pb2.SignedMessage(kind=kind, payload=body, key_id=key.key_id,
+                                            signature=key.sign(pae(payload_type, body)))
+        registry = self._registry.current
         deliveries = tuple((platform, agency) for agency in sides
-                           if (platform := self._registry.platform_of_agency(agency)) is not None)
+                           if (platform := registry.platform_of_agency(agency)) is not None)
         incoming = IncomingMessage(
             message_id=message_id, transfer_id=transfer_id, kind=kind, sender=GATEWAY_SENDER, receiver=BOTH_SIDES,
             deliveries=deliveries, created_at=now, fingerprint=fingerprint(payload_type, body),

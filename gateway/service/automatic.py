@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from gateway.core import case as case_rules
 from gateway.core.automatic import AutomaticRules
 from gateway.core.errors import RuleViolation
+from gateway.core.keys import GatewaySigner
 from gateway.core.messages import IndexMessage as IndexPayload
 from gateway.core.personkeys import PersonKeys
-from gateway.core.registry import Platform, Registry
-from gateway.core.signing import Signer
+from gateway.core.registry import LiveRegistry, Platform
 from gateway.core.timestamps import datetime_of, timestamp_of
 from gateway.service.authored import GatewayAuthor
 from gateway.service.metrics import Metrics
@@ -67,7 +67,7 @@ class AutomaticTransfer:
     """The suspended-record index's messages, from a verified SignedMessage to a signed receipt."""
 
     def __init__(
-        self, *, registry: Registry, store: Store, router: Router, author: GatewayAuthor, signer: Signer,
+        self, *, registry: LiveRegistry, store: Store, router: Router, author: GatewayAuthor, signer: GatewaySigner,
         metrics: Metrics, keys: PersonKeys | None, rules: AutomaticRules, clock: Callable[[], dt.datetime],
     ) -> None:
         self._registry = registry
@@ -91,7 +91,7 @@ class AutomaticTransfer:
             raise RuleViolation("this gateway keeps no suspended-record index: no person-key secret is configured",
                                 reason="AUTOMATIC_TRANSFER_NOT_CONFIGURED")
         header = message.header
-        self._registry.check_acts_for(platform, header.sender, what="header.sender")
+        self._registry.current.check_acts_for(platform, header.sender, what="header.sender")
         stored = IndexMessage(
             message_id=header.message_id, kind=kind, sender=header.sender, transfer_id=header.transfer_id,
             created_at=datetime_of(header.created_at), fingerprint=fingerprint, signed_message=received,
@@ -127,7 +127,8 @@ class AutomaticTransfer:
                 if waiting_until is not None:
                     automatic.waiting_until.CopyFrom(timestamp_of(waiting_until))
             return issue_receipt(
-                self._signer, message_id=stored.message_id, transfer_id=stored.transfer_id, kind=stored.kind,
+                self._signer.at(accepted_at), message_id=stored.message_id, transfer_id=stored.transfer_id,
+                kind=stored.kind,
                 sender=stored.sender, receiver="", payload_sha256=payload_sha256, sequence=sequence,
                 accepted_at=accepted_at, leaf_index=leaf_index, automatic=automatic)
 

@@ -30,14 +30,15 @@ from google.protobuf.message import DecodeError
 from gateway.core import case as case_rules
 from gateway.core import messages
 from gateway.core.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
+from gateway.core.keys import GatewaySigner, platform_key_at
 from gateway.core.limits import MessageLimits
-from gateway.core.registry import Platform, Registry
-from gateway.core.signing import Signer, pae
+from gateway.core.registry import LiveRegistry, Platform, Registry
+from gateway.core.signing import VerifyingKey, pae
 from gateway.core.sla import Sla
 from gateway.core.text import shown
 from gateway.core.timestamps import datetime_of
 from gateway.core.validation import is_uuid, validate
-from gateway.service.auth import calling_platform
+from gateway.service.auth import Callers
 from gateway.service.automatic import AutomaticTransfer
 from gateway.service.instrument import raw_bytes
 from gateway.service.metrics import Metrics
@@ -109,10 +110,11 @@ def _ids(signed: envelope_pb2.SignedMessage | None) -> dict[str, str]:
 
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
-        self, *, registry: Registry, store: Store, router: Router, signer: Signer, metrics: Metrics,
-        sla: Sla, clock: Callable[[], dt.datetime], automatic: AutomaticTransfer,
+        self, *, registry: LiveRegistry, store: Store, router: Router, signer: GatewaySigner, metrics: Metrics,
+        sla: Sla, clock: Callable[[], dt.datetime], automatic: AutomaticTransfer, callers: Callers,
         limits: MessageLimits | None = None,
     ) -> None:
+        self._callers = callers
         self._limits = limits or MessageLimits()
         self._registry = registry
         self._automatic = automatic
@@ -131,8 +133,9 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         kind_label = "unknown"
         signed: envelope_pb2.SignedMessage | None = None
         platform: Platform | None = None
+        registry = self._registry.current  # one snapshot for the whole call
         try:
-            platform = calling_platform(context, self._registry)
+            platform = self._callers.platform(context, registry)
             self._check_size(request)
             request_digest = hashlib.sha256(request).digest()
             known = self._recent.get(request_digest, platform.id)
@@ -142,12 +145,13 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 return receipt
             signed = _signed_message(request)
             kind_label = messages.kind_name(signed.kind)
-            digest = hashlib.sha256(self._verify(platform, signed)).digest()
+            key, signed_bytes = self._verify(platform, signed)
+            digest = hashlib.sha256(signed_bytes).digest()
             message = messages.parse(signed.kind, signed.payload)
             try:
                 validate(message, now=self._clock(), limits=self._limits)
             except InvalidMessage:
-                earlier = await self._accepted_before(platform, signed, message)
+                earlier = await self._accepted_before(registry, platform, signed, message)
                 if earlier is None:
                     raise
                 self._recent.put(request_digest, platform.id, kind_label, earlier)
@@ -159,13 +163,12 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 self._recent.put(request_digest, platform.id, kind_label, indexed.receipt)
                 self._metrics.count_message(kind_label, "replayed" if indexed.replayed else "accepted")
                 return indexed.receipt
-            incoming = self._admit(platform, signed, message, request, digest)
+            incoming = self._admit(registry, platform, signed, message, request, digest)
             case_message = message
             outcome = await self._store.accept(
                 incoming,
-                lambda case, index: case_rules.apply(case, case_message, policies=self._registry.policies,
-                                                     index=index),
-                receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest()),
+                lambda case, index: case_rules.apply(case, case_message, policies=registry.policies, index=index),
+                receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest(), key),
             )
         except CallerError as err:
             self._metrics.count_message(kind_label, "rejected", err.reason)
@@ -198,13 +201,14 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                                  reason="MESSAGE_TOO_LARGE", metadata={"max_bytes": str(limit)})
 
     async def _accepted_before(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.BusinessMessage
+        self, registry: Registry, platform: Platform, signed: envelope_pb2.SignedMessage,
+        message: messages.BusinessMessage,
     ) -> bytes | None:
         """The stored receipt if this payload, of this kind, was accepted under its message id from
         one of `platform`'s agencies; None otherwise. Its receipt names the payload's SHA-256, so
         the same payload means the same fingerprint, as the store's own replay check requires."""
         header = message.header
-        if not is_uuid(header.message_id) or self._registry.platform_of_agency(header.sender) != platform.id:
+        if not is_uuid(header.message_id) or registry.platform_of_agency(header.sender) != platform.id:
             return None
         stored = await self._store.receipt_of(header.message_id)
         if stored is None:
@@ -214,17 +218,15 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 and body.payload_sha256 == hashlib.sha256(signed.payload).digest())
         return stored if same else None
 
-    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> bytes:
-        """Check the signature over the bytes as received; returns those bytes, PAE(type, payload),
-        whose SHA-256 is the message's fingerprint."""
+    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> tuple[VerifyingKey, bytes]:
+        """Check the key (the caller's own, valid now) and the signature over the bytes as received;
+        returns the key and those bytes, PAE(type, payload), whose SHA-256 is the fingerprint."""
         payload_type = messages.payload_type(signed.kind)
-        key = self._registry.signing_key(platform, signed.key_id)
-        if key is None:
+        try:
+            key = platform_key_at(platform, signed.key_id, self._clock())
+        except SignatureRejected:
             self._metrics.signature_failures.labels(platform.id).inc()
-            raise SignatureRejected(
-                f"key_id {shown(signed.key_id)} is not a signing key of platform {platform.id}",
-                reason="UNKNOWN_SIGNING_KEY", metadata={"key_id": shown(signed.key_id)},
-            )
+            raise
         signed_bytes = pae(payload_type, signed.payload)
         if not key.verify(signed.signature, signed_bytes):
             self._metrics.signature_failures.labels(platform.id).inc()
@@ -232,16 +234,16 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 f"signature does not verify with key {signed.key_id} over PAE({payload_type}, payload)",
                 reason="SIGNATURE_INVALID", metadata={"key_id": signed.key_id},
             )
-        return signed_bytes
+        return key, signed_bytes
 
     def _admit(
-        self, platform: Platform, signed: envelope_pb2.SignedMessage, message: messages.CaseMessage,
-        received: bytes, digest: bytes,
+        self, registry: Registry, platform: Platform, signed: envelope_pb2.SignedMessage,
+        message: messages.CaseMessage, received: bytes, digest: bytes,
     ) -> IncomingMessage:
         """Authorize a validated case message; raises the CallerError that says what is wrong."""
         header = message.header
-        self._registry.check_acts_for(platform, header.sender, what="header.sender")
-        receiver_platform = self._registry.platform_of_agency(header.receiver)
+        registry.check_acts_for(platform, header.sender, what="header.sender")
+        receiver_platform = registry.platform_of_agency(header.receiver)
         if receiver_platform is None:
             raise InvalidMessage(
                 [FieldViolation("header.receiver", f"{header.receiver} is not a registered agency")],
@@ -266,11 +268,12 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     async def Subscribe(
         self, request: exchange_pb2.SubscribeRequest, context: Any
     ) -> AsyncIterator[exchange_pb2.Delivery]:
-        platform = calling_platform(context, self._registry)
+        registry = self._registry.current
+        platform = self._callers.platform(context, registry)
         agencies: frozenset[str] | None = None
         if request.agencies:
             agencies = frozenset(request.agencies)
-            foreign = sorted(agencies - self._registry.agencies_of(platform.id))
+            foreign = sorted(agencies - registry.agencies_of(platform.id))
             if foreign:
                 raise NotPermitted(
                     f"platform {platform.id} may not subscribe for agencies {', '.join(foreign)}",
@@ -288,7 +291,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     async def AckDelivery(
         self, request: exchange_pb2.AckDeliveryRequest, context: Any
     ) -> exchange_pb2.AckDeliveryResponse:
-        platform = calling_platform(context, self._registry)
+        platform = self._callers.platform(context, self._registry.current)
         await self._store.ack_delivery(platform.id, request.message_id, self._clock())
         self._router.notify(platform.id)  # the next message of that case may now go out
         return exchange_pb2.AckDeliveryResponse()

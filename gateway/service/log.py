@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
-from gateway.core.registry import Registry
-from gateway.service.auth import tracking_scope
+from gateway.core.registry import LiveRegistry
+from gateway.service.auth import Callers
 from gateway.store import CheckpointRecord, Store
 from mitransfer.v1 import log_pb2, log_pb2_grpc
 
@@ -25,15 +25,16 @@ def checkpoint_proto(record: CheckpointRecord) -> log_pb2.Checkpoint:
 
 
 class LogService(log_pb2_grpc.LogServiceServicer):
-    def __init__(self, *, registry: Registry, store: Store,
-                 publish_now: Callable[[], Awaitable[CheckpointRecord | None]]) -> None:
+    def __init__(self, *, registry: LiveRegistry, store: Store,
+                 publish_now: Callable[[], Awaitable[CheckpointRecord | None]], callers: Callers) -> None:
+        self._callers = callers
         self._registry = registry
         self._store = store
         self._publish_now = publish_now
 
     async def GetCheckpoint(self, request: log_pb2.GetCheckpointRequest,
                             context: Any) -> log_pb2.GetCheckpointResponse:
-        tracking_scope(context, self._registry)  # any platform or operator; refuses anyone else
+        self._callers.tracking_scope(context, self._registry.current)  # any platform or operator; refuses anyone else
         latest = await self._store.latest_checkpoint()
         if latest is None:
             await self._publish_now()
@@ -44,7 +45,7 @@ class LogService(log_pb2_grpc.LogServiceServicer):
 
     async def GetInclusionProof(self, request: log_pb2.GetInclusionProofRequest,
                                 context: Any) -> log_pb2.GetInclusionProofResponse:
-        scope = tracking_scope(context, self._registry)
+        scope = self._callers.tracking_scope(context, self._registry.current)
         if not request.message_id or len(request.message_id) > MAX_MESSAGE_ID:
             raise InvalidMessage([FieldViolation("message_id", f"must be 1 to {MAX_MESSAGE_ID} characters")],
                                  reason="QUERY_INVALID")
@@ -66,7 +67,7 @@ class LogService(log_pb2_grpc.LogServiceServicer):
 
     async def GetConsistencyProof(self, request: log_pb2.GetConsistencyProofRequest,
                                   context: Any) -> log_pb2.GetConsistencyProofResponse:
-        tracking_scope(context, self._registry)
+        self._callers.tracking_scope(context, self._registry.current)
         proof = await self._store.consistency_proof(request.first, request.second)
         return log_pb2.GetConsistencyProofResponse(
             first=proof.first, second=proof.checkpoint.tree_size, hashes=proof.hashes,

@@ -178,6 +178,31 @@ class Metrics:
             "Enrollments that waited their whole retention period without a matching record.", registry=registry,
         )
         self._index_labels: set[tuple[str, str]] = set()
+        self.registry_version = Gauge(
+            "transfer_gateway_registry_version", "The version of the agency registry in force in this process.",
+            registry=registry,
+        )
+        self.registry_reloads = Counter(
+            "transfer_gateway_registry_reloads",
+            "Registry reloads (SIGHUP, Admin.ReloadRegistry, a newer version from the store), by result:"
+            " loaded, unchanged, refused.", ["result"], registry=registry,
+        )
+        self.key_expiry = Gauge(
+            "transfer_gateway_key_expiry_seconds",
+            "Seconds until a registry signing key's window ends (not_after or revoked_at; negative once ended);"
+            " keys without an end are not listed.", ["owner", "key_id"], registry=registry,
+        )
+        self.signing_coverage = Gauge(
+            "transfer_gateway_signing_coverage_seconds",
+            "Seconds until an owner (the gateway, a platform) has no registry key left to sign with: the latest end"
+            " among its keys not yet ended; owners with a key without end are not listed.", ["owner"],
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            "transfer_gateway_certificate_expiry_seconds",
+            "Seconds until a certificate's notAfter: the gateway's own (role server), its CA bundle (role ca) and"
+            " each client certificate seen (role client, by owner).", ["role", "owner", "serial"], registry=registry,
+        )
         self._stage_labels: set[tuple[str, str, str]] = set()
         self._fund_labels: set[tuple[str, str, str]] = set()
         self._message_children: dict[tuple[str, str, str], Any] = {}

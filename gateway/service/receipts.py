@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from gateway.core.errors import SignatureRejected
+from gateway.core.keys import GatewaySigner
 from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, MessageKind
-from gateway.core.signing import Signer, pae
+from gateway.core.signing import Signer, VerifyingKey, pae
 from gateway.core.timestamps import timestamp_of
 from gateway.store import IncomingMessage, IssuedReceipt, MakeReceipt
+from mitransfer.protocol.validity import KeyNotValid
 from mitransfer.v1 import envelope_pb2
 
 
@@ -40,13 +43,26 @@ def issue_receipt(
     return IssuedReceipt(receipt.SerializeToString(), body_bytes)
 
 
-def receipt_maker(signer: Signer, message: IncomingMessage, payload_sha256: bytes) -> MakeReceipt:
-    """What the store calls, inside its transaction, once it knows the sequence and time."""
+def receipt_maker(signer: GatewaySigner, message: IncomingMessage, payload_sha256: bytes,
+                  sender_key: VerifyingKey | None = None) -> MakeReceipt:
+    """What the store calls, inside its transaction, once it knows the sequence and the time of
+    acceptance: the message is judged, and the receipt signed, by the keys valid at that time.
+
+    `sender_key` is the key the sender signed with (None for what the gateway writes itself): a
+    key whose window ended between the signature check and the commit refuses the message
+    (SignatureRejected, the transaction rolls back), so no receipt ever attests a message signed
+    outside its key's window. The receipt is signed with `signer.at(accepted_at)`.
+    """
 
     def make(sequence: int, leaf_index: int, accepted_at: dt.datetime) -> IssuedReceipt:
+        if sender_key is not None:
+            try:
+                sender_key.window.check(sender_key.key_id, accepted_at)
+            except KeyNotValid as exc:
+                raise SignatureRejected(str(exc), reason=exc.reason, metadata={"key_id": exc.key_id}) from exc
         return issue_receipt(
-            signer, message_id=message.message_id, transfer_id=message.transfer_id, kind=message.kind,
-            sender=message.sender, receiver=message.receiver, payload_sha256=payload_sha256,
+            signer.at(accepted_at), message_id=message.message_id, transfer_id=message.transfer_id,
+            kind=message.kind, sender=message.sender, receiver=message.receiver, payload_sha256=payload_sha256,
             sequence=sequence, accepted_at=accepted_at, leaf_index=leaf_index,
         )
 

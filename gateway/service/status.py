@@ -17,9 +17,12 @@ from gateway.core.errors import (
     NotFound,
     NotPermitted,
     QuotaExceeded,
+    RegistryRefused,
     RuleViolation,
     SignatureRejected,
+    SigningUnavailable,
     StoreUnavailable,
+    Unauthenticated,
 )
 
 ERROR_DOMAIN: Final = "transfer-gateway.mitransfer.v1"
@@ -27,12 +30,15 @@ ERROR_DOMAIN: Final = "transfer-gateway.mitransfer.v1"
 _CODES: Final[tuple[tuple[type[GatewayError], grpc.StatusCode], ...]] = (
     (InvalidMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (SignatureRejected, grpc.StatusCode.UNAUTHENTICATED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotPermitted, grpc.StatusCode.PERMISSION_DENIED),
     (RuleViolation, grpc.StatusCode.FAILED_PRECONDITION),
+    (RegistryRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (SigningUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

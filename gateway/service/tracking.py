@@ -10,11 +10,11 @@ from typing import Any, Final
 
 from gateway.core.continuity import continuity
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
-from gateway.core.registry import Registry
+from gateway.core.registry import LiveRegistry, Registry
 from gateway.core.sla import Sla, Stage, Timeliness
 from gateway.core.timestamps import EPOCH
 from gateway.core.workdays import local_date
-from gateway.service.auth import tracking_scope
+from gateway.service.auth import Callers
 from gateway.store import CaseQuery, CaseView, Store
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
 
@@ -29,32 +29,33 @@ DEFAULT_PAGE: Final = 100
 
 
 class TrackingService(tracking_pb2_grpc.TrackingServicer):
-    def __init__(self, *, registry: Registry, store: Store, sla: Sla,
-                 clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, *, registry: LiveRegistry, store: Store, sla: Sla,
+                 clock: Callable[[], dt.datetime], callers: Callers) -> None:
+        self._callers = callers
         self._registry = registry
         self._store = store
         self._sla = sla
         self._clock = clock
 
     async def GetCase(self, request: tracking_pb2.GetCaseRequest, context: Any) -> tracking_pb2.Case:
-        scope = tracking_scope(context, self._registry)
+        scope = self._callers.tracking_scope(context, self._registry.current)
         view = await self._store.get_case(request.transfer_id)
         if view is None:
             raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
         if scope is not None and view.case.outbound not in scope and view.case.inbound not in scope:
             raise NotPermitted(f"case {request.transfer_id} is not a case of the calling platform",
                                reason="CASE_NOT_OF_PLATFORM")
-        return case_to_proto(view, self._registry, self._sla, self._clock())
+        return case_to_proto(view, self._registry.current, self._sla, self._clock())
 
     async def ListCases(self, request: tracking_pb2.ListCasesRequest, context: Any) -> tracking_pb2.ListCasesResponse:
-        scope = tracking_scope(context, self._registry)
+        scope = self._callers.tracking_scope(context, self._registry.current)
         now = self._clock()
         query, size = self._query(request, scope, now)
         views = await self._store.list_cases(query)
         page = views[:size]
         token = _token(page[-1]) if len(views) > size else ""
         return tracking_pb2.ListCasesResponse(
-            cases=[case_to_proto(v, self._registry, self._sla, now) for v in page], next_page_token=token)
+            cases=[case_to_proto(v, self._registry.current, self._sla, now) for v in page], next_page_token=token)
 
     def _query(self, r: tracking_pb2.ListCasesRequest, scope: frozenset[str] | None,
                now: dt.datetime) -> tuple[CaseQuery, int]:

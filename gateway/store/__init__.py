@@ -57,6 +57,7 @@ from gateway.store.port import (
     StageRecord,
     StaleEntry,
     Store,
+    StoredRegistry,
     UnaskedQuestion,
 )
 
@@ -96,5 +97,6 @@ __all__ = [
     "StageRecord",
     "StaleEntry",
     "Store",
+    "StoredRegistry",
     "UnaskedQuestion",
 ]

@@ -22,7 +22,7 @@ from typing import TypeAlias, TypeVar
 
 from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Sla
-from gateway.store import index, reports, transparency, views, writes
+from gateway.store import index, registry_documents, reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
     CaseQuery,
@@ -46,6 +46,7 @@ from gateway.store.port import (
     SignCheckpoint,
     StageCount,
     StaleEntry,
+    StoredRegistry,
 )
 from gateway.store.steps import Steps
 
@@ -109,6 +110,16 @@ class SQLStore(ABC):
 
     async def receipt_of(self, message_id: str) -> bytes | None:
         return await self.read(lambda: views.receipt_of(message_id))
+
+    async def latest_registry(self) -> StoredRegistry | None:
+        return await self.read(registry_documents.latest)
+
+    async def latest_registry_version(self) -> int:
+        return await self.read(registry_documents.latest_version)
+
+    async def publish_registry(self, document: StoredRegistry) -> StoredRegistry:
+        stored_at = int(self._clock().timestamp() * 1_000_000)
+        return await self.write(lambda: registry_documents.publish(document, stored_at))
 
     async def held_transfers(self) -> list[HeldTransfer]:
         return await self.read(reports.held_transfers)

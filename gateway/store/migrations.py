@@ -252,6 +252,19 @@ def _5_automatic_transfer(t: ColumnTypes) -> str:
     """
 
 
+def _6_registry_documents(t: ColumnTypes) -> str:
+    return f"""
+    -- Every published version of the agency registry, so replicas converge on the newest
+    -- (gateway.store.registry_documents).
+    CREATE TABLE registry_documents (
+        version   {t.integer} PRIMARY KEY,
+        digest    {t.blob} NOT NULL,
+        document  {t.blob} NOT NULL,
+        stored_at {t.integer} NOT NULL
+    );
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -259,6 +272,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _3_fund_totals,
     _4_transparency_log,
     _5_automatic_transfer,
+    _6_registry_documents,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

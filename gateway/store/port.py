@@ -36,6 +36,14 @@ from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Stage
 
 
+class StoredRegistry(NamedTuple):
+    """One published registry document: its version, the SHA-256 of its bytes, the bytes."""
+
+    version: int
+    digest: bytes
+    document: bytes
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     """A verified, validated message ready to be stored."""
@@ -415,6 +423,15 @@ class Store(Protocol):
 
     async def receipt_of(self, message_id: str) -> bytes | None:
         """The stored receipt of a message, or None."""
+
+    async def latest_registry(self) -> StoredRegistry | None:
+        """The highest registry version published, or None."""
+
+    async def latest_registry_version(self) -> int:
+        """The highest registry version published (0: none)."""
+
+    async def publish_registry(self, document: StoredRegistry) -> StoredRegistry:
+        """Store a registry version unless stored already; what the store holds under that version."""
 
     async def held_transfers(self) -> list[HeldTransfer]:
         """Fund transfers held for review, oldest first."""

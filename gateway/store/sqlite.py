@@ -62,6 +62,19 @@ class SQLiteConfig:
     busy_timeout_ms: int = 5000
 
 
+def _owner_only(path: Path) -> None:
+    """The database readable and writable by its owner only: created 0600 before SQLite opens it
+    (its -wal and -shm files take the database file's mode), and tightened if an older version
+    left it, or its -wal and -shm, readable by others. It holds every person's transfer."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if os.stat(file).st_mode & 0o077:
+                os.chmod(file, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _exclusive(path: Path) -> int:
     """Lock `path` for this process: an exclusive `flock` on the side file `<path>.lock`, which
     holds the owner's pid. SQLite's own locks allow a second writer process to wait its turn;
@@ -167,8 +180,9 @@ class SQLiteStore(SQLStore):
         Raises StoreUnavailable naming the file: held by another process, or cannot be opened.
         """
         try:
-            self._config.path.parent.mkdir(parents=True, exist_ok=True)
+            self._config.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock = _exclusive(self._config.path)
+            _owner_only(self._config.path)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc.strerror or exc}",
                                    reason="STORE_UNAVAILABLE") from exc

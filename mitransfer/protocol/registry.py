@@ -6,17 +6,23 @@ speaks for which pooling-region agencies, within which provinces, with which sig
 keys sign the gateway's receipts and notices; and which of the national platform's staff
 (reviewers, operators) may call the admin service. It holds no secret.
 
-    {"dev_only": false,
+    {"version": 7, "issued_at": "2026-12-01T09:00:00+08:00",                        (optional)
+     "dev_only": false,
      "gateway":   {"keys": [KEY, ...], "log_origin": "gateway.example/log"},  (log_origin optional)
      "platforms": [{"id", "name", "certificate_uri", "provinces": ["32", ...], "keys": [KEY, ...],
+                    "certificate_pins": [SPKI_SHA256, ...],                         (pins optional)
                     "limits": {"calls_in_flight": 64, "requests_per_second": 200,
                                "burst": 400, "subscriptions": 16}}, ...],               (limits optional)
      "agencies":  [{"code": "320100", "name", "platform"}, ...],
      "operators": [{"id", "name", "certificate_uri", "roles": ["reviewer", ...],
-                    "provinces": ["33", ...]}, ...],                                    (optional)
+                    "provinces": ["33", ...], "certificate_pins": [...]}, ...],      (optional)
      "policies":  [{"region": "33" | "330100", "waiting_period_months": 0..6,
-                    "review_above_fen": 1000000 | null}, ...]}                          (optional)
-    KEY = {"key_id", "algorithm": "ed25519" | "ecdsa-p256-sha256", "public_key": SPKI PEM}
+                    "review_above_fen": 1000000 | null}, ...],                      (optional)
+     "revoked_certificates": [{"serial": "5f1c…", "revoked_at": TIME}, ...]}        (optional)
+    KEY = {"key_id", "algorithm": "ed25519" | "ecdsa-p256-sha256" | "sm2-sm3", "public_key": SPKI PEM,
+           "not_before": TIME, "not_after": TIME, "revoked_at": TIME}               (times optional)
+    TIME = an RFC 3339 date-time with its offset; SPKI_SHA256 = 64 hex digits, the SHA-256 of the
+    certificate's DER SubjectPublicKeyInfo; serial = the certificate's serial number in hex.
 
 A platform's `limits` replace, for that platform alone, the gateway's configured defaults of the
 same names (each key optional): calls it may have in flight at once, requests per second and the
@@ -30,29 +36,35 @@ contribution gap of more than 3 months (0 to 6 months; none by default), and whe
 personal-account balance, its outbound fund transfers wait for a reviewer (none by default). It is
 given for a pooling region (6 digits) or a whole province (2 digits); the most specific applies.
 
-Checks: every field present with its type (strings, lists, `dev_only` a boolean), provinces of
-2 digits and agency codes of 6 digits; platform ids, agency codes, key ids (across the whole
-document) and certificate URIs (platforms and operators) unique; each agency's platform listed
-and the agency inside that platform's provinces; each key readable as its algorithm
-(`mitransfer.protocol.suites`); operators' provinces of 2 digits; platform limits positive whole
-numbers (the rate a positive number); policy regions of 2 or 6 digits, each listed once, waiting
-periods 0 to 6, review thresholds whole fen ≥ 0 or null. Fields
-this format does not define are ignored, so a document with fields added later still reads.
+Checks: every field present with its type (strings, lists, `dev_only` a boolean, `version` a
+non-negative integer), provinces of 2 digits and agency codes of 6 digits; platform ids, agency
+codes, key ids (across the whole document) and certificate URIs (platforms and operators)
+unique; each agency's platform listed and the agency inside that platform's provinces; each key
+readable as its algorithm (`mitransfer.protocol.suites`) with `not_before` before `not_after`
+(`mitransfer.protocol.validity`); pins of 64 hex digits, serials of hex digits; operators'
+provinces of 2 digits; platform limits positive whole numbers (the rate a positive number);
+policy regions of 2 or 6 digits, each listed once, waiting periods 0 to 6,
+review thresholds whole fen ≥ 0 or null. Fields this format does not define are ignored, so a
+document with fields added later still reads. A document without `version` is version 0: any
+versioned document replaces it.
 
 The gateway's `Registry` and the reference client's `KeyRing` each build their own view of it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, NoReturn, TypeGuard
 
 from mitransfer.protocol.errors import RegistryFormatError, UnusableKey
 from mitransfer.protocol.note import valid_name
 from mitransfer.protocol.suites import VerifyingKey, load_verifying_key
+from mitransfer.protocol.validity import KeyWindow, parse_time
 
 _MALFORMED: Final = "REGISTRY_MALFORMED"
 
@@ -78,8 +90,9 @@ class Platform:
     name: str
     certificate_uri: str  # the SAN URI of its client certificate: how the gateway knows it
     provinces: frozenset[str]  # 2-digit province codes its agencies lie in
-    keys: Mapping[str, VerifyingKey]  # key id → key it signs its messages with
+    keys: Mapping[str, VerifyingKey]  # key id → key it signs its messages with (and its window)
     limits: PlatformLimits = NO_LIMITS  # its own limits, where the registry sets them
+    certificate_pins: frozenset[bytes] = frozenset()  # SHA-256 of allowed client certificates' SPKI; empty: any
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,8 @@ class Operator:
     def covers(self, province: str) -> bool:
         """Whether this operator's scope includes `province`."""
         return not self.provinces or province in self.provinces
+    certificate_pins: frozenset[bytes] = frozenset()  # as a platform's
+
 
 
 MAX_WAITING_MONTHS: Final = 6
@@ -145,6 +160,16 @@ class RegistryDocument:
     dev_only: bool                            # development material: never in production
     policies: Mapping[str, RegionPolicy] = field(default_factory=dict)  # region or province → its policy
     log_origin: str = "transfer-gateway/log"  # the transparency log's name: its checkpoints' first line
+    version: int = 0                          # increases with every published change; 0: unversioned
+    issued_at: dt.datetime | None = None      # when the national platform issued this version
+    revoked_serials: frozenset[int] = frozenset()  # client certificates refused whatever their chain
+    digest: bytes = field(default=b"", compare=False)  # SHA-256 of the JSON text it was read from
+
+
+def spki_sha256(spki_der: bytes) -> bytes:
+    """The pin of a certificate: SHA-256 over its DER SubjectPublicKeyInfo (as HPKP and
+    `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256`)."""
+    return hashlib.sha256(spki_der).digest()
 
 
 def from_json(text: str | bytes) -> RegistryDocument:
@@ -158,7 +183,9 @@ def from_json(text: str | bytes) -> RegistryDocument:
         data = json.loads(text, object_pairs_hook=_no_repeated_keys)
     except ValueError as exc:
         raise RegistryFormatError(f"registry is not a JSON document: {exc}", reason=_MALFORMED, field="") from exc
-    return from_dict(data)
+    document = from_dict(data)
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    return replace(document, digest=hashlib.sha256(raw).digest())
 
 
 def from_dict(data: object) -> RegistryDocument:
@@ -185,6 +212,7 @@ def from_dict(data: object) -> RegistryDocument:
             provinces=frozenset(_digits(x, 2, f"{where}.provinces[{j}]") for j, x in _items(p, "provinces", where)),
             keys=_keys(p, where, seen_key_ids),
             limits=_limits(p.get("limits"), f"{where}.limits"),
+            certificate_pins=_pins(p, where),
         )
         _unique(platform.id, platforms, f"{where}.id")
         platforms[platform.id] = platform
@@ -213,6 +241,7 @@ def from_dict(data: object) -> RegistryDocument:
             roles=frozenset(_text(x, f"{where}.roles[{j}]") for j, x in _items(o, "roles", where)),
             provinces=frozenset(_digits(x, 2, f"{where}.provinces[{j}]")
                                 for j, x in _items(o, "provinces", where, optional=True)),
+            certificate_pins=_pins(o, where),
         )
         _unique(operator.id, operators, f"{where}.id")
         operators[operator.id] = operator
@@ -225,8 +254,19 @@ def from_dict(data: object) -> RegistryDocument:
         policy = _policy(p, f"policies[{i}]")
         _unique(policy.region, policies, f"policies[{i}].region")
         policies[policy.region] = policy
+    version = doc.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        _malformed("version", "must be a non-negative integer")
+    issued_at = _time(doc["issued_at"], "issued_at") if "issued_at" in doc else None
+    revoked: set[int] = set()
+    for i, r in _objects(doc, "revoked_certificates", "", optional=True):
+        where = f"revoked_certificates[{i}]"
+        revoked.add(_serial(_get(r, "serial", where), f"{where}.serial"))
+        if "revoked_at" in r:
+            _time(r["revoked_at"], f"{where}.revoked_at")
     return RegistryDocument(gateway_keys, MappingProxyType(platforms), MappingProxyType(agencies),
-                            MappingProxyType(operators), dev_only, MappingProxyType(policies), log_origin)
+                            MappingProxyType(operators), dev_only, MappingProxyType(policies), log_origin,
+                            version=version, issued_at=issued_at, revoked_serials=frozenset(revoked))
 
 
 def _policy(p: Mapping[str, object], where: str) -> RegionPolicy:
@@ -360,8 +400,40 @@ def _keys(owner: Mapping[str, object], where: str, seen: set[str]) -> Mapping[st
         key_id = _unique(_string(k, "key_id", at), seen, f"{at}.key_id")
         seen.add(key_id)
         algorithm, pem = _string(k, "algorithm", at), _string(k, "public_key", at)
+        window = KeyWindow(*(_time(k[name], f"{at}.{name}") if name in k else None
+                             for name in ("not_before", "not_after", "revoked_at")))
+        if window.not_before is not None and window.not_after is not None and window.not_after <= window.not_before:
+            _malformed(f"{at}.not_after", "must be later than not_before")
         try:
-            keys[key_id] = load_verifying_key(key_id, algorithm, pem.encode("utf-8"))
+            keys[key_id] = load_verifying_key(key_id, algorithm, pem.encode("utf-8"), window)
         except UnusableKey as exc:
             raise RegistryFormatError(f"registry field {at}: {exc}", reason="KEY_UNUSABLE", field=at) from exc
     return MappingProxyType(keys)
+
+
+def _time(value: object, where: str) -> dt.datetime:
+    if not isinstance(value, str):
+        _malformed(where, "must be an RFC 3339 date-time string")
+    try:
+        return parse_time(value)
+    except ValueError:
+        _malformed(where, "must be an RFC 3339 date-time with an offset, e.g. 2026-12-01T00:00:00+08:00")
+
+
+def _pins(owner: Mapping[str, object], where: str) -> frozenset[bytes]:
+    pins: set[bytes] = set()
+    for j, pin in _items(owner, "certificate_pins", where, optional=True):
+        if not isinstance(pin, str) or len(pin) != 64 or not _is_hex(pin):
+            _malformed(f"{where}.certificate_pins[{j}]", "must be 64 hex digits (SHA-256 of the certificate's SPKI)")
+        pins.add(bytes.fromhex(pin))
+    return frozenset(pins)
+
+
+def _serial(value: object, where: str) -> int:
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not _is_hex(value.replace(":", "")):
+        _malformed(where, "must be the certificate's serial number in hex (at most 64 digits, colons allowed)")
+    return int(value.replace(":", ""), 16)
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and text.isascii() and all(c in "0123456789abcdefABCDEF" for c in text)

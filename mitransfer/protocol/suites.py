@@ -20,6 +20,7 @@ standard's default user id "1234567812345678" (what Tongsuo uses when none is se
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from mitransfer.protocol.errors import UnusableKey
+from mitransfer.protocol.validity import ALWAYS, KeyWindow
 
 SM_EXTRA: Final = "transfer-gateway[sm]"
 """The optional extra that brings SM2 (tongsuopy): `pip install 'transfer-gateway[sm]'`."""
@@ -291,19 +293,32 @@ def suite(name: str) -> Suite:
 
 @dataclass(frozen=True)
 class VerifyingKey:
-    """A public key by its key id, with the suite that verifies it."""
+    """A public key by its key id, with the suite that verifies it and, from the registry, the
+    window in which it may sign (`mitransfer.protocol.validity`)."""
 
     key_id: str
     suite: Suite
     key: Any  # the library's public key object; `suite.is_public_key(key)`
+    window: KeyWindow = ALWAYS
 
     @property
     def algorithm(self) -> str:
         return self.suite.name
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        """True if `signature` is this key's signature over `data` under its suite."""
+        """True if `signature` is this key's signature over `data` under its suite (whenever made:
+        `verify_at` judges the time too)."""
         return self.suite.verify(self.key, signature, data)
+
+    def verify_at(self, signature: bytes, data: bytes, when: dt.datetime) -> bool:
+        """`verify`, for something accepted at `when` (a timezone-aware datetime).
+
+        Raises:
+            mitransfer.protocol.validity.KeyNotValid: the key was not valid at `when` (KEY_EXPIRED,
+                KEY_REVOKED or KEY_NOT_YET_VALID, naming the key): the signature does not count.
+        """
+        self.window.check(self.key_id, when)
+        return self.verify(signature, data)
 
     def public_pem(self) -> bytes:
         """The key as SPKI PEM."""
@@ -335,7 +350,7 @@ class SigningKey:
         return self.suite.private_pem(self.key)
 
 
-def load_verifying_key(key_id: str, algorithm: str, pem: bytes) -> VerifyingKey:
+def load_verifying_key(key_id: str, algorithm: str, pem: bytes, window: KeyWindow = ALWAYS) -> VerifyingKey:
     """Read an SPKI PEM public key that must be a key of the named algorithm.
 
     Raises:
@@ -351,7 +366,7 @@ def load_verifying_key(key_id: str, algorithm: str, pem: bytes) -> VerifyingKey:
         raise UnusableKey(f"key {key_id} is not a readable PEM public key: {exc}", reason="KEY_UNREADABLE") from exc
     if not chosen.is_public_key(key):
         raise UnusableKey(f"key {key_id} is not an {chosen.name} public key", reason="KEY_ALGORITHM_MISMATCH")
-    return VerifyingKey(key_id, chosen, key)
+    return VerifyingKey(key_id, chosen, key, window)
 
 
 def _reads_public(candidate: Suite, pem: bytes) -> bool:

@@ -27,31 +27,35 @@ from mitransfer.v1 import envelope_pb2 as mitransfer_dot_v1_dot_envelope__pb2
 from mitransfer.v1 import types_pb2 as mitransfer_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mitransfer/v1/admin.proto\x12\rmitransfer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmitransfer/v1/envelope.proto\x1a\x19mitransfer/v1/types.proto\"\x1e\n\x1cListHeldFundTransfersRequest\"\xa2\x01\n\x10HeldFundTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x10\n\x08outbound\x18\x03 \x01(\t\x12\x0f\n\x07inbound\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12.\n\nheld_since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x1dListHeldFundTransfersResponse\x12-\n\x04held\x18\x01 \x03(\x0b\x32\x1f.mitransfer.v1.HeldFundTransfer\"R\n\x19ReviewFundTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\xe3\x01\n\x0eReviewDecision\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12 \n\x18\x66und_transfer_message_id\x18\x03 \x01(\t\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x10\n\x08reviewer\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x10\n\x08outbound\x18\x07 \x01(\t\x12\x0f\n\x07inbound\x18\x08 \x01(\t\x12.\n\ndecided_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x0b\x43\x61seExpired\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x10\n\x08outbound\x18\x03 \x01(\t\x12\x0f\n\x07inbound\x18\x04 \x01(\t\x12-\n\topened_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpired_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nafter_days\x18\x07 \x01(\x05\"9\n\x14GetSettlementRequest\x12!\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x13.mitransfer.v1.Date\"\xbf\x01\n\x0eSettlementLine\x12\x19\n\x11outbound_province\x18\x01 \x01(\t\x12\x18\n\x10inbound_province\x18\x02 \x01(\t\x12\x10\n\x08sent_fen\x18\x03 \x01(\x03\x12\x14\n\x0c\x63redited_fen\x18\x04 \x01(\x03\x12\x10\n\x08held_fen\x18\x05 \x01(\x03\x12\x14\n\x0crejected_fen\x18\x06 \x01(\x03\x12\x15\n\rin_flight_fen\x18\x07 \x01(\x03\x12\x11\n\ttransfers\x18\x08 \x01(\x05\"c\n\x10SettlementReport\x12!\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x13.mitransfer.v1.Date\x12,\n\x05lines\x18\x02 \x03(\x0b\x32\x1d.mitransfer.v1.SettlementLine2\xaa\x02\n\x05\x41\x64min\x12r\n\x15ListHeldFundTransfers\x12+.mitransfer.v1.ListHeldFundTransfersRequest\x1a,.mitransfer.v1.ListHeldFundTransfersResponse\x12V\n\x12ReviewFundTransfer\x12(.mitransfer.v1.ReviewFundTransferRequest\x1a\x16.mitransfer.v1.Receipt\x12U\n\rGetSettlement\x12#.mitransfer.v1.GetSettlementRequest\x1a\x1f.mitransfer.v1.SettlementReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mitransfer/v1/admin.proto\x12\rmitransfer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmitransfer/v1/envelope.proto\x1a\x19mitransfer/v1/types.proto\")\n\x15ReloadRegistryRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\"y\n\x16ReloadRegistryResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63hanged\x18\x04 \x01(\x08\"\x1e\n\x1cListHeldFundTransfersRequest\"\xa2\x01\n\x10HeldFundTransfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x10\n\x08outbound\x18\x03 \x01(\t\x12\x0f\n\x07inbound\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12.\n\nheld_since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x1dListHeldFundTransfersResponse\x12-\n\x04held\x18\x01 \x03(\x0b\x32\x1f.mitransfer.v1.HeldFundTransfer\"R\n\x19ReviewFundTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\xe3\x01\n\x0eReviewDecision\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12 \n\x18\x66und_transfer_message_id\x18\x03 \x01(\t\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x10\n\x08reviewer\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x10\n\x08outbound\x18\x07 \x01(\t\x12\x0f\n\x07inbound\x18\x08 \x01(\t\x12.\n\ndecided_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x0b\x43\x61seExpired\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x10\n\x08outbound\x18\x03 \x01(\t\x12\x0f\n\x07inbound\x18\x04 \x01(\t\x12-\n\topened_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpired_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nafter_days\x18\x07 \x01(\x05\"9\n\x14GetSettlementRequest\x12!\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x13.mitransfer.v1.Date\"\xbf\x01\n\x0eSettlementLine\x12\x19\n\x11outbound_province\x18\x01 \x01(\t\x12\x18\n\x10inbound_province\x18\x02 \x01(\t\x12\x10\n\x08sent_fen\x18\x03 \x01(\x03\x12\x14\n\x0c\x63redited_fen\x18\x04 \x01(\x03\x12\x10\n\x08held_fen\x18\x05 \x01(\x03\x12\x14\n\x0crejected_fen\x18\x06 \x01(\x03\x12\x15\n\rin_flight_fen\x18\x07 \x01(\x03\x12\x11\n\ttransfers\x18\x08 \x01(\x05\"c\n\x10SettlementReport\x12!\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x13.mitransfer.v1.Date\x12,\n\x05lines\x18\x02 \x03(\x0b\x32\x1d.mitransfer.v1.SettlementLine2\x89\x03\n\x05\x41\x64min\x12r\n\x15ListHeldFundTransfers\x12+.mitransfer.v1.ListHeldFundTransfersRequest\x1a,.mitransfer.v1.ListHeldFundTransfersResponse\x12V\n\x12ReviewFundTransfer\x12(.mitransfer.v1.ReviewFundTransferRequest\x1a\x16.mitransfer.v1.Receipt\x12U\n\rGetSettlement\x12#.mitransfer.v1.GetSettlementRequest\x1a\x1f.mitransfer.v1.SettlementReport\x12]\n\x0eReloadRegistry\x12$.mitransfer.v1.ReloadRegistryRequest\x1a%.mitransfer.v1.ReloadRegistryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mitransfer.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTHELDFUNDTRANSFERSREQUEST']._serialized_start=134
-  _globals['_LISTHELDFUNDTRANSFERSREQUEST']._serialized_end=164
-  _globals['_HELDFUNDTRANSFER']._serialized_start=167
-  _globals['_HELDFUNDTRANSFER']._serialized_end=329
-  _globals['_LISTHELDFUNDTRANSFERSRESPONSE']._serialized_start=331
-  _globals['_LISTHELDFUNDTRANSFERSRESPONSE']._serialized_end=409
-  _globals['_REVIEWFUNDTRANSFERREQUEST']._serialized_start=411
-  _globals['_REVIEWFUNDTRANSFERREQUEST']._serialized_end=493
-  _globals['_REVIEWDECISION']._serialized_start=496
-  _globals['_REVIEWDECISION']._serialized_end=723
-  _globals['_CASEEXPIRED']._serialized_start=726
-  _globals['_CASEEXPIRED']._serialized_end=930
-  _globals['_GETSETTLEMENTREQUEST']._serialized_start=932
-  _globals['_GETSETTLEMENTREQUEST']._serialized_end=989
-  _globals['_SETTLEMENTLINE']._serialized_start=992
-  _globals['_SETTLEMENTLINE']._serialized_end=1183
-  _globals['_SETTLEMENTREPORT']._serialized_start=1185
-  _globals['_SETTLEMENTREPORT']._serialized_end=1284
-  _globals['_ADMIN']._serialized_start=1287
-  _globals['_ADMIN']._serialized_end=1585
+  _globals['_RELOADREGISTRYREQUEST']._serialized_start=134
+  _globals['_RELOADREGISTRYREQUEST']._serialized_end=175
+  _globals['_RELOADREGISTRYRESPONSE']._serialized_start=177
+  _globals['_RELOADREGISTRYRESPONSE']._serialized_end=298
+  _globals['_LISTHELDFUNDTRANSFERSREQUEST']._serialized_start=300
+  _globals['_LISTHELDFUNDTRANSFERSREQUEST']._serialized_end=330
+  _globals['_HELDFUNDTRANSFER']._serialized_start=333
+  _globals['_HELDFUNDTRANSFER']._serialized_end=495
+  _globals['_LISTHELDFUNDTRANSFERSRESPONSE']._serialized_start=497
+  _globals['_LISTHELDFUNDTRANSFERSRESPONSE']._serialized_end=575
+  _globals['_REVIEWFUNDTRANSFERREQUEST']._serialized_start=577
+  _globals['_REVIEWFUNDTRANSFERREQUEST']._serialized_end=659
+  _globals['_REVIEWDECISION']._serialized_start=662
+  _globals['_REVIEWDECISION']._serialized_end=889
+  _globals['_CASEEXPIRED']._serialized_start=892
+  _globals['_CASEEXPIRED']._serialized_end=1096
+  _globals['_GETSETTLEMENTREQUEST']._serialized_start=1098
+  _globals['_GETSETTLEMENTREQUEST']._serialized_end=1155
+  _globals['_SETTLEMENTLINE']._serialized_start=1158
+  _globals['_SETTLEMENTLINE']._serialized_end=1349
+  _globals['_SETTLEMENTREPORT']._serialized_start=1351
+  _globals['_SETTLEMENTREPORT']._serialized_end=1450
+  _globals['_ADMIN']._serialized_start=1453
+  _globals['_ADMIN']._serialized_end=1846
 # @@protoc_insertion_point(module_scope)

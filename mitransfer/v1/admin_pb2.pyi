@@ -23,6 +23,64 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ReloadRegistryRequest(_message.Message):
+    """Asks to load a registry version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    """注册表 the registry document (JSON bytes, as published); empty: re-read the configured file"""
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRegistryRequest: _TypeAlias = ReloadRegistryRequest  # noqa: Y015
+
+@_typing.final
+class ReloadRegistryResponse(_message.Message):
+    """The registry in force after a reload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """版本 the version in force"""
+    sha256: _builtins.bytes
+    """摘要 SHA-256 of the document's bytes"""
+    changed: _builtins.bool
+    """是否变更 false when that version was in force already"""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """签发时间 when that version was issued (its issued_at), if it says"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        sha256: _builtins.bytes = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "issued_at", b"issued_at", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRegistryResponse: _TypeAlias = ReloadRegistryResponse  # noqa: Y015
+
+@_typing.final
 class ListHeldFundTransfersRequest(_message.Message):
     """Asks for every fund transfer held for review; it has no filter."""
 

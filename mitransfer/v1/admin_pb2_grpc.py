@@ -53,6 +53,11 @@ class AdminStub:
                 request_serializer=mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.SerializeToString,
                 response_deserializer=mitransfer_dot_v1_dot_admin__pb2.SettlementReport.FromString,
                 _registered_method=True)
+        self.ReloadRegistry = channel.unary_unary(
+                '/mitransfer.v1.Admin/ReloadRegistry',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -85,6 +90,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadRegistry(self, request, context):
+        """Load a newer version of the agency registry without a restart (role operator): the document
+        given, or the gateway's configured file when none is. The version is kept in the store, and
+        every replica loads it within one monitor interval. An older version is FAILED_PRECONDITION
+        (REGISTRY_OLDER), the same version with other contents too (REGISTRY_VERSION_REUSED), a
+        document that does not read INVALID_ARGUMENT (REGISTRY_INVALID); the same document again
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +119,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSettlement,
                     request_deserializer=mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.FromString,
                     response_serializer=mitransfer_dot_v1_dot_admin__pb2.SettlementReport.SerializeToString,
+            ),
+            'ReloadRegistry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadRegistry,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +210,33 @@ class Admin:
             '/mitransfer.v1.Admin/GetSettlement',
             mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.SerializeToString,
             mitransfer_dot_v1_dot_admin__pb2.SettlementReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadRegistry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/ReloadRegistry',
+            mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryRequest.SerializeToString,
+            mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryResponse.FromString,
             options,
             channel_credentials,
             insecure,

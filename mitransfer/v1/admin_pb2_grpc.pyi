@@ -49,6 +49,14 @@ class AdminStub:
     """
     GetSettlement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]
     """Funds in transit per province pair for one day (role operator)."""
+    ReloadRegistry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]
+    """Load a newer version of the agency registry without a restart (role operator): the document
+    given, or the gateway's configured file when none is. The version is kept in the store, and
+    every replica loads it within one monitor interval. An older version is FAILED_PRECONDITION
+    (REGISTRY_OLDER), the same version with other contents too (REGISTRY_VERSION_REUSED), a
+    document that does not read INVALID_ARGUMENT (REGISTRY_INVALID); the same document again
+    changes nothing.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -68,6 +76,14 @@ class AdminAsyncStub(AdminStub):
     """
     GetSettlement: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]  # type: ignore[assignment]
     """Funds in transit per province pair for one day (role operator)."""
+    ReloadRegistry: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]  # type: ignore[assignment]
+    """Load a newer version of the agency registry without a restart (role operator): the document
+    given, or the gateway's configured file when none is. The version is kept in the store, and
+    every replica loads it within one monitor interval. An older version is FAILED_PRECONDITION
+    (REGISTRY_OLDER), the same version with other contents too (REGISTRY_VERSION_REUSED), a
+    document that does not read INVALID_ARGUMENT (REGISTRY_INVALID); the same document again
+    changes nothing.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """The Admin service: for the national platform's own staff, never for provincial platforms.
@@ -102,5 +118,19 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SettlementReport, _abc.Awaitable[_admin_pb2.SettlementReport]]:
         """Funds in transit per province pair for one day (role operator)."""
+
+    @_abc_1.abstractmethod
+    def ReloadRegistry(
+        self,
+        request: _admin_pb2.ReloadRegistryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReloadRegistryResponse, _abc.Awaitable[_admin_pb2.ReloadRegistryResponse]]:
+        """Load a newer version of the agency registry without a restart (role operator): the document
+        given, or the gateway's configured file when none is. The version is kept in the store, and
+        every replica loads it within one monitor interval. An older version is FAILED_PRECONDITION
+        (REGISTRY_OLDER), the same version with other contents too (REGISTRY_VERSION_REUSED), a
+        document that does not read INVALID_ARGUMENT (REGISTRY_INVALID); the same document again
+        changes nothing.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,12 +41,14 @@ class _Store:
 def _publisher(store: _Store, metrics: Metrics) -> CheckpointPublisher:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    from gateway.core.checkpoints import checkpoint_signer
     from gateway.core.signing import LocalSigner
     from mitransfer.protocol import suites
 
     signer = LocalSigner(suites.signing_key("gw", ed25519.Ed25519PrivateKey.generate()))
-    return CheckpointPublisher(store=store, origin="test/log", signer=lambda: signer,  # type: ignore[arg-type]
-                               gateway_keys={"gw": signer.verifying_key()}, metrics=metrics, clock=lambda: T0)
+    sign = checkpoint_signer("test/log", lambda: signer, {"gw": signer.verifying_key()})
+    return CheckpointPublisher(store=store, sign=sign, metrics=metrics,  # type: ignore[arg-type]
+                               clock=lambda: T0)
 
 
 async def test_callers_at_once_share_one_publication() -> None:

@@ -4,6 +4,8 @@ refused by name when missing or mistyped, and a named table of inconsistent docu
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,7 +255,48 @@ BAD: list[Any] = [
                  "platforms[1].limits.requests_per_second", id="rate-zero"),
     pytest.param(lambda d: d["platforms"][1]["limits"].update(requests_per_second="5"), "REGISTRY_MALFORMED",
                  "platforms[1].limits.requests_per_second", id="rate-a-string"),
+    # The lifecycle's fields: version, times, windows, pins, revoked serials.
+    pytest.param(lambda d: d.update(version=-1), "REGISTRY_MALFORMED", "version", id="negative-version"),
+    pytest.param(lambda d: d.update(version=True), "REGISTRY_MALFORMED", "version", id="version-a-boolean"),
+    pytest.param(lambda d: d.update(version="3"), "REGISTRY_MALFORMED", "version", id="version-a-string"),
+    pytest.param(lambda d: d.update(issued_at="2026-12-01"), "REGISTRY_MALFORMED", "issued_at", id="a-date-not-a-time"),
+    pytest.param(lambda d: d["gateway"]["keys"][0].update(not_after="2026-12-01T00:00:00"), "REGISTRY_MALFORMED",
+                 "gateway.keys[0].not_after", id="a-time-without-offset"),
+    pytest.param(lambda d: d["gateway"]["keys"][0].update(revoked_at=1764547200), "REGISTRY_MALFORMED",
+                 "gateway.keys[0].revoked_at", id="a-time-as-a-number"),
+    pytest.param(lambda d: d["platforms"][0]["keys"][0].update(not_before="2026-12-01T00:00:00Z",
+                                                               not_after="2026-12-01T00:00:00+00:00"),
+                 "REGISTRY_MALFORMED", "platforms[0].keys[0].not_after", id="a-window-that-ends-as-it-begins"),
+    pytest.param(lambda d: d["platforms"][0].update(certificate_pins=["ab" * 31]), "REGISTRY_MALFORMED",
+                 "platforms[0].certificate_pins[0]", id="a-pin-of-31-bytes"),
+    pytest.param(lambda d: d["platforms"][0].update(certificate_pins=["zz" * 32]), "REGISTRY_MALFORMED",
+                 "platforms[0].certificate_pins[0]", id="a-pin-not-hex"),
+    pytest.param(lambda d: d.update(revoked_certificates=[{"serial": "0x1f"}]), "REGISTRY_MALFORMED",
+                 "revoked_certificates[0].serial", id="a-serial-with-0x"),
+    pytest.param(lambda d: d.update(revoked_certificates=[{"revoked_at": "2026-12-01T00:00:00Z"}]),
+                 "REGISTRY_MALFORMED", "revoked_certificates[0].serial", id="a-revocation-without-serial"),
 ]
+
+
+def test_the_lifecycle_fields_read() -> None:
+    data = sample()
+    data.update(version=7, issued_at="2026-12-01T09:00:00+08:00",
+                revoked_certificates=[{"serial": "5F:1C:00:A0", "revoked_at": "2026-11-30T00:00:00Z"}])
+    data["platforms"][0]["certificate_pins"] = ["ab" * 32, "CD" * 32]
+    data["gateway"]["keys"][0].update(not_before="2026-01-01T00:00:00+08:00", not_after="2027-01-01T00:00:00Z",
+                                      revoked_at="2026-06-01T00:00:00Z")
+    doc = registry.from_dict(data)
+    assert (doc.version, doc.issued_at) == (7, dt.datetime(2026, 12, 1, 1, 0, tzinfo=dt.UTC))
+    assert doc.revoked_serials == {0x5F1C00A0}
+    assert doc.platforms[data["platforms"][0]["id"]].certificate_pins == {b"\xab" * 32, b"\xcd" * 32}
+    window = doc.gateway_keys["gw-1"].window
+    assert window.not_before == dt.datetime(2025, 12, 31, 16, 0, tzinfo=dt.UTC)
+    assert not window.contains(dt.datetime(2025, 12, 31, 15, 59, 59, tzinfo=dt.UTC))
+    assert window.contains(dt.datetime(2026, 5, 31, 23, 59, 59, tzinfo=dt.UTC))
+    assert window.problem_at(dt.datetime(2026, 6, 1, tzinfo=dt.UTC)) == ("KEY_REVOKED", window.revoked_at)
+    unversioned = registry.from_dict(sample())
+    assert (unversioned.version, unversioned.issued_at, unversioned.revoked_serials) == (0, None, frozenset())
+    assert registry.from_json(json.dumps(data)).digest == hashlib.sha256(json.dumps(data).encode()).digest()
 
 
 @pytest.mark.parametrize(("edit", "reason", "field"), BAD)

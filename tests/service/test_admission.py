@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app.devpki import DevPaths
 from gateway.core.errors import QuotaExceeded
 from gateway.core.quota import Quota
-from gateway.core.registry import Registry
+from gateway.core.registry import LiveRegistry, Registry
 from gateway.service.admission import UNREGISTERED, Admission, FairGate
 from gateway.service.metrics import Metrics
 from mitransfer.protocol.registry import PlatformLimits
@@ -75,7 +75,8 @@ async def test_a_waiter_cancelled_leaves_its_place_and_one_cancelled_when_served
 
 def admission(pki: DevPaths, quota: Quota, now: list[float]) -> tuple[Admission, CollectorRegistry]:
     prometheus = CollectorRegistry()
-    return Admission(Registry.load(pki.registry), quota, Metrics(prometheus), clock=lambda: now[0]), prometheus
+    live = LiveRegistry(Registry.load(pki.registry))
+    return Admission(live, quota, Metrics(prometheus), clock=lambda: now[0]), prometheus
 
 
 async def test_calls_over_the_rate_are_refused_with_the_wait_until_the_next(pki: DevPaths) -> None:
@@ -134,7 +135,8 @@ def test_a_registry_limit_applies_to_its_platform_alone(pki: DevPaths) -> None:
     limited = registry.platforms["zhejiang"]
     platforms = dict(registry.platforms)
     platforms["zhejiang"] = replace(limited, limits=PlatformLimits(subscriptions=1))
-    gate = Admission(replace(registry, platforms=platforms), Quota(subscriptions=5), Metrics(CollectorRegistry()))
+    live = LiveRegistry(replace(registry, platforms=platforms))
+    gate = Admission(live, Quota(subscriptions=5), Metrics(CollectorRegistry()))
     zhejiang, jiangsu = Peer("urn:mitransfer:platform:zhejiang"), Peer("urn:mitransfer:platform:jiangsu")
     with gate.subscription(zhejiang):
         with pytest.raises(QuotaExceeded) as refused:
@@ -147,7 +149,7 @@ def test_a_registry_limit_applies_to_its_platform_alone(pki: DevPaths) -> None:
 
 
 def test_callers_without_a_registered_certificate_share_one_share(pki: DevPaths) -> None:
-    gate = Admission(Registry.load(pki.registry), Quota(), Metrics(CollectorRegistry()))
+    gate = Admission(LiveRegistry(Registry.load(pki.registry)), Quota(), Metrics(CollectorRegistry()))
     strangers = [gate.caller(Peer("urn:nobody:1")), gate.caller(Peer("urn:nobody:2")), gate.caller(Peer())]
     assert {id(c) for c in strangers} == {id(strangers[0])} and strangers[0].label == UNREGISTERED
     reviewer = gate.caller(Peer("urn:mitransfer:operator:reviewer"))

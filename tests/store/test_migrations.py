@@ -60,7 +60,8 @@ def _versions() -> Steps[_Versions | None]:
 
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables and index added later dropped)."""
-    undo = {5: ["DROP TABLE automatic_cases", "DROP TABLE enrollments", "DROP TABLE suspended_records",
+    undo = {6: ["DROP TABLE registry_documents"],
+            5: ["DROP TABLE automatic_cases", "DROP TABLE enrollments", "DROP TABLE suspended_records",
                 "DROP TABLE index_messages", "ALTER TABLE cases DROP COLUMN channel"],
             4: ["DROP TABLE log_checkpoints", "DROP TABLE log_tree", "DROP TABLE log_hashes", "DROP TABLE log_entries",
                 "ALTER TABLE log_head DROP COLUMN leaves", "ALTER TABLE messages DROP COLUMN leaf_index"],

@@ -137,19 +137,20 @@ async def start_floors(pki: DevPaths, database: Path) -> tuple[int, Callable[[],
     SignedMessage parsed, its signature verified with that platform's registered key, a receipt
     signed by the gateway's key, the message appended durably; the answer, after the commit, is
     the receipt's signature. A wrong signature is refused, so the check cannot be skipped."""
-    from gateway.app.server import tune_collector
+    from gateway.app.server import tune_collector, utc_now
     from gateway.core import messages
     from gateway.core.registry import Registry
     from gateway.core.signing import LocalSigner, pae
-    from gateway.service.auth import calling_platform
+    from gateway.service.auth import Callers
     from mitransfer.v1 import envelope_pb2
 
     registry = Registry.load(pki.registry)
+    callers = Callers(pki.ca.read_bytes(), utc_now)
     signer = LocalSigner.from_pem(GATEWAY_KEY_ID, pki.gateway_signing_key.read_bytes())
     log = _GroupCommitLog(database)
 
     async def submit(request: bytes, context: Any) -> bytes:
-        platform = calling_platform(context, registry)
+        platform = callers.platform(context, registry)
         signed = envelope_pb2.SignedMessage.FromString(request)
         key = registry.signing_key(platform, signed.key_id)
         signed_bytes = pae(messages.payload_type(signed.kind), signed.payload)
