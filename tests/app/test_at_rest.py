@@ -83,6 +83,7 @@ def test_metrics_off_loopback_is_warned(pki: DevPaths, tmp_path: Path, address: 
     assert any("metrics_listen" in w and "loopback" in w for w in materials.warnings) is warned
 
 
-def test_the_systemd_unit_sets_a_private_umask() -> None:
+def test_the_systemd_unit_sets_a_private_umask_and_reloads_with_sighup() -> None:
     unit = (DEPLOY / "systemd" / "transfer-gateway@.service").read_text(encoding="utf-8")
     assert "\nUMask=0077\n" in unit and "\nStateDirectoryMode=0700\n" in unit
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit  # what docs/operating.md's reload runs
