@@ -13,6 +13,7 @@ from typing import TextIO
 from gateway.app.assembly import Materials, read_materials
 from gateway.app.config import GatewayConfig, load_config
 from gateway.app.server import store_description, utc_now
+from gateway.core.registry import Registry
 from gateway.store.sqlite import SQLiteConfig
 
 
@@ -26,13 +27,22 @@ def summary(path: Path, config: GatewayConfig, materials: Materials) -> list[str
         f"{path}: the configuration is valid",
         f"  listen {config.listen}; metrics {config.metrics_listen or 'off'}",
         f"  store: {kind} {where}{contacted}",
-        f"  registry: {config.registry}: {len(registry.platforms)} platforms, {len(registry.agencies)} agencies,"
-        f" {len(registry.operators)} operators" + (" (DEV ONLY)" if registry.dev_only else ""),
-        f"  signing: key {materials.signer.key_id} ({materials.signer.algorithm}) matches the registry",
+        f"  registry: {config.registry}: version {registry.version}, {len(registry.platforms)} platforms,"
+        f" {len(registry.agencies)} agencies, {len(registry.operators)} operators"
+        + (" (DEV ONLY)" if registry.dev_only else ""),
+        *(f"  signing: key {signer.key_id} ({signer.algorithm}) matches the registry" + _window(registry, signer.key_id)
+          for signer in materials.signers),
         f"  tls: {config.tls.cert} valid until {materials.certificate_expires:%Y-%m-%d}; its key matches",
         f"  calendar: {config.sla.calendar_file}: notices for {years}" if config.sla.calendar_file
         else "  calendar: chinese-calendar only (no calendar_file)",
     ]
+
+
+def _window(registry: Registry, key_id: str) -> str:
+    window = registry.gateway_keys[key_id].window
+    bounds = [f"{name} {when:%Y-%m-%d %H:%M} UTC" for name, when in (("from", window.not_before),
+              ("until", window.ends())) if when is not None]
+    return f", signs {' '.join(bounds)}" if bounds else ""
 
 
 def check_config(path: Path, *, out: TextIO) -> int:

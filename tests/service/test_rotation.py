@@ -22,8 +22,11 @@ import pytest
 from clients.errors import VerificationError
 from clients.scenario import CasePlan, outbound_messages
 from clients.signing import KeyRing
-from gateway.app.assembly import assemble
+from gateway.app.assembly import assemble, read_materials
+from gateway.app.checks import summary
 from gateway.app.devpki import DevPaths
+from gateway.app.failures import ConfigError
+from gateway.app.server import utc_now
 from gateway.core.errors import SignatureRejected, SigningUnavailable
 from gateway.core.keys import GatewaySigner
 from gateway.core.registry import LiveRegistry, Registry
@@ -206,3 +209,27 @@ def test_a_key_that_ends_between_the_check_and_the_commit_refuses_the_message(pk
     with pytest.raises(SignatureRejected) as err:
         make(2, 1, T)
     assert err.value.reason == "KEY_EXPIRED" and err.value.metadata["key_id"] == "jiangsu-dev-1"
+
+
+def test_check_config_lists_every_signing_key_with_its_window(pki: DevPaths, tmp_path: Path) -> None:
+    paths, _, gateway_key_file = rotated_pki(pki, tmp_path / "pki")
+    config = gateway_config(paths, tmp_path / "gateway.db")
+    config = replace(config, signing=replace(config.signing, rotation_keys=(gateway_key_file,)))
+    lines = summary(tmp_path / "gateway.toml", config, read_materials(config, now=utc_now()))
+    signing = [line for line in lines if line.startswith("  signing:")]
+    assert signing == [
+        f"  signing: key gateway-dev-1 (ed25519) matches the registry, signs until {T:%Y-%m-%d %H:%M} UTC",
+        f"  signing: key gateway-dev-2 (sm2-sm3) matches the registry, signs from {T:%Y-%m-%d %H:%M} UTC",
+    ]
+
+
+def test_a_rotation_key_the_registry_does_not_list_is_refused(pki: DevPaths, tmp_path: Path) -> None:
+    paths, _, _ = rotated_pki(pki, tmp_path / "pki")
+    stray = tmp_path / "stray.key"
+    write_key(stray, suites.signing_key("x", suites.ED25519.generate()))
+    config = gateway_config(paths, tmp_path / "gateway.db")
+    config = replace(config, signing=replace(config.signing, rotation_keys=(stray,)))
+    with pytest.raises(ConfigError) as caught:
+        read_materials(config, now=utc_now())
+    [problem] = caught.value.problems
+    assert problem.startswith(f"[signing] rotation_keys: {stray}: its public key is not a gateway key of the registry")
