@@ -27,6 +27,7 @@ from gateway.app.checks import summary
 from gateway.app.devpki import DevPaths
 from gateway.app.failures import ConfigError
 from gateway.app.server import utc_now
+from gateway.core.checkpoints import checkpoint_keys
 from gateway.core.errors import SignatureRejected, SigningUnavailable
 from gateway.core.keys import GatewaySigner
 from gateway.core.registry import LiveRegistry, Registry
@@ -136,6 +137,12 @@ async def test_platform_and_gateway_keys_rotate_and_old_messages_still_verify(ro
     [line] = note.parse(checkpoint.note).signatures
     assert line.key_id == note.key_id(registry.log_origin, registry.gateway_keys["gateway-dev-2"])
     assert line.key_id != note.key_id(registry.log_origin, registry.gateway_keys["gateway-dev-1"])
+    opened = note.open_note(checkpoint.note, checkpoint_keys(registry.log_origin, registry.gateway_keys, T))
+    assert [s.key_id for s in opened.signatures] == [line.key_id]  # the SM2 signature verifies
+    with pytest.raises(note.NoteError):  # judged as if made after the new key's end: no key may have signed it
+        ended = {k: replace(v, window=replace(v.window, not_after=T + dt.timedelta(seconds=1)))
+                 for k, v in registry.gateway_keys.items()}
+        note.open_note(checkpoint.note, checkpoint_keys(registry.log_origin, ended, T + dt.timedelta(minutes=5)))
 
     # Both receipts and both messages verify with the registry that retired the old keys, each
     # judged at its own acceptance time.
