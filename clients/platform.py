@@ -11,6 +11,7 @@ network (signatures, receipts, deliveries) lives in pure modules; this one only 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import random
@@ -220,11 +221,12 @@ class PlatformClient:
             raise RuntimeError("no checkpoint folder configured: PlatformConfig.checkpoints")
         body = self.keyring.verify_receipt(receipt)
         proof = await self.inclusion_proof(body.message_id)
-        head = self.witness.open(proof.checkpoint.note)
+        accepted = body.accepted_at.ToDatetime(dt.UTC)  # the checkpoint was signed then or later
+        head = self.witness.open(proof.checkpoint.note, accepted)
         kept = self.witness.kept()
         if kept is None or kept.size <= head.size:  # the usual case: the log grew since, or not at all
             extension = (await self.consistency_proof(kept.size, head.size)).hashes if kept is not None else []
-            head = self.witness.advance(proof.checkpoint.note, extension)
+            head = self.witness.advance(proof.checkpoint.note, extension, accepted)
         else:  # proved against an older tree than the one kept (a lagging replica): it must be a prefix of it
             prefix = (await self.consistency_proof(head.size, kept.size)).hashes
             try:

@@ -13,6 +13,7 @@ replaced atomically); `Witness` holds the checks, pure apart from that store. `P
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from pathlib import Path
 from clients.errors import VerificationError
 from clients.signing import KeyRing
 from mitransfer.protocol import checkpoint as checkpoints
-from mitransfer.protocol import entries, note, tlog
+from mitransfer.protocol import entries, note, suites, tlog
 from mitransfer.protocol.checkpoint import Checkpoint
 from mitransfer.protocol.errors import ProtocolError
 from mitransfer.v1 import envelope_pb2
@@ -70,12 +71,22 @@ class Witness:
     def origin(self) -> str:
         return self.keyring.log_origin
 
-    def open(self, signed: bytes) -> Checkpoint:
+    def open(self, signed: bytes, when: dt.datetime | None = None) -> Checkpoint:
         """Verify a checkpoint's signature with the registry's gateway keys and read it.
+
+        `when` is a time the checkpoint was signed at or after (the acceptance time of a receipt
+        it includes): a key whose window (not_after, revoked_at) ended by then cannot have signed
+        it and does not count, as the gateway's own `log verify` judges. None: every gateway key
+        of the registry counts (a checkpoint this witness verified when it kept it).
 
         Raises VerificationError (CHECKPOINT_INVALID) naming what is wrong.
         """
-        lookup = note.known_keys((self.origin, key.key) for key in self.keyring.gateway_keys.values())
+        def usable(key: suites.VerifyingKey) -> bool:
+            ends = key.window.ends()
+            return when is None or ends is None or when < ends
+
+        lookup = note.known_keys((self.origin, key.key) for key in self.keyring.gateway_keys.values()
+                                 if usable(key.key))
         try:
             return checkpoints.open_checkpoint(signed, self.origin, lookup)
         except ProtocolError as exc:
@@ -86,7 +97,7 @@ class Witness:
         signed = self.store.latest(self.origin)
         return None if signed is None else self.open(signed)
 
-    def advance(self, signed: bytes, proof: Sequence[bytes]) -> Checkpoint:
+    def advance(self, signed: bytes, proof: Sequence[bytes], when: dt.datetime | None = None) -> Checkpoint:
         """Accept a new checkpoint if it extends the kept one (`proof`: the consistency proof from
         the kept tree size to the new one), and keep it.
 
@@ -95,7 +106,7 @@ class Witness:
                 smaller tree than one already seen), LOG_FORKED (the new tree does not extend the
                 kept one: history was rewritten). The kept checkpoint is left as it was.
         """
-        new = self.open(signed)
+        new = self.open(signed, when)
         old = self.kept()
         if old is not None:
             if new.size < old.size:

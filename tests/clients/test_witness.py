@@ -110,3 +110,32 @@ async def test_the_log_service_refusals(gateway: GatewayHandle, client: Platform
         await client.consistency_proof(head.size + 1, head.size)
     assert backwards.value.reason == "TREE_SIZE_INVALID"
     assert note.parse(signed).signatures[0].name == client.keyring.log_origin
+
+
+def test_a_checkpoint_is_judged_by_its_key_window(tmp_path: Path) -> None:
+    """A key revoked before a receipt it would prove was accepted cannot have signed the checkpoint
+    that includes it: refused then, as the gateway's log verify refuses it; a kept checkpoint is
+    not judged again by time."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from clients.signing import KeyRing
+    from mitransfer.protocol import checkpoint, suites
+    from mitransfer.protocol.checkpoint import Checkpoint
+    from mitransfer.protocol.note import NoteSigner
+
+    key = suites.signing_key("gw-old", ed25519.Ed25519PrivateKey.generate())
+    keyring = KeyRing.from_registry({
+        "gateway": {"log_origin": "test/log", "keys": [{
+            "key_id": "gw-old", "algorithm": "ed25519", "public_key": key.verifying_key().public_pem().decode(),
+            "revoked_at": "2026-12-01T00:00:00+00:00"}]},
+        "platforms": [], "agencies": []})
+    signed = checkpoint.sign(Checkpoint("test/log", 5, bytes(32)),
+                             [NoteSigner("test/log", key.verifying_key(), key.sign)])
+    witness = Witness(keyring, CheckpointStore(tmp_path))
+    assert witness.open(signed, dt.datetime(2026, 11, 30, tzinfo=dt.UTC)).size == 5
+    assert witness.open(signed).size == 5
+    with pytest.raises(VerificationError) as refused:
+        witness.open(signed, dt.datetime(2026, 12, 1, 0, 0, 1, tzinfo=dt.UTC))
+    assert refused.value.reason == "CHECKPOINT_INVALID"
