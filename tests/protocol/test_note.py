@@ -40,7 +40,7 @@ def ed25519_key(raw: bytes, key_id: str = "k") -> VerifyingKey:
 
 
 def vkey_key(vkey: str) -> tuple[str, VerifyingKey]:
-    name, _, encoded = vkey.split("+")
+    name, _, encoded = vkey.split("+", 2)
     raw = base64.b64decode(encoded)
     assert raw[0] == note.ED25519_TYPE
     return name, ed25519_key(raw[1:])
@@ -175,3 +175,22 @@ def test_checkpoint_extension_lines_are_read_past() -> None:
 def test_checkpoint_text_round_trips(origin: str, size: int, root: bytes) -> None:
     head = Checkpoint(origin, size, root)
     assert checkpoint.parse_text(head.text()) == head
+
+
+# golang.org/x/mod/sumdb/client_test.go: the test server's key and a tree head it signed (the
+# checkpoint format's ancestor: origin line, size, base64 root).
+SUMDB_SKEY = "PRIVATE+KEY+localhost.localdev/sumdb+00000c67+AXu6+oaVaOYuQOFrf1V59JK1owcFlJcHwwXHDfDGxSPk"
+SUMDB_VKEY = "localhost.localdev/sumdb+00000c67+AcTrnkbUA+TU4heY3hkjiSES/DSQniBqIeQ/YppAUtK6"
+SUMDB_SIGNATURE = ("— localhost.localdev/sumdb AAAMZ6oRNswlEZ6ZZhxrCvgl1MBy+nusq4JU+TG6Fe2NihWLqOzb+y2c2kzRLoCr4tvw9o"
+                   "36ucQEnhc20e4nA4Qc/wc=\n")
+
+
+def test_a_tree_head_signature_reproduced_byte_for_byte() -> None:
+    seed = base64.b64decode(SUMDB_SKEY.split("+", 4)[4])[1:]
+    signing = suites.signing_key("sumdb", ed25519.Ed25519PrivateKey.from_private_bytes(seed))
+    signer = NoteSigner("localhost.localdev/sumdb", signing.verifying_key(), signing.sign)
+    assert note.verifier_key(signer.name, signer.key) == SUMDB_VKEY  # key ID 00000c67, as Go computes it
+    head = Checkpoint("go.sum database tree", 6, base64.b64decode("wc4SkQt52o5W2nQ8To2ARs+mWuUJjss+sdleoiqxMmM="))
+    signed = checkpoint.sign(head, [signer])
+    assert signed == (head.text() + "\n" + SUMDB_SIGNATURE).encode()
+    assert checkpoint.parse_text(note.open_note(signed, lookup(vkey_key(SUMDB_VKEY))).text) == head
