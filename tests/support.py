@@ -104,10 +104,13 @@ class GatewayHandle:
     def exchange(self, platform: str | None) -> exchange_pb2_grpc.ExchangeStub:
         return exchange_pb2_grpc.ExchangeStub(self.channel(platform))
 
-    def admin(self, operator: str) -> admin_pb2_grpc.AdminStub:
+    def operator_channel(self, operator: str) -> grpc.aio.Channel:
         ch = operator_channel(self.pki, operator, self.server.port)
         self._channels.append(ch)
-        return admin_pb2_grpc.AdminStub(ch)
+        return ch
+
+    def admin(self, operator: str) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.operator_channel(operator))
 
     def tracking(self, platform: str) -> tracking_pb2_grpc.TrackingStub:
         return tracking_pb2_grpc.TrackingStub(self.channel(platform))

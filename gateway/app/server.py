@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.app.build import BuildInfo
@@ -278,8 +278,13 @@ class GatewayServer:
         tracking_pb2_grpc.add_TrackingServicer_to_server(self._services.tracking, services)
         admin_pb2_grpc.add_AdminServicer_to_server(self._services.admin, services)
         log_pb2_grpc.add_LogServiceServicer_to_server(self._services.log, services)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        # Health and reflection: decoded and counted like ours, not admitted (a health check is
+        # answered whatever the caller's share, and a Watch is no subscription).
+        standard = InstrumentedServer(server, self.metrics, None)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, standard)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            standard)
         return server
 
     def _bind(self, server: grpc.aio.Server) -> int:

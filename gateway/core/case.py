@@ -292,6 +292,8 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
         side = Side.INBOUND if event is Event.TRANSFER_REQUEST else Side.OUTBOUND
         opening = True
     else:
+        if header.sender not in (case.outbound, case.inbound):
+            raise _not_a_party(message, event)
         if case.closed:
             raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})",
                              case, event=event.value)
@@ -371,6 +373,27 @@ def expire(case: Case | None, *, message_id: str) -> Decision:
     return Decision(replace(case, state=transition.target, messages=refs))
 
 
+def _not_a_party(message: CaseMessage, event: Event) -> RuleViolation:
+    """The refusal of a message whose sender is not a side of the case its transfer id names.
+
+    It must tell the sender nothing of that case: not its sides, not its state, not that it
+    exists. A message that could not open a case is refused exactly as for a transfer id the
+    gateway has never seen. One that could (a request, a notice) would open a case under an
+    unknown id, so its refusal cannot look like that; it says only that the id is taken (which the
+    sender, holding the id, knows anyway), and nothing of the case.
+    """
+    h = message.header
+    if event in (Event.TRANSFER_REQUEST, Event.NOTICE_ACCEPTED, Event.NOTICE_REFUSED):
+        return RuleViolation(f"transfer id {h.transfer_id} is already in use: a new case needs a new transfer id",
+                             reason="TRANSFER_ID_IN_USE",
+                             metadata={"rule": "TRANSFER_ID_IN_USE", "transfer_id": h.transfer_id})
+    try:
+        _new_case(message, event)
+    except RuleViolation as as_if_unseen:
+        return as_if_unseen
+    raise AssertionError(f"{event} opens a case")  # the events above are the ones that open one
+
+
 def _new_case(message: CaseMessage, event: Event) -> Case:
     h = message.header
     if isinstance(message, messages_pb2.TransferRequest):
@@ -444,11 +467,15 @@ def _transition(case: Case, event: Event, side: Side, policies: Policies) -> Tra
 
 
 def _check_one_open_case(case: Case, index: CaseIndex) -> None:
+    """One open case per person and outbound agency. The refusal names the open case in its
+    metadata (`open_transfer_id`), which the gateway's edge keeps only for a caller that is a side
+    of that case (gateway.service.exchange): whether the person has an open case there is what
+    the rule is about; which case, and between whom, is its sides' business."""
     other = index.open_case_for(case.person_key, case.outbound)
     if other is not None and other != case.transfer_id:
         raise _violation("CASE_ALREADY_OPEN",
-                         f"this person already has open case {other} at outbound agency {case.outbound}",
-                         case, open_transfer_id=other)
+                         f"this person already has an open case at outbound agency {case.outbound}: one case at a "
+                         "time per person and outbound agency", case, open_transfer_id=other)
 
 
 def _covered(case: Case, insurance: int, what: str) -> None:

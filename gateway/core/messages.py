@@ -8,6 +8,7 @@ its errors become the gateway's InvalidMessage.
 from __future__ import annotations
 
 from gateway.core.errors import FieldViolation, InvalidMessage
+from gateway.core.wire import undecodable
 from mitransfer.protocol import kinds
 from mitransfer.protocol.errors import UndecodablePayload, UnknownKind
 from mitransfer.protocol.kinds import (
@@ -62,10 +63,9 @@ def parse(kind: MessageKind, payload: bytes) -> BusinessMessage:
         return kinds.parse_business(kind, payload)
     except UnknownKind as exc:
         raise _unknown_kind(exc) from None
-    except UndecodablePayload as exc:
-        raise InvalidMessage(
-            [FieldViolation("payload", f"not a valid {exc.message_name}: {exc.detail}")], reason=exc.reason
-        ) from exc
+    except UndecodablePayload as exc:  # name the field at fault, not the decoder's words
+        raise undecodable(message_class(kind).DESCRIPTOR, payload, prefix="payload.", whole="payload",
+                          reason=exc.reason) from exc
 
 
 def _unknown_kind(exc: UnknownKind) -> InvalidMessage:

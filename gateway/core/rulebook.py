@@ -63,16 +63,18 @@ RULES: Final[tuple[Rule, ...]] = (
     # Who may do what, and when.
     Rule("CASE_NOT_OPENED", _FP, "Only a transfer request or an outbound notice opens a case.",
          f"{MEASURES}: 参保人员可在转出地或转入地申请"),
-    Rule("CASE_ALREADY_OPEN", _FP, "One open case per person and outbound agency; metadata `open_transfer_id` "
-         "names it (a person with suspended records at several agencies may have one case at each). Two replicas "
-         "racing to open the same person's case end on the database's unique index, refused with the same reason "
-         "(without metadata).", f"{MEASURES}: 不得重复参保和重复享受待遇"),
+    Rule("CASE_ALREADY_OPEN", _FP, "One open case per person and outbound agency (a person with suspended "
+         "records at several agencies may have one case at each); metadata `open_transfer_id` names it when the "
+         "calling platform is one of its sides, and is left out otherwise. Two replicas racing to open the same "
+         "person's case end on the database's unique index, refused with the same reason (without metadata).",
+         f"{MEASURES}: 不得重复参保和重复享受待遇"),
     Rule("CASE_CLOSED", _FP, "A closed case (completed, refused, rejected, withdrawn, expired) accepts nothing "
          "more.", _CONTRACT),
     Rule("STATE_FORBIDS_MESSAGE", _FP, "This side may not send this message in this state (see the diagram); "
          "metadata `event` and `side`.", _CONTRACT),
-    Rule("PARTIES_MISMATCH", _FP, "Sender and receiver are the case's outbound and inbound agencies; metadata "
-         "`sender`, `receiver`.", _CONTRACT),
+    Rule("PARTIES_MISMATCH", _FP, "Sender and receiver are the case's outbound and inbound agencies, the "
+         "sender being one of them; metadata `sender`, `receiver`. A sender that is neither learns nothing of the "
+         "case (see `TRANSFER_ID_IN_USE`).", _CONTRACT),
     Rule("PERSON_MISMATCH", _FP, "The notice and the table are about the request's (notice's) person: certificate "
          "type and number.", _CONTRACT),
     Rule("SUSPENSION_DATE_MISMATCH", _FP, "The table's suspension date is the notice's.", _CONTRACT),
@@ -140,8 +142,10 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule("ENROLLMENT_WAITS", "", "An enrollment without a matching record waits for one for the gateway's "
          "retention period (`[automatic] enrollment_retention_days`, 90 days by default; the receipt's "
          "`automatic.waiting_until`); a record registered meanwhile opens the case.", _CONTRACT),
-    Rule("TRANSFER_ID_IN_USE", _FP, "A suspended record's id is new: no record or case has it (it becomes the id "
-         "of the case the record opens); metadata `transfer_id`.", _CONTRACT),
+    Rule("TRANSFER_ID_IN_USE", _FP, "A transfer id that opens something is new: a suspended record's (it becomes "
+         "the id of the case the record opens), and that of a request or notice naming a case the sender is not a "
+         "side of; nothing of that case or record is said (any other message naming it is refused as if the id did "
+         "not exist, `CASE_NOT_OPENED`); metadata `transfer_id`.", _CONTRACT),
     Rule("RECORD_ALREADY_REGISTERED", _FP, "One waiting record per person and agency; metadata `transfer_id` names "
          "it (withdraw it first if it ended).", f"{MEASURES}: 不得重复参保"),
     Rule("RECORD_NOT_FOUND", "NOT_FOUND", "The agency withdrawing a record registered it; metadata `transfer_id`.",

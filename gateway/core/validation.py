@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from google.protobuf import timestamp_pb2
+
 from gateway.core.continuity import Period, cumulative_bounds, month_index
 from gateway.core.errors import FieldViolation, InvalidMessage
 from gateway.core.limits import MessageLimits
@@ -59,6 +61,7 @@ _REASON_CODES: Final = frozenset(types_pb2.ReasonCode.values())
 MAX_REASONS: Final = len(_REASON_CODES) - 1  # each defined code once (not REASON_CODE_UNSPECIFIED)
 _ACK_STATUSES: Final = frozenset(Ack.Status.values())
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TIMESTAMP_SECONDS: Final = (-62_135_596_800, 253_402_300_799)  # 0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z
 
 
 def is_region_code(code: str) -> bool:
@@ -101,12 +104,27 @@ def is_uuid(value: str) -> bool:
     return _CANONICAL_UUID.fullmatch(value) is not None
 
 
+def text_problem(value: str, limit: int = MAX_TEXT) -> str | None:
+    """What is wrong with `value` as free text of at most `limit` characters; None if nothing is."""
+    if len(value) > limit:
+        return f"is longer than {limit} characters"
+    return unsafe_description(value)
+
+
+def timestamp_problem(ts: timestamp_pb2.Timestamp) -> str | None:
+    """What is wrong with `ts` as a Timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999,999,999)."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return "nanos must be between 0 and 999,999,999"
+    if not _TIMESTAMP_SECONDS[0] <= ts.seconds <= _TIMESTAMP_SECONDS[1]:
+        return "is not between 0001-01-01 and 9999-12-31"
+    return None
+
+
 def _text(v: list[FieldViolation], field: str, value: str, limit: int = MAX_TEXT) -> None:
     """Free text: at most `limit` characters, nothing that displays otherwise than it is stored."""
-    if len(value) > limit:
-        _add(v, field, f"is longer than {limit} characters")
-    elif (unsafe := unsafe_description(value)) is not None:
-        _add(v, field, unsafe)
+    problem = text_problem(value, limit)
+    if problem is not None:
+        _add(v, field, problem)
 
 
 def _span(delta: dt.timedelta) -> str:

@@ -13,7 +13,8 @@ from gateway.core import case as case_rules
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused, RuleViolation
 from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
 from gateway.core.timestamps import timestamp_of
-from gateway.core.workdays import start_of
+from gateway.core.validation import DATE_HORIZON, EARLIEST_DATE, date_problem, is_uuid, text_problem
+from gateway.core.workdays import local_date, start_of
 from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
 from gateway.service.metrics import Metrics
@@ -61,8 +62,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ReviewFundTransferRequest, context: Any
     ) -> envelope_pb2.Receipt:
         reviewer = self._callers.operator(context, self._registry.current, "reviewer")
-        if not request.approve and not request.comment.strip():
-            raise InvalidMessage([FieldViolation("comment", "a rejection needs a comment")])
+        _check_review(request)
         view = await self._store.get_case(request.transfer_id)
         if view is None:
             raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
@@ -106,11 +106,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.SettlementReport:
         self._callers.operator(context, self._registry.current, "operator")
         d = request.date
-        try:
-            day = dt.date(d.year, d.month, d.day)
-        except ValueError:
-            raise InvalidMessage([FieldViolation("date", "is not a calendar date")]) from None
-        start = start_of(day)
+        problem = date_problem(d, earliest=EARLIEST_DATE, latest=local_date(self._clock()) + DATE_HORIZON)
+        if problem is not None:
+            raise InvalidMessage([FieldViolation("date", problem)])
+        start = start_of(dt.date(d.year, d.month, d.day))
         report = admin_pb2.SettlementReport(date=request.date)
         for line in await self._store.settlement(start, start + dt.timedelta(days=1)):
             report.lines.add(
@@ -143,3 +142,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if registry.issued_at is not None:
             response.issued_at.CopyFrom(timestamp_of(registry.issued_at))
         return response
+
+def _check_review(request: admin_pb2.ReviewFundTransferRequest) -> None:
+    """A decision's fields: the comment goes into a message the gateway signs and delivers to both
+    sides, so it is free text like theirs. Raises InvalidMessage."""
+    bad = []
+    if not is_uuid(request.transfer_id):
+        bad.append(FieldViolation("transfer_id", "must be a canonical lower-case UUID"))
+    problem = text_problem(request.comment)
+    if problem is not None:
+        bad.append(FieldViolation("comment", problem))
+    elif not request.approve and not request.comment.strip():
+        bad.append(FieldViolation("comment", "a rejection needs a comment"))
+    if bad:
+        raise InvalidMessage(bad)

@@ -29,7 +29,14 @@ from google.protobuf.message import DecodeError
 
 from gateway.core import case as case_rules
 from gateway.core import messages
-from gateway.core.errors import CallerError, FieldViolation, InvalidMessage, NotPermitted, SignatureRejected
+from gateway.core.errors import (
+    CallerError,
+    FieldViolation,
+    InvalidMessage,
+    NotPermitted,
+    RuleViolation,
+    SignatureRejected,
+)
 from gateway.core.keys import GatewaySigner, platform_key_at
 from gateway.core.limits import MessageLimits
 from gateway.core.registry import LiveRegistry, Platform, Registry
@@ -37,7 +44,8 @@ from gateway.core.signing import VerifyingKey, pae
 from gateway.core.sla import Sla
 from gateway.core.text import shown
 from gateway.core.timestamps import datetime_of
-from gateway.core.validation import is_uuid, validate
+from gateway.core.validation import is_region_code, is_uuid, validate
+from gateway.core.wire import undecodable
 from gateway.service.auth import Callers
 from gateway.service.automatic import AutomaticTransfer
 from gateway.service.instrument import raw_bytes
@@ -49,14 +57,14 @@ from gateway.store import IncomingMessage, Store
 from mitransfer.v1 import automatic_pb2, envelope_pb2, exchange_pb2, exchange_pb2_grpc, messages_pb2
 
 log = logging.getLogger("gateway.exchange")
+MAX_SUBSCRIBED_AGENCIES: Final = 256  # a subscription's agencies: more than any platform has
 
 
 def _signed_message(data: bytes) -> envelope_pb2.SignedMessage:
     try:
         return envelope_pb2.SignedMessage.FromString(data)
     except DecodeError as exc:
-        raise InvalidMessage([FieldViolation("request", f"not a SignedMessage: {exc}")],
-                             reason="PAYLOAD_UNDECODABLE") from exc
+        raise undecodable(envelope_pb2.SignedMessage.DESCRIPTOR, data) from exc
 
 
 class RecentReceipts:
@@ -170,12 +178,15 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 lambda case, index: case_rules.apply(case, case_message, policies=registry.policies, index=index),
                 receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest(), key),
             )
-        except CallerError as err:
+        except CallerError as refused:
+            err = await self._as_told(refused, platform)
             self._metrics.count_message(kind_label, "rejected", err.reason)
             log.info("rejected", extra={"fields": {
                 "platform": platform.id if platform is not None else "", "kind": kind_label,
                 **_ids(signed), "code": grpc_code(err).name, "reason": err.reason}})
-            raise
+            if err is refused:
+                raise
+            raise err from None
         self._recent.put(request_digest, platform.id, kind_label, outcome.receipt)
         result = "replayed" if outcome.replayed else "accepted"
         self._metrics.count_message(kind_label, result)
@@ -192,6 +203,21 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 "sender": incoming.sender, "receiver": incoming.receiver, "sequence": outcome.sequence,
             }})
         return outcome.receipt
+
+    async def _as_told(self, err: CallerError, platform: Platform | None) -> CallerError:
+        """`err` as the calling platform may hear it. A refusal naming another case
+        (CASE_ALREADY_OPEN's `open_transfer_id`) names it only to a platform that is one of that
+        case's sides: the person's open case at another province's agency is none of its business
+        beyond its existence, which is the rule itself."""
+        other = err.metadata.get("open_transfer_id")
+        if other is None or platform is None or not isinstance(err, RuleViolation):
+            return err
+        view = await self._store.get_case(other)
+        mine = self._registry.current.agencies_of(platform.id)
+        if view is not None and {view.case.outbound, view.case.inbound} & mine:
+            return err
+        metadata = {k: v for k, v in err.metadata.items() if k != "open_transfer_id"}
+        return RuleViolation(err.message, reason=err.reason, metadata=metadata)
 
     def _check_size(self, request: bytes) -> None:
         """Refuse a request above the configured size before anything else is done with it."""
@@ -270,15 +296,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     ) -> AsyncIterator[exchange_pb2.Delivery]:
         registry = self._registry.current
         platform = self._callers.platform(context, registry)
-        agencies: frozenset[str] | None = None
-        if request.agencies:
-            agencies = frozenset(request.agencies)
-            foreign = sorted(agencies - registry.agencies_of(platform.id))
-            if foreign:
-                raise NotPermitted(
-                    f"platform {platform.id} may not subscribe for agencies {', '.join(foreign)}",
-                    reason="AGENCY_NOT_OF_PLATFORM", metadata={"platform": platform.id},
-                )
+        agencies = self._subscribed_agencies(request, platform, registry)
         log.info("subscribed", extra={"fields": {"platform": platform.id}})
         async for claimed in self._router.deliveries(platform.id, agencies):
             self._metrics.deliveries.labels(platform.id, "first" if claimed.attempt == 1 else "redelivery").inc()
@@ -288,10 +306,36 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 attempt=claimed.attempt,
             )
 
+    @staticmethod
+    def _subscribed_agencies(request: exchange_pb2.SubscribeRequest, platform: Platform,
+                             registry: Registry) -> frozenset[str] | None:
+        """The agencies a subscription is for (None: all of the platform's). Raises InvalidMessage
+        for too many or malformed codes, NotPermitted naming (a few of) another platform's."""
+        if not request.agencies:
+            return None
+        if len(request.agencies) > MAX_SUBSCRIBED_AGENCIES:
+            raise InvalidMessage([FieldViolation("agencies", f"at most {MAX_SUBSCRIBED_AGENCIES} agencies, not "
+                                                 f"{len(request.agencies)}")])
+        malformed = [FieldViolation(f"agencies[{i}]", f"{shown(code)} is not a 6-digit 医保区划 code of a province")
+                     for i, code in enumerate(request.agencies) if not is_region_code(code)]
+        if malformed:
+            raise InvalidMessage(malformed)
+        agencies = frozenset(request.agencies)
+        foreign = sorted(agencies - registry.agencies_of(platform.id))
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise NotPermitted(
+                f"platform {platform.id} may not subscribe for agencies {', '.join(foreign[:5])}{more}",
+                reason="AGENCY_NOT_OF_PLATFORM", metadata={"platform": platform.id},
+            )
+        return agencies
+
     async def AckDelivery(
         self, request: exchange_pb2.AckDeliveryRequest, context: Any
     ) -> exchange_pb2.AckDeliveryResponse:
         platform = self._callers.platform(context, self._registry.current)
+        if not is_uuid(request.message_id):
+            raise InvalidMessage([FieldViolation("message_id", "must be a canonical lower-case UUID")])
         await self._store.ack_delivery(platform.id, request.message_id, self._clock())
         self._router.notify(platform.id)  # the next message of that case may now go out
         return exchange_pb2.AckDeliveryResponse()

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound
 from gateway.core.registry import LiveRegistry
+from gateway.core.validation import is_uuid
 from gateway.service.auth import Callers
 from gateway.store import CheckpointRecord, Store
 from mitransfer.v1 import log_pb2, log_pb2_grpc
-
-MAX_MESSAGE_ID = 128
 
 
 def checkpoint_proto(record: CheckpointRecord) -> log_pb2.Checkpoint:
@@ -46,16 +45,15 @@ class LogService(log_pb2_grpc.LogServiceServicer):
     async def GetInclusionProof(self, request: log_pb2.GetInclusionProofRequest,
                                 context: Any) -> log_pb2.GetInclusionProofResponse:
         scope = self._callers.tracking_scope(context, self._registry.current)
-        if not request.message_id or len(request.message_id) > MAX_MESSAGE_ID:
-            raise InvalidMessage([FieldViolation("message_id", f"must be 1 to {MAX_MESSAGE_ID} characters")],
+        if not is_uuid(request.message_id):
+            raise InvalidMessage([FieldViolation("message_id", "must be a canonical lower-case UUID")],
                                  reason="QUERY_INVALID")
         logged = await self._store.leaf_of(request.message_id)
-        if logged is None:
+        # A message of another platform's case is answered as one that does not exist: nothing is
+        # learnt of it, not even that it exists.
+        if logged is None or (scope is not None and logged.outbound not in scope and logged.inbound not in scope):
             raise NotFound(f"no message {request.message_id}", reason="MESSAGE_NOT_FOUND",
                            metadata={"message_id": request.message_id})
-        if scope is not None and logged.outbound not in scope and logged.inbound not in scope:
-            raise NotPermitted(f"message {request.message_id} is not of a case of the calling platform",
-                               reason="CASE_NOT_OF_PLATFORM")
         if request.tree_size == 0:
             latest = await self._store.latest_checkpoint()
             if latest is None or latest.tree_size <= logged.leaf_index:

@@ -1,18 +1,27 @@
-"""Tracking service: where cases stand, with every message, stage and deadline."""
+"""Tracking service: where cases stand, with every message, stage and deadline.
+
+A platform sees the cases one of whose sides is its agency; of any other it learns nothing, not
+even that it exists: GetCase answers CASE_NOT_FOUND for it exactly as for a transfer id never
+seen. Every request field is checked before the store is asked, and what is stored is shown
+whatever it holds: a value an older gateway accepted that cannot be computed with now (a date far
+beyond the calendar) leaves its derived figures out instead of failing the read.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.core.continuity import continuity
-from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound
 from gateway.core.registry import LiveRegistry, Registry
 from gateway.core.sla import Sla, Stage, Timeliness
-from gateway.core.timestamps import EPOCH
+from gateway.core.timestamps import EPOCH, datetime_of
+from gateway.core.validation import is_uuid, timestamp_problem
 from gateway.core.workdays import local_date
 from gateway.service.auth import Callers
 from gateway.store import CaseQuery, CaseView, Store
@@ -26,6 +35,9 @@ TIMELINESS: Final = {
 }
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
+MAX_PAGE_TOKEN: Final = 256  # the tokens this service issues are about 100 characters
+log = logging.getLogger("gateway.tracking")
+_CASE_STATES: Final = frozenset(tracking_pb2.CaseState.values()) - {tracking_pb2.CASE_STATE_UNSPECIFIED}
 
 
 class TrackingService(tracking_pb2_grpc.TrackingServicer):
@@ -39,12 +51,11 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
 
     async def GetCase(self, request: tracking_pb2.GetCaseRequest, context: Any) -> tracking_pb2.Case:
         scope = self._callers.tracking_scope(context, self._registry.current)
+        if not is_uuid(request.transfer_id):
+            raise InvalidMessage([FieldViolation("transfer_id", "must be a canonical lower-case UUID")])
         view = await self._store.get_case(request.transfer_id)
-        if view is None:
-            raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
-        if scope is not None and view.case.outbound not in scope and view.case.inbound not in scope:
-            raise NotPermitted(f"case {request.transfer_id} is not a case of the calling platform",
-                               reason="CASE_NOT_OF_PLATFORM")
+        if view is None or (scope is not None and view.case.outbound not in scope and view.case.inbound not in scope):
+            raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")  # the same for both
         return case_to_proto(view, self._registry.current, self._sla, self._clock())
 
     async def ListCases(self, request: tracking_pb2.ListCasesRequest, context: Any) -> tracking_pb2.ListCasesResponse:
@@ -66,8 +77,14 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
             value = getattr(r, name)
             if value and not (len(value) == 2 and value.isdigit()):
                 bad.append(FieldViolation(name, "must be a 2-digit province code"))
-        if any(s not in tracking_pb2.CaseState.values() or s == 0 for s in r.states):
+        if len(r.states) > len(_CASE_STATES):
+            bad.append(FieldViolation("states", f"at most {len(_CASE_STATES)} states"))
+        elif any(s not in _CASE_STATES for s in r.states):
             bad.append(FieldViolation("states", "must be defined case states"))
+        for name, given in (("opened_from", r.HasField("opened_from")), ("opened_before", r.HasField("opened_before"))):
+            problem = timestamp_problem(getattr(r, name)) if given else None
+            if problem is not None:
+                bad.append(FieldViolation(name, problem))
         if r.overdue and r.due_soon:
             bad.append(FieldViolation("due_soon", "cannot be combined with overdue (a stage is one or the other)"))
         after = None
@@ -86,8 +103,8 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
         query = CaseQuery(
             agencies=scope, states=frozenset(r.states), deadline_between=deadline_between,
             outbound_province=r.outbound_province, inbound_province=r.inbound_province,
-            opened_from=r.opened_from.ToDatetime(dt.UTC) if r.HasField("opened_from") else None,
-            opened_before=r.opened_before.ToDatetime(dt.UTC) if r.HasField("opened_before") else None,
+            opened_from=datetime_of(r.opened_from) if r.HasField("opened_from") else None,
+            opened_before=datetime_of(r.opened_before) if r.HasField("opened_before") else None,
             after=after, limit=size + 1,  # one more tells whether another page follows
         )
         return query, size
@@ -99,12 +116,15 @@ def _token(view: CaseView) -> str:
 
 
 def _parse_token(token: str) -> tuple[dt.datetime, str] | None:
+    """The (opening time, transfer id) of a token `_token` made; None for anything else."""
+    if len(token) > MAX_PAGE_TOKEN:
+        return None
     try:
         opened, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
         after = dt.datetime.fromisoformat(opened)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeError, ValueError):
         return None
-    return (after, transfer_id) if after.tzinfo is not None and transfer_id else None
+    return (after, transfer_id) if after.tzinfo is not None and is_uuid(transfer_id) else None
 
 
 def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:
@@ -117,14 +137,13 @@ def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime
         inbound_insurance_type=c.inbound_insurance_type, channel=c.channel,
     )
     if c.suspension_date and c.enrollment_date:
-        found = continuity(dt.date.fromisoformat(c.suspension_date), dt.date.fromisoformat(c.enrollment_date),
-                           waiting_period_months=registry.policy(c.inbound).waiting_period_months)
-        b = found.benefits_from
-        out.continuity.CopyFrom(tracking_pb2.Continuity(
-            gap_months=found.gap_months, continuous=found.continuous,
-            waiting_period_months=found.waiting_period_months,
-            benefits_from=types_pb2.Date(year=b.year, month=b.month, day=b.day),
-        ))
+        shown_continuity = _continuity(c.suspension_date, c.enrollment_date,
+                                       registry.policy(c.inbound).waiting_period_months)
+        if shown_continuity is not None:
+            out.continuity.CopyFrom(shown_continuity)
+        else:
+            log.warning("continuity left out: stored dates cannot be computed with",
+                        extra={"fields": {"transfer_id": c.transfer_id}})
     out.opened_at.FromDatetime(view.opened_at)
     out.updated_at.FromDatetime(view.updated_at)
     for record in view.stages:
@@ -152,3 +171,17 @@ def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime
         if m.acknowledged_at is not None:
             entry.acknowledged_at.FromDatetime(m.acknowledged_at)
     return out
+
+
+def _continuity(suspension: str, enrollment: str, waiting_period_months: int) -> tracking_pb2.Continuity | None:
+    """Continuity from the stored ISO dates; None when they cannot be computed with (a date an
+    older gateway accepted, such as 9999-12-31, runs off the calendar)."""
+    try:
+        found = continuity(dt.date.fromisoformat(suspension), dt.date.fromisoformat(enrollment),
+                           waiting_period_months=waiting_period_months)
+    except (ValueError, OverflowError):
+        return None
+    b = found.benefits_from
+    return tracking_pb2.Continuity(gap_months=found.gap_months, continuous=found.continuous,
+                                   waiting_period_months=found.waiting_period_months,
+                                   benefits_from=types_pb2.Date(year=b.year, month=b.month, day=b.day))

@@ -4,6 +4,7 @@ history under the same keys (a rewritten store) is caught. Then the Log service'
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -94,11 +95,14 @@ async def test_the_log_service_refusals(gateway: GatewayHandle, client: Platform
     stub = log_pb2_grpc.LogServiceStub(gateway.channel("anhui"))  # not a side of the case
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await stub.GetInclusionProof(log_pb2.GetInclusionProofRequest(message_id=body.message_id))
-    assert (denied.value.code(), failure(denied.value).reason) == (grpc.StatusCode.PERMISSION_DENIED,
-                                                                  "CASE_NOT_OF_PLATFORM")
+    # As for a message that does not exist: nothing is learnt of another platform's case.
+    assert (denied.value.code(), failure(denied.value).reason) == (grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND")
     with pytest.raises(GatewayRejected) as unknown:
-        await client.inclusion_proof("no-such-message")
+        await client.inclusion_proof(str(uuid.uuid4()))
     assert unknown.value.reason == "MESSAGE_NOT_FOUND"
+    with pytest.raises(GatewayRejected) as malformed:
+        await client.inclusion_proof("no-such-message")
+    assert (malformed.value.reason, malformed.value.field_violations[0][0]) == ("QUERY_INVALID", "message_id")
     await client.inclusion_proof(body.message_id)  # publishes a checkpoint covering it
     with pytest.raises(GatewayRejected) as no_size:
         await client.consistency_proof(1, 12345)

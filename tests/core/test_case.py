@@ -498,3 +498,35 @@ def test_an_automatic_case_opens_once_and_never_beside_an_open_case() -> None:
     with pytest.raises(RuleViolation) as busy:
         rules.open_automatic(None, request, message_id="auto-2", index=OtherCase("applied"))
     assert (busy.value.reason, busy.value.metadata["open_transfer_id"]) == ("CASE_ALREADY_OPEN", "applied")
+
+
+@pytest.mark.parametrize("state", [*OPEN, *CLOSED])
+@pytest.mark.parametrize("name", ["table", "fund", "inbound_ack", "withdrawal"])
+def test_a_sender_that_is_no_side_of_the_case_learns_nothing_of_it(name: str, state: int) -> None:
+    """From Anhui (340100), naming a Jiangsu → Zhejiang case in any state: the refusal is the one a
+    transfer id never seen gets, word for word, with nothing of the case's sides or state."""
+    world = World(True)
+    case = world.case(state)
+    message = getattr(world, name) if name != "withdrawal" else world.message(Event.WITHDRAWAL, Side.INBOUND)
+    message.header.sender = "340100"
+    with pytest.raises(RuleViolation) as existing:
+        apply(case, message)
+    with pytest.raises(RuleViolation) as unseen:
+        apply(None, message)
+    assert (existing.value.reason, existing.value.message, existing.value.metadata) == (
+        unseen.value.reason, unseen.value.message, unseen.value.metadata) and unseen.value.reason == "CASE_NOT_OPENED"
+    told = " ".join((existing.value.message, *existing.value.metadata.values()))
+    assert "320100" not in told and "330100" not in told and existing.value.metadata["state"] == "NEW"
+
+
+@pytest.mark.parametrize("name", ["request", "notice", "refused"])
+def test_a_message_that_would_open_a_case_under_a_taken_id_says_only_that(name: str) -> None:
+    world = World(True)
+    case = world.case(S.CASE_STATE_TABLE_SENT)  # before the notice it is made from is changed
+    message = getattr(world, name)
+    message.header.sender = "340100"
+    with pytest.raises(RuleViolation) as refused:
+        apply(case, message)
+    assert refused.value.reason == "TRANSFER_ID_IN_USE"
+    assert refused.value.metadata == {"rule": "TRANSFER_ID_IN_USE", "transfer_id": world.plan.route.transfer_id}
+    assert "320100" not in refused.value.message and "TABLE_SENT" not in refused.value.message

@@ -21,13 +21,24 @@ def test_a_kind_a_platform_may_not_submit_is_unknown(kind: int) -> None:
         assert [(v.field, v.description) for v in err.value.violations] == [("kind", f"unknown message kind {kind}")]
 
 
-def test_undecodable_payload_names_the_message_and_the_decoder() -> None:
+def test_undecodable_payload_names_the_message() -> None:
     with pytest.raises(InvalidMessage) as err:
         messages.parse(envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, b"\xff")
     assert err.value.reason == "PAYLOAD_UNDECODABLE"
     [violation] = err.value.violations
-    assert violation.field == "payload"
-    assert violation.description.startswith("not a valid FundTransfer: ")
+    assert (violation.field, violation.description) == ("payload", "is not a valid FundTransfer: it is truncated or "
+                                                                     "malformed")
+
+
+def test_undecodable_payload_names_the_field_at_fault() -> None:
+    table = messages_pb2.InformationTable()
+    table.periods.add(pooling_region="320100")
+    table.periods.add(pooling_region="X" * 6)
+    payload = table.SerializeToString().replace(b"X" * 6, b"\xff" * 6)  # the second period's region: bad UTF-8
+    with pytest.raises(InvalidMessage) as err:
+        messages.parse(envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, payload)
+    assert [(v.field, v.description) for v in err.value.violations] == [
+        ("payload.periods[1].pooling_region", "is not valid UTF-8")]
 
 
 def test_business_kinds_parse_and_name_themselves() -> None:

@@ -273,11 +273,12 @@ async def test_tracking_shows_the_case_to_its_sides_only(gateway: GatewayHandle)
     assert case.state == tracking_pb2.CASE_STATE_FUNDS_SENT
     assert [m.message_id for m in case.messages] == [m.header.message_id for m in msgs]
     assert all(m.accepted_at.seconds > 0 for m in case.messages)
+    # Anhui is told what it would be told of a transfer id never seen: not even that the case exists.
     code, reason, _ = await refused(gateway.tracking("anhui").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid)))
-    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "CASE_NOT_OF_PLATFORM")
-    code, _, _ = await refused(gateway.tracking("jiangsu").GetCase(
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "CASE_NOT_FOUND")
+    code, reason, _ = await refused(gateway.tracking("jiangsu").GetCase(
         tracking_pb2.GetCaseRequest(transfer_id=builders.new_id())))
-    assert code == grpc.StatusCode.NOT_FOUND
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "CASE_NOT_FOUND")
 
 
 async def test_health_serving_then_not_serving_while_draining(gateway: GatewayHandle) -> None:

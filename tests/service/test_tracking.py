@@ -4,6 +4,7 @@ filters, pages and visibility, and the SLA gauges the monitor keeps current betw
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import builders
@@ -156,7 +158,7 @@ async def test_pages_filters_and_visibility(setup: Setup) -> None:
     assert (await setup.operator.GetCase(tracking_pb2.GetCaseRequest(transfer_id=to_zhejiang[0]))).stages
     with pytest.raises(GatewayRejected) as err:
         await setup.anhui.get_case(to_zhejiang[0])
-    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert (err.value.code, err.value.reason) == (grpc.StatusCode.NOT_FOUND, "CASE_NOT_FOUND")
 
 
 @pytest.mark.parametrize(("request_fields", "field"), [
@@ -165,6 +167,12 @@ async def test_pages_filters_and_visibility(setup: Setup) -> None:
     ({"page_token": "not-a-token"}, "page_token"),
     ({"states": [99]}, "states"),
     ({"overdue": True, "due_soon": True}, "due_soon"),
+    ({"opened_from": Timestamp(seconds=2**62)}, "opened_from"),
+    ({"opened_before": Timestamp(seconds=-(2**40))}, "opened_before"),
+    ({"opened_from": Timestamp(seconds=1, nanos=-1)}, "opened_from"),
+    ({"states": [1] * 14}, "states"),
+    ({"page_token": "A" * 10_000}, "page_token"),
+    ({"page_token": base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00 \x00").decode()}, "page_token"),
 ])
 async def test_a_bad_query_names_the_field(setup: Setup, request_fields: dict[str, object], field: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
