@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from clients.automatic import suspended_record
+from clients.automatic import enrollment, suspended_record
 from clients.builders import (
     EMPLOYEE,
     RESIDENT,
@@ -135,6 +135,7 @@ class ReferencePlatform:
         self._outbox: dict[str, list[envelope_pb2.SignedMessage]] = {}     # by delivered message id
         self._waiting: dict[str, asyncio.Future[CaseOutcome]] = {}         # our outbound cases
         self._records: dict[str, CasePlan] = {}  # our suspended records in the gateway's index, by their id
+        self.registered: set[str] = set()        # the ids of those the gateway has receipted
         self._broken: str | None = None
 
     async def run(self, stop: asyncio.Event, *, concurrency: int = 16) -> None:
@@ -164,8 +165,10 @@ class ReferencePlatform:
         then with the plan's notice, table and funds. Returns the verified receipt body: its
         `automatic.opened_transfer_ids` holds the record's id if an enrollment was already waiting."""
         self._records[plan.route.transfer_id] = plan
-        return await self.client.submit(suspended_record(plan.route.outbound, plan.person, plan.insurance_type,
+        body = await self.client.submit(suspended_record(plan.route.outbound, plan.person, plan.insurance_type,
                                                          plan.suspension_date, transfer_id=plan.route.transfer_id))
+        self.registered.add(plan.route.transfer_id)
+        return body
 
     async def play_automatic_outbound(self, plan: CasePlan) -> CaseOutcome:
         """Register the record and wait until the case it opens completes or is rejected (the
@@ -271,6 +274,8 @@ class ScenarioResult:
     failed: int         # the rest: refused, rejected, abandoned or timed out
     errors: list[str]   # what went wrong, by transfer id (no personal data)
     seconds: float
+    automatic: int = 0            # of the cases, those opened by the gateway from a record and an enrollment
+    automatic_completed: int = 0  # of those, the completed
 
 
 def plan_cases(
@@ -303,14 +308,21 @@ async def run_cases(
     a: PlatformClient, b: PlatformClient, *, transfers: int, a_agencies: Sequence[str],
     b_agencies: Sequence[str], on_progress: Callable[[int, int], None] | None = None, timeout: float = 120.0,
     concurrency: int = 16, seed: int | None = None, reviewer: ReviewerClient | None = None,
+    automatic: int = 0,
 ) -> ScenarioResult:
     """Play `transfers` cases between platforms a and b, half in each direction, at most
     `concurrency` at once. A case completes when its outbound platform receives the
     TRANSFER_IN_COMPLETED acknowledgement through its subscription; cases not done within
-    `timeout` seconds fail. Large balances wait for review: give a `reviewer` to approve them."""
+    `timeout` seconds fail. Large balances wait for review: give a `reviewer` to approve them.
+
+    The first `automatic` cases (every other one while they last) open without an application: the
+    outbound platform registers the suspended record and the inbound platform reports the person's
+    enrollment, one or the other first in turn, and the gateway opens the case; the others open
+    with the outbound notice, as an application lodged at the outbound side does."""
     started = time.perf_counter()
     errors: list[str] = []
     outcomes: list[bool] = []
+    automatic_outcomes: list[bool] = []
 
     def case_error(transfer_id: str, why: str) -> None:
         for p in platforms:
@@ -331,21 +343,33 @@ async def run_cases(
         task.add_done_callback(subscription_ended)
     gate = asyncio.Semaphore(concurrency)
 
-    async def play(a_outbound: bool, plan: CasePlan) -> None:
+    async def play(a_outbound: bool, plan: CasePlan, opens_automatically: int) -> None:
+        outbound, inbound = platforms if a_outbound else platforms[::-1]
         async with gate:
             try:
-                outcome = await platforms[0 if a_outbound else 1].play_outbound(plan)
+                if opens_automatically:
+                    outcome = await play_automatic(outbound, inbound, plan, enrollment_first=opens_automatically == 2)
+                else:
+                    outcome = await outbound.play_outbound(plan)
             except ClientError as err:
                 errors.append(f"case {plan.route.transfer_id}: {err}")
                 outcome = None
             if outcome is CaseOutcome.REJECTED:
                 errors.append(f"case {plan.route.transfer_id}: rejected by the inbound side")
             outcomes.append(outcome is CaseOutcome.COMPLETED)
+            if opens_automatically:
+                automatic_outcomes.append(outcome is CaseOutcome.COMPLETED)
             if on_progress is not None:
                 on_progress(len(outcomes), transfers)
 
-    tasks = [asyncio.create_task(play(a_out, plan)) for a_out, plan in plan_cases(
-        transfers, a_agencies, b_agencies, seed=seed)]
+    plans = plan_cases(transfers, a_agencies, b_agencies, seed=seed)
+    # 0: applied; 1: automatic, the record first; 2: automatic, the enrollment first.
+    how = [0] * len(plans)
+    for n, i in enumerate([i for i in range(len(plans)) if i % 2 == 1] + [i for i in range(len(plans))
+                                                                          if i % 2 == 0]):
+        if n < automatic:
+            how[i] = 1 + n % 2
+    tasks = [asyncio.create_task(play(a_out, plan, how[i])) for i, (a_out, plan) in enumerate(plans)]
     try:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -363,4 +387,26 @@ async def run_cases(
             await approvals
     errors.extend(e for p in platforms for e in p.errors)
     completed = sum(outcomes)
-    return ScenarioResult(transfers, completed, transfers - completed, errors, time.perf_counter() - started)
+    return ScenarioResult(transfers, completed, transfers - completed, errors, time.perf_counter() - started,
+                          automatic=len(automatic_outcomes), automatic_completed=sum(automatic_outcomes))
+
+
+async def play_automatic(outbound: ReferencePlatform, inbound: ReferencePlatform, plan: CasePlan, *,
+                         enrollment_first: bool) -> CaseOutcome:
+    """One case opened by the gateway: `outbound` registers the suspended record `plan` describes,
+    `inbound` reports the person's enrollment today (one of them first), and the case runs as an
+    applied one. Raises ClientError as `ReferencePlatform.play_automatic_outbound` does."""
+    report = enrollment(plan.route.inbound, plan.person, plan.inbound_type, today_in_china())
+    if enrollment_first:
+        await inbound.client.submit(report)
+        return await outbound.play_automatic_outbound(plan)
+    outcome = asyncio.ensure_future(outbound.play_automatic_outbound(plan))
+    try:
+        while plan.route.transfer_id not in outbound.registered and not outcome.done():
+            await asyncio.sleep(0.01)  # the record is in the index before the enrollment comes
+        if not outcome.done():
+            await inbound.client.submit(report)
+        return await outcome
+    finally:
+        if not outcome.done():
+            outcome.cancel()

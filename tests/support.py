@@ -186,6 +186,12 @@ key_id = "gateway-dev-1"
 [delivery]
 visibility_timeout_seconds = 1
 max_attempts = 50
+
+[automatic]
+current_person_key = "person-dev-1"
+
+[automatic.person_key_secrets]
+"person-dev-1" = "{pki.person_key_secret}"
 """)
     return subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],

@@ -63,7 +63,8 @@ class IndexKeeper:
                 if await self._store.rekey_index_entry(entry, self._keys.key(person)):
                     rekeyed += 1
             self._metrics.index_rekeyed.inc(rekeyed)
-        self._metrics.observe_index(await self._store.index_counts())
+        self._metrics.observe_index(await self._store.index_counts(),
+                                    None if self._keys is None else self._keys.current)
         return lapsed, rekeyed
 
     async def run(self, interval: float) -> None:

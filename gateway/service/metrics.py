@@ -150,7 +150,7 @@ class Metrics:
             "transfer_gateway_cases_opened",
             "Cases opened, by province pair and channel (automatic: by the gateway from a suspended record and an"
             " enrollment; outbound: by the outbound notice). The share opened automatically is"
-            " transfer_gateway:cases_opened_automatic:ratio.", [*_PAIR, "channel"], registry=registry,
+            " pair:transfer_gateway_cases_opened_automatic:ratio1d.", [*_PAIR, "channel"], registry=registry,
         )
         self.index_reports = Counter(
             "transfer_gateway_index_reports",
@@ -168,6 +168,11 @@ class Metrics:
             "transfer_gateway_index_entries",
             "Entries waiting in the suspended-record index, by kind (record, enrollment) and the id of the secret"
             " they are keyed under.", ["kind", "key_id"], registry=registry,
+        )
+        self.index_stale = Gauge(
+            "transfer_gateway_index_stale_entries",
+            "Waiting index entries keyed under another secret than the current one (0 once a rotation is done).",
+            registry=registry,
         )
         self.index_rekeyed = Counter(
             "transfer_gateway_index_rekeyed", "Index entries keyed again under the current person-key secret.",
@@ -244,9 +249,11 @@ class Metrics:
             self.cases_opened.labels(province(outcome.outbound), province(outcome.inbound),
                                      CHANNELS.get(outcome.channel, "outbound")).inc()
 
-    def observe_index(self, counts: list[IndexCount]) -> None:
-        """Set the index gauge from a store reading; kinds and key ids no longer seen read 0."""
+    def observe_index(self, counts: list[IndexCount], current_key_id: str | None) -> None:
+        """Set the index gauges from a store reading (entries under a secret other than
+        `current_key_id` are stale); kinds and key ids no longer seen read 0."""
         seen = set()
+        self.index_stale.set(sum(c.entries for c in counts if c.key_id != current_key_id))
         for c in counts:
             seen.add((c.kind, c.key_id))
             self.index_entries.labels(c.kind, c.key_id).set(c.entries)

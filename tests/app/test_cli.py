@@ -235,3 +235,17 @@ def test_a_second_gateway_on_one_sqlite_file_and_the_start_up_line(pki: DevPaths
         first.wait(timeout=20)
     assert first.returncode == 0
     assert os.path.exists(tmp_path / "gateway.db.lock")  # kept: removing it would race a starting process
+
+
+def test_the_demo_opens_cases_both_ways_and_reports_each() -> None:
+    """`transfer-gateway demo --json`: half the cases by an application, half by the gateway from a
+    suspended record and an enrollment (in both orders); the last line says how each way went."""
+    result = run("demo", "--transfers", "6", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["transfers"], summary["completed"], summary["failed"], summary["errors"]) == (6, 6, 0, [])
+    by = summary["by_opening"]
+    assert by["application"] == {"transfers": 3, "completed": 3, "opened": 3}
+    assert {k: by["automatic"][k] for k in ("transfers", "completed", "opened")} == {
+        "transfers": 3, "completed": 3, "opened": 3}
+    assert by["automatic"]["enrollment_to_completion_workdays_mean"] is not None

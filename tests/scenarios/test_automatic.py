@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -195,3 +196,88 @@ async def test_the_index_holds_no_certificate_number(gateway: GatewayHandle, pla
                         assert column == "signed_message", (table, column)
         keys = db.execute("SELECT person_key FROM enrollments WHERE state = 'waiting'").fetchall()
     assert keys and all(len(k[0]) == 32 for k in keys)
+
+
+async def race(submitters: list[PlatformClient], messages: list[object]) -> list[object]:
+    """Submit every message at once (each signed once: a retry resends its bytes), spread over the
+    clients; each one's receipt body or refusal."""
+    async def one(i: int, message: object) -> object:
+        try:
+            return await submitters[i % len(submitters)].submit(message)  # type: ignore[arg-type]
+        except GatewayRejected as err:
+            return err
+    return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(messages))))
+
+
+def race_messages(first: str, seed: int) -> tuple[list[object], list[object], list[str]]:
+    """16 registrations of two records of one person (the same record resent, and sent again under
+    new message ids) and 16 enrollments of that person, interleaved with `first` leading each pair:
+    (jiangsu's and anhui's messages, zhejiang's, the records' ids)."""
+    plan = record_plan(seed=seed)
+    js = automatic.suspended_record(JIANGSU, plan.person, EMPLOYEE, plan.suspension_date)
+    ah = automatic.suspended_record(ANHUI, plan.person, EMPLOYEE, plan.suspension_date - dt.timedelta(days=5))
+    again = [automatic.suspended_record(JIANGSU, plan.person, EMPLOYEE, plan.suspension_date,
+                                        transfer_id=js.header.transfer_id) for _ in range(4)]
+    records: list[object] = [js, ah] * 6 + again
+    reports: list[object] = [enrollment_of(plan) for _ in range(16)]
+    return records, reports, [js.header.transfer_id, ah.header.transfer_id]
+
+
+def opened_of(outcomes: list[object]) -> list[str]:
+    """The cases the accepted messages opened, each message once (a resent message's receipt is its
+    first one, which says what that one opened)."""
+    first = {o.message_id: o for o in outcomes if isinstance(o, envelope_pb2.ReceiptBody)}
+    return [t for o in first.values() for t in o.automatic.opened_transfer_ids]
+
+
+@pytest.mark.parametrize("first", ["records", "enrollments"])
+async def test_a_32_way_race_opens_exactly_one_case_per_record(platforms: Platforms, first: str) -> None:
+    records, reports, ids = race_messages(first, seed=40 if first == "records" else 41)
+    js, ah, zj = platforms.clients["jiangsu"], platforms.clients["anhui"], platforms.clients["zhejiang"]
+    by_sender = {id(m): (ah if m.header.sender == ANHUI else js) for m in records}  # type: ignore[attr-defined]
+    signed = {id(m): by_sender[id(m)].sign(m) for m in records}  # type: ignore[arg-type]
+
+    async def send(message: object) -> object:
+        if id(message) in signed:  # a registration: its sender's bytes, resent as they were signed
+            try:
+                return (await by_sender[id(message)].submit_signed(signed[id(message)])).body
+            except GatewayRejected as err:
+                return err
+        return (await race([zj], [message]))[0]
+
+    pairs = list(zip(records, reports, strict=True))
+    ordered = [m for a, b in pairs for m in ((a, b) if first == "records" else (b, a))]
+    outcomes = await asyncio.gather(*(send(m) for m in ordered))
+    assert sorted(opened_of(outcomes)) == sorted(ids)
+    refused = {o.reason for o in outcomes if isinstance(o, GatewayRejected)}
+    assert refused <= {"TRANSFER_ID_IN_USE"}, refused
+    for tid in ids:
+        case = await zj.get_case(tid)
+        requests = [m for m in case.messages if m.kind == envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST]
+        assert len(requests) == 1 and case.channel == AUTOMATIC
+
+
+async def test_no_certificate_number_or_name_reaches_the_logs_or_the_metrics(
+        gateway: GatewayHandle, platforms: Platforms, caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import generate_latest
+
+    caplog.set_level(logging.DEBUG)
+    plan = record_plan(seed=31)
+    outcome = asyncio.create_task(platforms.reference["jiangsu"].play_automatic_outbound(plan))
+    await asyncio.sleep(0.2)
+    await platforms.clients["zhejiang"].submit(enrollment_of(plan))
+    assert await asyncio.wait_for(outcome, 10) == CaseOutcome.COMPLETED
+    refused = automatic.suspended_record(JIANGSU, plan.person, EMPLOYEE, plan.suspension_date)
+    refused.person.name = plan.person.name  # refused: the index takes no name; the refusal repeats none
+    with pytest.raises(GatewayRejected) as caught:
+        await platforms.clients["jiangsu"].submit(refused)
+    await gateway.server.keeper.keep_once()
+    exposed = generate_latest(gateway.server.prometheus).decode()
+    assert "transfer_gateway_cases_opened_total" in exposed and "automatic_completion_workdays" in exposed
+    assert 'channel="automatic"' in exposed
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert "'transfer_id': '" in logged  # the structured fields are there, and nothing personal
+    said = " ".join([logged, exposed, str(caught.value)])
+    assert "automatic case opened" in caplog.text
+    for secret in (plan.person.certificate_number, plan.person.certificate_number[:14], plan.person.name):
+        assert secret not in said
