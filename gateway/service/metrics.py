@@ -254,6 +254,10 @@ class Metrics:
         `current_key_id` are stale); kinds and key ids no longer seen read 0."""
         seen = set()
         self.index_stale.set(sum(c.entries for c in counts if c.key_id != current_key_id))
+        if current_key_id is not None:  # an empty index under the current secret reads 0, not nothing
+            for kind in ("record", "enrollment"):
+                seen.add((kind, current_key_id))
+                self.index_entries.labels(kind, current_key_id).set(0)
         for c in counts:
             seen.add((c.kind, c.key_id))
             self.index_entries.labels(c.kind, c.key_id).set(c.entries)

@@ -144,9 +144,10 @@ async def scraped(pki: DevPaths, tmp_path: Path) -> AsyncIterator[Scraped]:
                 ReviewerClient.connect(OperatorConfig.dev("reviewer", address, pki.root)))
             await _until(lambda: _up(base), "Prometheus scraping the gateway", proc, tmp_path)
             result = await run_cases(js, zj, transfers=30, a_agencies=("320100", "320500"),
-                                     b_agencies=("330100", "330200"), reviewer=reviewer, timeout=60)
-            assert result.completed == 30, result.errors
+                                     b_agencies=("330100", "330200"), reviewer=reviewer, timeout=60, automatic=10)
+            assert result.completed == 30 and result.automatic_completed == 10, result.errors
         await server.monitor.refresh_once()
+        await server.keeper.keep_once()
         await asyncio.sleep(4)  # a few more scrapes, so rates over the run have two points each side
         yield Scraped(base, f"http://127.0.0.1:{server.metrics_port}/metrics")
     finally:
