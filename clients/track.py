@@ -56,12 +56,26 @@ def _state(state: tracking_pb2.CaseState.ValueType) -> str:
     return f"{STATE_LABELS.get(state, '?')} ({tracking_pb2.CaseState.Name(state).removeprefix('CASE_STATE_')})"
 
 
+_CHANNELS = {
+    messages_pb2.TransferRequest.CHANNEL_ONLINE: "网上申请 online application",
+    messages_pb2.TransferRequest.CHANNEL_COUNTER: "窗口申请 counter application",
+    messages_pb2.TransferRequest.CHANNEL_EMPLOYER: "单位代办 the employer's application",
+    messages_pb2.TransferRequest.CHANNEL_AUTOMATIC: "免申请 the gateway, from a new enrollment",
+}
+
+
+def _channel(channel: messages_pb2.TransferRequest.Channel.ValueType) -> str:
+    """How a case opened (unset: the outbound notice opened it, the application lodged there)."""
+    return _CHANNELS.get(channel, "转出地申请 an application at the outbound side")
+
+
 def render_case(case: tracking_pb2.Case) -> str:
     """A case as a readable timeline (times in Beijing time)."""
     lines = [
         f"转移业务 transfer {case.transfer_id}",
         f"  {case.outbound} → {case.inbound}   状态 state: {_state(case.state)}",
         f"  开始 opened {_when(case.opened_at)}   最近更新 updated {_when(case.updated_at)}",
+        f"  申请渠道 opened by {_channel(case.channel)}",
     ]
     if case.account_balance_fen:
         lines.append(f"  个人账户转出 balance {case.account_balance_fen / 100:,.2f} 元")

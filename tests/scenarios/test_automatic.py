@@ -281,3 +281,34 @@ async def test_no_certificate_number_or_name_reaches_the_logs_or_the_metrics(
     assert "automatic case opened" in caplog.text
     for secret in (plan.person.certificate_number, plan.person.certificate_number[:14], plan.person.name):
         assert secret not in said
+
+
+async def test_a_platform_learns_nothing_of_a_person_it_did_not_report(platforms: Platforms) -> None:
+    """Anhui is a side of neither the record nor the enrollment: it cannot see the case, touch the
+    other agencies' index entries, or have the log prove their messages; the reporters can."""
+    plan = record_plan(seed=32)
+    js, zj, ah = platforms.clients["jiangsu"], platforms.clients["zhejiang"], platforms.clients["anhui"]
+    record = automatic.suspended_record(JIANGSU, plan.person, EMPLOYEE, plan.suspension_date)
+    await js.submit(record)
+    report = enrollment_of(plan)
+    opened = await zj.submit(report)
+    tid = record.header.transfer_id
+    assert list(opened.automatic.opened_transfer_ids) == [tid]
+    with pytest.raises(GatewayRejected) as case:
+        await ah.get_case(tid)
+    assert case.value.reason == "CASE_NOT_FOUND"  # as for a transfer id never used
+    foreign_withdrawal = automatic.record_withdrawal(record, automatic.Withdrawn.REASON_RESUMED)
+    foreign_withdrawal.header.sender = ANHUI
+    with pytest.raises(GatewayRejected) as withdrawn:
+        await ah.submit(foreign_withdrawal)
+    assert withdrawn.value.reason == "RECORD_NOT_FOUND"
+    foreign_opt_out = automatic.opt_out(report)
+    foreign_opt_out.header.sender = ANHUI
+    with pytest.raises(GatewayRejected) as opted_out:
+        await ah.submit(foreign_opt_out)
+    assert opted_out.value.reason == "ENROLLMENT_NOT_FOUND"
+    with pytest.raises(GatewayRejected) as proof:
+        await ah.inclusion_proof(report.header.message_id)
+    assert proof.value.reason == "MESSAGE_NOT_FOUND"
+    own = await zj.inclusion_proof(report.header.message_id)
+    assert own.leaf_index == opened.leaf_index  # the enrollment is a leaf of the log like any message

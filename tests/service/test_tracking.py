@@ -218,6 +218,7 @@ async def test_the_track_cli_prints_a_timeline_and_a_list(setup: Setup) -> None:
     timeline = await track(setup, plan.route.transfer_id)
     assert plan.route.transfer_id in timeline and "信息表已发送" in timeline
     assert "转入 inbound" in timeline and "information_table" in timeline and "outbound_notice" in timeline
+    assert "opened by 转出地申请 an application at the outbound side" in timeline
     assert plan.person.name not in timeline and plan.person.certificate_number not in timeline
     setup.clock.offset = dt.timedelta(days=40)
     listing = await track(setup, "--list", "--overdue")
