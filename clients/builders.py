@@ -233,6 +233,37 @@ def fund_transfer(
     Raises ValueError for a non-positive amount, account numbers that are not 6..34 digits,
     payer == payee, or a bank reference that is empty or not printable ASCII.
     """
+    _check_money(amount_fen, payer, payee, bank_reference)
+    transfer = messages_pb2.FundTransfer(
+        header=route.header(created_at=created_at), amount_fen=amount_fen, currency="CNY",
+        payer=payer, payee=payee, bank_reference=bank_reference,
+    )
+    transfer.value_date.CopyFrom(proto_date(value_date))
+    return transfer
+
+
+def fund_return(
+    returned: messages_pb2.FundTransfer, payer: messages_pb2.FundAccount, payee: messages_pb2.FundAccount,
+    bank_reference: str, value_date: dt.date, *, created_at: dt.datetime | None = None,
+) -> messages_pb2.FundReturn:
+    """资金退回 of the fund transfer `returned`, from its receiver (the inbound agency, which rejected
+    the case after the money arrived) back to its sender: the whole amount, in CNY.
+
+    Raises ValueError as `fund_transfer` does for the accounts and the bank reference.
+    """
+    _check_money(returned.amount_fen, payer, payee, bank_reference)
+    h = returned.header
+    back = messages_pb2.FundReturn(
+        header=header(h.receiver, h.sender, h.transfer_id, created_at=created_at),
+        returns_message_id=h.message_id, amount_fen=returned.amount_fen, currency="CNY", payer=payer, payee=payee,
+        bank_reference=bank_reference,
+    )
+    back.value_date.CopyFrom(proto_date(value_date))
+    return back
+
+
+def _check_money(amount_fen: int, payer: messages_pb2.FundAccount, payee: messages_pb2.FundAccount,
+                 bank_reference: str) -> None:
     if amount_fen <= 0:
         raise ValueError("amount_fen must be positive")
     for side, account in (("payer", payer), ("payee", payee)):
@@ -243,12 +274,6 @@ def fund_transfer(
         raise ValueError("payer and payee must be different accounts")
     if not bank_reference or not all(" " <= c <= "~" for c in bank_reference):
         raise ValueError("bank_reference must be non-empty printable ASCII")
-    transfer = messages_pb2.FundTransfer(
-        header=route.header(created_at=created_at), amount_fen=amount_fen, currency="CNY",
-        payer=payer, payee=payee, bank_reference=bank_reference,
-    )
-    transfer.value_date.CopyFrom(proto_date(value_date))
-    return transfer
 
 
 def acknowledgement(

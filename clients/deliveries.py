@@ -76,7 +76,8 @@ def open_delivery(keyring: KeyRing, delivery: exchange_pb2.Delivery, *, receivin
 
 def _open_gateway_notice(keyring: KeyRing, delivery: exchange_pb2.Delivery, receipt: envelope_pb2.ReceiptBody,
                          receiving_platform: str) -> VerifiedDelivery:
-    """A review decision or expiry: signed by a gateway key, addressed to both sides of its case."""
+    """A review decision or closure (or, in older cases, an expiry): signed by a gateway key,
+    addressed to both sides of its case."""
     kind, payload = keyring.verify_gateway_message(delivery.message, receipt.accepted_at.ToDatetime(dt.UTC))
     if receipt.payload_sha256 != hashlib.sha256(payload).digest() or receipt.kind != kind:
         raise VerificationError("the receipt does not attest this payload", reason="RECEIPT_MISMATCH")

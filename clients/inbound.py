@@ -45,9 +45,9 @@ def describe(delivery: VerifiedDelivery) -> str:
     if isinstance(message, automatic_pb2.AutomaticTransferRequest):
         return (f"{kind_name(delivery.kind)} {message.message_id} transfer {message.transfer_id} "
                 f"gateway → {message.outbound}/{message.inbound} opened by enrollment {message.enrollment_message_id}")
-    if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired):
-        what = ("approved" if message.approved else "rejected") if isinstance(message, admin_pb2.ReviewDecision) \
-            else "expired"
+    if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired | admin_pb2.CaseClosed):
+        what = (("approved" if message.approved else "rejected") if isinstance(message, admin_pb2.ReviewDecision)
+                else "closed by an operator" if isinstance(message, admin_pb2.CaseClosed) else "expired")
         return (f"{kind_name(delivery.kind)} {message.message_id} transfer {message.transfer_id} "
                 f"gateway → {message.outbound}/{message.inbound} {what}")
     extra = ""

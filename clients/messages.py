@@ -1,7 +1,8 @@
 """The message kinds: their protobuf classes and DSSE payload types.
 
-Business messages (sent by platforms, with a Header) and gateway notices (review decisions and
-expiries, written and signed by the gateway itself, delivered to both sides of a case).
+Business messages (sent by platforms, with a Header) and gateway notices (review decisions,
+operators' closures and expiries, written and signed by the gateway itself, delivered to both
+sides of a case).
 
 The table is `mitransfer.protocol.kinds`, the one the gateway uses too; here its errors become
 `VerificationError`s with the same reason codes.

@@ -13,7 +13,8 @@ acknowledgements to send, in order, and what to remember next:
                                     insured twice
     resident → resident, same year→ REJECTED(table, RESIDENT_SAME_YEAR): handled after the person
                                     enrolls here for the next year
-    fund transfer ≠ table balance → REJECTED(table, AMOUNT_MISMATCH)
+    fund transfer ≠ table balance → REJECTED(table, AMOUNT_MISMATCH), then a FundReturn of the money
+                                    that arrived (the case waits for its return)
     fund transfer, table unknown  → unanswerable (our memory was lost): leave it unacknowledged
 
 The reference platform enrolls the person on the day it accepts (a real one uses its records).
@@ -21,7 +22,9 @@ Funds are expected for employee → employee insurance (310 → 310) with a posi
 employee to resident insurance the balance stays at the outbound side. The acknowledgements must
 be submitted in the order given: the gateway's state machine accepts them only so.
 
-Outbound (转出地): an acknowledgement TRANSFER_IN_COMPLETED completes the case, REJECTED ends it.
+Outbound (转出地): an acknowledgement TRANSFER_IN_COMPLETED completes the case, REJECTED ends it;
+a FundReturn of a rejected case is answered FUNDS_RETURN_RECEIVED (`answer_as_outbound`), which
+closes it. A real platform confirms only once its bank shows the money back.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from clients.builders import RESIDENT, acknowledgement, balance_moves, reason, today_in_china
+from clients.builders import (
+    RESIDENT,
+    acknowledgement,
+    balance_moves,
+    fund_account,
+    fund_return,
+    reason,
+    today_in_china,
+)
 from clients.messages import BusinessMessage
 from mitransfer.v1 import messages_pb2, types_pb2
 
@@ -65,6 +76,7 @@ class InboundDecision:
 
     case: InboundCase | None                   # what to remember now; None: nothing (closed or unknown)
     acknowledgements: tuple[Ack, ...] = ()     # to submit, in this order
+    returns: tuple[messages_pb2.FundReturn, ...] = ()  # to submit after them: money sent back
     unanswerable: str = ""                     # why it cannot be answered: leave it unacknowledged
 
 
@@ -134,9 +146,13 @@ def _on_fund_transfer(
         return InboundDecision(case, unanswerable="fund transfer for a case whose table is not remembered")
     table = case.table
     if transfer.amount_fen != case.balance_fen:
+        # Rejected after the money arrived: it goes back, whole, to the account it came from.
         reject = reason(types_pb2.REASON_CODE_AMOUNT_MISMATCH)
+        back = fund_return(transfer, fund_account(transfer.header.receiver, receiving=False), transfer.payer,
+                           f"RET{transfer.header.message_id.replace('-', '')[:20].upper()}", today_in_china(now),
+                           created_at=now)
         return InboundDecision(None, (acknowledgement(table, Ack.STATUS_REJECTED, reasons=[reject],
-                                                      created_at=now),))
+                                                      created_at=now),), (back,))
     return InboundDecision(None, (
         _accept(table, case, now),
         acknowledgement(transfer.header, Ack.STATUS_FUNDS_CREDITED, credited_amount_fen=transfer.amount_fen,
@@ -154,6 +170,14 @@ class CaseOutcome(StrEnum):
 
     COMPLETED = "completed"  # 转入完成
     REJECTED = "rejected"    # 转入地退回
+
+
+def answer_as_outbound(message: BusinessMessage, *, now: dt.datetime | None = None) -> tuple[Ack, ...]:
+    """What the outbound side answers to a message from the inbound side: a fund return is
+    confirmed (FUNDS_RETURN_RECEIVED), which closes the rejected case; nothing else needs an answer."""
+    if isinstance(message, messages_pb2.FundReturn):
+        return (acknowledgement(message.header, Ack.STATUS_FUNDS_RETURN_RECEIVED, created_at=now),)
+    return ()
 
 
 def outcome_for_outbound(ack: Ack) -> CaseOutcome | None:

@@ -37,9 +37,10 @@ from clients.builders import (
 )
 from clients.deliveries import VerifiedDelivery
 from clients.errors import ClientError, GatewayRejected, VerificationError
+from clients.messages import BusinessMessage
 from clients.platform import PlatformClient
 from clients.reviewer import ReviewerClient
-from clients.roles import CaseOutcome, InboundCase, answer_as_inbound, outcome_for_outbound
+from clients.roles import CaseOutcome, InboundCase, answer_as_inbound, answer_as_outbound, outcome_for_outbound
 from mitransfer.v1 import admin_pb2, automatic_pb2, envelope_pb2, messages_pb2, types_pb2
 
 log = logging.getLogger("clients.scenario")
@@ -222,11 +223,13 @@ class ReferencePlatform:
                 self._outbox[delivery.message_id] = self._answer_automatic(message)
             await self._send(delivery)
             return
-        if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired):
-            # The gateway's word on the case: a rejected review or an expiry ends it for both sides.
+        if isinstance(message, admin_pb2.ReviewDecision | admin_pb2.CaseExpired | admin_pb2.CaseClosed):
+            # The gateway's word on the case: a rejected review, an operator's closure or an
+            # expiry (older cases) ends it for both sides.
             if not (isinstance(message, admin_pb2.ReviewDecision) and message.approved):
-                why = "fund transfer rejected in review" if isinstance(message, admin_pb2.ReviewDecision) \
-                    else "case expired unanswered"
+                why = ("fund transfer rejected in review" if isinstance(message, admin_pb2.ReviewDecision)
+                       else "closed by an operator" if isinstance(message, admin_pb2.CaseClosed)
+                       else "case expired unanswered")
                 self._cases.pop(delivery.transfer_id, None)
                 self.abandon(delivery.transfer_id, why)
             return
@@ -236,8 +239,10 @@ class ReferencePlatform:
             if outcome is not None and waiter is not None and not waiter.done():
                 waiter.set_result(outcome)
             return
-        outbox = self._outbox.get(delivery.message_id)
-        if outbox is None:  # first time: decide once, and keep the signed answers
+        if delivery.message_id not in self._outbox and isinstance(message, messages_pb2.FundReturn):
+            # as the outbound side: confirm the money is back
+            self._outbox[delivery.message_id] = [self.client.sign(a) for a in answer_as_outbound(message)]
+        if delivery.message_id not in self._outbox:  # first time: decide once, and keep the signed answers
             decision = answer_as_inbound(self._cases.get(delivery.transfer_id), message)
             if decision.unanswerable:  # our memory of the case is lost: leave it unacknowledged, so
                 # that it ends in the gateway's dead-letter state, where operators look
@@ -247,7 +252,8 @@ class ReferencePlatform:
                 self._cases.pop(delivery.transfer_id, None)
             else:
                 self._cases[delivery.transfer_id] = decision.case
-            self._outbox[delivery.message_id] = [self.client.sign(ack) for ack in decision.acknowledgements]
+            answers: list[BusinessMessage] = [*decision.acknowledgements, *decision.returns]
+            self._outbox[delivery.message_id] = [self.client.sign(m) for m in answers]
         await self._send(delivery)
 
     async def _send(self, delivery: VerifiedDelivery) -> None:

@@ -193,7 +193,7 @@ class KeyRing:
 
     def verify_gateway_message(self, signed: envelope_pb2.SignedMessage,
                                accepted_at: dt.datetime | None = None) -> tuple[MessageKind, bytes]:
-        """Check a gateway notice (review decision, expiry): signed by a registry GATEWAY key
+        """Check a gateway notice (review decision, closure, expiry): signed by a registry GATEWAY key
         valid at `accepted_at` (None: the window is not judged).
 
         Raises:

@@ -2,8 +2,10 @@
 
     python -m clients.track --platform jiangsu 4480c4db-84eb-4f3f-93c9-b73205fc6890
     python -m clients.track --platform jiangsu --list --overdue
+    python -m clients.track --platform jiangsu --list --overdue --owner outbound --state opened
 
-The timeline shows each stage with its deadline and how it stands, then every message with the
+The timeline shows each stage with whose clock it is, its deadline and how it stands (a
+provisional deadline counts a year whose holidays are not known yet), then every message with the
 times it was accepted, delivered and acknowledged (Beijing time), the way provincial apps show
 each step of a transfer. It never prints a person's name or certificate number: the gateway's
 tracking view does not carry them.
@@ -33,10 +35,16 @@ STATE_LABELS: Final = {
     tracking_pb2.CASE_STATE_FUNDS_CREDITED: "资金已入账", tracking_pb2.CASE_STATE_COMPLETED: "转入完成",
     tracking_pb2.CASE_STATE_REFUSED: "不予转出", tracking_pb2.CASE_STATE_INBOUND_REJECTED: "转入地退回",
     tracking_pb2.CASE_STATE_WITHDRAWN: "已撤回", tracking_pb2.CASE_STATE_REVIEW_REJECTED: "复核未通过",
-    tracking_pb2.CASE_STATE_EXPIRED: "已过期",
+    tracking_pb2.CASE_STATE_EXPIRED: "已过期", tracking_pb2.CASE_STATE_AWAITING_FUND_RETURN: "待退回",
+    tracking_pb2.CASE_STATE_FUNDS_RETURNED: "资金已退回", tracking_pb2.CASE_STATE_CLOSED_BY_OPERATOR: "人工关闭",
 }
 STAGE_LABELS: Final = {tracking_pb2.STAGE_OUTBOUND: "转出 outbound", tracking_pb2.STAGE_REVIEW: "复核 review",
-                       tracking_pb2.STAGE_INBOUND: "转入 inbound", tracking_pb2.STAGE_TOTAL: "全程 total"}
+                       tracking_pb2.STAGE_INBOUND: "转入 inbound", tracking_pb2.STAGE_TOTAL: "全程 total",
+                       tracking_pb2.STAGE_RETURN: "退回 return", tracking_pb2.STAGE_RETURN_RECEIPT: "退回确认 receipt"}
+OWNER_LABELS: Final = {tracking_pb2.STAGE_OWNER_OUTBOUND: "转出地", tracking_pb2.STAGE_OWNER_INBOUND: "转入地",
+                       tracking_pb2.STAGE_OWNER_REVIEWER: "复核", tracking_pb2.STAGE_OWNER_BOTH: "双方"}
+OWNERS: Final = {"outbound": tracking_pb2.STAGE_OWNER_OUTBOUND, "inbound": tracking_pb2.STAGE_OWNER_INBOUND,
+                 "reviewer": tracking_pb2.STAGE_OWNER_REVIEWER, "both": tracking_pb2.STAGE_OWNER_BOTH}
 TIMELINESS_LABELS: Final = {
     tracking_pb2.TIMELINESS_ON_TIME: "正常 on time", tracking_pb2.TIMELINESS_DUE_SOON: "即将到期 due soon",
     tracking_pb2.TIMELINESS_OVERDUE: "已超期 OVERDUE", tracking_pb2.TIMELINESS_LATE: "超期办结 late",
@@ -79,20 +87,26 @@ def render_case(case: tracking_pb2.Case) -> str:
     ]
     if case.account_balance_fen:
         lines.append(f"  个人账户转出 balance {case.account_balance_fen / 100:,.2f} 元")
+    if case.account_balance_retained_fen:
+        lines.append(f"  个人账户留存 retained at the outbound side {case.account_balance_retained_fen / 100:,.2f} 元")
     if case.HasField("continuity"):
         c = case.continuity
         lines.append(f"  待遇衔接 continuity: gap {c.gap_months} month(s), "
                      + ("continuous" if c.continuous else f"waiting period {c.waiting_period_months} month(s)")
                      + f", benefits from {c.benefits_from.year:04d}-{c.benefits_from.month:02d}-"
-                       f"{c.benefits_from.day:02d}")
+                       f"{c.benefits_from.day:02d}"
+                     + (f" ({c.rule}, insured {c.insured_months} month(s) before)" if c.rule else ""))
     if case.stages:
         lines.append("时限 stages (working days):")
         for s in case.stages:
             last = f"{s.last_day.year:04d}-{s.last_day.month:02d}-{s.last_day.day:02d}"
             done = f"done {_when(s.finished_at, '%m-%d %H:%M')}" if s.HasField("finished_at") else "running"
-            lines.append(f"  {STAGE_LABELS.get(s.stage, '?'):<14} limit {s.working_days_limit:>2}  last day {last}  "
-                         f"used {s.working_days_used:>2}  took {s.working_days_elapsed:5.2f}  "
-                         f"{TIMELINESS_LABELS.get(s.timeliness, '?'):<16} {done}")
+            owner = f"{OWNER_LABELS.get(s.owner, '?')} {s.owner_agency}".strip()
+            lines.append(f"  {STAGE_LABELS.get(s.stage, '?'):<14} {owner:<13} limit {s.working_days_limit:>2}  "
+                         f"last day {last}{'*' if s.provisional else ' '}  used {s.working_days_used:>2}  "
+                         f"took {s.working_days_elapsed:5.2f}  {TIMELINESS_LABELS.get(s.timeliness, '?'):<16} {done}")
+        if any(s.provisional for s in case.stages):
+            lines.append("  * provisional: counts days of a year whose official holidays are not loaded yet")
     if case.messages:
         lines.append("节点 messages (accepted → delivered → acknowledged):")
         for m in case.messages:
@@ -128,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", action="append", default=[], choices=[
         v.name.removeprefix("CASE_STATE_").lower() for v in tracking_pb2.CaseState.DESCRIPTOR.values if v.number],
         help="with --list: only cases in this state (repeatable)")
+    parser.add_argument("--owner", choices=sorted(OWNERS),
+                        help="with --overdue or --due-soon: only stages on this side's clock")
     parser.add_argument("--limit", type=int, default=100, help="with --list: at most this many cases")
     return parser
 
@@ -139,6 +155,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         request = tracking_pb2.ListCasesRequest(
             overdue=args.overdue, due_soon=args.due_soon, page_size=min(args.limit, 500),
+            owner=OWNERS[args.owner] if args.owner else tracking_pb2.STAGE_OWNER_UNSPECIFIED,
             states=[tracking_pb2.CaseState.Value("CASE_STATE_" + s.upper()) for s in args.state])
         cases: list[tracking_pb2.Case] = []
         progress = Progress("cases listed")
@@ -163,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give a transfer id, or --list")
     if args.limit < 1:
         parser.error("--limit must be at least 1")
+    if args.owner and not (args.overdue or args.due_soon):
+        parser.error("--owner goes with --overdue or --due-soon")
     return run(_run(args), gateway=args.gateway)
 
 

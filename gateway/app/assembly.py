@@ -3,7 +3,7 @@
 `read_materials` reads and checks every file a configuration names (TLS certificates and key,
 signing key, registry, calendar) and reports every problem at once, each naming its setting and
 file: it is both the first step of start-up and the whole of `transfer-gateway check-config`.
-`assemble` makes the objects (store, router, services, monitor, sweeper) and hands each what it
+`assemble` makes the objects (store, router, services, calendar keeper, monitor) and hands each what it
 uses; no constructor reads a file or opens anything, and `GatewayServer.start` binds and opens.
 """
 
@@ -34,7 +34,6 @@ from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
 from gateway.app.registry_sync import RegistrySync
 from gateway.app.server import GatewayHealth, GatewayServer, ServerTls, Services, utc_now
-from gateway.app.sweeper import CaseSweeper
 from gateway.core.checkpoints import rotating_checkpoint_signer
 from gateway.core.keys import GatewaySigner
 from gateway.core.personkeys import PersonKeys, parse_secret
@@ -47,6 +46,7 @@ from gateway.service.admission import Admission
 from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
 from gateway.service.automatic import AutomaticTransfer
+from gateway.service.calendar import CalendarKeeper
 from gateway.service.exchange import ExchangeService
 from gateway.service.log import LogService
 from gateway.service.metrics import Metrics
@@ -326,12 +326,13 @@ def assemble(
     build = build or BuildInfo.current()
     build.register(prometheus)
     metrics = Metrics(prometheus)
-    sla = Sla(materials.calendar, config.sla.limits)
+    sla = Sla(WorkingCalendar(), config.sla.limits)  # the store's calendar, read at start (CalendarKeeper)
     store = make_store(config.store, clock, sla)
     metrics.watch_log_cpu(store.log_cpu_seconds)
     router = Router(store, config.delivery, clock)
-    registry, rules = LiveRegistry(materials.registry), config.rules
+    registry = LiveRegistry(materials.registry)
     signer = GatewaySigner(materials.signers, registry)
+    calendar = CalendarKeeper(store=store, sla=sla, metrics=metrics)
     author = GatewayAuthor(registry=registry, store=store, router=router, signer=signer, metrics=metrics, sla=sla)
     publisher = CheckpointPublisher(store=store, sign=rotating_checkpoint_signer(signer, registry, clock),
                                     metrics=metrics, clock=clock)
@@ -344,8 +345,8 @@ def assemble(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
                                  sla=sla, clock=clock, automatic=automatic, limits=config.messages, callers=callers),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock, callers=callers),
-        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, clock=clock,
-                           reloader=sync, callers=callers),
+        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, calendar=calendar,
+                           clock=clock, reloader=sync, callers=callers),
         log=LogService(registry=registry, store=store, publish_now=publisher.publish_now, callers=callers),
     )
     health = GatewayHealth()
@@ -356,14 +357,15 @@ def assemble(
     async def poll_registry(_: dt.datetime) -> None:
         await sync.poll()
 
-    monitor = Monitor(store=store, metrics=metrics, sla=sla, platforms=lambda: list(registry.current.platforms),
-                      clock=clock, on_calendar=health.calendar, on_store=health.store, also=(poll_registry, expiry))
-    sweeper = CaseSweeper(store=store, author=author, rules=rules, metrics=metrics, clock=clock)
+    monitor = Monitor(store=store, metrics=metrics, sla=sla, calendar=calendar,
+                      platforms=lambda: list(registry.current.platforms), clock=clock, on_calendar=health.calendar,
+                      on_store=health.store, also=(poll_registry, expiry))
     keeper = IndexKeeper(store=store, keys=materials.person_keys, metrics=metrics, clock=clock,
                          batch=config.automatic.upkeep_batch)
     return GatewayServer(
         config=config, tls=materials.tls, store=store, router=router, services=services,
-        admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, sweeper=sweeper,
-        publisher=publisher, keeper=keeper, metrics=metrics, prometheus=prometheus, sla=sla, build=build,
-        source=source, dev_only=registry.current.dev_only, warnings=materials.warnings, registry_sync=sync,
+        admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, calendar=calendar,
+        calendar_seed=materials.calendar.notices, publisher=publisher, keeper=keeper, metrics=metrics,
+        prometheus=prometheus, sla=sla, build=build, clock=clock, source=source, dev_only=registry.current.dev_only,
+        warnings=materials.warnings, registry_sync=sync,
     )

@@ -37,7 +37,6 @@ from gateway.app.devpki import GATEWAY_KEY_ID, PERSON_KEY_ID, DevPaths
 from gateway.app.failures import ConfigError, bounded
 from gateway.app.publisher import LogConfig
 from gateway.core.automatic import AutomaticRules
-from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
 from gateway.core.personkeys import is_key_id
 from gateway.core.quota import Quota
@@ -55,10 +54,16 @@ __all__ = ["AutomaticConfig", "ConfigError", "ConnectionsConfig", "GatewayConfig
 
 # Settings that were, and where what they said lives now: named in the refusal of an old file.
 RETIRED: Final[Mapping[str, str]] = {
+    "rules": "the [rules] table is gone: what a region decides is its policy in the registry (policies[])",
     "rules.review_threshold_fen": "which outbound fund transfers wait for a reviewer is each region's own policy "
     "in the registry (policies[].review_above_fen; none by default)",
     "rules.waiting_period_months": "the waiting period is each region's own policy in the registry "
     "(policies[].waiting_period_months, 0 to 6; none by default)",
+    "rules.request_expiry_days": "a transfer request is never closed by the clock: unanswered past the outbound "
+    "limit it is escalated (overdue, alerted) until its applicant withdraws it or an operator closes it "
+    "(transfer-gateway case close)",
+    "sweep_interval_seconds": "nothing expires any more; the monitor's reading (monitor_interval_seconds) shows "
+    "escalated requests",
 }
 
 
@@ -118,8 +123,9 @@ class SlaConfig:
 
     limits: Limits = setting(factory=Limits, doc="Working days per stage.", inline=True)
     calendar_file: Path | None = setting(
-        None, "The State Council's yearly holiday notices as data, for years chinese-calendar does not know"
-        " (deploy/calendar/example.toml shows the format).")
+        None, "The State Council's yearly holiday notices as data (deploy/calendar/example.toml shows the format),"
+        " loaded into the store at start-up for the years it does not hold yet; load later changes with"
+        " `transfer-gateway calendar load`.")
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,6 @@ class GatewayConfig:
     quota: Quota = setting(factory=Quota, doc="Each platform's share of the gateway (a platform's registry entry"
                            " may set its own limits).")
     connections: ConnectionsConfig = setting(factory=ConnectionsConfig, doc="HTTP/2 and connection limits.")
-    rules: CaseRules = setting(factory=CaseRules, doc="Business rules (provincial practice varies).")
     sla: SlaConfig = setting(factory=SlaConfig, doc="Deadlines, in working days.")
     log: LogConfig = setting(factory=LogConfig, doc="The transparency log's signed checkpoints.")
     automatic: AutomaticConfig = setting(factory=AutomaticConfig, doc="Automatic transfer (免申请): the"
@@ -232,8 +237,6 @@ class GatewayConfig:
                                     key="shutdown_grace_seconds", unit="seconds", minimum=0)
     monitor_interval: float = setting(5.0, "Time between readings of backlog, stages and funds into the gauges.",
                                       key="monitor_interval_seconds", unit="seconds", minimum=0.05)
-    sweep_interval: float = setting(60.0, "Time between sweeps for expired cases.", key="sweep_interval_seconds",
-                                    unit="seconds", minimum=0.05)
 
     @classmethod
     def dev(
@@ -461,9 +464,15 @@ class _Reader:
         for key in data:
             if key in known:
                 continue
-            retired = RETIRED.get(".".join((*path, key)))
+            dotted = ".".join((*path, key))
+            retired = RETIRED.get(dotted)
             if retired is not None:
-                self.problem(path, key, f"no longer a setting: {retired}")
+                if isinstance(data[key], dict) and data[key]:  # a retired table: each key with its own word
+                    for inner in data[key]:
+                        self.problem((*path, key), inner,
+                                     f"no longer a setting: {RETIRED.get(f'{dotted}.{inner}', retired)}")
+                else:
+                    self.problem(path, key, f"no longer a setting: {retired}")
                 continue
             # A near spelling, or the key without its unit (`shutdown_grace` for shutdown_grace_seconds).
             near = difflib.get_close_matches(key, known, n=1, cutoff=0.7) or [k for k in known

@@ -1,8 +1,11 @@
-"""The periodic reading of the store into gauges: delivery backlog, cases per stage against their
-deadlines, funds, and whether the working-day calendar is official or a fallback.
+"""The periodic reading of the store into gauges: delivery backlog, cases per stage and owner
+against their deadlines, finished stages as judged now, requests escalated unanswered, funds, and
+whether the working-day calendar is official or a fallback.
 
-Stage gauges are kept current by this sweep, not only when messages arrive, so a case that
-silently passes its deadline shows as overdue within one interval.
+Stage gauges are kept current by this reading, not only when messages arrive, so a case that
+silently passes its deadline shows as overdue within one interval. Each reading first brings this
+replica's calendar in step with the store's (`CalendarKeeper.sync`): a notice loaded through any
+replica is counted on by every one within an interval.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Final
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sla import Sla
 from gateway.core.workdays import DaySource, local_date
+from gateway.service.calendar import CalendarKeeper
 from gateway.service.metrics import Metrics
 from gateway.store import Store
 
@@ -27,14 +31,16 @@ CALENDAR_HORIZON: Final = dt.timedelta(days=60)
 
 class Monitor:
     def __init__(
-        self, *, store: Store, metrics: Metrics, sla: Sla, platforms: Callable[[], Sequence[str]],
-        clock: Callable[[], dt.datetime], on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
+        self, *, store: Store, metrics: Metrics, sla: Sla, calendar: CalendarKeeper,
+        platforms: Callable[[], Sequence[str]], clock: Callable[[], dt.datetime],
+        on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
         on_store: Callable[[bool], Awaitable[None]] | None = None,
         also: Sequence[Callable[[dt.datetime], Awaitable[None]]] = (),
     ) -> None:
         """`platforms` gives the registry's platforms at each reading (a reload may change them);
         `also` are more readings of the same interval (the registry's version, keys' expiry)."""
         self._store = store
+        self._calendar = calendar
         self._metrics = metrics
         self._sla = sla
         self._platforms = platforms
@@ -52,9 +58,12 @@ class Monitor:
 
     async def refresh_once(self) -> None:
         """One reading of every gauge."""
+        await self._calendar.sync()
         now = self._clock()
         self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), list(self._platforms()))
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
+        self._metrics.observe_stage_totals(await self._store.stage_totals())
+        self._metrics.observe_escalations(await self._store.escalations(now))
         self._metrics.observe_funds(await self._store.fund_totals())
         self._metrics.log_leaves.set(await self._store.log_leaves())
         await self._check_calendar(now)
@@ -71,7 +80,8 @@ class Monitor:
             if unknown:
                 log.warning("working-day calendar unknown; counting Monday to Friday without holidays",
                             extra={"fields": {"years": unknown,
-                                              "fix": "load the State Council notice as [sla] calendar_file"}})
+                                              "fix": "load the State Council's notice for the year:"
+                                                     " transfer-gateway calendar load FILE"}})
             elif self._reported_unknown:
                 log.info("working-day calendar known again", extra={"fields": {"years": []}})
             self._reported_unknown = unknown

@@ -1,6 +1,7 @@
 """The national platform's staff at the command line: `transfer-gateway review list|approve|reject`
-(role reviewer) and `transfer-gateway report settlement` (role operator), over mutual TLS with an
-operator certificate whose SAN URI names them in the registry.
+(role reviewer), `transfer-gateway case close`, `transfer-gateway calendar load|show` and
+`transfer-gateway report settlement` (role operator), over mutual TLS with an operator certificate
+whose SAN URI names them in the registry.
 
 A decision's answer is the gateway's signed receipt; it is verified against the registry's
 gateway keys before it is shown, and `--receipt FILE` keeps its bytes as proof. Failures go
@@ -34,6 +35,7 @@ from gateway.app.settlement import as_json, render
 from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, kind_name
 from gateway.core.registry import Registry
 from gateway.core.signing import VerifyingKey, pae
+from gateway.core.workdays import CalendarFileError, YearNotice, load_notices
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, types_pb2
 
 T = TypeVar("T")
@@ -85,6 +87,23 @@ class AdminCalls:
         receipt = await self._call(self._stub.ReviewFundTransfer(request, timeout=self._config.timeout))
         return self._verify(receipt), receipt
 
+    async def close(self, transfer_id: str, *, reason: str) -> tuple[envelope_pb2.ReceiptBody, envelope_pb2.Receipt]:
+        """Close an unanswered request; returns the verified receipt body and the signed receipt
+        (closing it again returns the same receipt)."""
+        request = admin_pb2.CloseCaseRequest(transfer_id=transfer_id, reason=reason)
+        receipt = await self._call(self._stub.CloseCase(request, timeout=self._config.timeout))
+        return self._verify(receipt), receipt
+
+    async def load_calendar(self, notices: Mapping[int, YearNotice]) -> admin_pb2.LoadCalendarResponse:
+        request = admin_pb2.LoadCalendarRequest(years=[
+            admin_pb2.CalendarYear(year=year, source=n.source, holidays=[_date(d) for d in sorted(n.holidays)],
+                                   workdays=[_date(d) for d in sorted(n.workdays)])
+            for year, n in sorted(notices.items())])
+        return await self._call(self._stub.LoadCalendar(request, timeout=self._config.timeout))
+
+    async def calendar(self) -> admin_pb2.CalendarCoverage:
+        return await self._call(self._stub.GetCalendar(admin_pb2.GetCalendarRequest(), timeout=self._config.timeout))
+
     async def settlement(self, day: dt.date) -> admin_pb2.SettlementReport:
         request = admin_pb2.GetSettlementRequest(date=types_pb2.Date(year=day.year, month=day.month, day=day.day))
         return await self._call(self._stub.GetSettlement(request, timeout=self._config.timeout))
@@ -115,8 +134,8 @@ class AdminCalls:
         if err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             return OperatorError(f"gateway {address} refused operator {self._config.operator!r}: "
                                  f"{err.code().name} {reason}: {details}",
-                                 hint="review commands need the role reviewer, report settlement the role operator"
-                                      " (--operator chooses the certificate)")
+                                 hint="review commands need the role reviewer; case close, calendar and report"
+                                      " settlement the role operator (--operator chooses the certificate)")
         return OperatorError(f"the gateway refused it: {err.code().name} {reason}: {details}")
 
 
@@ -226,6 +245,62 @@ def _decide(args: argparse.Namespace, *, approve: bool) -> int:
     return _run(args, work)
 
 
+def _close(args: argparse.Namespace) -> int:
+    if not args.reason.strip():
+        raise OperatorError("--reason must say why the request is closed")
+
+    async def work(calls: AdminCalls) -> int:
+        body, receipt = await calls.close(args.transfer_id, reason=args.reason)
+        if args.receipt:
+            Path(args.receipt).write_bytes(receipt.SerializeToString())
+        accepted = body.accepted_at.ToDatetime(dt.UTC).astimezone(BEIJING).isoformat(timespec="seconds")
+        print(f"closed {body.transfer_id}: {kind_name(body.kind)} {body.message_id} seq {body.sequence} "
+              f"accepted {accepted}, receipt signed by {receipt.key_id} and verified"
+              + (f", kept in {args.receipt}" if args.receipt else ""))
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _date(day: dt.date) -> types_pb2.Date:
+    return types_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def _calendar_load(args: argparse.Namespace) -> int:
+    try:
+        notices = load_notices(Path(args.file))
+    except CalendarFileError as exc:
+        raise ConfigError(str(exc), hint="deploy/calendar/example.toml shows the format") from None
+    if not notices:
+        raise ConfigError(f"{args.file}: no year in it", hint="one [YYYY] table per year")
+
+    async def work(calls: AdminCalls) -> int:
+        done = await calls.load_calendar(notices)
+        print(f"loaded {', '.join(str(y) for y in sorted(notices))} as calendar version {done.version} for every "
+              f"replica: {done.stages_retimed} stage(s) counted again, {done.stages_rejudged} finished stage(s) "
+              f"judged again ({done.now_on_time} now on time, {done.now_late} now late)")
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+_SOURCE_WORDS: Final = {admin_pb2.YearCoverage.SOURCE_NOTICE: "notice", admin_pb2.YearCoverage.SOURCE_PACKAGE:
+                        "chinese-calendar", admin_pb2.YearCoverage.SOURCE_FALLBACK: "FALLBACK (Monday to Friday)"}
+
+
+def _calendar_show(args: argparse.Namespace) -> int:
+    async def work(calls: AdminCalls) -> int:
+        coverage = await calls.calendar()
+        print(f"calendar version {coverage.version}")
+        for y in coverage.years:
+            loaded = f", loaded {_when(y.loaded_at)}" if y.HasField("loaded_at") else ""
+            notice = f": {y.notice}" if y.notice else ""
+            print(f"  {y.year}  {_SOURCE_WORDS.get(y.source, '?')}{notice}{loaded}")
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
 def _settlement(args: argparse.Namespace) -> int:
     try:
         day = dt.date.fromisoformat(args.date)
@@ -285,6 +360,25 @@ def add_operator_commands(commands: Any, reports: Any, command: Command, common:
     reject.add_argument("transfer_id", help="the case whose held fund transfer is rejected")
     reject.add_argument("--reason", required=True, help="why (recorded with the decision and sent to both sides)")
     reject.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
+
+    case = commands.add_parser("case", help="cases: close an unanswered request (role operator)", parents=[common])
+    case_actions = case.add_subparsers(dest="case_command", required=True, metavar="ACTION")
+    close = command(case_actions, "close", _close,
+                    "close a transfer request the outbound side never answered, with a reason sent to both sides")
+    _connection_options(close, "operator")
+    close.add_argument("transfer_id", help="the request's case")
+    close.add_argument("--reason", required=True, help="why (at most 500 characters; signed and sent to both sides)")
+    close.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
+
+    calendar = commands.add_parser("calendar", help="the working-day calendar every replica counts on (role operator)",
+                                   parents=[common])
+    calendar_actions = calendar.add_subparsers(dest="calendar_command", required=True, metavar="ACTION")
+    load = command(calendar_actions, "load", _calendar_load,
+                   "load the State Council's holiday notice for one or more years into the store, for every replica")
+    _connection_options(load, "operator")
+    load.add_argument("file", help="notices as TOML, one [YYYY] table a year (deploy/calendar/example.toml)")
+    show = command(calendar_actions, "show", _calendar_show, "where each year's working days come from")
+    _connection_options(show, "operator")
 
     settlement = command(reports, "settlement", _settlement, "funds in transit per province pair for one day")
     _connection_options(settlement, "operator")

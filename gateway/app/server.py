@@ -1,5 +1,5 @@
-"""The running gateway: gRPC over mTLS, health, reflection, metrics, store, monitor, sweeper and the
-index's upkeep.
+"""The running gateway: gRPC over mTLS, health, reflection, metrics, store, calendar, monitor and
+the index's upkeep.
 
 `gateway.app.assembly.assemble` builds a `GatewayServer` from what it has read; `start()` is all
 or nothing, in the order that fails cheapest first: bind the metrics port, bind the gRPC port,
@@ -18,6 +18,7 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +34,13 @@ from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
 from gateway.app.registry_sync import RegistrySync
-from gateway.app.sweeper import CaseSweeper
 from gateway.core.errors import StoreUnavailable
 from gateway.core.registry import RegistryError
 from gateway.core.sla import Sla
+from gateway.core.workdays import YearNotice
 from gateway.service.admin import AdminService
 from gateway.service.admission import Admission
+from gateway.service.calendar import CalendarKeeper
 from gateway.service.exchange import ExchangeService
 from gateway.service.instrument import InstrumentedServer
 from gateway.service.log import LogService
@@ -180,12 +182,11 @@ class GatewayServer:
 
     def __init__(
         self, *, config: GatewayConfig, tls: ServerTls, store: Store, router: Router, services: Services,
-        admission: Admission,
-        health: GatewayHealth, monitor: Monitor, sweeper: CaseSweeper, publisher: CheckpointPublisher,
-        keeper: IndexKeeper, metrics: Metrics,
-        prometheus: CollectorRegistry,
-        sla: Sla, build: BuildInfo, source: str = "", dev_only: bool = False, warnings: tuple[str, ...] = (),
-        registry_sync: RegistrySync | None = None,
+        admission: Admission, health: GatewayHealth, monitor: Monitor, calendar: CalendarKeeper,
+        publisher: CheckpointPublisher, keeper: IndexKeeper, metrics: Metrics, prometheus: CollectorRegistry,
+        sla: Sla, build: BuildInfo, clock: Callable[[], dt.datetime] = utc_now,
+        calendar_seed: Mapping[int, YearNotice] | None = None, source: str = "", dev_only: bool = False,
+        warnings: tuple[str, ...] = (), registry_sync: RegistrySync | None = None,
     ) -> None:
         self._config = config
         self.registry_sync = registry_sync
@@ -196,7 +197,9 @@ class GatewayServer:
         self.admission = admission
         self._health = health
         self.monitor = monitor
-        self.sweeper = sweeper
+        self.calendar = calendar
+        self._calendar_seed = dict(calendar_seed or {})  # [sla] calendar_file: years the store lacks
+        self._clock = clock
         self.publisher = publisher
         self.keeper = keeper
         self.metrics = metrics
@@ -241,13 +244,15 @@ class GatewayServer:
                     await self.registry_sync.start()  # the file's version against the store's
                 except RegistryError as exc:
                     raise ConfigError(f"registry: {exc}") from exc
+            if self._calendar_seed:
+                await self.calendar.seed(self._calendar_seed, self._clock())
+            await self.calendar.sync()  # the store's calendar, and stages counted again, before any message
             self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
             self._started = True
             await self._server.start()
             await self._health.store(True)
             await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
             self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
-                           asyncio.create_task(self.sweeper.run(cfg.sweep_interval)),
                            asyncio.create_task(self.publisher.run(cfg.log.checkpoint_interval)),
                            asyncio.create_task(self.keeper.run(cfg.automatic.upkeep_interval))]
         except BaseException:

@@ -5,8 +5,8 @@ this message be accepted, and what follows? The answer is a `Decision`: the case
 what the store must do besides recording the message (hold or release a delivery, move the fund
 ledger). Every refusal is a `RuleViolation` (FAILED_PRECONDITION) whose reason names the rule
 (`gateway.core.rulebook` lists them with the article each comes from), with the state in its
-metadata. The store calls `apply` inside the transaction that records the
-message, so decision and write are atomic and races resolve to exactly one winner.
+metadata. The store calls `apply` inside the transaction that records the message, so decision
+and write are atomic and races resolve to exactly one winner.
 
 `TRANSITIONS` is the whole process; the diagram in docs/integrating.md is generated from it (`mermaid()`).
 """
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
 
+from gateway.core.continuity import Period, insured_run, month_index
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import CaseMessage, MessageKind, kind_of
-from gateway.core.settings import setting
 from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
@@ -43,10 +43,12 @@ NEW: Final[CaseState] = _S.CASE_STATE_UNSPECIFIED  # "no case yet" in the table
 CLOSED_STATES: Final[frozenset[CaseState]] = frozenset({
     _S.CASE_STATE_COMPLETED, _S.CASE_STATE_REFUSED, _S.CASE_STATE_INBOUND_REJECTED,
     _S.CASE_STATE_WITHDRAWN, _S.CASE_STATE_REVIEW_REJECTED, _S.CASE_STATE_EXPIRED,
+    _S.CASE_STATE_CLOSED_BY_OPERATOR,
 })
 OPEN_STATES: Final[frozenset[CaseState]] = frozenset({
     _S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT,
     _S.CASE_STATE_HELD_FOR_REVIEW, _S.CASE_STATE_INBOUND_ACCEPTED, _S.CASE_STATE_FUNDS_CREDITED,
+    _S.CASE_STATE_AWAITING_FUND_RETURN, _S.CASE_STATE_FUNDS_RETURNED,
 })
 _BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT})
 # Who the measures cover: employee (310, not retired) and resident (390) basic insurance.
@@ -59,7 +61,8 @@ class Side(StrEnum):
     OUTBOUND = "outbound"  # 转出地
     INBOUND = "inbound"    # 转入地
     REVIEWER = "reviewer"  # the national platform's reviewer, through the gateway
-    GATEWAY = "gateway"    # the gateway itself (expiry)
+    OPERATOR = "operator"  # the national platform's operator, through the gateway
+    GATEWAY = "gateway"    # the gateway itself (expiries of older cases)
 
 
 class Event(StrEnum):
@@ -77,8 +80,10 @@ class Event(StrEnum):
     ACK_REJECTED = "ack_rejected"
     ACK_FUNDS_CREDITED = "ack_funds_credited"
     ACK_TRANSFER_IN_COMPLETED = "ack_transfer_in_completed"
+    FUND_RETURN = "fund_return"
+    ACK_FUNDS_RETURN_RECEIVED = "ack_funds_return_received"
     WITHDRAWAL = "withdrawal"
-    EXPIRY = "expiry"
+    OPERATOR_CLOSURE = "operator_closure"
     AUTOMATIC_REQUEST = "automatic_request"  # the gateway opens a case from a record and an enrollment
 
 
@@ -95,10 +100,14 @@ class Guard(StrEnum):
 class FundStatus(StrEnum):
     """Where a case's personal-account money stands (the settlement ledger)."""
 
-    HELD = "held"          # accepted, waiting for review
-    SENT = "sent"          # on its way to the inbound side
-    CREDITED = "credited"  # credited to the person's account at the inbound side
-    REJECTED = "rejected"  # rejected in review or by the inbound side: to be returned
+    HELD = "held"              # accepted, waiting for review
+    SENT = "sent"              # on its way to the inbound side
+    CREDITED = "credited"      # credited to the person's account at the inbound side
+    REJECTED = "rejected"      # stopped in review: never released (or, stored before returns were
+                               # tracked, rejected by the inbound side)
+    RETURN_DUE = "return_due"  # the inbound side rejected the case: it owes the money back
+    RETURNING = "returning"    # the inbound side sent it back; the outbound side has not confirmed
+    RETURNED = "returned"      # the outbound side confirmed the money is back
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,11 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
        Guard.NO_FUNDS_EXPECTED),
     _t(Event.ACK_ACCEPTED, Side.INBOUND, {_S.CASE_STATE_FUNDS_SENT}, _S.CASE_STATE_INBOUND_ACCEPTED,
        Guard.FUNDS_EXPECTED),
-    _t(Event.ACK_REJECTED, Side.INBOUND, {_S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT},
+    _t(Event.ACK_REJECTED, Side.INBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_INBOUND_REJECTED),
+    # Rejected after the funds reached the inbound side: the money goes back before the case closes.
+    _t(Event.ACK_REJECTED, Side.INBOUND, {_S.CASE_STATE_FUNDS_SENT}, _S.CASE_STATE_AWAITING_FUND_RETURN),
+    _t(Event.FUND_RETURN, Side.INBOUND, {_S.CASE_STATE_AWAITING_FUND_RETURN}, _S.CASE_STATE_FUNDS_RETURNED),
+    _t(Event.ACK_FUNDS_RETURN_RECEIVED, Side.OUTBOUND, {_S.CASE_STATE_FUNDS_RETURNED},
        _S.CASE_STATE_INBOUND_REJECTED),
     _t(Event.ACK_FUNDS_CREDITED, Side.INBOUND, {_S.CASE_STATE_INBOUND_ACCEPTED}, _S.CASE_STATE_FUNDS_CREDITED,
        Guard.FUNDS_EXPECTED),
@@ -144,7 +157,9 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t(Event.ACK_RECEIVED, Side.OUTBOUND, OPEN_STATES, None),
     _t(Event.WITHDRAWAL, Side.INBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
     _t(Event.WITHDRAWAL, Side.OUTBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
-    _t(Event.EXPIRY, Side.GATEWAY, {_S.CASE_STATE_OPENED}, _S.CASE_STATE_EXPIRED),
+    # An unanswered request is escalated (its outbound stage runs overdue), never closed by the
+    # clock: only the applicant (withdrawal) or an operator's reasoned decision closes it.
+    _t(Event.OPERATOR_CLOSURE, Side.OPERATOR, {_S.CASE_STATE_OPENED}, _S.CASE_STATE_CLOSED_BY_OPERATOR),
 )
 
 # Which earlier message each acknowledgement status must answer.
@@ -153,6 +168,7 @@ _ACK_ANSWERS: Final[Mapping[Event, MessageKind]] = {
     Event.ACK_REJECTED: envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
     Event.ACK_FUNDS_CREDITED: envelope_pb2.MESSAGE_KIND_FUND_TRANSFER,
     Event.ACK_TRANSFER_IN_COMPLETED: envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE,
+    Event.ACK_FUNDS_RETURN_RECEIVED: envelope_pb2.MESSAGE_KIND_FUND_RETURN,
 }
 _ACK_EVENTS: Final[Mapping[int, Event]] = {
     Ack.STATUS_RECEIVED: Event.ACK_RECEIVED,
@@ -160,21 +176,16 @@ _ACK_EVENTS: Final[Mapping[int, Event]] = {
     Ack.STATUS_REJECTED: Event.ACK_REJECTED,
     Ack.STATUS_FUNDS_CREDITED: Event.ACK_FUNDS_CREDITED,
     Ack.STATUS_TRANSFER_IN_COMPLETED: Event.ACK_TRANSFER_IN_COMPLETED,
+    Ack.STATUS_FUNDS_RETURN_RECEIVED: Event.ACK_FUNDS_RETURN_RECEIVED,
 }
-
-
-@dataclass(frozen=True)
-class CaseRules:
-    """Configuration of the rules the measures leave to the gateway (each region's own choices are
-    its policy in the registry: `mitransfer.protocol.registry.RegionPolicy`)."""
-
-    request_expiry: dt.timedelta = setting(
-        dt.timedelta(days=30), "A transfer request the outbound side never answers expires after this.",
-        key="request_expiry_days", unit="days", minimum=0.001)
-
-    def __post_init__(self) -> None:
-        if self.request_expiry <= dt.timedelta(0):
-            raise ValueError("request_expiry must be positive")
+# The messages the gateway writes into a case's log, and who stands behind each.
+_AUTHORED: Final[Mapping[int, Side]] = {
+    envelope_pb2.MESSAGE_KIND_REVIEW_DECISION: Side.REVIEWER,
+    envelope_pb2.MESSAGE_KIND_CASE_EXPIRED: Side.GATEWAY,
+    envelope_pb2.MESSAGE_KIND_CASE_CLOSED: Side.OPERATOR,
+    # written by the gateway, it stands for the person's application at the inbound side
+    envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: Side.INBOUND,
+}
 
 
 @dataclass(frozen=True)
@@ -197,13 +208,16 @@ class Case:
     insurance_type: InsuranceType       # at the outbound side
     person_key: bytes
     suspension_date: str = ""           # ISO date, once the outbound notice accepted
-    balance_fen: int | None = None      # from the information table
+    balance_fen: int | None = None      # transferred out, from the information table
     fund_message_id: str | None = None  # the fund transfer, once accepted
     # At the inbound side, fixed when the case opens (request, or the notice that opens it). Only
     # cases opened before it was required lack it; their table or acceptance states it.
     inbound_insurance_type: InsuranceType = UNSPECIFIED
     enrollment_date: str = ""           # ISO date, from the inbound acceptance
     channel: Channel = NO_CHANNEL       # how it opened: the request's channel (none: the outbound notice)
+    retained_fen: int = 0               # 310 → 390: the balance that stays at the outbound side
+    insured_months: int | None = None   # months insured without a break, from the table's periods
+    waiting_period_months: int | None = None  # the inbound region's, fixed at the inbound acceptance
     messages: Mapping[str, MessageRef] = field(default_factory=dict)
 
     @property
@@ -217,6 +231,15 @@ class Case:
         return (self.insurance_type == EMPLOYEE and self.inbound_insurance_type in (EMPLOYEE, UNSPECIFIED)
                 and self.balance_fen is not None and self.balance_fen > 0)
 
+    @property
+    def switches_scheme(self) -> bool:
+        """Between employee and resident insurance, one way or the other."""
+        return {self.insurance_type, self.inbound_insurance_type} == {EMPLOYEE, RESIDENT}
+
+    def decision_of(self, kind: MessageKind) -> str | None:
+        """The message id of the gateway-written message of this kind in the case, if any."""
+        return next((mid for mid, ref in self.messages.items() if ref.kind == kind), None)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -227,6 +250,7 @@ class Decision:
     release_message: str | None = None  # deliver this held message now
     cancel_message: str | None = None   # never deliver this held message
     fund_status: FundStatus | None = None  # the case's fund movement moves to this status
+    replay_of: str | None = None       # nothing to record: answer with this earlier message's receipt
 
 
 class CaseIndex(Protocol):
@@ -244,6 +268,11 @@ def person_key(person: types_pb2.Person) -> bytes:
 
 def state_name(state: CaseState) -> str:
     return "NEW" if state == NEW else tracking_pb2.CaseState.Name(state).removeprefix("CASE_STATE_")
+
+
+def side_of_stored(kind: MessageKind, sender: str, outbound: str) -> Side:
+    """Who stands behind a message already in a case's log."""
+    return _AUTHORED.get(kind) or (Side.OUTBOUND if sender == outbound else Side.INBOUND)
 
 
 def _iso(d: types_pb2.Date) -> str:
@@ -267,6 +296,8 @@ def event_of(message: CaseMessage) -> Event:
         return Event.INFORMATION_TABLE
     if isinstance(message, messages_pb2.FundTransfer):
         return Event.FUND_TRANSFER
+    if isinstance(message, messages_pb2.FundReturn):
+        return Event.FUND_RETURN
     if isinstance(message, messages_pb2.Withdrawal):
         return Event.WITHDRAWAL
     return _ACK_EVENTS[message.status]
@@ -300,7 +331,7 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
         side = _side(case, header.sender, header.receiver)
         opening = False
     transition = _transition(case, event, side, policies)
-    facts, fund_status = _check_content(case, message, event, opening=opening)
+    facts, fund_status = _check_content(case, message, event, policies, opening=opening)
     if opening and event is not Event.NOTICE_REFUSED:
         _check_one_open_case(case, index)
     target = case.state if transition.target is None else transition.target
@@ -325,10 +356,22 @@ def index_question(message: CaseMessage) -> tuple[bytes, str] | None:
 
 
 def review(case: Case | None, *, approved: bool, message_id: str) -> Decision:
-    """The decision on a reviewer's approval or rejection of the case's held fund transfer."""
+    """The decision on a reviewer's approval or rejection of the case's held fund transfer.
+
+    Decided on the case as committed, inside its transaction: if the case was decided already, the
+    same decision is a replay of the earlier one (`replay_of`), the other is REVIEW_ALREADY_DECIDED.
+    """
     event = Event.REVIEW_APPROVED if approved else Event.REVIEW_REJECTED
     if case is None:
         raise _violation("CASE_NOT_OPENED", "no such case", None, event=event.value)
+    earlier = case.decision_of(envelope_pb2.MESSAGE_KIND_REVIEW_DECISION)
+    if earlier is not None:
+        approved_before = case.state != _S.CASE_STATE_REVIEW_REJECTED
+        if approved_before == approved:
+            return Decision(case, replay_of=earlier)
+        raise _violation("REVIEW_ALREADY_DECIDED", f"case {case.transfer_id} was already "
+                         f"{'approved' if approved_before else 'rejected'} in review", case,
+                         decision_message_id=earlier)
     if case.closed:
         raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
     transition = _transition(case, event, Side.REVIEWER, NO_POLICIES)
@@ -355,21 +398,25 @@ def open_automatic(case: Case | None, request: messages_pb2.TransferRequest, *, 
     new = _new_case(request, Event.TRANSFER_REQUEST)
     transition = _transition(new, Event.AUTOMATIC_REQUEST, Side.GATEWAY, NO_POLICIES)
     assert transition.target is not None
-    _check_content(new, request, Event.TRANSFER_REQUEST, opening=True)
+    _check_content(new, request, Event.TRANSFER_REQUEST, NO_POLICIES, opening=True)
     _check_one_open_case(new, index)
     refs = {message_id: MessageRef(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, Side.INBOUND)}
     return Decision(replace(new, state=transition.target, channel=AUTOMATIC, messages=refs))
 
 
-def expire(case: Case | None, *, message_id: str) -> Decision:
-    """The decision to close a case whose transfer request was never answered."""
+def close(case: Case | None, *, message_id: str) -> Decision:
+    """The decision on an operator's closure of a case whose request was never answered. Closing
+    it again is a replay of the first closure (`replay_of`)."""
     if case is None:
-        raise _violation("CASE_NOT_OPENED", "no such case", None, event=Event.EXPIRY.value)
+        raise _violation("CASE_NOT_OPENED", "no such case", None, event=Event.OPERATOR_CLOSURE.value)
+    earlier = case.decision_of(envelope_pb2.MESSAGE_KIND_CASE_CLOSED)
+    if earlier is not None:
+        return Decision(case, replay_of=earlier)
     if case.closed:
         raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})", case)
-    transition = _transition(case, Event.EXPIRY, Side.GATEWAY, NO_POLICIES)
+    transition = _transition(case, Event.OPERATOR_CLOSURE, Side.OPERATOR, NO_POLICIES)
     assert transition.target is not None
-    refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_CASE_EXPIRED, Side.GATEWAY)}
+    refs = {**case.messages, message_id: MessageRef(envelope_pb2.MESSAGE_KIND_CASE_CLOSED, Side.OPERATOR)}
     return Decision(replace(case, state=transition.target, messages=refs))
 
 
@@ -457,6 +504,9 @@ def _transition(case: Case, event: Event, side: Side, policies: Policies) -> Tra
                          f"case {case.transfer_id} can no longer be withdrawn: its funds have moved", case)
     if event in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED):
         raise _violation("NOT_HELD_FOR_REVIEW", f"case {case.transfer_id} has no fund transfer held for review", case)
+    if event is Event.OPERATOR_CLOSURE:
+        raise _violation("CASE_NOT_UNANSWERED", f"case {case.transfer_id} is not a request waiting for its outbound "
+                         "notice: only such a case may be closed by an operator", case)
     if candidates:  # the state fits, a guard does not: funds are awaited or not expected
         raise _violation("FUNDS_NOT_YET_SENT" if case.funds_expected else "NO_FUNDS_EXPECTED",
                          f"{event.value} does not fit case {case.transfer_id}: funds expected is "
@@ -500,7 +550,8 @@ def _same_inbound_insurance(case: Case, stated: InsuranceType, what: str) -> Non
                          field="inbound_insurance_type")
 
 
-def _check_content(case: Case, message: CaseMessage, event: Event, *, opening: bool) -> _Facts:
+def _check_content(case: Case, message: CaseMessage, event: Event, policies: Policies, *,
+                   opening: bool) -> _Facts:
     """Rules comparing the message with the case so far; returns the facts it adds."""
     if isinstance(message, messages_pb2.TransferRequest):
         _covered(case, message.outbound_insurance_type, "outbound insurance type")
@@ -515,9 +566,17 @@ def _check_content(case: Case, message: CaseMessage, event: Event, *, opening: b
             raise _violation("FUND_AMOUNT_MISMATCH",
                              f"amount_fen {message.amount_fen} is not the table's balance {case.balance_fen}", case)
         return {"fund_message_id": message.header.message_id}, None
+    if isinstance(message, messages_pb2.FundReturn):
+        if message.returns_message_id != case.fund_message_id:
+            raise _violation("RETURN_TARGET_UNKNOWN", f"returns_message_id {message.returns_message_id} is not the "
+                             f"fund transfer of case {case.transfer_id}", case)
+        if message.amount_fen != case.balance_fen:
+            raise _violation("RETURN_AMOUNT_MISMATCH", f"amount_fen {message.amount_fen} is not the amount "
+                             f"transferred {case.balance_fen}", case)
+        return {}, FundStatus.RETURNING
     if isinstance(message, messages_pb2.Withdrawal):
         return _NO_FACTS
-    return _check_acknowledgement(case, message, event)
+    return _check_acknowledgement(case, message, event, policies)
 
 
 def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event, *, opening: bool) -> _Facts:
@@ -566,13 +625,24 @@ def _check_table(case: Case, message: messages_pb2.InformationTable) -> _Facts:
         raise _violation("BALANCE_RETAINED_ONLY_ACROSS_SCHEMES", "a balance is retained at the outbound side only "
                          "from employee to resident insurance; here it moves as account_balance_fen", case,
                          field="account_balance_retained_fen")
-    facts: dict[str, Any] = {"balance_fen": message.account_balance_fen}
+    suspension = dt.date.fromisoformat(case.suspension_date)
+    run = insured_run(_periods(message.periods), suspension_month=month_index(suspension.year, suspension.month))
+    facts: dict[str, Any] = {"balance_fen": message.account_balance_fen,
+                             "retained_fen": message.account_balance_retained_fen, "insured_months": run}
     if not case.inbound_insurance_type and message.inbound_insurance_type:
         facts["inbound_insurance_type"] = message.inbound_insurance_type
     return facts, None
 
 
-def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event) -> _Facts:
+def _periods(periods: Iterable[messages_pb2.ContributionPeriod]) -> list[Period]:
+    """The table's periods as month indices (validation has checked them)."""
+    return [Period(month_index(p.first_month.year, p.first_month.month),
+                   month_index(p.last_month.year, p.last_month.month), p.months_paid + p.months_deemed)
+            for p in periods]
+
+
+def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, event: Event,
+                           policies: Policies) -> _Facts:
     answered = case.messages.get(message.answers_message_id)
     if answered is None or answered.side is _side(case, message.header.sender, message.header.receiver):
         raise _violation("ACK_TARGET_UNKNOWN", f"answers_message_id {message.answers_message_id} is no message of "
@@ -582,18 +652,20 @@ def _check_acknowledgement(case: Case, message: messages_pb2.Acknowledgement, ev
         raise _violation("ACK_TARGET_WRONG_KIND",
                          f"{event.value} must answer the {envelope_pb2.MessageKind.Name(wanted)}", case)
     if event is Event.ACK_ACCEPTED:
-        return _check_acceptance(case, message), None
+        return _check_acceptance(case, message, policies), None
     if event is Event.ACK_FUNDS_CREDITED:
         if message.credited_amount_fen != case.balance_fen:
             raise _violation("CREDITED_AMOUNT_MISMATCH", f"credited_amount_fen {message.credited_amount_fen} is not "
                              f"the amount sent {case.balance_fen}", case)
         return {}, FundStatus.CREDITED
-    if event is Event.ACK_REJECTED and case.fund_message_id is not None:
-        return {}, FundStatus.REJECTED
+    if event is Event.ACK_REJECTED and case.state == _S.CASE_STATE_FUNDS_SENT:
+        return {}, FundStatus.RETURN_DUE
+    if event is Event.ACK_FUNDS_RETURN_RECEIVED:
+        return {}, FundStatus.RETURNED
     return _NO_FACTS
 
 
-def _check_acceptance(case: Case, message: messages_pb2.Acknowledgement) -> dict[str, Any]:
+def _check_acceptance(case: Case, message: messages_pb2.Acknowledgement, policies: Policies) -> dict[str, Any]:
     """The inbound acceptance: the scheme it enrolled the person in, and when."""
     _covered(case, message.inbound_insurance_type, "inbound insurance type")
     _same_inbound_insurance(case, message.inbound_insurance_type, "the acceptance")
@@ -609,7 +681,8 @@ def _check_acceptance(case: Case, message: messages_pb2.Acknowledgement) -> dict
                          "the transfer is handled after the person enrolls for the next year at the inbound side; "
                          "reject the table with REASON_CODE_RESIDENT_SAME_YEAR", case,
                          field="inbound_enrollment_date")
-    return {"inbound_insurance_type": inbound, "enrollment_date": enrolled}
+    return {"inbound_insurance_type": inbound, "enrollment_date": enrolled,
+            "waiting_period_months": policy_of(policies, case.inbound).waiting_period_months}
 
 
 def mermaid() -> str:
@@ -621,6 +694,6 @@ def mermaid() -> str:
         label = t.event.value.replace("_", " ") + f" ({t.side.value})" + (f" [{t.guard.value}]" if t.guard else "")
         for source in sorted(t.sources):
             lines.append(f"    {'[*]' if source == NEW else state_name(source)} --> {state_name(t.target)}: {label}")
-    for state in sorted(CLOSED_STATES):
+    for state in sorted(CLOSED_STATES - {_S.CASE_STATE_EXPIRED}):  # no longer reached
         lines.append(f"    {state_name(state)} --> [*]")
     return "\n".join(lines)

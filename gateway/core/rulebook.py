@@ -68,8 +68,8 @@ RULES: Final[tuple[Rule, ...]] = (
          "calling platform is one of its sides, and is left out otherwise. Two replicas racing to open the same "
          "person's case end on the database's unique index, refused with the same reason (without metadata).",
          f"{MEASURES}: 不得重复参保和重复享受待遇"),
-    Rule("CASE_CLOSED", _FP, "A closed case (completed, refused, rejected, withdrawn, expired) accepts nothing "
-         "more.", _CONTRACT),
+    Rule("CASE_CLOSED", _FP, "A closed case (completed, refused, rejected, withdrawn, closed by an operator, "
+         "expired) accepts nothing more.", _CONTRACT),
     Rule("STATE_FORBIDS_MESSAGE", _FP, "This side may not send this message in this state (see the diagram); "
          "metadata `event` and `side`.", _CONTRACT),
     Rule("PARTIES_MISMATCH", _FP, "Sender and receiver are the case's outbound and inbound agencies, the "
@@ -113,8 +113,14 @@ RULES: Final[tuple[Rule, ...]] = (
          "`FIELD_INVALID` on `person.psn_no` otherwise.", "national platform field psn_no (人员编号, 字符型 30)"),
     Rule("CONTINUOUS", "", "A contribution gap of at most 3 months may be back-paid and benefits cover it "
          "retroactively (Tracking `continuity`).", f"{MEASURES}: 中断缴费3个月（含）以内的，可按转入地规定补缴"),
+    Rule("SWITCH_UNDER_TWO_YEARS", "", "A switch between employee and resident insurance after fewer than 24 months "
+         "insured without a break (counted from the table's periods up to the suspension) is not continuous: no "
+         "retroactive benefits (Tracking `continuity.rule`, `continuity.insured_months`).",
+         f"{MEASURES}: 已连续2年（含）以上参保的，因就业等个人状态变化在职工医保和居民医保间切换参保关系，"
+         "中断缴费3个月（含）以内的，可按转入地规定补缴……中断期间的待遇可追溯享受"),
     Rule("WAITING_PERIOD", "", "After a gap of more than 3 months the inbound region's own waiting period applies: "
-         "its policy in the registry (`waiting_period_months`, 0 to 6; none by default); Tracking `continuity`.",
+         "its policy in the registry (`waiting_period_months`, 0 to 6; none by default), fixed when it accepted; "
+         "Tracking `continuity`.",
          f"{MEASURES}: 各统筹地区可根据自身情况，对中断缴费3个月以上的，设置不超过6个月的待遇享受等待期"),
     # Review of large transfers: each region's own practice.
     Rule("REVIEW_BY_REGION_POLICY", "", "A fund transfer is held for review only where the outbound region's policy "
@@ -161,10 +167,33 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule("AUTOMATIC_TRANSFER_NOT_CONFIGURED", _FP, "The gateway keeps no index without a person-key secret "
          "(`[automatic.person_key_secrets]`): its messages are refused until the operators configure one.",
          _CONTRACT),
-    # Clocks.
+    # Clocks: each stage is one side's.
     Rule("OUTBOUND_CLOCK", "", "The outbound stage runs from the opening until the table (and the funds when due) "
-         "are sent: 10 working days.",
+         "are sent: 10 working days, the outbound agency's.",
          f"{MEASURES}: 转出地经办机构10个工作日内完成……转出，生成并上传《信息表》，同时划转……余额"),
+    Rule("INBOUND_CLOCK", "", "The inbound stage starts when the inbound side has all it needs: the table and, "
+         "when funds are due, the funds released to it (after review, if held); 5 working days, the inbound "
+         "agency's. Time held for review is the review stage's, the reviewers'.",
+         f"{MEASURES}: 转入地经办机构收到信息后，5个工作日内……完成转入，并接收职工医保个人账户金额"),
+    Rule("STAGE_OWNER", "", "Every stage records whose clock it is (outbound, inbound, reviewer, both): Tracking "
+         "shows it, the metrics and alerts count overdue stages by owner and owning province.", _CONTRACT),
+    Rule("PROVISIONAL_DEADLINE", "", "A deadline that counts days of a year with no official calendar yet (Monday "
+         "to Friday meanwhile) is provisional; when the State Council's notice for the year is loaded "
+         "(Admin.LoadCalendar), unfinished stages are counted again and finished ones judged again.",
+         "国务院办公厅关于部分节假日安排的通知 (published each year)"),
+    # Returns and escalation.
+    Rule("FUNDS_RETURNED_AFTER_REJECTION", "", "An inbound rejection after the funds arrived opens the return: "
+         "the inbound side sends a FundReturn (the return stage, its own), the outbound side confirms it "
+         "(FUNDS_RETURN_RECEIVED, the return receipt stage, its own), and only then is the case closed.",
+         "the balance is the person's: it goes back to the outbound side (不得重复享受待遇)"),
+    Rule("RETURN_TARGET_UNKNOWN", _FP, "A fund return returns the case's fund transfer.", _CONTRACT),
+    Rule("RETURN_AMOUNT_MISMATCH", _FP, "A fund return returns the whole amount transferred.", _CONTRACT),
+    Rule("REQUEST_ESCALATED", "", "A transfer request the outbound side leaves unanswered past its limit is "
+         "overdue and alerted (escalated), never closed by the clock: only its applicant (Withdrawal) or an "
+         "operator (Admin.CloseCase, with a reason, signed and delivered to both sides) closes it.",
+         f"{MEASURES}: 转出地经办机构10个工作日内完成"),
+    Rule("CASE_NOT_UNANSWERED", _FP, "An operator closes only a request still waiting for its outbound notice.",
+         _CONTRACT),
 )
 
 

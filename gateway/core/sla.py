@@ -1,16 +1,25 @@
-"""The legal time limits of a case, as stages with deadlines on the working-day calendar (pure).
+"""The time limits of a case, as stages with deadlines on the working-day calendar (pure).
 
-Stages (《基本医疗保险关系转移接续暂行办法》; limits are configuration):
-- outbound 转出: from the case's opening until the outbound side has done its part (the table
-  sent and, when funds are expected, the fund transfer sent) or the case closes — 10 working days;
-- review 复核: a large fund transfer held until a reviewer decides — 1 working day;
-- inbound 转入: from the information table's acceptance until transfer-in completes (or the
-  inbound side rejects) — 5 working days;
-- total 全程: from opening until the case closes — 15 working days.
+Each stage is **owned** by the side whose clock it is, so that a province is never shown late
+for another's delay (《基本医疗保险关系转移接续暂行办法》; limits are configuration):
+- outbound 转出 (outbound agency): from the case's opening until the outbound side has done its
+  part — the table sent and, when funds are due, the fund transfer sent — or the case closes;
+  10 working days ("转出地经办机构10个工作日内完成……转出，生成并上传《信息表》，同时划转……余额");
+- review 复核 (the outbound province's reviewers): a fund transfer held under the outbound
+  region's policy, until a reviewer decides; 1 working day;
+- inbound 转入 (inbound agency): from when the inbound side has all it needs — the table and, when
+  funds are due, the fund transfer released to it — until transfer-in completes or it rejects;
+  5 working days ("转入地经办机构收到信息后，5个工作日内……完成转入，并接收职工医保个人账户金额");
+- return 退回 (inbound agency): after it rejected a case whose funds it received, until it sends
+  them back; 5 working days;
+- return receipt 退回确认 (outbound agency): from the return until it confirms the money is back;
+  5 working days;
+- total 全程 (both): from opening until the case closes; 15 working days.
 
 Each stage is active exactly while a predicate on the case holds; it starts when the predicate
-becomes true and finishes when it becomes false, so the store can keep stages from a case's
-state before and after each message without knowing the rules.
+becomes true and finishes when it becomes false, so the store keeps stages from a case's state
+before and after each message without knowing the rules. New stages (and new owners) are new
+entries of `STAGES`.
 """
 
 from __future__ import annotations
@@ -34,6 +43,17 @@ class Stage(StrEnum):
     REVIEW = "review"
     INBOUND = "inbound"
     TOTAL = "total"
+    RETURN = "return"
+    RETURN_RECEIPT = "return_receipt"
+
+
+class Owner(StrEnum):
+    """Whose clock a stage is."""
+
+    OUTBOUND = "outbound"  # the outbound agency
+    INBOUND = "inbound"    # the inbound agency
+    REVIEWER = "reviewer"  # the reviewers of the outbound province's held transfers
+    BOTH = "both"          # the whole case: no single side's clock
 
 
 class Timeliness(StrEnum):
@@ -43,18 +63,40 @@ class Timeliness(StrEnum):
     LATE = "late"          # finished after its deadline
 
 
+@dataclass(frozen=True)
+class StageRule:
+    owner: Owner
+    active: Callable[[Case], bool]
+
+
 _OUTBOUND_OPEN: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED})
-_INBOUND_OPEN: Final = frozenset({
-    _S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT, _S.CASE_STATE_HELD_FOR_REVIEW,
-    _S.CASE_STATE_INBOUND_ACCEPTED, _S.CASE_STATE_FUNDS_CREDITED,
+_INBOUND_HAS_ALL: Final = frozenset({
+    _S.CASE_STATE_FUNDS_SENT, _S.CASE_STATE_INBOUND_ACCEPTED, _S.CASE_STATE_FUNDS_CREDITED,
 })
 
-ACTIVE: Final[Mapping[Stage, Callable[[Case], bool]]] = {
-    Stage.OUTBOUND: lambda c: c.state in _OUTBOUND_OPEN or (c.state == _S.CASE_STATE_TABLE_SENT and c.funds_expected),
-    Stage.REVIEW: lambda c: c.state == _S.CASE_STATE_HELD_FOR_REVIEW,
-    Stage.INBOUND: lambda c: c.state in _INBOUND_OPEN,
-    Stage.TOTAL: lambda c: not c.closed,
+STAGES: Final[Mapping[Stage, StageRule]] = {
+    Stage.OUTBOUND: StageRule(Owner.OUTBOUND, lambda c: c.state in _OUTBOUND_OPEN
+                              or (c.state == _S.CASE_STATE_TABLE_SENT and c.funds_expected)),
+    Stage.REVIEW: StageRule(Owner.REVIEWER, lambda c: c.state == _S.CASE_STATE_HELD_FOR_REVIEW),
+    Stage.INBOUND: StageRule(Owner.INBOUND, lambda c: c.state in _INBOUND_HAS_ALL
+                             or (c.state == _S.CASE_STATE_TABLE_SENT and not c.funds_expected)),
+    Stage.RETURN: StageRule(Owner.INBOUND, lambda c: c.state == _S.CASE_STATE_AWAITING_FUND_RETURN),
+    Stage.RETURN_RECEIPT: StageRule(Owner.OUTBOUND, lambda c: c.state == _S.CASE_STATE_FUNDS_RETURNED),
+    Stage.TOTAL: StageRule(Owner.BOTH, lambda c: not c.closed),
 }
+
+
+def owner_agency(owner: Owner, outbound: str, inbound: str) -> str:
+    """The agency whose clock it is ("" for the reviewers and for both sides)."""
+    return outbound if owner is Owner.OUTBOUND else inbound if owner is Owner.INBOUND else ""
+
+
+def owner_province(owner: Owner, outbound: str, inbound: str) -> str:
+    """The province answerable for a stage: the owning agency's; the outbound province for a review
+    (its region's policy holds the transfer, its reviewers decide); "" for the whole case."""
+    if owner is Owner.BOTH:
+        return ""
+    return province(inbound if owner is Owner.INBOUND else outbound)
 
 
 @dataclass(frozen=True)
@@ -66,26 +108,36 @@ class Limits:
                             " (and the funds); the measures allow at most 10.", key="outbound_working_days",
                             unit="working days", minimum=1, maximum=10)
     inbound: int = setting(5, "Working days the inbound agency has to complete the transfer once it has"
-                           " everything; the measures allow at most 5.", key="inbound_working_days",
-                           unit="working days", minimum=1, maximum=5)
+                           " everything (the table, and the funds released when due); the measures allow at"
+                           " most 5.", key="inbound_working_days", unit="working days", minimum=1, maximum=5)
     total: int = setting(15, "Working days the whole case may take; the measures allow at most 15.",
                          key="total_working_days", unit="working days", minimum=1, maximum=15)
     review: int = setting(1, "Working days a reviewer has to decide on a held fund transfer.",
                           key="review_working_days", unit="working days", minimum=1)
+    return_: int = setting(5, "Working days the inbound agency has to send back the funds of a case it"
+                           " rejected after they arrived.", key="return_working_days", unit="working days",
+                           minimum=1)
+    return_receipt: int = setting(5, "Working days the outbound agency has to confirm returned funds arrived.",
+                                  key="return_receipt_working_days", unit="working days", minimum=1)
 
     def __post_init__(self) -> None:
-        if min(self.outbound, self.inbound, self.total, self.review) < 1:
+        if min(self.outbound, self.inbound, self.total, self.review, self.return_, self.return_receipt) < 1:
             raise ValueError("every limit is at least one working day")
 
     def of(self, stage: Stage) -> int:
-        limit: int = getattr(self, stage.value)  # the fields are named as the stages
+        limit: int = getattr(self, _LIMIT_FIELDS[stage])
         return limit
+
+
+_LIMIT_FIELDS: Final = {stage: "return_" if stage is Stage.RETURN else stage.value for stage in Stage}
 
 
 @dataclass(frozen=True)
 class StageStart:
     stage: Stage
+    owner: Owner
     deadline: dt.datetime
+    provisional: bool  # counted on a fallback year: counted again when its notice is loaded
 
 
 @dataclass(frozen=True)
@@ -94,6 +146,7 @@ class StageChanges:
 
     started: tuple[StageStart, ...] = ()
     finished: tuple[Stage, ...] = ()
+    calendar_version: int = 0  # the version of the calendar the started stages were counted on
 
 
 @dataclass(frozen=True)
@@ -111,29 +164,44 @@ class StageTiming:
 
 class Sla:
     """The limits on one calendar: what a change of case state starts and finishes, and how a
-    stage stands at a given instant."""
+    stage stands at a given instant. The calendar is replaced, whole, when a notice is loaded
+    (`use`); each computation reads it once."""
 
     def __init__(self, calendar: WorkingCalendar, limits: Limits | None = None) -> None:
         self.calendar = calendar
         self.limits = limits or Limits()
 
+    def use(self, calendar: WorkingCalendar) -> None:
+        """Count on `calendar` from now on (a newer version of the store's calendar)."""
+        self.calendar = calendar
+
     def changes(self, before: Case | None, after: Case, at: dt.datetime) -> StageChanges:
         started, finished = [], []
-        for stage, active in ACTIVE.items():
-            was, now = before is not None and active(before), active(after)
+        calendar = self.calendar
+        for stage, rule in STAGES.items():
+            was, now = before is not None and rule.active(before), rule.active(after)
             if now and not was:
-                started.append(StageStart(stage, self.calendar.deadline(at, self.limits.of(stage))))
+                started.append(self._start(calendar, stage, rule.owner, at))
             elif was and not now:
                 finished.append(stage)
-        return StageChanges(tuple(started), tuple(finished))
+        return StageChanges(tuple(started), tuple(finished), calendar.version)
+
+    def start(self, stage: Stage, started_at: dt.datetime, calendar: WorkingCalendar | None = None) -> StageStart:
+        """The deadline of a stage started at `started_at`, on `calendar` (default: the current one)."""
+        return self._start(calendar or self.calendar, stage, STAGES[stage].owner, started_at)
+
+    def _start(self, calendar: WorkingCalendar, stage: Stage, owner: Owner, at: dt.datetime) -> StageStart:
+        deadline = calendar.deadline(at, self.limits.of(stage))
+        return StageStart(stage, owner, deadline, calendar.provisional(at, deadline))
 
     def timing(self, stage: Stage, started_at: dt.datetime, deadline: dt.datetime,
                finished_at: dt.datetime | None, now: dt.datetime) -> StageTiming:
+        calendar = self.calendar
         end = finished_at or now
         return StageTiming(
             stage=stage, started_at=started_at, deadline=deadline, finished_at=finished_at,
-            working_days_used=self.calendar.working_days_between(local_date(started_at), local_date(end)),
-            working_days_elapsed=self.calendar.elapsed(started_at, end),
+            working_days_used=calendar.working_days_between(local_date(started_at), local_date(end)),
+            working_days_elapsed=calendar.elapsed(started_at, end),
             timeliness=self.timeliness(deadline, finished_at, now),
         )
 

@@ -89,6 +89,10 @@ def validate(message: BusinessMessage, *, now: dt.datetime, limits: MessageLimit
         _table(v, message, now)
     elif isinstance(message, messages_pb2.FundTransfer):
         _fund(v, message, now)
+    elif isinstance(message, messages_pb2.FundReturn):
+        if not is_uuid(message.returns_message_id):
+            _add(v, "returns_message_id", "must be a canonical lower-case UUID")
+        _fund(v, message, now)
     else:
         _ack(v, message, now)
     if v:
@@ -364,7 +368,8 @@ def _account(v: list[FieldViolation], path: str, a: messages_pb2.FundAccount) ->
         _add(v, f"{path}.account_number", "must be 6 to 34 digits")
 
 
-def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer, now: dt.datetime) -> None:
+def _fund(v: list[FieldViolation], f: messages_pb2.FundTransfer | messages_pb2.FundReturn,
+          now: dt.datetime) -> None:
     if not 0 < f.amount_fen <= MAX_FUND_FEN:
         _add(v, "amount_fen", f"must be between 1 and {MAX_FUND_FEN} fen")
     if f.currency != "CNY":

@@ -1,12 +1,14 @@
 """China's official working-day calendar and how the gateway counts deadlines on it (pure: no I/O
-beyond reading an override file at start-up).
+beyond reading a notice file when asked).
 
 Where a day's status comes from, first match wins:
-1. the **override file**: the State Council's yearly notice as data (holidays and 调休 make-up
-   working days), for years the `chinese-calendar` package does not know yet;
+1. a **notice**: the State Council's yearly notice as data (holidays and 调休 make-up working
+   days), loaded into the store for every replica (`Admin.LoadCalendar`, `transfer-gateway
+   calendar load`), for years the `chinese-calendar` package does not know yet;
 2. the **`chinese-calendar` package** (knows 2004–2026 in 1.11.0, raises for other years);
 3. the **fallback**: Monday–Friday. Every year answered this way is recorded, so the gateway can
-   say so in its logs, a metric and its health service; it never raises.
+   say so in its logs, a metric and its health service; it never raises. A deadline that counts
+   a fallback day is **provisional**: it is counted again when the year's notice is loaded.
 
 How a deadline is counted (《民法典》第二百零一条、第二百零三条 applied to working days):
 - a stage starts at an instant; the day it starts on (Asia/Shanghai) is not counted: **day one is
@@ -20,21 +22,24 @@ How a deadline is counted (《民法典》第二百零一条、第二百零三�
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Final
 from zoneinfo import ZoneInfo
 
 import chinese_calendar
 
 CHINA = ZoneInfo("Asia/Shanghai")
 _DAY = dt.timedelta(days=1)
+MAX_SOURCE: Final = 200  # characters of a notice's source text
 
 
 class DaySource(StrEnum):
-    OVERRIDE = "override"  # the override file
+    NOTICE = "notice"      # a notice loaded into the store
     OFFICIAL = "official"  # the chinese-calendar package
     FALLBACK = "fallback"  # Monday–Friday, no holidays known
 
@@ -46,10 +51,30 @@ class YearNotice:
 
     holidays: frozenset[dt.date] = frozenset()
     workdays: frozenset[dt.date] = frozenset()
+    source: str = ""                       # the notice's title or reference
+    loaded_at: dt.datetime | None = None   # when it was loaded into the store
 
 
 class CalendarFileError(ValueError):
-    """The override file is not a valid calendar (the gateway refuses to start with it)."""
+    """A notice is not a valid calendar year (the message says which year and day)."""
+
+
+def year_notice(year: int, holidays: Iterable[dt.date], workdays: Iterable[dt.date], source: str = "",
+                loaded_at: dt.datetime | None = None) -> YearNotice:
+    """A checked notice. Raises CalendarFileError for a day outside `year`, a day listed as both a
+    holiday and a working day, a year outside 2000..2100 or an overlong source."""
+    if not 2000 <= year <= 2100:
+        raise CalendarFileError(f"{year} is not a year between 2000 and 2100")
+    off, on = frozenset(holidays), frozenset(workdays)
+    outside = sorted(d for d in off | on if d.year != year)
+    if outside:
+        raise CalendarFileError(f"[{year}] lists {outside[0].isoformat()}, which is not in {year}")
+    both = sorted(off & on)
+    if both:
+        raise CalendarFileError(f"[{year}] lists {both[0].isoformat()} as both holiday and workday")
+    if len(source) > MAX_SOURCE:
+        raise CalendarFileError(f"[{year}] source is longer than {MAX_SOURCE} characters")
+    return YearNotice(off, on, source, loaded_at)
 
 
 def _dates(year: int, key: str, values: object) -> frozenset[dt.date]:
@@ -73,7 +98,10 @@ def _dates(year: int, key: str, values: object) -> frozenset[dt.date]:
 
 
 def load_notices(path: Path) -> dict[int, YearNotice]:
-    """Read an override file: one TOML table per year with `holidays` and `workdays` lists."""
+    """Read a notice file: one TOML table per year with `holidays`, `workdays` and `source`.
+
+    Raises CalendarFileError naming the file and what is wrong.
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -86,19 +114,35 @@ def load_notices(path: Path) -> dict[int, YearNotice]:
         unknown = set(table) - {"holidays", "workdays", "source"}
         if unknown:
             raise CalendarFileError(f"{path}: [{year}] has unknown keys {sorted(unknown)}")
-        holidays = _dates(year, "holidays", table.get("holidays", []))
-        workdays = _dates(year, "workdays", table.get("workdays", []))
-        if holidays & workdays:
-            raise CalendarFileError(f"{path}: [{year}] lists days as both holiday and workday")
-        notices[year] = YearNotice(holidays, workdays)
+        try:
+            notices[year] = year_notice(year, _dates(year, "holidays", table.get("holidays", [])),
+                                        _dates(year, "workdays", table.get("workdays", [])),
+                                        str(table.get("source", "")))
+        except CalendarFileError as err:
+            raise CalendarFileError(f"{path}: {err}") from err
     return notices
+
+
+@functools.cache
+def package_knows(year: int) -> bool:
+    """Whether the chinese-calendar package has the official calendar of `year`."""
+    try:
+        chinese_calendar.is_workday(dt.date(year, 6, 1))
+    except NotImplementedError:
+        return False
+    return True
 
 
 @dataclass
 class WorkingCalendar:
-    """Working days per China's official calendar; see the module docstring."""
+    """Working days per China's official calendar; see the module docstring.
+
+    An instance is one version of the calendar and never changes its answers: loading a notice
+    makes a new instance (`with_notices`), so a deadline is counted on one calendar throughout.
+    """
 
     notices: Mapping[int, YearNotice] = field(default_factory=dict)
+    version: int = 0                                      # the store's calendar version it was built from
     fallback_years: set[int] = field(default_factory=set)  # years answered Monday–Friday so far
     # Answers so far: every accepted message counts a few dozen days for its deadlines.
     _days: dict[dt.date, bool] = field(default_factory=dict, repr=False)
@@ -107,14 +151,14 @@ class WorkingCalendar:
     def load(cls, path: Path | None) -> WorkingCalendar:
         return cls(load_notices(path) if path is not None else {})
 
+    def with_notices(self, notices: Mapping[int, YearNotice], version: int) -> WorkingCalendar:
+        """This calendar with `notices` in place of the ones it had, as store version `version`."""
+        return WorkingCalendar(dict(notices), version)
+
     def source(self, year: int) -> DaySource:
         if year in self.notices:
-            return DaySource.OVERRIDE
-        try:
-            chinese_calendar.is_workday(dt.date(year, 6, 1))
-        except NotImplementedError:
-            return DaySource.FALLBACK
-        return DaySource.OFFICIAL
+            return DaySource.NOTICE
+        return DaySource.OFFICIAL if package_knows(year) else DaySource.FALLBACK
 
     def unknown_years(self, years: Iterable[int]) -> list[int]:
         """The years among `years` that only the Monday–Friday fallback can answer."""
@@ -160,6 +204,11 @@ class WorkingCalendar:
         """The first instant after a limit of `working_days` counted from `started_at`."""
         last_day = self.add_working_days(local_date(started_at), working_days)
         return start_of(last_day + _DAY)
+
+    def provisional(self, started_at: dt.datetime, deadline: dt.datetime) -> bool:
+        """Whether the days counted for this deadline include a year only the fallback answers."""
+        first, last = local_date(started_at) + _DAY, local_date(deadline) - _DAY
+        return any(self.source(year) is DaySource.FALLBACK for year in range(first.year, last.year + 1))
 
     def due_soon_before(self, now: dt.datetime) -> dt.datetime:
         """Deadlines at or before this (and not yet passed) are due soon: their last day is today

@@ -1,5 +1,12 @@
 """Admin service: reviewers decide on held fund transfers of the provinces they are scoped to;
-operators read the settlement ledger and load newer versions of the agency registry."""
+operators read the settlement ledger, close requests the outbound side never answered, load the
+State Council's holiday notices every replica counts on, and load newer versions of the agency
+registry.
+
+A decision (review, closure) is decided on the case as committed, inside the transaction that
+records it (`gateway.core.case.review`, `close`): two identical decisions racing each other get
+the one receipt, and opposite ones exactly one winner.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,20 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.core import case as case_rules
-from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused, RuleViolation
+from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused
 from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
 from gateway.core.timestamps import timestamp_of
 from gateway.core.validation import DATE_HORIZON, EARLIEST_DATE, date_problem, is_uuid, text_problem
-from gateway.core.workdays import local_date, start_of
+from gateway.core.workdays import CalendarFileError, DaySource, YearNotice, local_date, start_of, year_notice
 from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
+from gateway.service.calendar import CalendarKeeper
 from gateway.service.metrics import Metrics
 from gateway.store import Store
-from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2, tracking_pb2
+from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2
 
 log = logging.getLogger("gateway.admin")
 
@@ -35,10 +43,11 @@ class RegistryReloader(Protocol):
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
         self, *, registry: LiveRegistry, store: Store, author: GatewayAuthor, metrics: Metrics,
-        clock: Callable[[], dt.datetime], reloader: RegistryReloader, callers: Callers,
+        calendar: CalendarKeeper, clock: Callable[[], dt.datetime], reloader: RegistryReloader, callers: Callers,
     ) -> None:
         self._callers = callers
         self._reloader = reloader
+        self._calendar = calendar
         self._metrics = metrics
         self._registry = registry
         self._store = store
@@ -72,15 +81,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                f"{', '.join(sorted(reviewer.provinces))}, not of {province}",
                                reason="REVIEWER_NOT_OF_PROVINCE",
                                metadata={"reviewer": reviewer.id, "province": province})
-        earlier = [m for m in view.messages if m.kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION]
-        if earlier:  # decided before: the same decision again is answered with its receipt
-            approved_before = view.case.state != tracking_pb2.CASE_STATE_REVIEW_REJECTED
-            receipt = await self._store.receipt_of(earlier[0].message_id)
-            if approved_before == request.approve and receipt is not None:
-                return envelope_pb2.Receipt.FromString(receipt)
-            earlier_word = "approved" if approved_before else "rejected"
-            raise RuleViolation(f"case {request.transfer_id} was already {earlier_word}",
-                                reason="REVIEW_ALREADY_DECIDED", metadata={"transfer_id": request.transfer_id})
         case = view.case
         decision = admin_pb2.ReviewDecision(
             message_id=str(uuid.uuid4()), transfer_id=case.transfer_id,
@@ -96,9 +96,43 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             decide=lambda current, _index: case_rules.review(current, approved=request.approve,
                                                              message_id=decision.message_id),
         )
-        self._metrics.reviews.labels("approved" if request.approve else "rejected").inc()
-        log.info("reviewed", extra={"fields": {"transfer_id": case.transfer_id, "reviewer": reviewer.id,
-                                               "approved": request.approve, "sequence": outcome.sequence}})
+        if not outcome.replayed:
+            self._metrics.reviews.labels("approved" if request.approve else "rejected").inc()
+            log.info("reviewed", extra={"fields": {"transfer_id": case.transfer_id, "reviewer": reviewer.id,
+                                                   "approved": request.approve, "sequence": outcome.sequence}})
+        return envelope_pb2.Receipt.FromString(outcome.receipt)
+
+    async def CloseCase(self, request: admin_pb2.CloseCaseRequest, context: Any) -> envelope_pb2.Receipt:
+        """An operator's reasoned closure of a request the outbound side never answered."""
+        operator = self._callers.operator(context, self._registry.current, "operator")
+        reason = request.reason.strip()
+        bad = [] if is_uuid(request.transfer_id) else [
+            FieldViolation("transfer_id", "must be a canonical lower-case UUID")]
+        problem = text_problem(reason) if reason else "is required"
+        if problem is not None:
+            bad.append(FieldViolation("reason", problem))
+        if bad:
+            raise InvalidMessage(bad)
+        view = await self._store.get_case(request.transfer_id)
+        if view is None:
+            raise NotFound(f"no case {request.transfer_id}", reason="CASE_NOT_FOUND")
+        case = view.case
+        closure = admin_pb2.CaseClosed(message_id=str(uuid.uuid4()), transfer_id=case.transfer_id,
+                                        operator=operator.id, reason=reason, outbound=case.outbound,
+                                        inbound=case.inbound)
+        now = self._clock()
+        closure.opened_at.FromDatetime(view.opened_at)
+        closure.closed_at.FromDatetime(now)
+        outcome = await self._author.record(
+            kind=envelope_pb2.MESSAGE_KIND_CASE_CLOSED, message_id=closure.message_id, transfer_id=case.transfer_id,
+            payload=closure, sides=(case.outbound, case.inbound), now=now,
+            decide=lambda current, _index: case_rules.close(current, message_id=closure.message_id),
+        )
+        if not outcome.replayed:
+            self._metrics.closures.inc()
+            log.info("closed", extra={"fields": {"transfer_id": case.transfer_id, "operator": operator.id,
+                                                 "outbound": case.outbound, "inbound": case.inbound,
+                                                 "sequence": outcome.sequence}})
         return envelope_pb2.Receipt.FromString(outcome.receipt)
 
     async def GetSettlement(
@@ -116,9 +150,35 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 outbound_province=line.outbound_province, inbound_province=line.inbound_province,
                 sent_fen=line.sent_fen, credited_fen=line.credited_fen, held_fen=line.held_fen,
                 rejected_fen=line.rejected_fen, in_flight_fen=line.in_flight_fen, transfers=line.transfers,
+                returned_fen=line.returned_fen, awaiting_return_fen=line.awaiting_return_fen,
             )
         return report
 
+    async def LoadCalendar(self, request: admin_pb2.LoadCalendarRequest,
+                           context: Any) -> admin_pb2.LoadCalendarResponse:
+        operator = self._callers.operator(context, self._registry.current, "operator")
+        notices = _notices(request)
+        version, retimed = await self._calendar.load(notices, self._clock())
+        log.info("calendar loaded", extra={"fields": {"operator": operator.id, "years": sorted(notices),
+                                                      "version": version}})
+        return admin_pb2.LoadCalendarResponse(version=version, stages_retimed=retimed.retimed,
+                                              stages_rejudged=retimed.rejudged, now_on_time=retimed.now_on_time,
+                                              now_late=retimed.now_late)
+
+    async def GetCalendar(self, request: admin_pb2.GetCalendarRequest, context: Any) -> admin_pb2.CalendarCoverage:
+        self._callers.operator(context, self._registry.current, "operator")
+        calendar = self._calendar.calendar
+        this_year = local_date(self._clock()).year
+        out = admin_pb2.CalendarCoverage(version=calendar.version)
+        for year in sorted({*range(this_year - 1, this_year + 2), *calendar.notices}):
+            source = calendar.source(year)
+            entry = out.years.add(year=year, source=_SOURCES[source])
+            notice = calendar.notices.get(year)
+            if notice is not None:
+                entry.notice = notice.source
+                if notice.loaded_at is not None:
+                    entry.loaded_at.FromDatetime(notice.loaded_at)
+        return out
 
     async def ReloadRegistry(
         self, request: admin_pb2.ReloadRegistryRequest, context: Any
@@ -156,3 +216,39 @@ def _check_review(request: admin_pb2.ReviewFundTransferRequest) -> None:
         bad.append(FieldViolation("comment", "a rejection needs a comment"))
     if bad:
         raise InvalidMessage(bad)
+
+
+_SOURCES: Final = {DaySource.NOTICE: admin_pb2.YearCoverage.SOURCE_NOTICE,
+                   DaySource.OFFICIAL: admin_pb2.YearCoverage.SOURCE_PACKAGE,
+                   DaySource.FALLBACK: admin_pb2.YearCoverage.SOURCE_FALLBACK}
+
+
+def _notices(request: admin_pb2.LoadCalendarRequest) -> dict[int, YearNotice]:
+    """The request's years as checked notices. Raises InvalidMessage naming each bad field."""
+    bad: list[FieldViolation] = []
+    notices: dict[int, YearNotice] = {}
+    if not request.years:
+        bad.append(FieldViolation("years", "at least one year is required"))
+    for i, y in enumerate(request.years):
+        where = f"years[{i}]"
+        if y.year in notices:
+            bad.append(FieldViolation(f"{where}.year", f"{y.year} is listed twice"))
+            continue
+        days: dict[str, list[dt.date]] = {"holidays": [], "workdays": []}
+        for name, dates in (("holidays", y.holidays), ("workdays", y.workdays)):
+            for j, d in enumerate(dates):
+                try:
+                    days[name].append(dt.date(d.year, d.month, d.day))
+                except ValueError:
+                    bad.append(FieldViolation(f"{where}.{name}[{j}]", "is not a calendar date"))
+        problem = text_problem(y.source)  # shown to operators and in logs: free text like any other
+        if problem is not None:
+            bad.append(FieldViolation(f"{where}.source", problem))
+            continue
+        try:
+            notices[y.year] = year_notice(y.year, days["holidays"], days["workdays"], y.source)
+        except CalendarFileError as exc:
+            bad.append(FieldViolation(where, str(exc)[:200]))
+    if bad:
+        raise InvalidMessage(bad, reason="CALENDAR_INVALID")
+    return notices

@@ -64,12 +64,15 @@ class GatewayAuthor:
         self, *, kind: MessageKind, message_id: str, transfer_id: str, payload: Message, sides: tuple[str, str],
         decide: Decide, now: dt.datetime,
     ) -> AcceptOutcome:
-        """Sign `payload`, store it in the case's log with `decide`'s decision, deliver it to both sides."""
+        """Sign `payload`, store it in the case's log with `decide`'s decision, deliver it to both sides.
+        A decision that finds it repeats an earlier message of the case (the same review decision,
+        the same closure) stores nothing: the outcome is that message's, `replayed`."""
         incoming, make_receipt = self.prepare(kind=kind, message_id=message_id, transfer_id=transfer_id,
                                               payload=payload, sides=sides, now=now)
         deliveries = incoming.deliveries
         outcome = await self._store.accept(incoming, decide, make_receipt)
-        self._metrics.observe_finished(outcome, self._sla)
-        for platform, _ in deliveries:
-            self._router.notify(platform)
+        if not outcome.replayed:
+            self._metrics.observe_finished(outcome, self._sla)
+            for platform, _ in deliveries:
+                self._router.notify(platform)
         return outcome

@@ -1,7 +1,10 @@
 """Prometheus metrics of the gateway, registered on an injected registry.
 
 RPC metrics use the go-grpc-prometheus names so existing dashboards work. Labels are bounded:
-methods, codes, message kinds, reason codes and platform ids; never persons or message ids.
+methods, codes, message kinds, reason codes, platform ids, stages, owners and 2-digit provinces;
+never persons or message ids. Stage metrics carry the stage's owner (whose clock it is) and the
+province answerable for it beside the province pair, so a province is shown late only for its
+own delays; the owner and its province follow from the stage and the pair, so they add no series.
 """
 
 from __future__ import annotations
@@ -12,12 +15,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.core.sla import Sla, province
-from gateway.store import AcceptOutcome, DeliveryStats, IndexCount, SettlementLine, StageCount
+from gateway.core.sla import STAGES, Sla, owner_province, province
+from gateway.store import (
+    AcceptOutcome,
+    DeliveryStats,
+    Escalation,
+    IndexCount,
+    Retimed,
+    SettlementLine,
+    StageCount,
+    StageTotal,
+)
 from mitransfer.v1 import messages_pb2
 
 _WORKING_DAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 _PAIR = ["outbound_province", "inbound_province"]
+_STAGE = ["stage", "owner", "owner_province", *_PAIR]
 # Enrollment to completion of an automatic case, in working days: Zhejiang's cross-province
 # average of 0.47 working days (2022–2024) is a bucket bound, the figure to beat.
 _AUTOMATIC_BUCKETS = (0.05, 0.1, 0.25, 0.47, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0)
@@ -76,9 +89,14 @@ class Metrics:
             "transfer_gateway_reviews", "Reviewers' decisions on held fund transfers.", ["decision"],
             registry=registry,
         )
-        self.cases_expired = Counter(
-            "transfer_gateway_cases_expired", "Cases closed because the outbound side never answered the request.",
-            registry=registry,
+        self.closures = Counter(
+            "transfer_gateway_cases_closed_by_operator",
+            "Unanswered transfer requests an operator closed (Admin.CloseCase).", registry=registry,
+        )
+        self.rejudged = Counter(
+            "transfer_gateway_stages_rejudged",
+            "Finished stages judged again when a newer working-day calendar was loaded, by their result now"
+            " (per process: the replica that counted them again).", ["result"], registry=registry,
         )
         self.deliveries_pending = Gauge(
             "transfer_gateway_deliveries_pending", "Deliveries waiting for their receiver (pending or in flight).",
@@ -97,30 +115,39 @@ class Metrics:
         # SLA: observed when a stage finishes (per process: sum across replicas) …
         self.stage_duration = Histogram(
             "transfer_gateway_stage_duration_workdays",
-            "Working days a finished stage took (working hours only, in days), by stage and province pair.",
-            ["stage", *_PAIR], buckets=_WORKING_DAY_BUCKETS, registry=registry,
-        )
-        self.stages_finished = Counter(
-            "transfer_gateway_stages_finished", "Stages finished, on time or late, by stage and province pair.",
-            ["stage", *_PAIR, "result"], registry=registry,
+            "Working days a finished stage took (working hours only, in days), by stage, owner and province pair.",
+            _STAGE, buckets=_WORKING_DAY_BUCKETS, registry=registry,
         )
         # … and read from the store by the periodic monitor (the same on every replica: use max()).
+        self.stages_finished = Gauge(
+            "transfer_gateway_stages_finished",
+            "Stages finished ever, by result (on_time, late) as judged on the current calendar, stage, owner and"
+            " province pair (running totals in the store).", [*_STAGE, "result"], registry=registry,
+        )
         self.cases_open = Gauge(
-            "transfer_gateway_cases_open", "Open cases in each stage (total: every open case), by province pair.",
-            ["stage", *_PAIR], registry=registry,
+            "transfer_gateway_cases_open",
+            "Open cases in each stage (total: every open case), by stage, owner and province pair.",
+            _STAGE, registry=registry,
         )
         self.cases_overdue = Gauge(
-            "transfer_gateway_cases_overdue", "Open cases past the deadline of a stage, by stage and province pair.",
-            ["stage", *_PAIR], registry=registry,
+            "transfer_gateway_cases_overdue",
+            "Open cases past the deadline of a stage, by stage, owner (whose delay) and province pair.",
+            _STAGE, registry=registry,
         )
         self.cases_due_soon = Gauge(
             "transfer_gateway_cases_due_soon",
-            "Open cases whose stage's last day is today or the next working day, by stage and province pair.",
-            ["stage", *_PAIR], registry=registry,
+            "Open cases whose stage's last day is today or the next working day, by stage, owner and province pair.",
+            _STAGE, registry=registry,
+        )
+        self.requests_escalated = Gauge(
+            "transfer_gateway_requests_escalated",
+            "Transfer requests the outbound side left unanswered past its limit (escalated, not closed), by"
+            " province pair.", _PAIR, registry=registry,
         )
         self.funds = Gauge(
             "transfer_gateway_funds_fen",
-            "Personal-account fund transfers ever accepted, by status now (sent = all of them), in fen.",
+            "Personal-account fund transfers ever accepted, by status now, in fen: sent (all of them) ="
+            " credited + returned + held + in_flight; rejected and awaiting_return overlap those.",
             ["status", *_PAIR], registry=registry,
         )
         self.calendar_fallback = Gauge(
@@ -208,7 +235,14 @@ class Metrics:
             "Seconds until a certificate's notAfter: the gateway's own (role server), its CA bundle (role ca) and"
             " each client certificate seen (role client, by owner).", ["role", "owner", "serial"], registry=registry,
         )
-        self._stage_labels: set[tuple[str, str, str]] = set()
+        self.calendar_version = Gauge(
+            "transfer_gateway_calendar_version",
+            "The version of the working-day calendar this replica counts on (the store's, once read).",
+            registry=registry,
+        )
+        self._stage_labels: set[tuple[str, ...]] = set()
+        self._total_labels: set[tuple[str, ...]] = set()
+        self._escalation_labels: set[tuple[str, str]] = set()
         self._fund_labels: set[tuple[str, str, str]] = set()
         self._message_children: dict[tuple[str, str, str], Any] = {}
 
@@ -231,17 +265,44 @@ class Metrics:
         child.inc()
 
     def observe_finished(self, outcome: AcceptOutcome, sla: Sla) -> None:
-        """Record the stages a message finished (nothing on a replay)."""
-        pair = (province(outcome.outbound), province(outcome.inbound))
+        """Record the time the stages a message finished took (nothing on a replay); whether on time
+        is the store's running totals (`observe_stage_totals`)."""
         for record in outcome.finished_stages:
             assert record.finished_at is not None
-            self.stage_duration.labels(record.stage, *pair).observe(
-                sla.calendar.elapsed(record.started_at, record.finished_at))
-            result = sla.timeliness(record.deadline, record.finished_at, record.finished_at)  # on_time or late
-            self.stages_finished.labels(record.stage, *pair, result).inc()
+            owner = record.owner or STAGES[record.stage].owner
+            self.stage_duration.labels(
+                record.stage, owner, owner_province(owner, outcome.outbound, outcome.inbound),
+                province(outcome.outbound), province(outcome.inbound),
+            ).observe(sla.calendar.elapsed(record.started_at, record.finished_at))
+
             if outcome.enrolled_at is not None and record.stage == "total":
-                self.automatic_completion.labels(*pair).observe(
+                self.automatic_completion.labels(province(outcome.outbound), province(outcome.inbound)).observe(
                     sla.calendar.elapsed(outcome.enrolled_at, record.finished_at))
+
+    def observe_rejudged(self, retimed: Retimed) -> None:
+        """Count the finished stages a newer calendar judged otherwise."""
+        self.rejudged.labels("on_time").inc(retimed.now_on_time)
+        self.rejudged.labels("late").inc(retimed.now_late)
+
+    def observe_stage_totals(self, totals: list[StageTotal]) -> None:
+        seen: set[tuple[str, ...]] = set()
+        for t in totals:
+            labels = (str(t.stage), str(t.owner), t.owner_province, t.outbound_province, t.inbound_province,
+                      str(t.result))
+            seen.add(labels)
+            self.stages_finished.labels(*labels).set(t.stages)
+        for gone in self._total_labels - seen:
+            self.stages_finished.labels(*gone).set(0)
+        self._total_labels |= seen
+
+    def observe_escalations(self, escalations: list[Escalation]) -> None:
+        seen = set()
+        for e in escalations:
+            seen.add((e.outbound_province, e.inbound_province))
+            self.requests_escalated.labels(e.outbound_province, e.inbound_province).set(e.requests)
+        for labels in self._escalation_labels - seen:
+            self.requests_escalated.labels(*labels).set(0)
+        self._escalation_labels |= seen
 
     def observe_opened(self, outcome: AcceptOutcome) -> None:
         """Count a case its message opened, by channel (nothing for any other message)."""
@@ -267,16 +328,16 @@ class Metrics:
 
     def observe_stages(self, counts: list[StageCount]) -> None:
         """Set the open/overdue/due-soon gauges from a store reading; label sets no longer seen read 0."""
-        seen = set()
+        seen: set[tuple[str, ...]] = set()
         for c in counts:
-            labels = (str(c.stage), c.outbound_province, c.inbound_province)
+            labels = (str(c.stage), str(c.owner), c.owner_province, c.outbound_province, c.inbound_province)
             seen.add(labels)
             self.cases_open.labels(*labels).set(c.open)
             self.cases_overdue.labels(*labels).set(c.overdue)
             self.cases_due_soon.labels(*labels).set(c.due_soon)
-        for labels in self._stage_labels - seen:
+        for gone in self._stage_labels - seen:
             for gauge in (self.cases_open, self.cases_overdue, self.cases_due_soon):
-                gauge.labels(*labels).set(0)
+                gauge.labels(*gone).set(0)
         self._stage_labels |= seen
 
     def observe_funds(self, lines: list[SettlementLine]) -> None:
@@ -284,7 +345,8 @@ class Metrics:
         for line in lines:
             pair = (line.outbound_province, line.inbound_province)
             for status, fen in (("sent", line.sent_fen), ("in_flight", line.in_flight_fen), ("held", line.held_fen),
-                                ("credited", line.credited_fen), ("rejected", line.rejected_fen)):
+                                ("credited", line.credited_fen), ("rejected", line.rejected_fen),
+                                ("returned", line.returned_fen), ("awaiting_return", line.awaiting_return_fen)):
                 self.funds.labels(status, *pair).set(fen)
                 seen.add((status, *pair))
         for labels in self._fund_labels - seen:

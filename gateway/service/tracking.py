@@ -16,10 +16,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from gateway.core.case import Case
 from gateway.core.continuity import continuity
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound
 from gateway.core.registry import LiveRegistry, Registry
-from gateway.core.sla import Sla, Stage, Timeliness
+from gateway.core.sla import STAGES as STAGE_RULES
+from gateway.core.sla import Owner, Sla, Stage, Timeliness, owner_agency
 from gateway.core.timestamps import EPOCH, datetime_of
 from gateway.core.validation import is_uuid, timestamp_problem
 from gateway.core.workdays import local_date
@@ -28,7 +30,11 @@ from gateway.store import CaseQuery, CaseView, Store
 from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
 
 STAGES: Final = {Stage.OUTBOUND: tracking_pb2.STAGE_OUTBOUND, Stage.REVIEW: tracking_pb2.STAGE_REVIEW,
-                 Stage.INBOUND: tracking_pb2.STAGE_INBOUND, Stage.TOTAL: tracking_pb2.STAGE_TOTAL}
+                 Stage.INBOUND: tracking_pb2.STAGE_INBOUND, Stage.TOTAL: tracking_pb2.STAGE_TOTAL,
+                 Stage.RETURN: tracking_pb2.STAGE_RETURN, Stage.RETURN_RECEIPT: tracking_pb2.STAGE_RETURN_RECEIPT}
+OWNERS: Final = {Owner.OUTBOUND: tracking_pb2.STAGE_OWNER_OUTBOUND, Owner.INBOUND: tracking_pb2.STAGE_OWNER_INBOUND,
+                 Owner.REVIEWER: tracking_pb2.STAGE_OWNER_REVIEWER, Owner.BOTH: tracking_pb2.STAGE_OWNER_BOTH}
+_OWNER_OF: Final = {number: owner for owner, number in OWNERS.items()}
 TIMELINESS: Final = {
     Timeliness.ON_TIME: tracking_pb2.TIMELINESS_ON_TIME, Timeliness.DUE_SOON: tracking_pb2.TIMELINESS_DUE_SOON,
     Timeliness.OVERDUE: tracking_pb2.TIMELINESS_OVERDUE, Timeliness.LATE: tracking_pb2.TIMELINESS_LATE,
@@ -87,6 +93,8 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
                 bad.append(FieldViolation(name, problem))
         if r.overdue and r.due_soon:
             bad.append(FieldViolation("due_soon", "cannot be combined with overdue (a stage is one or the other)"))
+        if r.owner and (r.owner not in _OWNER_OF or not (r.overdue or r.due_soon)):
+            bad.append(FieldViolation("owner", "must be a defined stage owner, with overdue or due_soon"))
         after = None
         if r.page_token:
             after = _parse_token(r.page_token)
@@ -105,7 +113,8 @@ class TrackingService(tracking_pb2_grpc.TrackingServicer):
             outbound_province=r.outbound_province, inbound_province=r.inbound_province,
             opened_from=datetime_of(r.opened_from) if r.HasField("opened_from") else None,
             opened_before=datetime_of(r.opened_before) if r.HasField("opened_before") else None,
-            after=after, limit=size + 1,  # one more tells whether another page follows
+            after=after, owner=_OWNER_OF.get(r.owner),
+            limit=size + 1,  # one more tells whether another page follows
         )
         return query, size
 
@@ -128,17 +137,20 @@ def _parse_token(token: str) -> tuple[dt.datetime, str] | None:
 
 
 def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime) -> tracking_pb2.Case:
-    """The case as Tracking shows it; continuity with the waiting period of the inbound region's
-    policy (the region whose benefits wait)."""
+    """The case as Tracking shows it. Continuity uses the waiting period the inbound region's policy
+    set when it accepted (its current policy for cases accepted before that was kept), and the
+    two-year rule when the case switches between employee and resident insurance."""
     c = view.case
     out = tracking_pb2.Case(
         transfer_id=c.transfer_id, state=c.state, outbound=c.outbound, inbound=c.inbound,
         insurance_type=c.insurance_type, account_balance_fen=c.balance_fen or 0, applicant=c.applicant,
         inbound_insurance_type=c.inbound_insurance_type, channel=c.channel,
+        account_balance_retained_fen=c.retained_fen,
     )
     if c.suspension_date and c.enrollment_date:
-        shown_continuity = _continuity(c.suspension_date, c.enrollment_date,
-                                       registry.policy(c.inbound).waiting_period_months)
+        waiting = c.waiting_period_months
+        shown_continuity = _continuity(c, registry.policy(c.inbound).waiting_period_months if waiting is None
+                                       else waiting)
         if shown_continuity is not None:
             out.continuity.CopyFrom(shown_continuity)
         else:
@@ -148,12 +160,15 @@ def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime
     out.updated_at.FromDatetime(view.updated_at)
     for record in view.stages:
         timing = sla.timing(record.stage, record.started_at, record.deadline, record.finished_at, now)
+        owner = record.owner or STAGE_RULES[record.stage].owner
         last_day = local_date(record.deadline) - dt.timedelta(days=1)
         stage = out.stages.add(
             stage=STAGES[record.stage], working_days_limit=sla.limits.of(record.stage),
             working_days_used=timing.working_days_used, working_days_elapsed=round(timing.working_days_elapsed, 4),
             timeliness=TIMELINESS[timing.timeliness],
             last_day=types_pb2.Date(year=last_day.year, month=last_day.month, day=last_day.day),
+            owner=OWNERS[owner], owner_agency=owner_agency(owner, c.outbound, c.inbound),
+            provisional=record.provisional,
         )
         stage.started_at.FromDatetime(record.started_at)
         stage.deadline.FromDatetime(record.deadline)
@@ -173,15 +188,17 @@ def case_to_proto(view: CaseView, registry: Registry, sla: Sla, now: dt.datetime
     return out
 
 
-def _continuity(suspension: str, enrollment: str, waiting_period_months: int) -> tracking_pb2.Continuity | None:
-    """Continuity from the stored ISO dates; None when they cannot be computed with (a date an
-    older gateway accepted, such as 9999-12-31, runs off the calendar)."""
+def _continuity(c: Case, waiting_period_months: int) -> tracking_pb2.Continuity | None:
+    """Continuity from the case's stored ISO dates; None when they cannot be computed with (a date
+    an older gateway accepted, such as 9999-12-31, runs off the calendar)."""
     try:
-        found = continuity(dt.date.fromisoformat(suspension), dt.date.fromisoformat(enrollment),
-                           waiting_period_months=waiting_period_months)
+        found = continuity(dt.date.fromisoformat(c.suspension_date), dt.date.fromisoformat(c.enrollment_date),
+                           waiting_period_months=waiting_period_months, switch=c.switches_scheme,
+                           insured_months=c.insured_months)
     except (ValueError, OverflowError):
         return None
     b = found.benefits_from
     return tracking_pb2.Continuity(gap_months=found.gap_months, continuous=found.continuous,
                                    waiting_period_months=found.waiting_period_months,
-                                   benefits_from=types_pb2.Date(year=b.year, month=b.month, day=b.day))
+                                   benefits_from=types_pb2.Date(year=b.year, month=b.month, day=b.day),
+                                   insured_months=c.insured_months or 0, rule=str(found.rule))

@@ -9,8 +9,9 @@ one engine from `gateway.store.engines`. Inside, one module per concept:
   operations speak to a database, and `drive`, the one loop that runs them;
 - `writes` (accept, claim, acknowledge), `decision` (the case decision inside an accept),
   `index` (the suspended-record index: records, enrollments and the cases they open),
-  `views` (cases as Tracking shows them) and `reports` (settlement, backlog, deadlines): the
-  operations, as generators of steps; `rows` holds what they share;
+  `views` (cases as Tracking shows them), `reports` (settlement, backlog, deadlines) and
+  `calendar` (the notices every replica counts on, and stages counted again): the operations, as
+  generators of steps; `rows` holds what they share;
 - `transparency`: the transparency log's leaves, stored tree, checkpoints and proofs, and the
   snapshot its audit reads;
 - `migrations`: the schema, numbered, and `migrate`;
@@ -33,6 +34,7 @@ from gateway.store.port import (
     Decide,
     DeliveryStats,
     EnrollmentReport,
+    Escalation,
     HeldTransfer,
     InclusionRecord,
     IncomingMessage,
@@ -51,12 +53,15 @@ from gateway.store.port import (
     OptOut,
     RecordRegistration,
     RecordWithdrawal,
+    Retimed,
     SettlementLine,
     SignCheckpoint,
     StageCount,
     StageRecord,
+    StageTotal,
     StaleEntry,
     Store,
+    StoredCalendar,
     StoredRegistry,
     UnaskedQuestion,
 )
@@ -73,6 +78,7 @@ __all__ = [
     "Decide",
     "DeliveryStats",
     "EnrollmentReport",
+    "Escalation",
     "HeldTransfer",
     "InclusionRecord",
     "IncomingMessage",
@@ -91,12 +97,15 @@ __all__ = [
     "OptOut",
     "RecordRegistration",
     "RecordWithdrawal",
+    "Retimed",
     "SettlementLine",
     "SignCheckpoint",
     "StageCount",
     "StageRecord",
+    "StageTotal",
     "StaleEntry",
     "Store",
+    "StoredCalendar",
     "StoredRegistry",
     "UnaskedQuestion",
 ]

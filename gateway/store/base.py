@@ -22,7 +22,8 @@ from typing import TypeAlias, TypeVar
 
 from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Sla
-from gateway.store import index, registry_documents, reports, transparency, views, writes
+from gateway.core.workdays import YearNotice
+from gateway.store import calendar, index, registry_documents, reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
     CaseQuery,
@@ -32,6 +33,7 @@ from gateway.store.port import (
     ConsistencyRecord,
     Decide,
     DeliveryStats,
+    Escalation,
     HeldTransfer,
     InclusionRecord,
     IncomingMessage,
@@ -42,10 +44,13 @@ from gateway.store.port import (
     MakeIndexReceipt,
     MakeReceipt,
     OpenCase,
+    Retimed,
     SettlementLine,
     SignCheckpoint,
     StageCount,
+    StageTotal,
     StaleEntry,
+    StoredCalendar,
     StoredRegistry,
 )
 from gateway.store.steps import Steps
@@ -102,9 +107,6 @@ class SQLStore(ABC):
     async def get_case(self, transfer_id: str) -> CaseView | None:
         return await self.read(lambda: views.get_case(transfer_id))
 
-    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        return await self.read(lambda: views.idle_cases(state, idle_since, limit))
-
     async def list_cases(self, query: CaseQuery) -> list[CaseView]:
         return await self.read(lambda: views.list_cases(query))
 
@@ -135,6 +137,28 @@ class SQLStore(ABC):
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
         return await self.read(lambda: reports.stage_counts(now, due_soon_before))
+
+    async def stage_totals(self) -> list[StageTotal]:
+        return await self.read(reports.stage_totals)
+
+    async def escalations(self, now: dt.datetime) -> list[Escalation]:
+        return await self.read(lambda: reports.escalations(now))
+
+    async def calendar(self) -> StoredCalendar:
+        return await self.read(calendar.read_calendar)
+
+    async def load_calendar(self, notices: dict[int, YearNotice], now: dt.datetime) -> int:
+        return await self.write(lambda: calendar.load_calendar(notices, now))
+
+    async def retime_stages(self, batch: int = 500) -> Retimed:
+        """Batches until one finds fewer stale stages than it may take: each its own transaction,
+        so a large backlog never holds the writer (or a case's writers) for long."""
+        total = Retimed(0, 0, 0, 0)
+        while True:
+            seen, done = await self.write(lambda: calendar.retime_batch(self._sla, batch))
+            total = total.plus(done)
+            if seen < batch:
+                return total
 
     async def publish_checkpoint(self, sign: SignCheckpoint) -> CheckpointRecord | None:
         while True:  # the tree catches up a batch per transaction, then the checkpoint is signed

@@ -29,7 +29,9 @@ from google.protobuf.message import DecodeError
 from gateway.store.rows import DEAD_LETTER, HELD, IN_FLIGHT, PENDING
 from gateway.store.steps import Batch, Query, QueryOne, Statement, Steps
 from mitransfer.protocol import entries
-from mitransfer.v1 import envelope_pb2
+from mitransfer.v1 import envelope_pb2, tracking_pb2
+
+_S = tracking_pb2
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,102 @@ def _6_registry_documents(t: ColumnTypes) -> str:
     """
 
 
+# The first instant of 2027 in Asia/Shanghai, in µs: chinese-calendar 1.11, which this schema was
+# released with, knows no later year, so a deadline after it was counted Monday to Friday.
+_FIRST_UNKNOWN_DAY_US = 1_798_732_800_000_000
+
+
+def _7_measures(t: ColumnTypes) -> str:
+    integer = t.integer
+    return f"""
+    -- Facts of the 2021 measures kept with each case: the balance retained at the outbound side
+    -- (310 → 390), months insured without a break (the two-year rule of a switch of scheme), the
+    -- inbound region's waiting period fixed when it accepted.
+    ALTER TABLE cases ADD COLUMN retained_fen {integer} NOT NULL DEFAULT 0;
+    ALTER TABLE cases ADD COLUMN insured_months {integer};
+    ALTER TABLE cases ADD COLUMN waiting_period_months {integer};
+
+    -- Each stage's owner (whose clock it is) and the province answerable for it: the calendar
+    -- version its deadline was counted on, and whether that counted days of a year only the
+    -- Monday-to-Friday fallback knew (then it is counted again when the year's notice is loaded).
+    ALTER TABLE case_stages ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE case_stages ADD COLUMN owner_province TEXT NOT NULL DEFAULT '';
+    ALTER TABLE case_stages ADD COLUMN provisional {integer} NOT NULL DEFAULT 0;
+    ALTER TABLE case_stages ADD COLUMN calendar_version {integer} NOT NULL DEFAULT 0;
+    UPDATE case_stages SET
+        owner = CASE stage WHEN 'outbound' THEN 'outbound' WHEN 'inbound' THEN 'inbound'
+                           WHEN 'review' THEN 'reviewer' ELSE 'both' END,
+        owner_province = CASE stage WHEN 'inbound' THEN inbound_province WHEN 'total' THEN ''
+                                    ELSE outbound_province END,
+        provisional = CASE WHEN deadline > {_FIRST_UNKNOWN_DAY_US} THEN 1 ELSE 0 END;
+
+    -- The inbound stage starts when the inbound side has all it needs: not while the funds are
+    -- awaited or held for review ...
+    DELETE FROM case_stages WHERE stage = 'inbound' AND transfer_id IN (
+        SELECT transfer_id FROM cases
+        WHERE state IN ({_S.CASE_STATE_HELD_FOR_REVIEW}, {_S.CASE_STATE_REVIEW_REJECTED})
+           OR (state = {_S.CASE_STATE_TABLE_SENT} AND insurance_type = 310 AND inbound_insurance_type IN (310, 0)
+               AND balance_fen > 0));
+    -- ... and where funds were sent, when they were released to it (the review's approval, or
+    -- the fund transfer itself). Counted again, and judged again, on the next open (version -1).
+    UPDATE case_stages SET provisional = 1, calendar_version = -1, started_at = COALESCE(
+        (SELECT MAX(m.accepted_at) FROM messages m
+         WHERE m.transfer_id = case_stages.transfer_id AND m.kind = {envelope_pb2.MESSAGE_KIND_REVIEW_DECISION}),
+        (SELECT f.accepted_at FROM fund_movements f WHERE f.transfer_id = case_stages.transfer_id))
+    WHERE stage = 'inbound' AND transfer_id IN (SELECT transfer_id FROM fund_movements);
+
+    -- The settlement ledger with returns: money the inbound side rejected after it arrived is owed
+    -- back (return_due), sent back (returning), confirmed back (returned). Movements stored before
+    -- keep their status: "rejected" is money stopped in review, or rejected by the inbound side
+    -- before returns were tracked (as the log says). The table is rebuilt for its CHECK alone.
+    CREATE TABLE fund_movements_7 (
+        transfer_id     TEXT PRIMARY KEY REFERENCES cases (transfer_id),
+        message_id      TEXT NOT NULL UNIQUE REFERENCES messages (message_id),
+        amount_fen      {integer} NOT NULL CHECK (amount_fen > 0),
+        status          TEXT NOT NULL CHECK (status IN ('held', 'sent', 'credited', 'rejected', 'return_due',
+                                                        'returning', 'returned')),
+        accepted_at     {integer} NOT NULL,
+        updated_at      {integer} NOT NULL
+    );
+    INSERT INTO fund_movements_7 (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)
+        SELECT transfer_id, message_id, amount_fen, status, accepted_at, updated_at FROM fund_movements;
+    DROP TABLE fund_movements;
+    ALTER TABLE fund_movements_7 RENAME TO fund_movements;
+    CREATE INDEX fund_movements_by_day ON fund_movements (accepted_at);
+
+    -- Finished stages added up by owner, province pair and result, kept by every accept that
+    -- finishes one and by every judgement counted again: the gauges read a few rows.
+    CREATE TABLE stage_totals (
+        stage             TEXT NOT NULL,
+        owner             TEXT NOT NULL,
+        owner_province    TEXT NOT NULL,
+        outbound_province TEXT NOT NULL,
+        inbound_province  TEXT NOT NULL,
+        result            TEXT NOT NULL,
+        stages            {integer} NOT NULL,
+        PRIMARY KEY (stage, owner, owner_province, outbound_province, inbound_province, result)
+    );
+    INSERT INTO stage_totals (stage, owner, owner_province, outbound_province, inbound_province, result, stages)
+        SELECT stage, owner, owner_province, outbound_province, inbound_province,
+               CASE WHEN finished_at < deadline THEN 'on_time' ELSE 'late' END, COUNT(*)
+        FROM case_stages WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6;
+
+    -- The working-day calendar every replica counts on: the State Council's notices, a year each,
+    -- and a version that every load raises.
+    CREATE TABLE calendar_years (
+        calendar_year   {integer} PRIMARY KEY,
+        source          TEXT NOT NULL,
+        holidays        TEXT NOT NULL,
+        workdays        TEXT NOT NULL,
+        loaded_at       {integer} NOT NULL
+    );
+    CREATE TABLE calendar_head (version {integer} NOT NULL);
+    INSERT INTO calendar_head (version) VALUES (0);
+    CREATE INDEX case_stages_to_retime ON case_stages (calendar_version)
+        WHERE finished_at IS NULL OR provisional = 1;
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -273,6 +371,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _4_transparency_log,
     _5_automatic_transfer,
     _6_registry_documents,
+    _7_measures,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

@@ -19,7 +19,12 @@ implementation must give:
   names in `IncomingMessage.opens_case_of`, answered before it runs; any other raises
   UnaskedQuestion. At most one open case per person and outbound agency, and at most one fund
   movement per case, are also enforced by the schema: that refusal is the last word when two
-  replicas decide at once.
+  replicas decide at once. A decision that says the message repeats an earlier one of the case
+  (`Decision.replay_of`: the same review decision, the same closure) writes nothing and answers
+  with that message's receipt.
+- A stage's deadline is counted on the calendar version the store holds (`calendar`); a stage
+  counted on an older one, or on a year only the fallback knew, is counted again by
+  `retime_stages`, and a finished one judged again, so every replica's deadlines converge.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from gateway.core.automatic import Enrollment, SuspendedRecord
 from gateway.core.case import Case, CaseIndex, Decision
 from gateway.core.messages import MessageKind
 from gateway.core.personkeys import PersonKey
-from gateway.core.sla import Stage
+from gateway.core.sla import Owner, Stage, Timeliness
+from gateway.core.workdays import YearNotice
 
 
 class StoredRegistry(NamedTuple):
@@ -73,6 +79,8 @@ class StageRecord:
     started_at: dt.datetime
     deadline: dt.datetime
     finished_at: dt.datetime | None = None
+    owner: Owner | None = None  # None: the stage's usual owner (gateway.core.sla.STAGES)
+    provisional: bool = False   # counted on a year the calendar did not know yet
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,7 @@ class CaseQuery:
     opened_from: dt.datetime | None = None
     opened_before: dt.datetime | None = None
     after: tuple[dt.datetime, str] | None = None  # (opened_at, transfer_id) of the previous page's last case
+    owner: Owner | None = None  # with deadline_between: only stages this side owns
     limit: int = 100
 
 
@@ -151,6 +160,52 @@ class StageCount:
     open: int
     overdue: int   # deadline passed
     due_soon: int  # deadline not passed, before the due-soon limit
+    owner: Owner = Owner.BOTH
+    owner_province: str = ""  # the province answerable for it ("" for the whole case)
+
+
+@dataclass(frozen=True)
+class StageTotal:
+    """Finished stages of one kind, owner and province pair with one result, as judged now."""
+
+    stage: Stage
+    owner: Owner
+    owner_province: str
+    outbound_province: str
+    inbound_province: str
+    result: Timeliness  # ON_TIME or LATE
+    stages: int
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Transfer requests of one province pair the outbound side left unanswered past its limit."""
+
+    outbound_province: str
+    inbound_province: str
+    requests: int
+
+
+@dataclass(frozen=True)
+class StoredCalendar:
+    """The notices every replica counts deadlines on, and their version (0: none loaded yet)."""
+
+    version: int
+    notices: dict[int, YearNotice]
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """What counting stages again on a newer calendar changed."""
+
+    retimed: int      # stages whose deadline was counted again
+    rejudged: int     # of them, finished stages judged again
+    now_on_time: int  # judged late before, on time now
+    now_late: int     # judged on time before, late now
+
+    def plus(self, other: Retimed) -> Retimed:
+        return Retimed(self.retimed + other.retimed, self.rejudged + other.rejudged,
+                       self.now_on_time + other.now_on_time, self.now_late + other.now_late)
 
 
 @dataclass(frozen=True)
@@ -172,9 +227,11 @@ class SettlementLine:
     sent_fen: int
     credited_fen: int
     held_fen: int
-    rejected_fen: int
-    in_flight_fen: int
+    rejected_fen: int   # rejected in review or by the inbound side, wherever the money is now
+    in_flight_fen: int  # away from the outbound side, not credited: sent, or rejected and not yet back
     transfers: int
+    returned_fen: int = 0         # back with the outbound side: returned, or stopped in review
+    awaiting_return_fen: int = 0  # rejected by the inbound side, not yet confirmed back
 
 
 @dataclass(frozen=True)
@@ -418,9 +475,6 @@ class Store(Protocol):
     async def get_case(self, transfer_id: str) -> CaseView | None:
         """The case with all its messages, or None."""
 
-    async def idle_cases(self, state: int, idle_since: dt.datetime, limit: int) -> list[CaseView]:
-        """Cases in `state` with no message since `idle_since`, longest idle first."""
-
     async def receipt_of(self, message_id: str) -> bytes | None:
         """The stored receipt of a message, or None."""
 
@@ -450,7 +504,25 @@ class Store(Protocol):
         """A page of cases matching `query`, with their stages but without their messages."""
 
     async def stage_counts(self, now: dt.datetime, due_soon_before: dt.datetime) -> list[StageCount]:
-        """Unfinished stages per stage and province pair: open, overdue at `now`, due soon."""
+        """Unfinished stages per stage, owner and province pair: open, overdue at `now`, due soon."""
+
+    async def stage_totals(self) -> list[StageTotal]:
+        """Every finished stage, per stage, owner, province pair and result as judged now: totals
+        kept by each accept and each judgement counted again."""
+
+    async def escalations(self, now: dt.datetime) -> list[Escalation]:
+        """Transfer requests still unanswered after the outbound side's limit, per province pair."""
+
+    async def calendar(self) -> StoredCalendar:
+        """The notices every replica counts on, with their version."""
+
+    async def load_calendar(self, notices: dict[int, YearNotice], now: dt.datetime) -> int:
+        """Keep `notices` in place of what the store held for their years; the new version."""
+
+    async def retime_stages(self, batch: int = 500) -> Retimed:
+        """Count again, on the calendar of the store's `Sla`, every stage counted on an older
+        version that is unfinished or was counted on a year the calendar did not know (a finished
+        one is judged again, and the stage totals follow); in transactions of `batch` stages."""
 
     async def publish_checkpoint(self, sign: SignCheckpoint) -> CheckpointRecord | None:
         """Extend the stored tree over the leaves logged since it was last extended, then, if it

@@ -1,8 +1,9 @@
 """Reports, as operations of steps (`gateway.store.steps`): the settlement ledger and its running
-totals, fund transfers held for review, the delivery backlog and the stages against their
-deadlines. The monitor reads them every interval, the admin service on request; each is a few
-grouped queries whose cost does not grow with the history (running totals, partial indexes), or
-is bounded by a period.
+totals, fund transfers held for review, the delivery backlog, the stages against their deadlines
+by owning side, the finished stages' running totals and the requests escalated unanswered. The
+monitor reads them every interval, the admin service on request; each is a few grouped queries
+whose cost does not grow with the history (running totals, partial indexes), or is bounded by a
+period.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from gateway.core.sla import Stage
+from gateway.core.sla import Owner, Stage, Timeliness
 from gateway.core.timestamps import from_micros, micros
-from gateway.store.port import DeliveryStats, HeldTransfer, SettlementLine, StageCount
+from gateway.store.port import DeliveryStats, Escalation, HeldTransfer, SettlementLine, StageCount, StageTotal
 from gateway.store.rows import DEAD_LETTER, IN_FLIGHT, PENDING, opt_time
 from gateway.store.steps import Query, Steps
+from mitransfer.v1 import tracking_pb2
+
+# Fund movement statuses (gateway.core.case.FundStatus) by where the money stands.
+_AWAY = ("sent", "return_due", "returning")   # away from the outbound side, not credited
+_BACK = ("returned", "rejected")              # with the outbound side again, or never released
+_REJECTED = ("rejected", "return_due", "returning", "returned")
+_EVERY = ("held", "credited", *_AWAY, *_BACK)
 
 
 class _Held(NamedTuple):
@@ -72,9 +80,12 @@ def _settlement_lines(rows: Iterable[_Total]) -> list[SettlementLine]:
     return [
         SettlementLine(
             outbound_province=out_p, inbound_province=in_p,
-            sent_fen=sum(t.get(k, 0) for k in ("held", "sent", "credited", "rejected")),
-            credited_fen=t.get("credited", 0), held_fen=t.get("held", 0), rejected_fen=t.get("rejected", 0),
-            in_flight_fen=t.get("sent", 0), transfers=t["transfers"],
+            sent_fen=sum(t.get(k, 0) for k in _EVERY),  # = credited + returned + held + in flight
+            credited_fen=t.get("credited", 0), held_fen=t.get("held", 0),
+            rejected_fen=sum(t.get(k, 0) for k in _REJECTED),
+            in_flight_fen=sum(t.get(k, 0) for k in _AWAY), transfers=t["transfers"],
+            returned_fen=sum(t.get(k, 0) for k in _BACK),
+            awaiting_return_fen=t.get("return_due", 0) + t.get("returning", 0),
         )
         for (out_p, in_p), t in sorted(pairs.items())
     ]
@@ -112,6 +123,8 @@ def delivery_stats() -> Steps[list[DeliveryStats]]:
 
 class _StageTally(NamedTuple):
     stage: str
+    owner: str
+    owner_province: str
     outbound_province: str
     inbound_province: str
     open: int
@@ -121,11 +134,48 @@ class _StageTally(NamedTuple):
 
 def stage_counts(now: dt.datetime, due_soon_before: dt.datetime) -> Steps[list[StageCount]]:
     rows = yield from Query(
-        "SELECT stage, outbound_province, inbound_province, COUNT(*) AS open,"
+        "SELECT stage, owner, owner_province, outbound_province, inbound_province, COUNT(*) AS open,"
         " SUM(CASE WHEN deadline <= ? THEN 1 ELSE 0 END) AS overdue,"
         " SUM(CASE WHEN deadline > ? AND deadline <= ? THEN 1 ELSE 0 END) AS due_soon"
-        " FROM case_stages WHERE finished_at IS NULL GROUP BY stage, outbound_province, inbound_province"
-        " ORDER BY stage, outbound_province, inbound_province",
+        " FROM case_stages WHERE finished_at IS NULL"
+        " GROUP BY stage, owner, owner_province, outbound_province, inbound_province"
+        " ORDER BY stage, owner, owner_province, outbound_province, inbound_province",
         (micros(now), micros(now), micros(due_soon_before)), _StageTally)
     return [StageCount(Stage(r.stage), r.outbound_province, r.inbound_province, int(r.open), int(r.overdue),
-                       int(r.due_soon)) for r in rows]
+                       int(r.due_soon), Owner(r.owner), r.owner_province) for r in rows]
+
+
+class _StageTotalRow(NamedTuple):
+    stage: str
+    owner: str
+    owner_province: str
+    outbound_province: str
+    inbound_province: str
+    result: str
+    stages: int
+
+
+def stage_totals() -> Steps[list[StageTotal]]:
+    rows = yield from Query(
+        "SELECT stage, owner, owner_province, outbound_province, inbound_province, result, stages FROM stage_totals"
+        " ORDER BY stage, owner, owner_province, outbound_province, inbound_province, result", (), _StageTotalRow)
+    return [StageTotal(Stage(r.stage), Owner(r.owner), r.owner_province, r.outbound_province, r.inbound_province,
+                       Timeliness(r.result), int(r.stages)) for r in rows]
+
+
+class _Escalated(NamedTuple):
+    outbound_province: str
+    inbound_province: str
+    requests: int
+
+
+def escalations(now: dt.datetime) -> Steps[list[Escalation]]:
+    """Requests (cases still OPENED) whose outbound stage passed its deadline: the unfinished stages'
+    deadline index finds them, however long the history."""
+    rows = yield from Query(
+        "SELECT s.outbound_province, s.inbound_province, COUNT(*) AS requests"
+        " FROM case_stages s JOIN cases c ON c.transfer_id = s.transfer_id"
+        f" WHERE s.finished_at IS NULL AND s.deadline <= ? AND s.stage = 'outbound'"
+        f" AND c.state = {tracking_pb2.CASE_STATE_OPENED}"
+        " GROUP BY s.outbound_province, s.inbound_province ORDER BY 1, 2", (micros(now),), _Escalated)
+    return [Escalation(r.outbound_province, r.inbound_province, int(r.requests)) for r in rows]

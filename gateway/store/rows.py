@@ -11,11 +11,11 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
-from gateway.core.case import Case, CaseState, Channel, InsuranceType, MessageRef, Side
+from gateway.core.case import Case, CaseState, Channel, InsuranceType, MessageRef, side_of_stored
 from gateway.core.messages import MessageKind
 from gateway.core.timestamps import from_micros
 from gateway.store.steps import QueryOne, Steps
-from mitransfer.v1 import envelope_pb2, tracking_pb2
+from mitransfer.v1 import tracking_pb2
 
 # deliveries.state
 PENDING = tracking_pb2.DELIVERY_STATE_PENDING
@@ -41,6 +41,9 @@ class CaseRow(NamedTuple):
     balance_fen: int | None
     fund_message_id: str | None
     channel: Channel
+    retained_fen: int
+    insured_months: int | None
+    waiting_period_months: int | None
 
 
 CASE_COLUMNS = ", ".join(CaseRow._fields)
@@ -67,24 +70,15 @@ def load_case(transfer_id: str, messages: Iterable[CaseMessage]) -> Steps[Case |
 
 def case_from(transfer_id: str, row: CaseRow, messages: Iterable[CaseMessage]) -> Case:
     outbound = row.outbound
-    refs = {m.message_id: MessageRef(m.kind, side_of(m.kind, m.sender, outbound)) for m in messages}
+    refs = {m.message_id: MessageRef(m.kind, side_of_stored(m.kind, m.sender, outbound)) for m in messages}
     return Case(
         transfer_id=transfer_id, state=row.state, outbound=outbound, inbound=row.inbound,
         applicant=row.applicant, insurance_type=row.insurance_type,
         inbound_insurance_type=row.inbound_insurance_type, person_key=bytes(row.person_key),
         suspension_date=row.suspension_date, enrollment_date=row.enrollment_date, balance_fen=row.balance_fen,
-        fund_message_id=row.fund_message_id, channel=row.channel, messages=refs,
+        fund_message_id=row.fund_message_id, channel=row.channel, retained_fen=row.retained_fen,
+        insured_months=row.insured_months, waiting_period_months=row.waiting_period_months, messages=refs,
     )
-
-
-def side_of(kind: int, sender: str, outbound: str) -> Side:
-    if kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION:
-        return Side.REVIEWER
-    if kind == envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
-        return Side.GATEWAY
-    if kind == envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST:
-        return Side.INBOUND  # written by the gateway, it stands for the person's application at the inbound side
-    return Side.OUTBOUND if sender == outbound else Side.INBOUND
 
 
 def opt_time(value: int | None) -> dt.datetime | None:

@@ -1,5 +1,5 @@
 """Read models of cases, as operations of steps (`gateway.store.steps`): one case with its messages,
-the idle cases the sweeper expires, a filtered page of cases, a message's receipt.
+a filtered page of cases, a message's receipt.
 
 A list of cases costs three queries however many there are: the cases, then the messages and the
 stages of all of them at once (`_views`).
@@ -7,13 +7,12 @@ stages of all of them at once (`_views`).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
 from gateway.core.case import CaseState, Channel, InsuranceType
 from gateway.core.messages import MessageKind
-from gateway.core.sla import Stage
+from gateway.core.sla import Owner, Stage
 from gateway.core.timestamps import from_micros, micros
 from gateway.store.port import CaseQuery, CaseView, MessageView, StageRecord
 from gateway.store.rows import CaseMessage, CaseRow, case_from, opt_time
@@ -38,11 +37,15 @@ class _ViewRow(NamedTuple):
     balance_fen: int | None
     fund_message_id: str | None
     channel: Channel
+    retained_fen: int
+    insured_months: int | None
+    waiting_period_months: int | None
 
     def case_row(self) -> CaseRow:
         return CaseRow(self.state, self.outbound, self.inbound, self.applicant, self.insurance_type,
                        self.inbound_insurance_type, self.person_key, self.suspension_date, self.enrollment_date,
-                       self.balance_fen, self.fund_message_id, self.channel)
+                       self.balance_fen, self.fund_message_id, self.channel, self.retained_fen,
+                       self.insured_months, self.waiting_period_months)
 
 
 _VIEW_COLUMNS = ", ".join(_ViewRow._fields)
@@ -81,18 +84,14 @@ class _StageRow(NamedTuple):
     started_at: int
     deadline: int
     finished_at: int | None
+    owner: str
+    provisional: int
 
 
 def get_case(transfer_id: str) -> Steps[CaseView | None]:
     rows = yield from Query(f"SELECT {_VIEW_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,), _ViewRow)
     views = yield from _views(rows, with_messages=True)
     return views[0] if views else None
-
-
-def idle_cases(state: int, idle_since: dt.datetime, limit: int) -> Steps[list[CaseView]]:
-    rows = yield from Query(f"SELECT {_VIEW_COLUMNS} FROM cases WHERE state = ? AND updated_at < ?"
-                            " ORDER BY updated_at LIMIT ?", (state, micros(idle_since), limit), _ViewRow)
-    return (yield from _views(rows, with_messages=True))
 
 
 def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
@@ -118,9 +117,12 @@ def list_cases(query: CaseQuery) -> Steps[list[CaseView]]:
         where.append("opened_at < ?")
         args.append(micros(query.opened_before))
     if query.deadline_between is not None:
+        owned = "" if query.owner is None else " AND s.owner = ?"
         where.append("EXISTS (SELECT 1 FROM case_stages s WHERE s.transfer_id = cases.transfer_id"
-                     " AND s.finished_at IS NULL AND s.deadline > ? AND s.deadline <= ?)")
+                     f" AND s.finished_at IS NULL AND s.deadline > ? AND s.deadline <= ?{owned})")
         args += [micros(query.deadline_between[0]), micros(query.deadline_between[1])]
+        if query.owner is not None:
+            args.append(str(query.owner))
     if query.after is not None:
         where.append("(opened_at, transfer_id) > (?, ?)")
         args += [micros(query.after[0]), query.after[1]]
@@ -175,12 +177,13 @@ def _views(rows: Sequence[_ViewRow], *, with_messages: bool) -> Steps[list[CaseV
             _RefRow)
         refs = _by_case(transfer_ids, only_refs)
     stage_rows = yield from Query(
-        f"SELECT transfer_id, stage, started_at, deadline, finished_at FROM case_stages"
+        f"SELECT transfer_id, stage, started_at, deadline, finished_at, owner, provisional FROM case_stages"
         f" WHERE transfer_id IN ({ids}) ORDER BY started_at, stage_order", padded, _StageRow)
     stages: dict[str, list[StageRecord]] = {t: [] for t in transfer_ids}
     for s in stage_rows:
-        stages[s.transfer_id].append(StageRecord(Stage(s.stage), from_micros(s.started_at),
-                                                 from_micros(s.deadline), opt_time(s.finished_at)))
+        stages[s.transfer_id].append(StageRecord(Stage(s.stage), from_micros(s.started_at), from_micros(s.deadline),
+                                                 opt_time(s.finished_at), Owner(s.owner) if s.owner else None,
+                                                 bool(s.provisional)))
     return [
         CaseView(case=case_from(r.transfer_id, r.case_row(), refs[r.transfer_id]), opened_at=from_micros(r.opened_at),
                  updated_at=from_micros(r.updated_at), stages=stages[r.transfer_id],

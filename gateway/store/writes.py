@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from gateway.core.case import AUTOMATIC, Case, Decision
 from gateway.core.errors import IdempotencyConflict, NotFound
 from gateway.core.messages import MessageKind
-from gateway.core.sla import Sla, Stage, province
+from gateway.core.sla import Owner, Sla, Stage, Timeliness, owner_province, province
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import transparency
 from gateway.store.decision import decide_case
@@ -70,6 +70,16 @@ class _Fund(NamedTuple):
 class _Finished(NamedTuple):
     started_at: int
     deadline: int
+    owner: str
+    owner_province: str
+    outbound_province: str
+    inbound_province: str
+    provisional: int
+
+
+class _Stored(NamedTuple):
+    sequence: int
+    receipt: bytes
 
 
 def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
@@ -95,6 +105,11 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
             return AcceptOutcome(receipt=bytes(seen.receipt or b""), sequence=seen.sequence, replayed=True)
     before = yield from load_case(m.transfer_id, [k for k in known if k.transfer_id == m.transfer_id])
     decision = yield from decide_case(m, decide, before)
+    if decision.replay_of is not None:  # the same decision again: its receipt, nothing written
+        stored = yield from QueryOne("SELECT sequence, receipt FROM messages WHERE message_id = ?",
+                                     (decision.replay_of,), _Stored)
+        assert stored is not None  # the decision found it among the case's messages
+        return AcceptOutcome(receipt=bytes(stored.receipt), sequence=stored.sequence, replayed=True)
     after = decision.case
     fund_was = None  # the case's fund movement as it was, if this message changes it
     if m.kind != envelope_pb2.MESSAGE_KIND_FUND_TRANSFER and decision.fund_status is not None:
@@ -103,19 +118,22 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     now_us = micros(now)
     stages = sla.changes(before, after, now)
     columns = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
-               after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id, now_us)
+               after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id,
+               after.retained_fen, after.insured_months, after.waiting_period_months, now_us)
     if before is None:
         yield Statement(
             "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
-            " enrollment_date, balance_fen, fund_message_id, updated_at, opened_at, transfer_id, outbound,"
-            " inbound, applicant, person_key, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " enrollment_date, balance_fen, fund_message_id, retained_fen, insured_months, waiting_period_months,"
+            " updated_at, opened_at, transfer_id, outbound, inbound, applicant, person_key, channel)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key,
              after.channel))
     else:
         yield Statement(
             "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
-            " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, updated_at = ?"
-            " WHERE transfer_id = ?", (*columns, after.transfer_id))
+            " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, retained_fen = ?,"
+            " insured_months = ?, waiting_period_months = ?, updated_at = ? WHERE transfer_id = ?",
+            (*columns, after.transfer_id))
     # The log's head, taken last: one counter row makes sequences gapless and in commit order
     # across replicas, hands out the leaves of the transparency log in the same order, and holds
     # its lock only for the rest of this transaction.
@@ -141,16 +159,23 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     yield from _effects(m, decision, now_us, fund_was)
     yield Batch(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
-        " deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " deadline, owner, owner_province, provisional, calendar_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
-          province(after.inbound), now_us, micros(s.deadline)) for s in stages.started])
+          province(after.inbound), now_us, micros(s.deadline), str(s.owner),
+          owner_province(s.owner, after.outbound, after.inbound), int(s.provisional), stages.calendar_version)
+         for s in stages.started])
     finished: list[StageRecord] = []
     for stage in stages.finished:
         done = yield from QueryOne(
             "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
-            " RETURNING started_at, deadline", (now_us, after.transfer_id, str(stage)), _Finished)
-        if done is not None:  # None: a case opened before stages were kept has nothing to finish
-            finished.append(StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now))
+            " RETURNING started_at, deadline, owner, owner_province, outbound_province, inbound_province, provisional",
+            (now_us, after.transfer_id, str(stage)), _Finished)
+        if done is None:  # a case opened before stages were kept has nothing to finish
+            continue
+        record = StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now,
+                             Owner(done.owner), bool(done.provisional))
+        finished.append(record)
+        yield from add_to_stage_totals(stage, done, [(sla.timeliness(record.deadline, now, now), 1)])
     state = HELD if decision.hold_delivery else PENDING
     yield Batch(
         "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
@@ -211,6 +236,33 @@ def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: _Fun
     if decision.cancel_message is not None:
         yield Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
                              (CANCELLED, decision.cancel_message, HELD))
+
+
+class StageLabels(Protocol):
+    """What a stage total is kept by, besides the stage: any row with these columns."""
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def owner_province(self) -> str: ...
+
+    @property
+    def outbound_province(self) -> str: ...
+
+    @property
+    def inbound_province(self) -> str: ...
+
+
+def add_to_stage_totals(stage: Stage, labels: StageLabels, changes: Sequence[tuple[Timeliness, int]]) -> Statement:
+    """One statement adding (result, stages) `changes` to the finished stages of `stage` with `labels`."""
+    key = (str(stage), labels.owner, labels.owner_province, labels.outbound_province, labels.inbound_province)
+    return Statement(
+        "INSERT INTO stage_totals (stage, owner, owner_province, outbound_province, inbound_province, result, stages)"
+        f" VALUES {', '.join('(?, ?, ?, ?, ?, ?, ?)' for _ in changes)}"
+        " ON CONFLICT (stage, owner, owner_province, outbound_province, inbound_province, result) DO UPDATE SET"
+        " stages = stage_totals.stages + excluded.stages",
+        tuple(v for result, count in changes for v in (*key, str(result), count)))
 
 
 def _add_to_totals(case: Case, changes: Sequence[tuple[str, int, int]]) -> Statement:

@@ -25,6 +25,9 @@ FUND_STATUSES: Final[Mapping[str, FundStatus]] = MappingProxyType({
     "sent": log_pb2.FUND_STATUS_SENT,
     "credited": log_pb2.FUND_STATUS_CREDITED,
     "rejected": log_pb2.FUND_STATUS_REJECTED,
+    "return_due": log_pb2.FUND_STATUS_RETURN_DUE,
+    "returning": log_pb2.FUND_STATUS_RETURNING,
+    "returned": log_pb2.FUND_STATUS_RETURNED,
 })
 """The store's name of a fund movement's status → its number in the log."""
 FUND_STATUS_NAMES: Final[Mapping[int, str]] = MappingProxyType({v: k for k, v in FUND_STATUSES.items()})

@@ -3,7 +3,8 @@
 Business messages are written and signed by provincial platforms and carry a Header; most belong
 to a case, and the index messages (suspended records and enrollments, `INDEX_KINDS`) are addressed
 to the gateway itself and belong to none until they open one. Gateway notices (review decisions,
-expiries, automatic transfer requests) are written and signed by the gateway itself and delivered
+operators' closures, automatic transfer requests, expiries of older cases) are written and signed
+by the gateway itself and delivered
 to both sides of a case. A platform key never signs a notice and a gateway key never signs a
 business message: `is_gateway_kind` is how both ends tell them apart.
 
@@ -30,6 +31,7 @@ CaseMessage: TypeAlias = (
     | messages_pb2.FundTransfer
     | messages_pb2.Acknowledgement
     | messages_pb2.Withdrawal
+    | messages_pb2.FundReturn
 )
 IndexMessage: TypeAlias = (
     automatic_pb2.SuspendedRecord
@@ -38,7 +40,9 @@ IndexMessage: TypeAlias = (
     | automatic_pb2.EnrollmentOptOut
 )
 BusinessMessage: TypeAlias = CaseMessage | IndexMessage
-GatewayNotice: TypeAlias = admin_pb2.ReviewDecision | admin_pb2.CaseExpired | automatic_pb2.AutomaticTransferRequest
+GatewayNotice: TypeAlias = (
+    admin_pb2.ReviewDecision | admin_pb2.CaseExpired | admin_pb2.CaseClosed | automatic_pb2.AutomaticTransferRequest
+)
 MessageKind: TypeAlias = envelope_pb2.MessageKind.ValueType
 
 _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType({
@@ -48,6 +52,7 @@ _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType
     envelope_pb2.MESSAGE_KIND_FUND_TRANSFER: messages_pb2.FundTransfer,
     envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT: messages_pb2.Acknowledgement,
     envelope_pb2.MESSAGE_KIND_WITHDRAWAL: messages_pb2.Withdrawal,
+    envelope_pb2.MESSAGE_KIND_FUND_RETURN: messages_pb2.FundReturn,
     envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD: automatic_pb2.SuspendedRecord,
     envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL: automatic_pb2.SuspendedRecordWithdrawal,
     envelope_pb2.MESSAGE_KIND_ENROLLMENT: automatic_pb2.Enrollment,
@@ -56,6 +61,7 @@ _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType
 _NOTICES: Final[Mapping[MessageKind, type[GatewayNotice]]] = MappingProxyType({
     envelope_pb2.MESSAGE_KIND_REVIEW_DECISION: admin_pb2.ReviewDecision,
     envelope_pb2.MESSAGE_KIND_CASE_EXPIRED: admin_pb2.CaseExpired,
+    envelope_pb2.MESSAGE_KIND_CASE_CLOSED: admin_pb2.CaseClosed,
     envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: automatic_pb2.AutomaticTransferRequest,
 })
 

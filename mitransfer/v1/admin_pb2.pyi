@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mitransfer.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -306,6 +307,88 @@ class CaseExpired(_message.Message):
 Global___CaseExpired: _TypeAlias = CaseExpired  # noqa: Y015
 
 @_typing.final
+class CloseCaseRequest(_message.Message):
+    """An operator's closure of an unanswered transfer request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """转移业务编号 the case to close"""
+    reason: _builtins.str
+    """关闭原因 why: required, at most 500 characters; delivered to both sides"""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCaseRequest: _TypeAlias = CloseCaseRequest  # noqa: Y015
+
+@_typing.final
+class CaseClosed(_message.Message):
+    """人工关闭 an operator closed a case whose transfer request the outbound side never answered, as
+    the gateway records, signs and delivers it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OUTBOUND_FIELD_NUMBER: _builtins.int
+    INBOUND_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """报文编号 a new id for this closure"""
+    transfer_id: _builtins.str
+    """转移业务编号 the case's transfer id"""
+    operator: _builtins.str
+    """操作人 the operator's registry id"""
+    reason: _builtins.str
+    """关闭原因 why"""
+    outbound: _builtins.str
+    """转出地经办机构 the outbound agency, one of the two sides it is delivered to"""
+    inbound: _builtins.str
+    """转入地经办机构 the inbound agency, the other side"""
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp:
+        """申请时间 when the request was accepted"""
+
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """关闭时间 when the gateway recorded the closure"""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        outbound: _builtins.str = ...,
+        inbound: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "opened_at", b"opened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "inbound", b"inbound", "message_id", b"message_id", "opened_at", b"opened_at", "operator", b"operator", "outbound", b"outbound", "reason", b"reason", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseClosed: _TypeAlias = CaseClosed  # noqa: Y015
+
+@_typing.final
 class GetSettlementRequest(_message.Message):
     """Asks for the settlement ledger of one day."""
 
@@ -332,7 +415,7 @@ Global___GetSettlementRequest: _TypeAlias = GetSettlementRequest  # noqa: Y015
 @_typing.final
 class SettlementLine(_message.Message):
     """One province pair's fund transfers sent on the day, by where they stand now (fen).
-    sent = credited + held + rejected + in_flight.
+    sent = credited + returned + held + in_flight.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -345,6 +428,8 @@ class SettlementLine(_message.Message):
     REJECTED_FEN_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FEN_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
+    RETURNED_FEN_FIELD_NUMBER: _builtins.int
+    AWAITING_RETURN_FEN_FIELD_NUMBER: _builtins.int
     outbound_province: _builtins.str
     """转出省 first two digits of the outbound agency"""
     inbound_province: _builtins.str
@@ -356,11 +441,21 @@ class SettlementLine(_message.Message):
     held_fen: _builtins.int
     """待复核 held for review"""
     rejected_fen: _builtins.int
-    """退回 rejected by review or by the inbound side"""
+    """拒绝 rejected by review or by the inbound side, wherever the money stands now: also counted in
+    returned (back with the outbound side) or in in_flight (still to come back)
+    """
     in_flight_fen: _builtins.int
-    """在途 sent, not yet credited nor rejected nor held"""
+    """在途 away from the outbound side and not credited: sent and not yet answered, or rejected by the
+    inbound side and not yet confirmed back (awaiting_return)
+    """
     transfers: _builtins.int
     """笔数 number of fund transfers"""
+    returned_fen: _builtins.int
+    """已退回 back with the outbound side: returned after an inbound rejection (the outbound side
+    confirmed receipt), or stopped in review (never released to the inbound side)
+    """
+    awaiting_return_fen: _builtins.int
+    """待退回 rejected by the inbound side, not yet confirmed back (part of in_flight)"""
     def __init__(
         self,
         *,
@@ -372,10 +467,12 @@ class SettlementLine(_message.Message):
         rejected_fen: _builtins.int = ...,
         in_flight_fen: _builtins.int = ...,
         transfers: _builtins.int = ...,
+        returned_fen: _builtins.int = ...,
+        awaiting_return_fen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credited_fen", b"credited_fen", "held_fen", b"held_fen", "in_flight_fen", b"in_flight_fen", "inbound_province", b"inbound_province", "outbound_province", b"outbound_province", "rejected_fen", b"rejected_fen", "sent_fen", b"sent_fen", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_return_fen", b"awaiting_return_fen", "credited_fen", b"credited_fen", "held_fen", b"held_fen", "in_flight_fen", b"in_flight_fen", "inbound_province", b"inbound_province", "outbound_province", b"outbound_province", "rejected_fen", b"rejected_fen", "returned_fen", b"returned_fen", "sent_fen", b"sent_fen", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,3 +507,213 @@ class SettlementReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettlementReport: _TypeAlias = SettlementReport  # noqa: Y015
+
+@_typing.final
+class CalendarYear(_message.Message):
+    """One year of the State Council's notice on public holidays (国务院办公厅关于部分节假日安排的通知)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HOLIDAYS_FIELD_NUMBER: _builtins.int
+    WORKDAYS_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    """年份 the year, 2000 to 2100"""
+    source: _builtins.str
+    """来源 the notice's title or reference, at most 200 characters"""
+    @_builtins.property
+    def holidays(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Date]:
+        """放假 days off that would otherwise be working days, all in this year"""
+
+    @_builtins.property
+    def workdays(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Date]:
+        """调休上班 weekend days that are worked, all in this year"""
+
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        source: _builtins.str = ...,
+        holidays: _abc.Iterable[_types_pb2.Date] | None = ...,
+        workdays: _abc.Iterable[_types_pb2.Date] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holidays", b"holidays", "source", b"source", "workdays", b"workdays", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarYear: _TypeAlias = CalendarYear  # noqa: Y015
+
+@_typing.final
+class LoadCalendarRequest(_message.Message):
+    """The notices to load: each year given replaces what the store held for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEARS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarYear]:
+        """年度通知 one entry per year, each year at most once"""
+
+    def __init__(
+        self,
+        *,
+        years: _abc.Iterable[Global___CalendarYear] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadCalendarRequest: _TypeAlias = LoadCalendarRequest  # noqa: Y015
+
+@_typing.final
+class LoadCalendarResponse(_message.Message):
+    """What loading the notices changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STAGES_RETIMED_FIELD_NUMBER: _builtins.int
+    STAGES_REJUDGED_FIELD_NUMBER: _builtins.int
+    NOW_ON_TIME_FIELD_NUMBER: _builtins.int
+    NOW_LATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """日历版本 the store's calendar version after the load"""
+    stages_retimed: _builtins.int
+    """重算时限 stages whose deadline was counted again"""
+    stages_rejudged: _builtins.int
+    """重新判定 of those, finished stages judged again"""
+    now_on_time: _builtins.int
+    """改判按时 judged late before, on time now"""
+    now_late: _builtins.int
+    """改判超期 judged on time before, late now"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        stages_retimed: _builtins.int = ...,
+        stages_rejudged: _builtins.int = ...,
+        now_on_time: _builtins.int = ...,
+        now_late: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["now_late", b"now_late", "now_on_time", b"now_on_time", "stages_rejudged", b"stages_rejudged", "stages_retimed", b"stages_retimed", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadCalendarResponse: _TypeAlias = LoadCalendarResponse  # noqa: Y015
+
+@_typing.final
+class GetCalendarRequest(_message.Message):
+    """Asks where each year's working days come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarRequest: _TypeAlias = GetCalendarRequest  # noqa: Y015
+
+@_typing.final
+class YearCoverage(_message.Message):
+    """日历覆盖 where one year's working days come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Source:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[YearCoverage._Source.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SOURCE_UNSPECIFIED: YearCoverage._Source.ValueType  # 0
+        """Not set."""
+        SOURCE_NOTICE: YearCoverage._Source.ValueType  # 1
+        """通知 a notice loaded into the store (LoadCalendar)"""
+        SOURCE_PACKAGE: YearCoverage._Source.ValueType  # 2
+        """软件包 the chinese-calendar package shipped with the gateway"""
+        SOURCE_FALLBACK: YearCoverage._Source.ValueType  # 3
+        """未知 not known: counted Monday to Friday without holidays"""
+
+    class Source(_Source, metaclass=_SourceEnumTypeWrapper):
+        """来源 where the days come from"""
+
+    SOURCE_UNSPECIFIED: YearCoverage.Source.ValueType  # 0
+    """Not set."""
+    SOURCE_NOTICE: YearCoverage.Source.ValueType  # 1
+    """通知 a notice loaded into the store (LoadCalendar)"""
+    SOURCE_PACKAGE: YearCoverage.Source.ValueType  # 2
+    """软件包 the chinese-calendar package shipped with the gateway"""
+    SOURCE_FALLBACK: YearCoverage.Source.ValueType  # 3
+    """未知 not known: counted Monday to Friday without holidays"""
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    """年份 the year"""
+    source: Global___YearCoverage.Source.ValueType
+    """来源 where its days come from"""
+    notice: _builtins.str
+    """通知 the notice's source text (SOURCE_NOTICE)"""
+    @_builtins.property
+    def loaded_at(self) -> _timestamp_pb2.Timestamp:
+        """载入时间 when the notice was loaded (SOURCE_NOTICE)"""
+
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        source: Global___YearCoverage.Source.ValueType = ...,
+        notice: _builtins.str = ...,
+        loaded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at", "notice", b"notice", "source", b"source", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___YearCoverage: _TypeAlias = YearCoverage  # noqa: Y015
+
+@_typing.final
+class CalendarCoverage(_message.Message):
+    """日历覆盖 the calendar this replica counts on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    YEARS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """日历版本 the store's calendar version it counts on"""
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___YearCoverage]:
+        """年度 last year, this year, and every year to the horizon of the longest deadline, then every
+        year a notice was loaded for
+        """
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        years: _abc.Iterable[Global___YearCoverage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarCoverage: _TypeAlias = CalendarCoverage  # noqa: Y015

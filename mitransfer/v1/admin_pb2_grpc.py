@@ -53,6 +53,21 @@ class AdminStub:
                 request_serializer=mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.SerializeToString,
                 response_deserializer=mitransfer_dot_v1_dot_admin__pb2.SettlementReport.FromString,
                 _registered_method=True)
+        self.CloseCase = channel.unary_unary(
+                '/mitransfer.v1.Admin/CloseCase',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.CloseCaseRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_envelope__pb2.Receipt.FromString,
+                _registered_method=True)
+        self.LoadCalendar = channel.unary_unary(
+                '/mitransfer.v1.Admin/LoadCalendar',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.LoadCalendarRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_admin__pb2.LoadCalendarResponse.FromString,
+                _registered_method=True)
+        self.GetCalendar = channel.unary_unary(
+                '/mitransfer.v1.Admin/GetCalendar',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.FromString,
+                _registered_method=True)
         self.ReloadRegistry = channel.unary_unary(
                 '/mitransfer.v1.Admin/ReloadRegistry',
                 request_serializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryRequest.SerializeToString,
@@ -67,17 +82,21 @@ class AdminServicer:
     """
 
     def ListHeldFundTransfers(self, request, context):
-        """Fund transfers held for review (role reviewer), oldest first.
+        """Fund transfers held for review (role reviewer), oldest first: those whose outbound agency lies
+        in the provinces the registry scopes the reviewer to (every province when it names none).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReviewFundTransfer(self, request, context):
-        """Approve or reject a held fund transfer (role reviewer). The gateway records the decision in the
-        case's log, signs it and delivers it to both sides; an approved transfer is then delivered to
-        the inbound side. Idempotent: deciding the same transfer the same way again returns the same
-        receipt; deciding it the other way is FAILED_PRECONDITION.
+        """Approve or reject a held fund transfer (role reviewer, scoped to its outbound province:
+        PERMISSION_DENIED REVIEWER_NOT_OF_PROVINCE otherwise). Which transfers are held is the
+        outbound region's policy in the registry. The gateway records the decision in the case's log,
+        signs it and delivers it to both sides; an approved transfer is then delivered to the inbound
+        side. Idempotent, decided inside the case's transaction: deciding the same transfer the same
+        way again, even at the same moment, returns the one receipt; deciding it the other way is
+        FAILED_PRECONDITION REVIEW_ALREADY_DECIDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +104,34 @@ class AdminServicer:
 
     def GetSettlement(self, request, context):
         """Funds in transit per province pair for one day (role operator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseCase(self, request, context):
+        """Close a case whose transfer request the outbound side never answered (role operator), with a
+        reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
+        it to both sides. Only a request still waiting for its outbound notice can be closed so
+        (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadCalendar(self, request, context):
+        """Load the State Council's holiday notice for one or more years into the store, for every
+        replica (role operator). Unfinished stages are counted again on the new calendar and stages
+        finished while their year was counted Monday to Friday are judged again, at once on this
+        replica and within a monitor interval on every other. INVALID_ARGUMENT names a day outside
+        its year, a day listed twice, an overlong source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendar(self, request, context):
+        """Where each year's working days come from, as this replica counts them (role operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +166,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSettlement,
                     request_deserializer=mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.FromString,
                     response_serializer=mitransfer_dot_v1_dot_admin__pb2.SettlementReport.SerializeToString,
+            ),
+            'CloseCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseCase,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.CloseCaseRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_envelope__pb2.Receipt.SerializeToString,
+            ),
+            'LoadCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadCalendar,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.LoadCalendarRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_admin__pb2.LoadCalendarResponse.SerializeToString,
+            ),
+            'GetCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendar,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.SerializeToString,
             ),
             'ReloadRegistry': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadRegistry,
@@ -210,6 +272,87 @@ class Admin:
             '/mitransfer.v1.Admin/GetSettlement',
             mitransfer_dot_v1_dot_admin__pb2.GetSettlementRequest.SerializeToString,
             mitransfer_dot_v1_dot_admin__pb2.SettlementReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/CloseCase',
+            mitransfer_dot_v1_dot_admin__pb2.CloseCaseRequest.SerializeToString,
+            mitransfer_dot_v1_dot_envelope__pb2.Receipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/LoadCalendar',
+            mitransfer_dot_v1_dot_admin__pb2.LoadCalendarRequest.SerializeToString,
+            mitransfer_dot_v1_dot_admin__pb2.LoadCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/GetCalendar',
+            mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.SerializeToString,
+            mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.FromString,
             options,
             channel_credentials,
             insecure,

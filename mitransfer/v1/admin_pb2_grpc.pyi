@@ -40,15 +40,35 @@ class AdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     ListHeldFundTransfers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListHeldFundTransfersRequest, _admin_pb2.ListHeldFundTransfersResponse]
-    """Fund transfers held for review (role reviewer), oldest first."""
+    """Fund transfers held for review (role reviewer), oldest first: those whose outbound agency lies
+    in the provinces the registry scopes the reviewer to (every province when it names none).
+    """
     ReviewFundTransfer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReviewFundTransferRequest, _envelope_pb2.Receipt]
-    """Approve or reject a held fund transfer (role reviewer). The gateway records the decision in the
-    case's log, signs it and delivers it to both sides; an approved transfer is then delivered to
-    the inbound side. Idempotent: deciding the same transfer the same way again returns the same
-    receipt; deciding it the other way is FAILED_PRECONDITION.
+    """Approve or reject a held fund transfer (role reviewer, scoped to its outbound province:
+    PERMISSION_DENIED REVIEWER_NOT_OF_PROVINCE otherwise). Which transfers are held is the
+    outbound region's policy in the registry. The gateway records the decision in the case's log,
+    signs it and delivers it to both sides; an approved transfer is then delivered to the inbound
+    side. Idempotent, decided inside the case's transaction: deciding the same transfer the same
+    way again, even at the same moment, returns the one receipt; deciding it the other way is
+    FAILED_PRECONDITION REVIEW_ALREADY_DECIDED.
     """
     GetSettlement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]
     """Funds in transit per province pair for one day (role operator)."""
+    CloseCase: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CloseCaseRequest, _envelope_pb2.Receipt]
+    """Close a case whose transfer request the outbound side never answered (role operator), with a
+    reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
+    it to both sides. Only a request still waiting for its outbound notice can be closed so
+    (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+    """
+    LoadCalendar: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LoadCalendarRequest, _admin_pb2.LoadCalendarResponse]
+    """Load the State Council's holiday notice for one or more years into the store, for every
+    replica (role operator). Unfinished stages are counted again on the new calendar and stages
+    finished while their year was counted Monday to Friday are judged again, at once on this
+    replica and within a monitor interval on every other. INVALID_ARGUMENT names a day outside
+    its year, a day listed twice, an overlong source.
+    """
+    GetCalendar: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCalendarRequest, _admin_pb2.CalendarCoverage]
+    """Where each year's working days come from, as this replica counts them (role operator)."""
     ReloadRegistry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]
     """Load a newer version of the agency registry without a restart (role operator): the document
     given, or the gateway's configured file when none is. The version is kept in the store, and
@@ -67,15 +87,35 @@ class AdminAsyncStub(AdminStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListHeldFundTransfers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListHeldFundTransfersRequest, _admin_pb2.ListHeldFundTransfersResponse]  # type: ignore[assignment]
-    """Fund transfers held for review (role reviewer), oldest first."""
+    """Fund transfers held for review (role reviewer), oldest first: those whose outbound agency lies
+    in the provinces the registry scopes the reviewer to (every province when it names none).
+    """
     ReviewFundTransfer: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReviewFundTransferRequest, _envelope_pb2.Receipt]  # type: ignore[assignment]
-    """Approve or reject a held fund transfer (role reviewer). The gateway records the decision in the
-    case's log, signs it and delivers it to both sides; an approved transfer is then delivered to
-    the inbound side. Idempotent: deciding the same transfer the same way again returns the same
-    receipt; deciding it the other way is FAILED_PRECONDITION.
+    """Approve or reject a held fund transfer (role reviewer, scoped to its outbound province:
+    PERMISSION_DENIED REVIEWER_NOT_OF_PROVINCE otherwise). Which transfers are held is the
+    outbound region's policy in the registry. The gateway records the decision in the case's log,
+    signs it and delivers it to both sides; an approved transfer is then delivered to the inbound
+    side. Idempotent, decided inside the case's transaction: deciding the same transfer the same
+    way again, even at the same moment, returns the one receipt; deciding it the other way is
+    FAILED_PRECONDITION REVIEW_ALREADY_DECIDED.
     """
     GetSettlement: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]  # type: ignore[assignment]
     """Funds in transit per province pair for one day (role operator)."""
+    CloseCase: _aio.UnaryUnaryMultiCallable[_admin_pb2.CloseCaseRequest, _envelope_pb2.Receipt]  # type: ignore[assignment]
+    """Close a case whose transfer request the outbound side never answered (role operator), with a
+    reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
+    it to both sides. Only a request still waiting for its outbound notice can be closed so
+    (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+    """
+    LoadCalendar: _aio.UnaryUnaryMultiCallable[_admin_pb2.LoadCalendarRequest, _admin_pb2.LoadCalendarResponse]  # type: ignore[assignment]
+    """Load the State Council's holiday notice for one or more years into the store, for every
+    replica (role operator). Unfinished stages are counted again on the new calendar and stages
+    finished while their year was counted Monday to Friday are judged again, at once on this
+    replica and within a monitor interval on every other. INVALID_ARGUMENT names a day outside
+    its year, a day listed twice, an overlong source.
+    """
+    GetCalendar: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCalendarRequest, _admin_pb2.CalendarCoverage]  # type: ignore[assignment]
+    """Where each year's working days come from, as this replica counts them (role operator)."""
     ReloadRegistry: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]  # type: ignore[assignment]
     """Load a newer version of the agency registry without a restart (role operator): the document
     given, or the gateway's configured file when none is. The version is kept in the store, and
@@ -97,7 +137,9 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListHeldFundTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListHeldFundTransfersResponse, _abc.Awaitable[_admin_pb2.ListHeldFundTransfersResponse]]:
-        """Fund transfers held for review (role reviewer), oldest first."""
+        """Fund transfers held for review (role reviewer), oldest first: those whose outbound agency lies
+        in the provinces the registry scopes the reviewer to (every province when it names none).
+        """
 
     @_abc_1.abstractmethod
     def ReviewFundTransfer(
@@ -105,10 +147,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ReviewFundTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_envelope_pb2.Receipt, _abc.Awaitable[_envelope_pb2.Receipt]]:
-        """Approve or reject a held fund transfer (role reviewer). The gateway records the decision in the
-        case's log, signs it and delivers it to both sides; an approved transfer is then delivered to
-        the inbound side. Idempotent: deciding the same transfer the same way again returns the same
-        receipt; deciding it the other way is FAILED_PRECONDITION.
+        """Approve or reject a held fund transfer (role reviewer, scoped to its outbound province:
+        PERMISSION_DENIED REVIEWER_NOT_OF_PROVINCE otherwise). Which transfers are held is the
+        outbound region's policy in the registry. The gateway records the decision in the case's log,
+        signs it and delivers it to both sides; an approved transfer is then delivered to the inbound
+        side. Idempotent, decided inside the case's transaction: deciding the same transfer the same
+        way again, even at the same moment, returns the one receipt; deciding it the other way is
+        FAILED_PRECONDITION REVIEW_ALREADY_DECIDED.
         """
 
     @_abc_1.abstractmethod
@@ -118,6 +163,39 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SettlementReport, _abc.Awaitable[_admin_pb2.SettlementReport]]:
         """Funds in transit per province pair for one day (role operator)."""
+
+    @_abc_1.abstractmethod
+    def CloseCase(
+        self,
+        request: _admin_pb2.CloseCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_envelope_pb2.Receipt, _abc.Awaitable[_envelope_pb2.Receipt]]:
+        """Close a case whose transfer request the outbound side never answered (role operator), with a
+        reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
+        it to both sides. Only a request still waiting for its outbound notice can be closed so
+        (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+        """
+
+    @_abc_1.abstractmethod
+    def LoadCalendar(
+        self,
+        request: _admin_pb2.LoadCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LoadCalendarResponse, _abc.Awaitable[_admin_pb2.LoadCalendarResponse]]:
+        """Load the State Council's holiday notice for one or more years into the store, for every
+        replica (role operator). Unfinished stages are counted again on the new calendar and stages
+        finished while their year was counted Monday to Friday are judged again, at once on this
+        replica and within a monitor interval on every other. INVALID_ARGUMENT names a day outside
+        its year, a day listed twice, an overlong source.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCalendar(
+        self,
+        request: _admin_pb2.GetCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CalendarCoverage, _abc.Awaitable[_admin_pb2.CalendarCoverage]]:
+        """Where each year's working days come from, as this replica counts them (role operator)."""
 
     @_abc_1.abstractmethod
     def ReloadRegistry(

@@ -53,7 +53,14 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """
     MESSAGE_KIND_CASE_EXPIRED: _MessageKind.ValueType  # 8
     """Made by the gateway itself: the case expired unanswered (payload: mitransfer.v1.CaseExpired),
-    signed by the gateway and delivered to both sides.
+    signed by the gateway and delivered to both sides. No longer made: an unanswered request is
+    escalated and closed only by its applicant or an operator; kept for the logs of older cases.
+    """
+    MESSAGE_KIND_FUND_RETURN: _MessageKind.ValueType  # 9
+    """资金退回 payload: mitransfer.v1.FundReturn"""
+    MESSAGE_KIND_CASE_CLOSED: _MessageKind.ValueType  # 10
+    """Made by the gateway itself: an operator closed a case whose transfer request was never
+    answered (payload: mitransfer.v1.CaseClosed), signed by the gateway and delivered to both sides.
     """
     MESSAGE_KIND_SUSPENDED_RECORD: _MessageKind.ValueType  # 11
     """中止参保记录登记 payload: mitransfer.v1.SuspendedRecord (addressed to the gateway)"""
@@ -92,7 +99,14 @@ signed by the gateway and delivered to both sides (payload: mitransfer.v1.Review
 """
 MESSAGE_KIND_CASE_EXPIRED: MessageKind.ValueType  # 8
 """Made by the gateway itself: the case expired unanswered (payload: mitransfer.v1.CaseExpired),
-signed by the gateway and delivered to both sides.
+signed by the gateway and delivered to both sides. No longer made: an unanswered request is
+escalated and closed only by its applicant or an operator; kept for the logs of older cases.
+"""
+MESSAGE_KIND_FUND_RETURN: MessageKind.ValueType  # 9
+"""资金退回 payload: mitransfer.v1.FundReturn"""
+MESSAGE_KIND_CASE_CLOSED: MessageKind.ValueType  # 10
+"""Made by the gateway itself: an operator closed a case whose transfer request was never
+answered (payload: mitransfer.v1.CaseClosed), signed by the gateway and delivered to both sides.
 """
 MESSAGE_KIND_SUSPENDED_RECORD: MessageKind.ValueType  # 11
 """中止参保记录登记 payload: mitransfer.v1.SuspendedRecord (addressed to the gateway)"""

@@ -47,7 +47,15 @@ class _FundStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FundStatus
     FUND_STATUS_CREDITED: _FundStatus.ValueType  # 3
     """已入账 credited at the inbound side"""
     FUND_STATUS_REJECTED: _FundStatus.ValueType  # 4
-    """退回 rejected by review or by the inbound side"""
+    """退回 stopped in review, never released; in a log from before returns were tracked, also
+    rejected by the inbound side
+    """
+    FUND_STATUS_RETURN_DUE: _FundStatus.ValueType  # 5
+    """待退回 rejected by the inbound side after it arrived: owed back to the outbound side"""
+    FUND_STATUS_RETURNING: _FundStatus.ValueType  # 6
+    """退回在途 sent back by the inbound side, not yet confirmed by the outbound side"""
+    FUND_STATUS_RETURNED: _FundStatus.ValueType  # 7
+    """已退回 confirmed back at the outbound side"""
 
 class FundStatus(_FundStatus, metaclass=_FundStatusEnumTypeWrapper):
     """资金状态 where a personal-account fund movement stands."""
@@ -61,7 +69,15 @@ FUND_STATUS_SENT: FundStatus.ValueType  # 2
 FUND_STATUS_CREDITED: FundStatus.ValueType  # 3
 """已入账 credited at the inbound side"""
 FUND_STATUS_REJECTED: FundStatus.ValueType  # 4
-"""退回 rejected by review or by the inbound side"""
+"""退回 stopped in review, never released; in a log from before returns were tracked, also
+rejected by the inbound side
+"""
+FUND_STATUS_RETURN_DUE: FundStatus.ValueType  # 5
+"""待退回 rejected by the inbound side after it arrived: owed back to the outbound side"""
+FUND_STATUS_RETURNING: FundStatus.ValueType  # 6
+"""退回在途 sent back by the inbound side, not yet confirmed by the outbound side"""
+FUND_STATUS_RETURNED: FundStatus.ValueType  # 7
+"""已退回 confirmed back at the outbound side"""
 Global___FundStatus: _TypeAlias = FundStatus  # noqa: Y015
 
 @_typing.final
@@ -76,7 +92,7 @@ class LogEntry(_message.Message):
     FUND_STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___LoggedMessage:
-        """A message accepted: a platform's, or one the gateway wrote (a decision, an expiry)."""
+        """A message accepted: a platform's, or one the gateway wrote (a review decision, a closure)."""
 
     @_builtins.property
     def fund_status(self) -> Global___FundStatusChange:

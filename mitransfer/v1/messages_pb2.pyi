@@ -476,6 +476,67 @@ class FundTransfer(_message.Message):
 Global___FundTransfer: _TypeAlias = FundTransfer  # noqa: Y015
 
 @_typing.final
+class FundReturn(_message.Message):
+    """资金退回 return of a personal-account balance (转入地 → 转出地): the inbound side rejected the
+    table of a case whose fund transfer it had received, and sends the money back. The outbound side
+    answers with an Acknowledgement STATUS_FUNDS_RETURN_RECEIVED once it has the money.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    RETURNS_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PAYER_FIELD_NUMBER: _builtins.int
+    PAYEE_FIELD_NUMBER: _builtins.int
+    BANK_REFERENCE_FIELD_NUMBER: _builtins.int
+    VALUE_DATE_FIELD_NUMBER: _builtins.int
+    returns_message_id: _builtins.str
+    """所退回划转报文编号 the message id of the fund transfer returned"""
+    amount_fen: _builtins.int
+    """退回金额（分）amount in fen; equals the fund transfer's"""
+    currency: _builtins.str
+    """币种 currency: "CNY" """
+    bank_reference: _builtins.str
+    """银行交易流水号 the bank's transaction reference"""
+    @_builtins.property
+    def header(self) -> Global___Header:
+        """报文头 sent by the inbound agency to the outbound agency"""
+
+    @_builtins.property
+    def payer(self) -> Global___FundAccount:
+        """付款账户 the inbound fund account"""
+
+    @_builtins.property
+    def payee(self) -> Global___FundAccount:
+        """收款账户 the outbound fund account"""
+
+    @_builtins.property
+    def value_date(self) -> _types_pb2.Date:
+        """起息日 value date"""
+
+    def __init__(
+        self,
+        *,
+        header: Global___Header | None = ...,
+        returns_message_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        payer: Global___FundAccount | None = ...,
+        payee: Global___FundAccount | None = ...,
+        bank_reference: _builtins.str = ...,
+        value_date: _types_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "payee", b"payee", "payer", b"payer", "value_date", b"value_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "bank_reference", b"bank_reference", "currency", b"currency", "header", b"header", "payee", b"payee", "payer", b"payer", "returns_message_id", b"returns_message_id", "value_date", b"value_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundReturn: _TypeAlias = FundReturn  # noqa: Y015
+
+@_typing.final
 class Acknowledgement(_message.Message):
     """回执 the other side's answer to a message of the case."""
 
@@ -501,6 +562,10 @@ class Acknowledgement(_message.Message):
         """转入完成 transfer-in completed: closes the case and ends the relationship at the outbound
         side
         """
+        STATUS_FUNDS_RETURN_RECEIVED: Acknowledgement._Status.ValueType  # 6
+        """退回资金已到账 the outbound side has the returned funds: answers the FundReturn and closes the
+        rejected case
+        """
 
     class Status(_Status, metaclass=_StatusEnumTypeWrapper):
         """回执状态 what the answer says."""
@@ -518,6 +583,10 @@ class Acknowledgement(_message.Message):
     STATUS_TRANSFER_IN_COMPLETED: Acknowledgement.Status.ValueType  # 5
     """转入完成 transfer-in completed: closes the case and ends the relationship at the outbound
     side
+    """
+    STATUS_FUNDS_RETURN_RECEIVED: Acknowledgement.Status.ValueType  # 6
+    """退回资金已到账 the outbound side has the returned funds: answers the FundReturn and closes the
+    rejected case
     """
 
     HEADER_FIELD_NUMBER: _builtins.int

@@ -57,6 +57,16 @@ class _CaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaseState.V
     """复核未通过 the reviewer rejected the fund transfer; case closed"""
     CASE_STATE_EXPIRED: _CaseState.ValueType  # 13
     """已过期 the outbound side never answered the transfer request within the configured period;
+    case closed. No longer reached: an unanswered request is escalated (kept for older cases)
+    """
+    CASE_STATE_AWAITING_FUND_RETURN: _CaseState.ValueType  # 14
+    """待退回 the inbound side rejected a case whose funds it received: it returns them (FundReturn)"""
+    CASE_STATE_FUNDS_RETURNED: _CaseState.ValueType  # 15
+    """资金已退回 the return is sent; the outbound side confirms receipt, which closes the case as
+    INBOUND_REJECTED
+    """
+    CASE_STATE_CLOSED_BY_OPERATOR: _CaseState.ValueType  # 16
+    """人工关闭 an operator closed an unanswered transfer request, with a reason (Admin.CloseCase);
     case closed
     """
 
@@ -91,6 +101,16 @@ CASE_STATE_REVIEW_REJECTED: CaseState.ValueType  # 12
 """复核未通过 the reviewer rejected the fund transfer; case closed"""
 CASE_STATE_EXPIRED: CaseState.ValueType  # 13
 """已过期 the outbound side never answered the transfer request within the configured period;
+case closed. No longer reached: an unanswered request is escalated (kept for older cases)
+"""
+CASE_STATE_AWAITING_FUND_RETURN: CaseState.ValueType  # 14
+"""待退回 the inbound side rejected a case whose funds it received: it returns them (FundReturn)"""
+CASE_STATE_FUNDS_RETURNED: CaseState.ValueType  # 15
+"""资金已退回 the return is sent; the outbound side confirms receipt, which closes the case as
+INBOUND_REJECTED
+"""
+CASE_STATE_CLOSED_BY_OPERATOR: CaseState.ValueType  # 16
+"""人工关闭 an operator closed an unanswered transfer request, with a reason (Admin.CloseCase);
 case closed
 """
 Global___CaseState: _TypeAlias = CaseState  # noqa: Y015
@@ -144,28 +164,74 @@ class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType
     STAGE_UNSPECIFIED: _Stage.ValueType  # 0
     """Not set."""
     STAGE_OUTBOUND: _Stage.ValueType  # 1
-    """转出 opening → table sent (and funds sent when due); 10 working days"""
+    """转出 opening → table sent (and funds sent when due); 10 working days; the outbound agency's"""
     STAGE_REVIEW: _Stage.ValueType  # 2
-    """复核 a held fund transfer → the reviewer's decision; 1 working day"""
+    """复核 a held fund transfer → the reviewer's decision; 1 working day; the reviewers'"""
     STAGE_INBOUND: _Stage.ValueType  # 3
-    """转入 table accepted by the gateway → transfer-in completed; 5 working days"""
+    """转入 the inbound side has all it needs (the table and, when funds are due, the fund transfer
+    released from review) → transfer-in completed or rejected; 5 working days; the inbound agency's
+    """
     STAGE_TOTAL: _Stage.ValueType  # 4
-    """全程 opening → case closed; 15 working days"""
+    """全程 opening → case closed; 15 working days; both sides'"""
+    STAGE_RETURN: _Stage.ValueType  # 5
+    """退回 inbound rejection of a case whose funds it received → fund return sent; the inbound agency's"""
+    STAGE_RETURN_RECEIPT: _Stage.ValueType  # 6
+    """退回确认 fund return sent → the outbound side confirms receipt; the outbound agency's"""
 
 class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
-    """时限环节 a stage of a case with a legal time limit (in working days, configuration)."""
+    """时限环节 a stage of a case with a time limit (in working days, configuration). Each stage is
+    owned by the side whose clock it is: only that side's delay makes it late.
+    """
 
 STAGE_UNSPECIFIED: Stage.ValueType  # 0
 """Not set."""
 STAGE_OUTBOUND: Stage.ValueType  # 1
-"""转出 opening → table sent (and funds sent when due); 10 working days"""
+"""转出 opening → table sent (and funds sent when due); 10 working days; the outbound agency's"""
 STAGE_REVIEW: Stage.ValueType  # 2
-"""复核 a held fund transfer → the reviewer's decision; 1 working day"""
+"""复核 a held fund transfer → the reviewer's decision; 1 working day; the reviewers'"""
 STAGE_INBOUND: Stage.ValueType  # 3
-"""转入 table accepted by the gateway → transfer-in completed; 5 working days"""
+"""转入 the inbound side has all it needs (the table and, when funds are due, the fund transfer
+released from review) → transfer-in completed or rejected; 5 working days; the inbound agency's
+"""
 STAGE_TOTAL: Stage.ValueType  # 4
-"""全程 opening → case closed; 15 working days"""
+"""全程 opening → case closed; 15 working days; both sides'"""
+STAGE_RETURN: Stage.ValueType  # 5
+"""退回 inbound rejection of a case whose funds it received → fund return sent; the inbound agency's"""
+STAGE_RETURN_RECEIPT: Stage.ValueType  # 6
+"""退回确认 fund return sent → the outbound side confirms receipt; the outbound agency's"""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
+
+class _StageOwner:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StageOwnerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageOwner.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAGE_OWNER_UNSPECIFIED: _StageOwner.ValueType  # 0
+    """Not set."""
+    STAGE_OWNER_OUTBOUND: _StageOwner.ValueType  # 1
+    """转出地经办机构 the outbound agency"""
+    STAGE_OWNER_INBOUND: _StageOwner.ValueType  # 2
+    """转入地经办机构 the inbound agency"""
+    STAGE_OWNER_REVIEWER: _StageOwner.ValueType  # 3
+    """复核 the reviewers of the outbound province's held transfers"""
+    STAGE_OWNER_BOTH: _StageOwner.ValueType  # 4
+    """双方 the whole case (the total stage): no single side's clock"""
+
+class StageOwner(_StageOwner, metaclass=_StageOwnerEnumTypeWrapper):
+    """责任方 whose clock a stage is."""
+
+STAGE_OWNER_UNSPECIFIED: StageOwner.ValueType  # 0
+"""Not set."""
+STAGE_OWNER_OUTBOUND: StageOwner.ValueType  # 1
+"""转出地经办机构 the outbound agency"""
+STAGE_OWNER_INBOUND: StageOwner.ValueType  # 2
+"""转入地经办机构 the inbound agency"""
+STAGE_OWNER_REVIEWER: StageOwner.ValueType  # 3
+"""复核 the reviewers of the outbound province's held transfers"""
+STAGE_OWNER_BOTH: StageOwner.ValueType  # 4
+"""双方 the whole case (the total stage): no single side's clock"""
+Global___StageOwner: _TypeAlias = StageOwner  # noqa: Y015
 
 class _Timeliness:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -216,6 +282,9 @@ class StageProgress(_message.Message):
     WORKING_DAYS_USED_FIELD_NUMBER: _builtins.int
     WORKING_DAYS_ELAPSED_FIELD_NUMBER: _builtins.int
     TIMELINESS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    OWNER_AGENCY_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_FIELD_NUMBER: _builtins.int
     stage: Global___Stage.ValueType
     """时限环节 which stage"""
     working_days_limit: _builtins.int
@@ -226,6 +295,14 @@ class StageProgress(_message.Message):
     """实际用时（工作日）working hours taken, in days"""
     timeliness: Global___Timeliness.ValueType
     """时效 how the stage stands against its deadline now"""
+    owner: Global___StageOwner.ValueType
+    """责任方 whose clock this stage is"""
+    owner_agency: _builtins.str
+    """责任机构 the owning agency (empty for the reviewers and for both sides)"""
+    provisional: _builtins.bool
+    """暂定 the deadline counts days of a year whose official calendar is not known yet (Monday to
+    Friday meanwhile); it is counted again when the State Council's notice is loaded
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """开始时间 when the stage started"""
@@ -254,10 +331,13 @@ class StageProgress(_message.Message):
         working_days_used: _builtins.int = ...,
         working_days_elapsed: _builtins.float = ...,
         timeliness: Global___Timeliness.ValueType = ...,
+        owner: Global___StageOwner.ValueType = ...,
+        owner_agency: _builtins.str = ...,
+        provisional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "last_day", b"last_day", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "last_day", b"last_day", "stage", b"stage", "started_at", b"started_at", "timeliness", b"timeliness", "working_days_elapsed", b"working_days_elapsed", "working_days_limit", b"working_days_limit", "working_days_used", b"working_days_used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "last_day", b"last_day", "owner", b"owner", "owner_agency", b"owner_agency", "provisional", b"provisional", "stage", b"stage", "started_at", b"started_at", "timeliness", b"timeliness", "working_days_elapsed", b"working_days_elapsed", "working_days_limit", b"working_days_limit", "working_days_used", b"working_days_used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,6 +358,7 @@ class ListCasesRequest(_message.Message):
     OPENED_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     overdue: _builtins.bool
     """only cases with an overdue stage"""
     due_soon: _builtins.bool
@@ -290,6 +371,8 @@ class ListCasesRequest(_message.Message):
     """at most 500; 0 means 100"""
     page_token: _builtins.str
     """next_page_token of the previous page"""
+    owner: Global___StageOwner.ValueType
+    """with overdue or due_soon: only stages owned by this side (a province sees its own delays)"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___CaseState.ValueType]:
         """any of these states (empty: all)"""
@@ -314,10 +397,11 @@ class ListCasesRequest(_message.Message):
         opened_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        owner: Global___StageOwner.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_before", b"opened_before", "opened_from", b"opened_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_soon", b"due_soon", "inbound_province", b"inbound_province", "opened_before", b"opened_before", "opened_from", b"opened_from", "outbound_province", b"outbound_province", "overdue", b"overdue", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_soon", b"due_soon", "inbound_province", b"inbound_province", "opened_before", b"opened_before", "opened_from", b"opened_from", "outbound_province", b"outbound_province", "overdue", b"overdue", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,12 +467,25 @@ class Continuity(_message.Message):
     CONTINUOUS_FIELD_NUMBER: _builtins.int
     WAITING_PERIOD_MONTHS_FIELD_NUMBER: _builtins.int
     BENEFITS_FROM_FIELD_NUMBER: _builtins.int
+    INSURED_MONTHS_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     gap_months: _builtins.int
     """中断月数 whole months without insurance between the suspension month and the enrollment month"""
     continuous: _builtins.bool
     """连续参保 gap ≤ 3 months: back-payment allowed and benefits retroactive"""
     waiting_period_months: _builtins.int
-    """待遇等待期（月）0 when continuous, else the configured period"""
+    """待遇等待期（月）0 when continuous, else the inbound region's own (its registry policy, fixed
+    when the inbound side accepted)
+    """
+    insured_months: _builtins.int
+    """连续参保月数 months insured without a break up to the suspension, from the table's periods (a
+    switch between employee and resident insurance keeps continuity only after 24 or more)
+    """
+    rule: _builtins.str
+    """衔接规则 the rule applied: CONTINUOUS (gap ≤ 3 months: back-payment, benefits retroactive),
+    SWITCH_UNDER_TWO_YEARS (a switch of scheme after fewer than 24 months insured: no retroactive
+    benefits), WAITING_PERIOD (gap > 3 months: the inbound region's waiting period applies)
+    """
     @_builtins.property
     def benefits_from(self) -> _types_pb2.Date:
         """待遇享受起始日 first day benefits are paid"""
@@ -400,10 +497,12 @@ class Continuity(_message.Message):
         continuous: _builtins.bool = ...,
         waiting_period_months: _builtins.int = ...,
         benefits_from: _types_pb2.Date | None = ...,
+        insured_months: _builtins.int = ...,
+        rule: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["benefits_from", b"benefits_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefits_from", b"benefits_from", "continuous", b"continuous", "gap_months", b"gap_months", "waiting_period_months", b"waiting_period_months"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefits_from", b"benefits_from", "continuous", b"continuous", "gap_months", b"gap_months", "insured_months", b"insured_months", "rule", b"rule", "waiting_period_months", b"waiting_period_months"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,6 +601,7 @@ class Case(_message.Message):
     INBOUND_INSURANCE_TYPE_FIELD_NUMBER: _builtins.int
     CONTINUITY_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
+    ACCOUNT_BALANCE_RETAINED_FEN_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """转移业务编号 the case's transfer id"""
@@ -519,6 +619,8 @@ class Case(_message.Message):
     """申请地经办机构 where the application was lodged"""
     inbound_insurance_type: _types_pb2.InsuranceType.ValueType
     """转入险种 insurance type at the inbound side, once known"""
+    account_balance_retained_fen: _builtins.int
+    """个人账户留存金额（分）310 → 390: the balance the person keeps at the outbound side (never moved)"""
     channel: _messages_pb2.TransferRequest.Channel.ValueType
     """申请渠道 how the case was opened: the transfer request's channel (CHANNEL_AUTOMATIC: by the
     gateway from an enrollment); unset for a case opened by the outbound notice (an application
@@ -560,11 +662,12 @@ class Case(_message.Message):
         inbound_insurance_type: _types_pb2.InsuranceType.ValueType = ...,
         continuity: Global___Continuity | None = ...,
         stages: _abc.Iterable[Global___StageProgress] | None = ...,
+        account_balance_retained_fen: _builtins.int = ...,
         channel: _messages_pb2.TransferRequest.Channel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["continuity", b"continuity", "opened_at", b"opened_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "applicant", b"applicant", "channel", b"channel", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "stages", b"stages", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_balance_fen", b"account_balance_fen", "account_balance_retained_fen", b"account_balance_retained_fen", "applicant", b"applicant", "channel", b"channel", "continuity", b"continuity", "inbound", b"inbound", "inbound_insurance_type", b"inbound_insurance_type", "insurance_type", b"insurance_type", "messages", b"messages", "opened_at", b"opened_at", "outbound", b"outbound", "stages", b"stages", "state", b"state", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

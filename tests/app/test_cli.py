@@ -72,14 +72,15 @@ def test_a_malformed_configuration_file(tmp_path: Path) -> None:
 
 def test_every_bad_setting_is_named_before_anything_starts(pki: DevPaths, tmp_path: Path) -> None:
     path = write_config(tmp_path / "gateway.toml", pki, listen="localhost",
-                        extra='[rules]\nrequest_expiry_dais = 5\n[delivery]\nmax_attempts = "ten"\n')
+                        extra='[delivery]\nmax_attempts = "ten"\nvisibility_timeout_secs = 5\n')
     result = run("serve", "--config", str(path))
     assert result.returncode == 78
     lines = errors(result)
     assert lines[:3] == [
         f"error: {path}: listen: expected host:port, e.g. 127.0.0.1:50051, got 'localhost'",
         f"error: {path}: [delivery] max_attempts: expected an integer, got a string 'ten'",
-        f"error: {path}: [rules] request_expiry_dais: unknown setting (did you mean request_expiry_days?)",
+        f"error: {path}: [delivery] visibility_timeout_secs: unknown setting (did you mean"
+        " visibility_timeout_seconds?)",
     ]
     assert lines[3].startswith("hint: `transfer-gateway check-config FILE`")
     assert not (tmp_path / "gateway.db").exists()

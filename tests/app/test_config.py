@@ -5,7 +5,6 @@ descriptions."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from gateway.app.config import (
 from gateway.app.failures import ConfigError, ExitCode
 from gateway.app.publisher import LogConfig
 from gateway.core.automatic import AutomaticRules
-from gateway.core.case import CaseRules
 from gateway.core.limits import MessageLimits
 from gateway.core.quota import Quota
 from gateway.core.settings import described, setting
@@ -66,7 +64,7 @@ def problems(data: dict[str, Any]) -> list[str]:
 
 def test_the_smallest_file_takes_every_default_from_the_dataclasses() -> None:
     config = config_from(minimal(), source="g.toml", base=BASE)
-    assert config.delivery == DeliveryConfig() and config.rules == CaseRules() and config.sla == SlaConfig()
+    assert config.delivery == DeliveryConfig() and config.sla == SlaConfig()
     defaults = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}
     assert (config.listen, config.metrics_listen, config.shutdown_grace) == (
         defaults["listen"], defaults["metrics_listen"], defaults["shutdown_grace"])
@@ -78,23 +76,28 @@ def test_every_section_and_unit_is_read() -> None:
         listen="[::1]:0", metrics_listen="", shutdown_grace_seconds=2,
         store={"postgresql": "postgresql://db/gw", "pool_max": 4, "timeout_seconds": 1.5},
         delivery={"visibility_timeout_seconds": 3, "max_attempts": 2},
-        rules={"request_expiry_days": 1.5},
         sla={"outbound_working_days": 8, "calendar_file": "/srv/calendar.toml"},
     ), source="g.toml", base=BASE)
     assert config.listen == "[::1]:0" and config.metrics_listen is None and config.shutdown_grace == 2.0
     assert config.store == PostgresConfig(url="postgresql://db/gw", pool_max=4, timeout=1.5)
     assert config.delivery == DeliveryConfig(visibility_timeout=3.0, max_attempts=2)
-    assert config.rules == CaseRules(request_expiry=dt.timedelta(days=1, hours=12))
     assert config.sla == SlaConfig(limits=Limits(outbound=8), calendar_file=Path("/srv/calendar.toml"))
 
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
     "misspelled key": (
-        minimal(rules={"request_expiry_dais": 10}),
-        "g.toml: [rules] request_expiry_dais: unknown setting (did you mean request_expiry_days?)"),
+        minimal(delivery={"max_atempts": 10}),
+        "g.toml: [delivery] max_atempts: unknown setting (did you mean max_attempts?)"),
     "key in the wrong table": (
-        minimal(request_expiry_days=10),
-        "g.toml: request_expiry_days: unknown setting (did you mean [rules] request_expiry_days?)"),
+        minimal(max_attempts=10),
+        "g.toml: max_attempts: unknown setting (did you mean [delivery] max_attempts?)"),
+    "a request expiry, now an escalation": (
+        minimal(rules={"request_expiry_days": 30}),
+        "g.toml: [rules] request_expiry_days: no longer a setting: a transfer request is never closed by the clock"),
+    "the sweep, gone with the expiry": (
+        minimal(sweep_interval_seconds=60), "g.toml: sweep_interval_seconds: no longer a setting: nothing expires"),
+    "an empty [rules] table": (
+        minimal(rules={}), "g.toml: rules: no longer a setting: the [rules] table is gone"),
     "a review threshold, now each region's policy": (
         minimal(rules={"review_threshold_fen": 1_000_000}),
         "g.toml: [rules] review_threshold_fen: no longer a setting: which outbound fund transfers wait for a "
@@ -145,8 +148,8 @@ def test_a_bad_setting_is_refused_by_name(data: dict[str, Any], expected: str) -
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    found = problems(minimal(listen="localhost", rules={"request_expiry_dais": 1},
-                             delivery={"max_attempts": "ten"}, tls={"ca": "ca.pem"}))
+    found = problems(minimal(listen="localhost", delivery={"max_atempts": 1, "max_attempts": "ten"},
+                             tls={"ca": "ca.pem"}))
     assert len(found) == 5, found  # listen, the misspelling, max_attempts, [tls] cert and key
 
 
@@ -199,7 +202,7 @@ def test_an_address_either_parses_or_says_why(text: str) -> None:
 TABLES: tuple[tuple[str, type], ...] = (
     ("", GatewayConfig), ("tls", TLSConfig), ("signing", SigningConfig), ("store", SQLiteConfig),
     ("store", PostgresConfig), ("delivery", DeliveryConfig), ("messages", MessageLimits), ("quota", Quota),
-    ("connections", ConnectionsConfig), ("rules", CaseRules), ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig),
+    ("connections", ConnectionsConfig), ("sla", SlaConfig), ("sla", Limits), ("log", LogConfig),
     ("automatic", AutomaticConfig), ("automatic", AutomaticRules))
 NESTED = {"tls", "signing", "store", "delivery", "messages", "quota", "connections", "rules", "sla", "limits", "log",
           "automatic"}
@@ -243,7 +246,7 @@ def test_the_example_configuration_in_the_guide_loads(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text(example, encoding="utf-8")
     config = load_config(path)
-    assert config.rules == CaseRules() and config.sla.limits == Limits()
+    assert config.sla.limits == Limits()
 
 
 @dataclass(frozen=True)

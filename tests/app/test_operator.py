@@ -59,7 +59,7 @@ async def test_a_reviewer_lists_approves_and_rejects(gateway: GatewayHandle, tmp
     code, _, err = await cli("review", "approve", second, *options(gateway))
     assert code == 1
     assert err == (f"error: the gateway refused it: FAILED_PRECONDITION REVIEW_ALREADY_DECIDED: case {second} "
-                   "was already rejected\n")
+                   "was already rejected in review\n")
 
 
 async def test_refusals_are_one_line_with_their_reason(gateway: GatewayHandle) -> None:
@@ -69,8 +69,8 @@ async def test_refusals_are_one_line_with_their_reason(gateway: GatewayHandle) -
     assert err.splitlines() == [
         f"error: gateway 127.0.0.1:{port} refused operator 'operator': PERMISSION_DENIED ROLE_MISSING: "
         "operator operator lacks the role reviewer",
-        "hint: review commands need the role reviewer, report settlement the role operator "
-        "(--operator chooses the certificate)"]
+        "hint: review commands need the role reviewer; case close, calendar and report settlement the role "
+        "operator (--operator chooses the certificate)"]
     code, _, err = await cli("review", "reject", "00000000-0000-4000-8000-000000000000", *options(gateway, "--reason",
                                                                                                    "x"))
     assert (code, err.splitlines()[0]) == (

@@ -181,7 +181,7 @@ async def test_prometheus_evaluates_every_rule_and_every_panel_returns_data(scra
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(scraped.metrics_url, timeout=10).read())
     check = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert b"transfer_gateway_stages_finished_total" in text
+    assert b"transfer_gateway_stages_finished{" in text and b"transfer_gateway_requests_escalated" in text
 
     unparsed = []
     for name, expr in rule_expressions():

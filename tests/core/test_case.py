@@ -23,11 +23,12 @@ EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANC
 # The outbound region of every World (Nanjing, in Jiangsu) reviews transfers above 10,000 yuan.
 POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000)}
 OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_SENT, S.CASE_STATE_FUNDS_SENT,
-        S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED)
+        S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED,
+        S.CASE_STATE_AWAITING_FUND_RETURN, S.CASE_STATE_FUNDS_RETURNED)
 CLOSED = (S.CASE_STATE_COMPLETED, S.CASE_STATE_REFUSED, S.CASE_STATE_INBOUND_REJECTED, S.CASE_STATE_WITHDRAWN,
-          S.CASE_STATE_REVIEW_REJECTED, S.CASE_STATE_EXPIRED)
-MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED, Event.EXPIRY,
-                                                Event.AUTOMATIC_REQUEST)]
+          S.CASE_STATE_REVIEW_REJECTED, S.CASE_STATE_EXPIRED, S.CASE_STATE_CLOSED_BY_OPERATOR)
+MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED,
+                                                 Event.OPERATOR_CLOSURE, Event.AUTOMATIC_REQUEST)]
 
 # (state, event, side, funds expected) → next state. Everything absent is refused. In these
 # worlds the application was lodged at the inbound side for OPENED cases and at the outbound
@@ -50,7 +51,9 @@ ALLOWED = {
     (S.CASE_STATE_FUNDS_SENT, Event.ACK_ACCEPTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_ACCEPTED,
     (S.CASE_STATE_TABLE_SENT, Event.ACK_REJECTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_REJECTED,
     (S.CASE_STATE_TABLE_SENT, Event.ACK_REJECTED, Side.INBOUND, False): S.CASE_STATE_INBOUND_REJECTED,
-    (S.CASE_STATE_FUNDS_SENT, Event.ACK_REJECTED, Side.INBOUND, True): S.CASE_STATE_INBOUND_REJECTED,
+    (S.CASE_STATE_FUNDS_SENT, Event.ACK_REJECTED, Side.INBOUND, True): S.CASE_STATE_AWAITING_FUND_RETURN,
+    (S.CASE_STATE_AWAITING_FUND_RETURN, Event.FUND_RETURN, Side.INBOUND, True): S.CASE_STATE_FUNDS_RETURNED,
+    (S.CASE_STATE_FUNDS_RETURNED, Event.ACK_FUNDS_RETURN_RECEIVED, Side.OUTBOUND, True): S.CASE_STATE_INBOUND_REJECTED,
     (S.CASE_STATE_INBOUND_ACCEPTED, Event.ACK_FUNDS_CREDITED, Side.INBOUND, True): S.CASE_STATE_FUNDS_CREDITED,
     (S.CASE_STATE_FUNDS_CREDITED, Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, True): S.CASE_STATE_COMPLETED,
     (S.CASE_STATE_INBOUND_ACCEPTED, Event.ACK_TRANSFER_IN_COMPLETED, Side.INBOUND, False): S.CASE_STATE_COMPLETED,
@@ -58,7 +61,8 @@ ALLOWED = {
        for state in OPEN for side in (Side.OUTBOUND, Side.INBOUND) for funds in (True, False)},
 }
 
-_STATES_WITH_FUNDS_ONLY = {S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_FUNDS_CREDITED, S.CASE_STATE_HELD_FOR_REVIEW}
+_STATES_WITH_FUNDS_ONLY = {S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_FUNDS_CREDITED, S.CASE_STATE_HELD_FOR_REVIEW,
+                           S.CASE_STATE_AWAITING_FUND_RETURN, S.CASE_STATE_FUNDS_RETURNED}
 
 
 class NoOtherCases:
@@ -105,6 +109,10 @@ class World:
         self.funds = funds
         # The inbound side's "received" for the notice: something the outbound side can answer.
         self.inbound_ack = builders.acknowledgement(self.notice.header, Ack.STATUS_RECEIVED)
+        # The inbound side's return of the funds, after rejecting the case (funds worlds only).
+        self.fund_return = builders.fund_return(self.fund, builders.fund_account("330100", receiving=False),
+                                                builders.fund_account("320100", receiving=True), "RET1",
+                                                builders.today_in_china())
 
     def case(self, state: int) -> Case:
         opened = apply(None, self.notice)
@@ -114,9 +122,12 @@ class World:
             self.fund.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, Side.OUTBOUND),
             self.inbound_ack.header.message_id: MessageRef(envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, Side.INBOUND),
         }
+        if state == S.CASE_STATE_FUNDS_RETURNED:
+            refs[self.fund_return.header.message_id] = MessageRef(envelope_pb2.MESSAGE_KIND_FUND_RETURN, Side.INBOUND)
         funds_in = self.funds and state in (S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_HELD_FOR_REVIEW,
                                             S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED,
-                                            S.CASE_STATE_COMPLETED)
+                                            S.CASE_STATE_COMPLETED, S.CASE_STATE_AWAITING_FUND_RETURN,
+                                            S.CASE_STATE_FUNDS_RETURNED)
         return replace(opened, state=state, balance_fen=self.plan.balance_fen,
                        applicant=opened.inbound if state == S.CASE_STATE_OPENED else opened.outbound,
                        fund_message_id=self.fund.header.message_id if funds_in else None, messages=refs)
@@ -128,6 +139,8 @@ class World:
         }
         if event is Event.TRANSFER_REQUEST:
             return self.request if side is Side.INBOUND else _swapped(self.request)
+        if event is Event.FUND_RETURN:
+            return self.fund_return if side is Side.INBOUND else _swapped(self.fund_return)
         if event is Event.WITHDRAWAL:
             w = messages_pb2.Withdrawal(text="moved again")
             sender, receiver = ((self.plan.route.outbound, self.plan.route.inbound) if side is Side.OUTBOUND
@@ -139,9 +152,11 @@ class World:
             return m if side is Side.OUTBOUND else _swapped(m)
         status = {Event.ACK_RECEIVED: Ack.STATUS_RECEIVED, Event.ACK_ACCEPTED: Ack.STATUS_ACCEPTED,
                   Event.ACK_REJECTED: Ack.STATUS_REJECTED, Event.ACK_FUNDS_CREDITED: Ack.STATUS_FUNDS_CREDITED,
-                  Event.ACK_TRANSFER_IN_COMPLETED: Ack.STATUS_TRANSFER_IN_COMPLETED}[event]
+                  Event.ACK_TRANSFER_IN_COMPLETED: Ack.STATUS_TRANSFER_IN_COMPLETED,
+                  Event.ACK_FUNDS_RETURN_RECEIVED: Ack.STATUS_FUNDS_RETURN_RECEIVED}[event]
         if side is Side.OUTBOUND:  # the outbound side answers an inbound message
-            answering = self.inbound_ack.header
+            answering = (self.fund_return.header if event is Event.ACK_FUNDS_RETURN_RECEIVED
+                         else self.inbound_ack.header)
         else:
             answering = self.fund.header if event is Event.ACK_FUNDS_CREDITED else self.table.header
         ack = messages_pb2.Acknowledgement(answers_message_id=answering.message_id, status=status)
@@ -312,8 +327,15 @@ def test_large_fund_transfer_is_held_then_reviewed() -> None:
     rejected = rules.review(held.case, approved=False, message_id="d2")
     assert rejected.case.state == S.CASE_STATE_REVIEW_REJECTED and rejected.case.closed
     assert rejected.cancel_message == fund.header.message_id and rejected.fund_status is FundStatus.REJECTED
+    # Decided already: the same decision again is the first one, the other is refused.
+    assert rules.review(approved.case, approved=True, message_id="d3").replay_of == "d1"
+    assert rules.review(rejected.case, approved=False, message_id="d3").replay_of == "d2"
+    for decided, opposite in ((approved.case, False), (rejected.case, True)):
+        with pytest.raises(RuleViolation) as refused:
+            rules.review(decided, approved=opposite, message_id="d3")
+        assert refused.value.reason == "REVIEW_ALREADY_DECIDED"
     with pytest.raises(RuleViolation) as refused:
-        rules.review(approved.case, approved=True, message_id="d3")
+        rules.review(case, approved=True, message_id="d4")
     assert refused.value.reason == "NOT_HELD_FOR_REVIEW"
     with pytest.raises(RuleViolation) as refused:
         apply(held.case, world.message(Event.WITHDRAWAL, Side.OUTBOUND))
@@ -438,14 +460,16 @@ def test_every_rule_is_in_the_rulebook_and_the_integration_guide() -> None:
 
 
 @pytest.mark.parametrize("state", OPEN + CLOSED)
-def test_only_an_unanswered_request_expires(state: int) -> None:
+def test_only_an_unanswered_request_is_closed_by_an_operator(state: int) -> None:
     world = World(True)
     if state == S.CASE_STATE_OPENED:
-        after = rules.expire(world.case(state), message_id="e1")
-        assert after.case.state == S.CASE_STATE_EXPIRED and after.case.closed
+        after = rules.close(world.case(state), message_id="c1")
+        assert after.case.state == S.CASE_STATE_CLOSED_BY_OPERATOR and after.case.closed
+        assert rules.close(after.case, message_id="c2").replay_of == "c1"  # closing again: the first closure
     else:
-        with pytest.raises(RuleViolation):
-            rules.expire(world.case(state), message_id="e1")
+        with pytest.raises(RuleViolation) as refused:
+            rules.close(world.case(state), message_id="c1")
+        assert refused.value.reason == ("CASE_CLOSED" if state in CLOSED else "CASE_NOT_UNANSWERED")
 
 
 @pytest.mark.parametrize(("policies", "held"), [

@@ -61,7 +61,7 @@ def test_an_override_file_supplies_an_unknown_year(tmp_path: Path) -> None:
         '[2027]\nsource = "test data"\nholidays = ["2027-01-01", "2027-01-04..2027-01-06"]\n'
         'workdays = ["2027-01-09"]\n', encoding="utf-8")
     cal = WorkingCalendar.load(notice)
-    assert cal.source(2027) is DaySource.OVERRIDE
+    assert cal.source(2027) is DaySource.NOTICE
     # 1 Jan and 4–6 Jan off, Sat 9 Jan worked: 7 Jan (1), 8 (2), 9 (3), 11 (4), 12 (5).
     assert cal.deadline(at(2027, 1, 1), 5) == start_of(dt.date(2027, 1, 13))
     assert cal.fallback_years == set()
@@ -122,7 +122,7 @@ def test_a_deadline_is_a_local_midnight_after_the_start(day: dt.date, hour: int,
 def test_the_shipped_example_is_the_2026_notice_day_for_day() -> None:
     example = Path(__file__).resolve().parent.parent.parent / "deploy" / "calendar" / "example.toml"
     overridden, official = WorkingCalendar.load(example), WorkingCalendar()
-    assert overridden.source(2026) is DaySource.OVERRIDE
+    assert overridden.source(2026) is DaySource.NOTICE
     day = dt.date(2026, 1, 1)
     while day.year == 2026:
         assert overridden.is_working_day(day) == official.is_working_day(day), day

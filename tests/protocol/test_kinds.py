@@ -32,8 +32,9 @@ def test_each_kind_names_its_own_message(kind: int) -> None:
     assert kinds.kind_of(cls()) == kind
 
 
-def test_only_decisions_expiries_and_automatic_requests_are_written_by_the_gateway() -> None:
+def test_only_decisions_closures_expiries_and_automatic_requests_are_written_by_the_gateway() -> None:
     assert {envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED,
+            envelope_pb2.MESSAGE_KIND_CASE_CLOSED,
             envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST} == kinds.GATEWAY_KINDS
     assert kinds.is_gateway_kind(envelope_pb2.MESSAGE_KIND_CASE_EXPIRED)
     assert not kinds.is_gateway_kind(envelope_pb2.MESSAGE_KIND_FUND_TRANSFER)

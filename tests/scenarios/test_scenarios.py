@@ -67,18 +67,21 @@ async def state(client: PlatformClient, plan: CasePlan) -> tracking_pb2.Case:
     return await client.get_case(plan.route.transfer_id)
 
 
-async def received(gateway: GatewayHandle, platform: str) -> list[BusinessMessage | admin_pb2.ReviewDecision]:
+async def received(gateway: GatewayHandle, platform: str) -> list[BusinessMessage | admin_pb2.ReviewDecision
+                                                                   | admin_pb2.CaseClosed]:
     """What the platform's subscription brings within half a second (each acknowledged)."""
     from gateway.core.messages import parse
 
     stub = gateway.exchange(platform)
     call = stub.Subscribe(exchange_pb2.SubscribeRequest())
-    out: list[BusinessMessage | admin_pb2.ReviewDecision] = []
+    out: list[BusinessMessage | admin_pb2.ReviewDecision | admin_pb2.CaseClosed] = []
     try:
         while True:
             d = await asyncio.wait_for(call.read(), 0.5)
             if d.message.kind == envelope_pb2.MESSAGE_KIND_REVIEW_DECISION:
                 out.append(admin_pb2.ReviewDecision.FromString(d.message.payload))
+            elif d.message.kind == envelope_pb2.MESSAGE_KIND_CASE_CLOSED:
+                out.append(admin_pb2.CaseClosed.FromString(d.message.payload))
             elif d.message.kind != envelope_pb2.MESSAGE_KIND_CASE_EXPIRED:
                 out.append(parse(d.message.kind, d.message.payload))
             await stub.AckDelivery(exchange_pb2.AckDeliveryRequest(
@@ -301,6 +304,34 @@ async def test_large_balance_review(gateway: GatewayHandle, platforms: tuple[Pla
         assert (await state(zj, plan)).state == S.CASE_STATE_REVIEW_REJECTED
 
 
+async def test_review_decisions_at_once(gateway: GatewayHandle,
+                                       platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """Two identical approvals at once both get the one receipt, and the fund transfer is delivered
+    once; an approval racing a rejection: one wins, the other is REVIEW_ALREADY_DECIDED."""
+    js, zj = platforms
+    plans = [CasePlan.synthetic("330100", "320100", insurance_type=EMPLOYEE, balance_fen=1_500_000, seed=s)
+             for s in (33, 34)]
+    for plan in plans:
+        for m in outbound_messages(plan):
+            await zj.submit(m)
+    reviewer = gateway.admin("reviewer")
+    twice = admin_pb2.ReviewFundTransferRequest(transfer_id=plans[0].route.transfer_id, approve=True)
+    first, second = await asyncio.gather(reviewer.ReviewFundTransfer(twice), reviewer.ReviewFundTransfer(twice))
+    assert first == second
+    raced = await asyncio.gather(
+        reviewer.ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
+            transfer_id=plans[1].route.transfer_id, approve=True)),
+        reviewer.ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
+            transfer_id=plans[1].route.transfer_id, approve=False, comment="金额与台账不符")),
+        return_exceptions=True)
+    refused = [r for r in raced if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 1 and failure(refused[0]).reason == "REVIEW_ALREADY_DECIDED"
+    funds = [m for m in await received(gateway, "jiangsu") if isinstance(m, messages_pb2.FundTransfer)]
+    won = S.CASE_STATE_FUNDS_SENT if not isinstance(raced[0], grpc.aio.AioRpcError) else S.CASE_STATE_REVIEW_REJECTED
+    assert len(funds) == (2 if won == S.CASE_STATE_FUNDS_SENT else 1)
+    assert [(await state(js, plan)).state for plan in plans] == [S.CASE_STATE_FUNDS_SENT, won]
+
+
 async def test_region_policy_decides_review_and_waiting_period(
         gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
     """Review and waiting period are each region's own: Jiangsu reviews nothing, so its 15,000 yuan
@@ -383,3 +414,160 @@ async def test_message_on_a_closed_case_is_refused(gateway: GatewayHandle,
     messages_before = gateway.count("messages")
     assert (await rejected(js.submit(withdrawal(plan, by_inbound=False)))).reason == "CASE_CLOSED"
     assert gateway.count("messages") == messages_before
+
+
+async def test_funds_come_back_after_an_inbound_rejection(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """The inbound side rejects after the money arrived: the case waits for its return (the inbound
+    side's return stage), the reference outbound platform confirms the FundReturn it receives (its
+    own return receipt stage), and only then is the case closed. The settlement ledger shows the
+    money returned: sent = credited + returned + held + in flight, at every step."""
+    from clients.scenario import ReferencePlatform
+
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=66_600, seed=80)
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    table, fund = msgs[1], msgs[2]
+    assert isinstance(fund, messages_pb2.FundTransfer)
+    await zj.submit(answer(table.header, Ack.STATUS_REJECTED,
+                           reasons=[builders.reason(types_pb2.REASON_CODE_NOT_ENROLLED_AT_INBOUND)]))
+    case = await state(zj, plan)
+    assert case.state == S.CASE_STATE_AWAITING_FUND_RETURN
+    back_stage = next(s for s in case.stages if s.stage == S.STAGE_RETURN)
+    assert (back_stage.owner, back_stage.owner_agency) == (S.STAGE_OWNER_INBOUND, "330100")
+    line = await settlement_line(gateway)
+    assert (line.in_flight_fen, line.awaiting_return_fen, line.returned_fen) == (66_600, 66_600, 0)
+
+    short = builders.fund_return(fund, builders.fund_account("330100", receiving=False), fund.payer, "RET-1",
+                                 builders.today_in_china())
+    short.amount_fen = 60_000
+    assert (await rejected(zj.submit(short))).reason == "RETURN_AMOUNT_MISMATCH"
+    outbound = ReferencePlatform(js)
+    stop = asyncio.Event()
+    confirming = asyncio.create_task(outbound.run(stop))
+    try:
+        await zj.submit(builders.fund_return(fund, builders.fund_account("330100", receiving=False), fund.payer,
+                                             "RET-2", builders.today_in_china()))
+        for _ in range(50):
+            if (await state(js, plan)).state == S.CASE_STATE_INBOUND_REJECTED:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await confirming
+    case = await state(js, plan)
+    assert case.state == S.CASE_STATE_INBOUND_REJECTED and not outbound.errors
+    owners = {s.stage: (s.owner, s.HasField("finished_at")) for s in case.stages}
+    assert owners[S.STAGE_RETURN] == (S.STAGE_OWNER_INBOUND, True)
+    assert owners[S.STAGE_RETURN_RECEIPT] == (S.STAGE_OWNER_OUTBOUND, True)
+    line = await settlement_line(gateway)
+    assert (line.sent_fen, line.returned_fen, line.in_flight_fen, line.awaiting_return_fen, line.rejected_fen) == (
+        66_600, 66_600, 0, 0, 66_600)
+    assert line.sent_fen == line.credited_fen + line.returned_fen + line.held_fen + line.in_flight_fen
+    assert "returned" in await log_verifies(gateway)  # the return's fund statuses are in the log too
+
+
+async def log_verifies(gateway: GatewayHandle) -> str:
+    """`transfer-gateway log verify` on the running gateway's store: the log, recomputed, agrees
+    with the cases, the fund movements and their totals (returns and closures included)."""
+    import io
+
+    from gateway.app import logtool
+    from gateway.store.sqlite import SQLiteConfig
+
+    out = io.StringIO()
+    registry = logtool.load_registry(gateway.pki.registry)
+    assert await asyncio.to_thread(logtool.verify_store, SQLiteConfig(gateway.database), registry, out) == 0
+    return out.getvalue()
+
+
+async def settlement_line(gateway: GatewayHandle) -> admin_pb2.SettlementLine:
+    today = builders.today_in_china()
+    report = await gateway.admin("operator").GetSettlement(admin_pb2.GetSettlementRequest(
+        date=builders.proto_date(today)))
+    [line] = report.lines
+    return line
+
+
+@pytest.mark.parametrize(("first_month", "rule", "continuous"), [
+    ((2026, 4), "SWITCH_UNDER_TWO_YEARS", False),   # 8 months insured: the back-payment rule does not apply
+    ((2023, 1), "CONTINUOUS", True),                 # 47 months: it does
+])
+async def test_a_switch_of_scheme_keeps_continuity_only_after_two_years(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient], first_month: tuple[int, int],
+        rule: str, continuous: bool) -> None:
+    js, zj = platforms
+    suspended = dt.date(2026, 11, 30)
+    plan = CasePlan(builders.Route.new("320100", "330100"), builders.sample_person(90 + first_month[0]), EMPLOYEE,
+                    suspended, (builders.contribution_period("320100", first_month, (2026, 11),
+                                                             (2026 - first_month[0]) * 12 + 12 - first_month[1]),),
+                    0, RESIDENT)
+    msgs = outbound_messages(plan)
+    for m in msgs:
+        await js.submit(m)
+    await complete_inbound(zj, plan, msgs, inbound_insurance=RESIDENT)
+    found = (await state(zj, plan)).continuity
+    assert (found.rule, found.continuous, found.gap_months) == (rule, continuous, 0)
+    assert found.insured_months == plan.periods[0].months_paid
+
+
+async def test_the_inbound_clock_starts_when_the_funds_are_released(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """Held for review, the inbound side cannot act: no inbound stage runs, the review stage (the
+    reviewers' clock) does; approved, the inbound stage starts with the release."""
+    _, zj = platforms
+    plan = CasePlan.synthetic("330100", "320100", insurance_type=EMPLOYEE, balance_fen=2_000_000, seed=95)
+    for m in outbound_messages(plan):
+        await zj.submit(m)
+    held = await state(zj, plan)
+    assert held.state == S.CASE_STATE_HELD_FOR_REVIEW
+    assert {s.stage: s.owner for s in held.stages if not s.HasField("finished_at")} == {
+        S.STAGE_REVIEW: S.STAGE_OWNER_REVIEWER, S.STAGE_TOTAL: S.STAGE_OWNER_BOTH}
+    receipt = await gateway.admin("reviewer").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
+        transfer_id=plan.route.transfer_id, approve=True))
+    released = envelope_pb2.ReceiptBody.FromString(receipt.body).accepted_at
+    inbound = next(s for s in (await state(zj, plan)).stages if s.stage == S.STAGE_INBOUND)
+    assert (inbound.owner, inbound.owner_agency, inbound.started_at) == (S.STAGE_OWNER_INBOUND, "320100", released)
+
+
+async def test_an_unanswered_request_is_closed_only_by_an_operator(
+        gateway: GatewayHandle, platforms: tuple[PlatformClient, PlatformClient]) -> None:
+    """No expiry: the request stays open (escalated when its outbound limit passes) until an operator
+    closes it with `transfer-gateway case close`; both sides receive the signed closure, and the
+    reference platform of the applicant's side stops waiting."""
+    import sys
+    from pathlib import Path
+
+    from clients.scenario import ReferencePlatform
+
+    js, zj = platforms
+    plan = CasePlan.synthetic("320100", "330100", insurance_type=EMPLOYEE, balance_fen=1_000, seed=96)
+    await zj.submit(request(plan, EMPLOYEE))
+    applicant = ReferencePlatform(zj)
+    stop = asyncio.Event()
+    listening = asyncio.create_task(applicant.run(stop))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "case", "close", plan.route.transfer_id, "--reason",
+            "转出地逾期未答复", "--gateway", f"127.0.0.1:{gateway.server.port}", "--certs", str(gateway.pki.root),
+            cwd=Path(__file__).resolve().parent.parent.parent, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().startswith(f"closed {plan.route.transfer_id}: case_closed ")
+        for _ in range(50):
+            if gateway.count("deliveries", "message_id IN (SELECT message_id FROM messages WHERE kind = ?)"
+                             " AND state = ?", envelope_pb2.MESSAGE_KIND_CASE_CLOSED,
+                             S.DELIVERY_STATE_ACKNOWLEDGED) >= 1:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await listening
+    assert (await state(js, plan)).state == S.CASE_STATE_CLOSED_BY_OPERATOR
+    outbound_side = [m for m in await received(gateway, "jiangsu")
+                     if isinstance(m, admin_pb2.CaseClosed)]
+    assert [c.reason for c in outbound_side] == ["转出地逾期未答复"]
+    await log_verifies(gateway)

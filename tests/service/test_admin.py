@@ -155,16 +155,42 @@ async def test_settlement_report_over_grpc(gateway: GatewayHandle) -> None:
     assert case.continuity.continuous and case.continuity.gap_months == 0
 
 
-async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPaths, tmp_path: Path) -> None:
-    from dataclasses import replace
+async def test_identical_decisions_at_once_get_the_one_receipt_and_opposite_ones_one_winner(
+        gateway: GatewayHandle) -> None:
+    """Decided inside the case's transaction: four identical approvals at once are one decision with
+    one receipt; an approval racing a rejection has exactly one winner, the other is refused
+    REVIEW_ALREADY_DECIDED, and the money moves (or not) once."""
+    tid = (await send_big_case(gateway))[0].header.transfer_id
+    approve = admin_pb2.ReviewFundTransferRequest(transfer_id=tid, approve=True)
+    receipts = await asyncio.gather(*(gateway.admin("reviewer").ReviewFundTransfer(approve) for _ in range(4)))
+    assert all(r == receipts[0] for r in receipts)
+    assert gateway.count("messages", "transfer_id = ? AND kind = ?", tid,
+                         envelope_pb2.MESSAGE_KIND_REVIEW_DECISION) == 1
 
+    other = (await send_big_case(gateway, BIG + 7))[0].header.transfer_id
+    outcomes = await asyncio.gather(
+        gateway.admin("reviewer").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(transfer_id=other,
+                                                                                         approve=True)),
+        gateway.admin("reviewer").ReviewFundTransfer(admin_pb2.ReviewFundTransferRequest(
+            transfer_id=other, approve=False, comment="额度核对不符")),
+        return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(refused) == 1 and failure(refused[0]).reason == "REVIEW_ALREADY_DECIDED"
+    assert gateway.count("messages", "transfer_id = ? AND kind = ?", other,
+                         envelope_pb2.MESSAGE_KIND_REVIEW_DECISION) == 1
+    assert gateway.count("fund_movements", "transfer_id = ? AND status IN ('sent', 'rejected')", other) == 1
+
+
+async def test_an_unanswered_request_is_escalated_and_closed_only_by_an_operator(pki: DevPaths,
+                                                                                 tmp_path: Path) -> None:
+    """Ten working days without an outbound notice: the request shows overdue and counts as
+    escalated, and stays open; an operator closes it with a reason, signed and delivered to both
+    sides; closing it again gives the same receipt; too late for the notice then."""
     from gateway.app.assembly import assemble
-    from gateway.core.case import CaseRules
     from tests.conftest import test_config
 
-    config = replace(test_config(pki, tmp_path / "g.db"), sweep_interval=0.1,
-                     rules=CaseRules(request_expiry=dt.timedelta(seconds=1)))
-    server = assemble(config)
+    now = [dt.datetime.now(dt.UTC)]
+    server = assemble(test_config(pki, tmp_path / "g.db"), clock=lambda: now[0])
     await server.start()
     gateway = GatewayHandle(server=server, pki=pki, database=tmp_path / "g.db")
     try:
@@ -175,22 +201,41 @@ async def test_unanswered_request_expires_and_both_sides_hear_of_it(pki: DevPath
         request.header.CopyFrom(builders.header("320100", "330100", plan.route.transfer_id))
         await gateway.exchange("jiangsu").Submit(sign(request, gateway.signer("jiangsu")))
         tid = plan.route.transfer_id
-        tracking = gateway.tracking("jiangsu")
-        for _ in range(50):
-            case = await tracking.GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
-            if case.state == tracking_pb2.CASE_STATE_EXPIRED:
-                break
-            await asyncio.sleep(0.1)
-        assert case.state == tracking_pb2.CASE_STATE_EXPIRED
-        assert envelope_pb2.MESSAGE_KIND_CASE_EXPIRED in kinds(await drain(gateway, "jiangsu"))
-        outbound = await drain(gateway, "zhejiang")
-        assert kinds(outbound) == [envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_EXPIRED]
-        # Too late now: the outbound notice is refused on the closed case.
+        now[0] += dt.timedelta(days=30)  # far past ten working days, whatever the holidays
+        await server.monitor.refresh_once()
+        case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+        outbound_stage = next(s for s in case.stages if s.stage == tracking_pb2.STAGE_OUTBOUND)
+        assert case.state == tracking_pb2.CASE_STATE_OPENED
+        assert (outbound_stage.timeliness, outbound_stage.owner, outbound_stage.owner_agency) == (
+            tracking_pb2.TIMELINESS_OVERDUE, tracking_pb2.STAGE_OWNER_OUTBOUND, "330100")
+        assert server.prometheus.get_sample_value(
+            "transfer_gateway_requests_escalated", {"outbound_province": "33", "inbound_province": "32"}) == 1
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway.admin("reviewer").CloseCase(admin_pb2.CloseCaseRequest(transfer_id=tid, reason="x"))
+        assert failure(caught.value).code == grpc.StatusCode.PERMISSION_DENIED  # an operator's decision
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gateway.admin("operator").CloseCase(admin_pb2.CloseCaseRequest(transfer_id=tid, reason=" "))
+        assert failure(caught.value).fields == ["reason"]
+        close = admin_pb2.CloseCaseRequest(transfer_id=tid, reason="转出地逾期未答复，申请人同意另行申请")
+        receipt = await gateway.admin("operator").CloseCase(close)
+        assert await gateway.admin("operator").CloseCase(close) == receipt
+        case = await gateway.tracking("jiangsu").GetCase(tracking_pb2.GetCaseRequest(transfer_id=tid))
+        assert case.state == tracking_pb2.CASE_STATE_CLOSED_BY_OPERATOR
+        for platform in ("jiangsu", "zhejiang"):
+            closed = [d for d in await drain(gateway, platform)
+                      if d.message.kind == envelope_pb2.MESSAGE_KIND_CASE_CLOSED]
+            assert len(closed) == 1
+            gateway_key = LocalSigner.from_pem("gateway-dev-1", pki.gateway_signing_key.read_bytes()).verifying_key()
+            signed = closed[0].message
+            assert gateway_key.verify(signed.signature, pae(admin_pb2.CaseClosed.DESCRIPTOR.full_name, signed.payload))
+            assert admin_pb2.CaseClosed.FromString(signed.payload).reason == close.reason
         notice = outbound_messages(plan)[0]
+        notice.header.created_at.FromDatetime(now[0])  # fresh by the gateway's clock
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.exchange("zhejiang").Submit(sign(notice, gateway.signer("zhejiang")))
         assert failure(caught.value).reason == "CASE_CLOSED"
-        assert server.prometheus.get_sample_value("transfer_gateway_cases_expired_total") == 1
+        assert server.prometheus.get_sample_value("transfer_gateway_cases_closed_by_operator_total") == 1
     finally:
         await gateway.close_channels()
         await server.stop(grace=0.5)

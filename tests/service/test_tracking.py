@@ -111,12 +111,20 @@ async def test_overdue_cases_are_listed_and_counted_without_new_messages(setup: 
     assert sorted(c.transfer_id for c in page.cases) == sorted(late)
     assert all(any(s.timeliness == S.TIMELINESS_OVERDUE for s in c.stages) for c in page.cases)
     assert not page.cases[0].messages  # lists carry no messages
+    # Overdue on the inbound side's clock: listed for it, not for the outbound side.
+    inbound_late = await setup.jiangsu.list_cases(tracking_pb2.ListCasesRequest(overdue=True,
+                                                                                owner=S.STAGE_OWNER_INBOUND))
+    assert sorted(c.transfer_id for c in inbound_late.cases) == sorted(late)
+    assert not (await setup.jiangsu.list_cases(tracking_pb2.ListCasesRequest(
+        overdue=True, owner=S.STAGE_OWNER_OUTBOUND))).cases
     await setup.server.monitor.refresh_once()
-    labels = {"outbound_province": "32", "inbound_province": "33"}
-    assert setup.gauge("transfer_gateway_cases_overdue", stage="inbound", **labels) == 3
-    assert setup.gauge("transfer_gateway_cases_overdue", stage="total", **labels) == 3
-    assert setup.gauge("transfer_gateway_cases_open", stage="total", **labels) == 4
-    assert setup.gauge("transfer_gateway_cases_due_soon", stage="inbound", **labels) == 0
+    pair = {"outbound_province": "32", "inbound_province": "33"}
+    inbound = {"stage": "inbound", "owner": "inbound", "owner_province": "33", **pair}
+    total = {"stage": "total", "owner": "both", "owner_province": "", **pair}
+    assert setup.gauge("transfer_gateway_cases_overdue", **inbound) == 3
+    assert setup.gauge("transfer_gateway_cases_overdue", **total) == 3
+    assert setup.gauge("transfer_gateway_cases_open", **total) == 4
+    assert setup.gauge("transfer_gateway_cases_due_soon", **inbound) == 0
 
 
 async def test_due_soon_lists_cases_whose_last_day_is_near(setup: Setup) -> None:
@@ -170,9 +178,11 @@ async def test_pages_filters_and_visibility(setup: Setup) -> None:
     ({"opened_from": Timestamp(seconds=2**62)}, "opened_from"),
     ({"opened_before": Timestamp(seconds=-(2**40))}, "opened_before"),
     ({"opened_from": Timestamp(seconds=1, nanos=-1)}, "opened_from"),
-    ({"states": [1] * 14}, "states"),
+    ({"states": [1] * 17}, "states"),
     ({"page_token": "A" * 10_000}, "page_token"),
     ({"page_token": base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00 \x00").decode()}, "page_token"),
+    ({"owner": S.STAGE_OWNER_INBOUND}, "owner"),  # an owner says whose overdue or due-soon stages
+    ({"overdue": True, "owner": 9}, "owner"),
 ])
 async def test_a_bad_query_names_the_field(setup: Setup, request_fields: dict[str, object], field: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -190,11 +200,14 @@ async def test_completed_cases_are_counted_on_time_with_their_durations(setup: S
         result = await run_cases(setup.jiangsu, zj, transfers=10, a_agencies=("320100",), b_agencies=("330100",),
                                  reviewer=reviewer, timeout=60)
     assert result.completed == 10, result.errors
+    await setup.server.monitor.refresh_once()
     for pair in ({"outbound_province": "32", "inbound_province": "33"},
                  {"outbound_province": "33", "inbound_province": "32"}):
-        assert setup.gauge("transfer_gateway_stages_finished_total", stage="total", result="on_time", **pair) == 5
-        assert setup.gauge("transfer_gateway_stage_duration_workdays_count", stage="inbound", **pair) == 5
-    await setup.server.monitor.refresh_once()
+        total = {"stage": "total", "owner": "both", "owner_province": "", **pair}
+        inbound = {"stage": "inbound", "owner": "inbound", "owner_province": pair["inbound_province"], **pair}
+        assert setup.gauge("transfer_gateway_stages_finished", result="on_time", **total) == 5
+        assert setup.gauge("transfer_gateway_stages_finished", result="late", **total) == 0
+        assert setup.gauge("transfer_gateway_stage_duration_workdays_count", **inbound) == 5
     credited = sum(setup.gauge("transfer_gateway_funds_fen", status="credited", outbound_province=a,
                                inbound_province=b) for a, b in (("32", "33"), ("33", "32")))
     assert credited > 0

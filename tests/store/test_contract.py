@@ -18,8 +18,19 @@ import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
 from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
-from gateway.core.sla import Stage
-from gateway.store import AcceptOutcome, CaseQuery, IncomingMessage, IssuedReceipt, Store, UnaskedQuestion
+from gateway.core.sla import Owner, Stage, Timeliness
+from gateway.core.workdays import CHINA, WorkingCalendar, start_of, year_notice
+from gateway.store import (
+    AcceptOutcome,
+    CaseQuery,
+    Escalation,
+    IncomingMessage,
+    IssuedReceipt,
+    Retimed,
+    StageTotal,
+    Store,
+    UnaskedQuestion,
+)
 from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opened, opening, receipt_for, same
@@ -381,6 +392,108 @@ async def test_stage_counts_and_case_queries(store_and_clock: tuple[Store, Clock
     assert not await store.list_cases(CaseQuery(states=frozenset({tracking_pb2.CASE_STATE_COMPLETED})))
 
 
+
+
+async def test_a_decision_that_repeats_an_earlier_message_answers_with_its_receipt(
+        store_and_clock: tuple[Store, Clock]) -> None:
+    """Two identical review decisions: the second's decision names the first (`replay_of`), and the
+    store answers with the first's receipt and sequence, writing nothing."""
+    store, clock = store_and_clock
+    m = await open_case(store)
+    first = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, body=b"approve-1",
+                     sender="gateway", receiver="*")
+    decided = await store.accept(first, same, receipt_for(first))
+    clock.advance(5)
+    again = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, body=b"approve-2",
+                     sender="gateway", receiver="*")
+    outcome = await store.accept(again, lambda case, _i: Decision(case, replay_of=first.message_id),  # type: ignore[arg-type]
+                                 receipt_for(again))
+    assert (outcome.replayed, outcome.receipt, outcome.sequence) == (True, decided.receipt, decided.sequence)
+    view = await store.get_case(m.transfer_id)
+    assert view is not None and again.message_id not in view.case.messages
+    assert await store.receipt_of(again.message_id) is None
+
+
+def _table_sent(case: Case | None, _index: CaseIndex) -> Decision:
+    assert case is not None
+    return Decision(replace(case, state=tracking_pb2.CASE_STATE_TABLE_SENT, balance_fen=0))
+
+
+async def test_stages_keep_their_owner_and_the_totals_their_results(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    m = await open_case(store)
+    clock.advance(30 * 86400)  # past the outbound limit: the table comes late
+    table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+    outcome = await store.accept(table, _table_sent, receipt_for(table))
+    assert [(s.stage, s.owner) for s in outcome.finished_stages] == [(Stage.OUTBOUND, Owner.OUTBOUND)]
+    assert await store.stage_totals() == [
+        StageTotal(Stage.OUTBOUND, Owner.OUTBOUND, "32", "32", "33", Timeliness.LATE, 1)]
+    now = clock.now
+    counts = {c.stage: (c.owner, c.owner_province, c.open) for c in await store.stage_counts(now, now)}
+    assert counts == {Stage.INBOUND: (Owner.INBOUND, "33", 1), Stage.TOTAL: (Owner.BOTH, "", 1)}
+    view = await store.get_case(m.transfer_id)
+    assert view is not None and {s.stage: s.owner for s in view.stages} == {
+        Stage.OUTBOUND: Owner.OUTBOUND, Stage.INBOUND: Owner.INBOUND, Stage.TOTAL: Owner.BOTH}
+    clock.advance(30 * 86400)  # the inbound and total stages pass their deadlines too
+    epoch, later = dt.datetime(1970, 1, 1, tzinfo=dt.UTC), clock.now
+    for owner, found in ((Owner.INBOUND, [m.transfer_id]), (Owner.OUTBOUND, []), (Owner.BOTH, [m.transfer_id])):
+        listed = await store.list_cases(CaseQuery(deadline_between=(epoch, later), owner=owner))
+        assert [v.case.transfer_id for v in listed] == found, owner
+
+
+async def test_a_loaded_notice_counts_stages_again_and_judges_finished_ones_again(
+        store_and_clock: tuple[Store, Clock]) -> None:
+    """Begun 2026-12-24 while 2027 has no official calendar: ten working days end 2027-01-07
+    (provisional). The table comes on 2027-01-08: late on the fallback. A 2027 notice making
+    2027-01-01 a holiday moves the deadline a working day on, and the finished stage is judged
+    again: on time, in the totals too. Counting again changes nothing the second time."""
+    store, clock = store_and_clock
+    clock.now = dt.datetime(2026, 12, 24, 15, tzinfo=CHINA)
+    m = await open_case(store)
+    clock.now = dt.datetime(2027, 1, 8, 11, tzinfo=CHINA)
+    table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+    await store.accept(table, _table_sent, receipt_for(table))
+    view = await store.get_case(m.transfer_id)
+    assert view is not None
+    outbound = next(s for s in view.stages if s.stage is Stage.OUTBOUND)
+    assert (outbound.deadline, outbound.provisional) == (start_of(dt.date(2027, 1, 8)), True)
+    assert {(t.stage, t.result): t.stages for t in await store.stage_totals()} == {
+        (Stage.OUTBOUND, Timeliness.LATE): 1}
+    notice = year_notice(2027, [dt.date(2027, 1, 1)], [], "2027 notice (test)")
+    version = await store.load_calendar({2027: notice}, clock.now)
+    stored = await store.calendar()
+    assert version == stored.version == 1 and stored.notices[2027].holidays == {dt.date(2027, 1, 1)}
+    assert stored.notices[2027].source == "2027 notice (test)"
+    try:
+        SLA.use(WorkingCalendar(stored.notices, stored.version))
+        assert await store.retime_stages() == Retimed(retimed=3, rejudged=1, now_on_time=1, now_late=0)
+        assert await store.retime_stages() == Retimed(0, 0, 0, 0)
+    finally:
+        SLA.use(WorkingCalendar())
+    view = await store.get_case(m.transfer_id)
+    assert view is not None
+    outbound = next(s for s in view.stages if s.stage is Stage.OUTBOUND)
+    assert (outbound.deadline, outbound.provisional) == (start_of(dt.date(2027, 1, 9)), False)
+    assert {(t.stage, t.result): t.stages for t in await store.stage_totals() if t.stages} == {
+        (Stage.OUTBOUND, Timeliness.ON_TIME): 1}
+    assert await store.load_calendar({2027: notice}, clock.now) == 2  # every load raises the version
+
+
+async def test_requests_left_unanswered_are_escalated(store_and_clock: tuple[Store, Clock]) -> None:
+    store, clock = store_and_clock
+    request = incoming(str(uuid.uuid4()), kind=envelope_pb2.MESSAGE_KIND_TRANSFER_REQUEST, body=b"request",
+                       sender="330100", receiver="320100")
+
+    def lodged(case: Case | None, _index: CaseIndex) -> Decision:
+        return Decision(replace(opened(request), state=tracking_pb2.CASE_STATE_OPENED, outbound="320100",
+                                inbound="330100", applicant="330100"))
+
+    await store.accept(request, lodged, receipt_for(request))
+    answered = await open_case(store)  # a notice: answered at once
+    clock.advance(20 * 86400)
+    assert answered.transfer_id  # its outbound stage is late too, but it is no unanswered request
+    assert await store.escalations(clock.now) == [Escalation("32", "33", 1)]
+    assert await store.escalations(T0) == []
 
 
 # --- the transparency log ---------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from typing import NamedTuple
 import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
-from gateway.core.sla import Stage
+from gateway.core.sla import Stage, Timeliness
+from gateway.core.timestamps import from_micros, micros
 from gateway.store import postgres, sqlite
-from gateway.store.migrations import MIGRATIONS, ColumnTypes
-from gateway.store.steps import QueryOne, Statement, Steps
+from gateway.store.migrations import FUND_TOTALS_FROM_MOVEMENTS, MIGRATIONS, ColumnTypes
+from gateway.store.steps import Query, QueryOne, Statement, Steps
 from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
-from tests.store.support import T0, Clock, Factory, incoming, open_case, opening, receipt_for
+from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opening, receipt_for
 
 # SHA-256 of the text each released migration renders to, as the release that shipped it ran it:
 # a database that ran a migration never runs it again, so an edit would split the fleet in two.
@@ -46,6 +47,7 @@ def test_the_types_that_differ_are_the_dialects_words() -> None:
     assert "sequence        <integer> PRIMARY KEY" in scripts[0] and "person_key      <blob> NOT NULL" in scripts[0]
     for word in ("INTEGER", "BIGINT", "BLOB", "BYTEA"):
         assert not any(word in script for script in scripts), word
+    assert "ADD COLUMN retained_fen <integer> NOT NULL DEFAULT 0" in scripts[6]
 
 
 class _Versions(NamedTuple):
@@ -58,9 +60,30 @@ def _versions() -> Steps[_Versions | None]:
                                 _Versions))
 
 
+_FUND_MOVEMENTS_3 = """CREATE TABLE fund_movements_3 (
+    transfer_id TEXT PRIMARY KEY REFERENCES cases (transfer_id),
+    message_id TEXT NOT NULL UNIQUE REFERENCES messages (message_id),
+    amount_fen BIGINT NOT NULL CHECK (amount_fen > 0),
+    status TEXT NOT NULL CHECK (status IN ('held', 'sent', 'credited', 'rejected')),
+    accepted_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)"""
+
+
 def _back_to(version: int) -> Steps[None]:
-    """The schema as the release with `version` left it (the tables and index added later dropped)."""
-    undo = {6: ["DROP TABLE registry_documents"],
+    """The schema as the release with `version` left it (the tables, columns and indexes added later
+    dropped; fund movements back to the statuses of their time)."""
+    undo = {7: ["DROP INDEX case_stages_to_retime", "DROP TABLE calendar_head", "DROP TABLE calendar_years",
+                "DROP TABLE stage_totals",
+                *(f"ALTER TABLE cases DROP COLUMN {c}" for c in ("retained_fen", "insured_months",
+                                                                 "waiting_period_months")),
+                *(f"ALTER TABLE case_stages DROP COLUMN {c}" for c in ("owner", "owner_province", "provisional",
+                                                                       "calendar_version")),
+                _FUND_MOVEMENTS_3,
+                "INSERT INTO fund_movements_3 SELECT transfer_id, message_id, amount_fen, CASE WHEN status IN"
+                " ('held', 'sent', 'credited') THEN status ELSE 'rejected' END, accepted_at, updated_at"
+                " FROM fund_movements",
+                "DROP TABLE fund_movements", "ALTER TABLE fund_movements_3 RENAME TO fund_movements",
+                "CREATE INDEX fund_movements_by_day ON fund_movements (accepted_at)"],
+            6: ["DROP TABLE registry_documents"],
             5: ["DROP TABLE automatic_cases", "DROP TABLE enrollments", "DROP TABLE suspended_records",
                 "DROP TABLE index_messages", "ALTER TABLE cases DROP COLUMN channel"],
             4: ["DROP TABLE log_checkpoints", "DROP TABLE log_tree", "DROP TABLE log_hashes", "DROP TABLE log_entries",
@@ -180,3 +203,109 @@ async def test_messages_from_before_the_log_are_logged_when_it_arrives(
         assert (await store.leaf_of(fund.message_id) or (None, None))[:2] == (fund.transfer_id, 1)
     finally:
         await store.close()
+
+
+def _legacy_rows(states: dict[str, tuple[int, int]]) -> Steps[None]:
+    """Cases as the release with migration 3 kept them, written as it wrote them: `states` maps a
+    transfer id to (state, closed). Each has a table accepted at T0 + 1 h and a fund transfer of
+    5,000 fen accepted at T0 + 2 h (its status by the state, as 3 knew them), the stages of the
+    time: outbound from T0, inbound from the table, total; a review decision at T0 + 3 h where
+    it was held and decided."""
+    def us(hours: float) -> int:
+        return micros(T0 + dt.timedelta(hours=hours))
+
+    status = {tracking_pb2.CASE_STATE_HELD_FOR_REVIEW: "held", tracking_pb2.CASE_STATE_FUNDS_SENT: "sent",
+              tracking_pb2.CASE_STATE_INBOUND_REJECTED: "rejected", tracking_pb2.CASE_STATE_REVIEW_REJECTED: "rejected",
+              tracking_pb2.CASE_STATE_COMPLETED: "credited"}
+    sequence = 0
+    for i, (tid, (state, closed)) in enumerate(states.items()):
+        yield from Statement(
+            "INSERT INTO cases (transfer_id, state, closed, outbound, inbound, applicant, insurance_type,"
+            " inbound_insurance_type, person_key, suspension_date, enrollment_date, balance_fen, fund_message_id,"
+            " opened_at, updated_at) VALUES (?, ?, ?, '320100', '330100', '320100', 310, 310, ?, '2026-11-01', '',"
+            " 5000, ?, ?, ?)", (tid, state, closed, f"person-{i}".encode(), f"fund-{tid}", us(0), us(4)))
+        kinds = [(f"notice-{tid}", envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE, 0),
+                 (f"table-{tid}", envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, 1),
+                 (f"fund-{tid}", envelope_pb2.MESSAGE_KIND_FUND_TRANSFER, 2)]
+        if state in (tracking_pb2.CASE_STATE_REVIEW_REJECTED,):
+            kinds.append((f"review-{tid}", envelope_pb2.MESSAGE_KIND_REVIEW_DECISION, 3))
+        for message_id, kind, hours in kinds:
+            sequence += 1
+            yield from Statement(
+                "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
+                " accepted_at, fingerprint, ack_status, signed_message, receipt)"
+                " VALUES (?, ?, ?, ?, '320100', '330100', ?, ?, ?, 0, ?, ?)",
+                (sequence, message_id, tid, kind, us(hours), us(hours), message_id.encode(), b"m", b"r"))
+        yield from Statement(
+            "INSERT INTO fund_movements (transfer_id, message_id, amount_fen, status, accepted_at, updated_at)"
+            " VALUES (?, ?, 5000, ?, ?, ?)", (tid, f"fund-{tid}", status[state], us(2), us(4)))
+        finished = us(4) if closed else None
+        for stage, order, start in (("outbound", 0, 0), ("inbound", 2, 1), ("total", 3, 0)):
+            yield from Statement(
+                "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province,"
+                " started_at, deadline, finished_at) VALUES (?, ?, ?, '32', '33', ?, ?, ?)",
+                (tid, stage, order, us(start), us(start + 24 * 20), us(2) if stage == "outbound" else finished))
+    yield from Statement("UPDATE log_head SET sequence = ?", (sequence,))
+    yield from Statement("DELETE FROM fund_totals")
+    yield from Statement(FUND_TOTALS_FROM_MOVEMENTS)
+
+
+class _StageNow(NamedTuple):
+    transfer_id: str
+    stage: str
+    started_at: int
+    deadline: int
+    owner: str
+    owner_province: str
+    calendar_version: int
+
+
+def _stages() -> Steps[list[_StageNow]]:
+    return (yield from Query("SELECT transfer_id, stage, started_at, deadline, owner, owner_province,"
+                             " calendar_version FROM case_stages ORDER BY transfer_id, stage", (), _StageNow))
+
+
+async def test_a_store_of_migration_3_upgrades_to_the_measures(factory_and_clock: tuple[Factory, Clock]) -> None:
+    """Migrations 4 to 7 on what migration 3's release stored: the inbound clock restarted where
+    funds were awaited, held or released; owners and the stage totals as the measures count them;
+    fund movements keep their status (a rejection from before returns were tracked stays
+    rejected, counted back with the outbound side), and the log agrees with the rows."""
+    make, _ = factory_and_clock
+    held, sent, rejected, stopped, done = (f"t{i}" for i in range(5))
+    store = make()
+    await store.open()
+    try:
+        await store.write(lambda: _back_to(3))
+        await store.write(lambda: _legacy_rows({
+            held: (tracking_pb2.CASE_STATE_HELD_FOR_REVIEW, 0), sent: (tracking_pb2.CASE_STATE_FUNDS_SENT, 0),
+            rejected: (tracking_pb2.CASE_STATE_INBOUND_REJECTED, 1),
+            stopped: (tracking_pb2.CASE_STATE_REVIEW_REJECTED, 1), done: (tracking_pb2.CASE_STATE_COMPLETED, 1)}))
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        retimed = await store.retime_stages()
+        stages = {(s.transfer_id, s.stage): s for s in await store.read(_stages)}
+        cases = {t: await store.get_case(t) for t in (held, sent, rejected, stopped, done)}
+        totals = await store.stage_totals()
+        [line] = await store.fund_totals()
+    finally:
+        await store.close()
+    assert (held, "inbound") not in stages and (stopped, "inbound") not in stages  # the funds never reached it
+    released = micros(T0 + dt.timedelta(hours=2))  # the fund transfer: inbound's clock starts there
+    for tid in (sent, rejected, done):
+        inbound = stages[(tid, "inbound")]
+        assert inbound.started_at == released and inbound.calendar_version == 0
+        assert inbound.deadline == micros(SLA.start(Stage.INBOUND, from_micros(released)).deadline)
+        assert (inbound.owner, inbound.owner_province) == ("inbound", "33")
+    assert (stages[(held, "outbound")].owner, stages[(held, "total")].owner_province) == ("outbound", "")
+    kept = cases[rejected]
+    assert kept is not None and kept.case.state == tracking_pb2.CASE_STATE_INBOUND_REJECTED and kept.case.closed
+    assert (rejected, "return") not in stages
+    assert retimed.retimed == 3  # the three inbound stages counted again from the funds' release
+    assert (line.sent_fen, line.credited_fen, line.held_fen, line.in_flight_fen, line.returned_fen,
+            line.awaiting_return_fen, line.rejected_fen) == (25_000, 5_000, 5_000, 5_000, 10_000, 0, 10_000)
+    assert line.sent_fen == line.credited_fen + line.returned_fen + line.held_fen + line.in_flight_fen
+    finished = {(t.stage, t.result): t.stages for t in totals}
+    assert finished[(Stage.TOTAL, Timeliness.ON_TIME)] == 3 and finished[(Stage.OUTBOUND, Timeliness.ON_TIME)] == 5

@@ -1,7 +1,8 @@
 """The settlement ledger balances after any history of cases: hypothesis drives random cases
-through the real rules (gateway.core.case) and the real SQLite store, and after every step the
-ledger must equal a model kept by the test, with sent = credited + held + rejected + in flight,
-and the running fund totals must equal the ledger."""
+through the real rules (gateway.core.case) and the real SQLite store — reviews, credits, inbound
+rejections after the funds arrived and their returns — and after every step the ledger must equal
+a model kept by the test, with sent = credited + returned + held + in flight, and the running
+fund totals must equal the ledger."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, rule
 
 from clients import builders
 from clients.scenario import CasePlan, outbound_messages
@@ -56,6 +57,7 @@ def answer(to: messages_pb2.Header, status: int, **fields: object) -> messages_p
 
 class Ledger(RuleBasedStateMachine):
     cases = Bundle("cases")
+    rejected_with_funds = Bundle("rejected_with_funds")  # their money is owed back to the outbound side
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,6 +67,7 @@ class Ledger(RuleBasedStateMachine):
                                  Sla(WorkingCalendar()))
         self.loop.run_until_complete(self.store.open())
         self.model: dict[str, tuple[str, str, int, str]] = {}  # transfer → (out prov, in prov, amount, status)
+        self.decided: dict[str, bool] = {}  # transfer → approved, once reviewed
         self.seed = 0
 
     def teardown(self) -> None:
@@ -107,15 +110,21 @@ class Ledger(RuleBasedStateMachine):
             fingerprint=hashlib.sha256(decision_id.encode()).digest(), signed_message=b"d",
         )
         try:
-            self.loop.run_until_complete(self.store.accept(message, decide, _receipt))
-        except RuleViolation:
+            outcome = self.loop.run_until_complete(self.store.accept(message, decide, _receipt))
+        except RuleViolation as refused:  # never held, or decided the other way
             assert entry is None or entry[3] != "held"
+            assert refused.reason == ("REVIEW_ALREADY_DECIDED" if tid in self.decided else "NOT_HELD_FOR_REVIEW")
+            assert self.decided.get(tid, approve) != approve or tid not in self.decided
+            return
+        if tid in self.decided:  # the same decision again: the first one's receipt, nothing moves
+            assert outcome.replayed and self.decided[tid] == approve
             return
         assert entry is not None and entry[3] == "held"
+        self.decided[tid] = approve
         self.model[tid] = (*entry[:3], "sent" if approve else "rejected")
 
-    @rule(case=consumes(cases), credit=st.booleans())
-    def inbound_answers(self, case: tuple[CasePlan, list[BusinessMessage]], credit: bool) -> None:
+    @rule(target=rejected_with_funds, case=consumes(cases), credit=st.booleans())
+    def inbound_answers(self, case: tuple[CasePlan, list[BusinessMessage]], credit: bool) -> object:
         plan, messages = case
         tid = plan.route.transfer_id
         table = messages[1].header
@@ -134,9 +143,26 @@ class Ledger(RuleBasedStateMachine):
                                    reasons=[builders.reason(types_pb2.REASON_CODE_IDENTITY_MISMATCH)]))
         except RuleViolation:  # a held or already rejected case cannot be answered now
             assert entry is not None and entry[3] in ("held", "rejected")
-            return
-        if entry is not None:
-            self.model[tid] = (*entry[:3], "credited" if credit else "rejected")
+            return multiple()
+        if entry is None:
+            return multiple()
+        self.model[tid] = (*entry[:3], "credited" if credit else "return_due")
+        return case if not credit else multiple()
+
+    @rule(case=consumes(rejected_with_funds), confirm=st.booleans())
+    def funds_return(self, case: tuple[CasePlan, list[BusinessMessage]], confirm: bool) -> None:
+        """The inbound side sends the money back; the outbound side confirms it (or not yet)."""
+        plan, messages = case
+        fund = messages[2]
+        assert isinstance(fund, messages_pb2.FundTransfer)
+        back = builders.fund_return(fund, builders.fund_account(plan.route.inbound, receiving=False), fund.payer,
+                                    "RET1", builders.today_in_china())
+        self.submit(back)
+        entry = self.model[plan.route.transfer_id]
+        self.model[plan.route.transfer_id] = (*entry[:3], "returning")
+        if confirm:
+            self.submit(answer(back.header, Ack.STATUS_FUNDS_RETURN_RECEIVED))
+            self.model[plan.route.transfer_id] = (*entry[:3], "returned")
 
     @invariant()
     def ledger_matches_the_model(self) -> None:
@@ -145,16 +171,20 @@ class Ledger(RuleBasedStateMachine):
                                                                    now + dt.timedelta(days=1)))
         expected: dict[tuple[str, str], dict[str, int]] = {}
         for out_p, in_p, amount, status in self.model.values():
-            bucket = expected.setdefault((out_p, in_p), {"held": 0, "sent": 0, "credited": 0, "rejected": 0, "n": 0})
+            bucket = expected.setdefault((out_p, in_p), dict.fromkeys(
+                ("held", "sent", "credited", "rejected", "return_due", "returning", "returned", "n"), 0))
             bucket[status] += amount
             bucket["n"] += 1
         got = {(x.outbound_province, x.inbound_province): x for x in lines}
         assert set(got) == set(expected)
         for pair, e in expected.items():
             line = got[pair]
-            assert line.sent_fen == line.credited_fen + line.held_fen + line.rejected_fen + line.in_flight_fen
-            assert (line.held_fen, line.in_flight_fen, line.credited_fen, line.rejected_fen, line.transfers) == (
-                e["held"], e["sent"], e["credited"], e["rejected"], e["n"])
+            assert line.sent_fen == line.credited_fen + line.returned_fen + line.held_fen + line.in_flight_fen
+            awaiting = e["return_due"] + e["returning"]
+            assert (line.held_fen, line.in_flight_fen, line.credited_fen, line.returned_fen, line.awaiting_return_fen,
+                    line.rejected_fen, line.transfers) == (
+                e["held"], e["sent"] + awaiting, e["credited"], e["returned"] + e["rejected"], awaiting,
+                e["rejected"] + awaiting + e["returned"], e["n"])
         # The running totals the gauges read agree with the ledger added up from every movement.
         assert self.loop.run_until_complete(self.store.fund_totals()) == lines
 
