@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 from clients.builders import header, new_id, proto_date, today_in_china
 from mitransfer.v1 import automatic_pb2, types_pb2
 
 COVERED: Final = frozenset({types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC})
 Withdrawn = automatic_pb2.SuspendedRecordWithdrawal
+IndexMessage: TypeAlias = (automatic_pb2.SuspendedRecord | automatic_pb2.SuspendedRecordWithdrawal
+                           | automatic_pb2.Enrollment | automatic_pb2.EnrollmentOptOut)
 
 
 def certificate_only(person: types_pb2.Person) -> types_pb2.Person:
@@ -48,12 +50,13 @@ def suspended_record(
 
 
 def record_withdrawal(
-    record: automatic_pb2.SuspendedRecord, reason: automatic_pb2.SuspendedRecordWithdrawal.Reason.ValueType, *,
+    agency: str, record_id: str, reason: automatic_pb2.SuspendedRecordWithdrawal.Reason.ValueType, *,
     created_at: dt.datetime | None = None,
 ) -> automatic_pb2.SuspendedRecordWithdrawal:
-    """撤销中止参保记录: the record ended otherwise (resumed, terminated, transferred on application)."""
-    return automatic_pb2.SuspendedRecordWithdrawal(
-        header=header(record.header.sender, "", record.header.transfer_id, created_at=created_at), reason=reason)
+    """撤销中止参保记录 by the `agency` that registered record `record_id` (its header's transfer id):
+    the record ended otherwise (resumed, terminated, transferred on application)."""
+    return automatic_pb2.SuspendedRecordWithdrawal(header=header(agency, "", record_id, created_at=created_at),
+                                                   reason=reason)
 
 
 def enrollment(
@@ -74,8 +77,9 @@ def enrollment(
         enrollment_date=proto_date(enrollment_date), outbound_agencies=list(outbound_agencies))
 
 
-def opt_out(report: automatic_pb2.Enrollment, text: str = "", *,
+def opt_out(agency: str, enrollment_message_id: str, text: str = "", *,
             created_at: dt.datetime | None = None) -> automatic_pb2.EnrollmentOptOut:
-    """不参加自动转移: the person declines before a case opens; the enrollment stops waiting."""
-    return automatic_pb2.EnrollmentOptOut(header=header(report.header.sender, "", "", created_at=created_at),
-                                          enrollment_message_id=report.header.message_id, text=text)
+    """不参加自动转移 by the `agency` that reported enrollment `enrollment_message_id`: the person
+    declines before a case opens; the enrollment stops waiting."""
+    return automatic_pb2.EnrollmentOptOut(header=header(agency, "", "", created_at=created_at),
+                                          enrollment_message_id=enrollment_message_id, text=text)

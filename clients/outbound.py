@@ -3,6 +3,11 @@ gateway's receipts: notice, information table, and the fund transfer when there 
 
     python -m clients.outbound --platform jiangsu --from 320100 --to 330100 --balance-fen 123456
     python -m clients.outbound --platform jiangsu --case case.json
+    python -m clients.outbound --platform jiangsu --from 320100 --to 330100 --transfer-id <id> --seed 7
+
+--transfer-id answers a case opened at the inbound side: a transfer request, or the gateway's
+automatic request for a suspended record registered with `python -m clients.index record` (the
+record's id; --seed the same person).
 
 The case is synthetic unless --case names a JSON file; any key it leaves out is synthetic too:
     {"from": "320100", "to": "330100", "insurance": 310, "inbound_insurance": 310, "balance_fen": 123456,
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clients._cli import EX_FAILURE, CliError, add_connection_options, config_from, description, run, summary
-from clients.builders import contribution_period, sample_periods
+from clients.builders import Route, contribution_period, sample_periods
 from clients.platform import PlatformClient
 from clients.scenario import CasePlan, OutboundMessage, outbound_messages
 from mitransfer.v1 import messages_pb2, types_pb2
@@ -45,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--balance-fen", type=int, help="personal-account balance in fen (310 only)")
     parser.add_argument("--case", type=Path, help="JSON file describing the case")
     parser.add_argument("--seed", type=int, default=1, help="which synthetic person (default 1)")
+    parser.add_argument("--transfer-id", help="answer this open case (default: open a new one)")
     return parser
 
 
@@ -77,6 +83,9 @@ def plan_from(args: argparse.Namespace, described: Mapping[str, Any]) -> CasePla
         plan = replace(plan, cumulative_months=int(described["cumulative_months"]))
     elif "suspension_date" in described:  # keep the synthetic periods within the suspension month
         plan = replace(plan, periods=tuple(sample_periods(outbound, plan.suspension_date, args.seed)))
+    transfer_id = args.transfer_id or described.get("transfer_id")
+    if transfer_id:
+        plan = replace(plan, route=Route(str(transfer_id), plan.route.outbound, plan.route.inbound))
     return plan
 
 

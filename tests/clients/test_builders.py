@@ -434,7 +434,7 @@ def test_outbound_cli_reads_a_cross_scheme_case_with_overlapping_periods() -> No
     from clients.scenario import outbound_messages
 
     args = argparse.Namespace(outbound=None, inbound=None, insurance=None, inbound_insurance=None, balance_fen=None,
-                              seed=7)
+                              seed=7, transfer_id=None)
     described = {
         "from": OUT, "to": IN, "insurance": 310, "inbound_insurance": 390, "balance_fen": 5000,
         "suspension_date": "2026-05-06",

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients import inbound, outbound, track
+from clients import inbound, index, outbound, track
 from clients._cli import description
 from clients.errors import GatewayRejected
 from gateway.app.devpki import DevPaths
@@ -42,7 +42,7 @@ def test_a_refusal_says_each_violation_once() -> None:
     assert str(plain) == "FAILED_PRECONDITION CASE_CLOSED: case is closed"
 
 
-@pytest.mark.parametrize("module", [inbound, outbound, track], ids=["inbound", "outbound", "track"])
+@pytest.mark.parametrize("module", [inbound, outbound, track, index], ids=["inbound", "outbound", "track", "index"])
 def test_help_gives_the_whole_first_paragraph(module: object, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         module.main(["--help"])  # type: ignore[attr-defined]
@@ -111,3 +111,29 @@ async def test_missing_or_malformed_arguments_are_answered_in_words(pki: DevPath
     code, _, err = await tool("outbound", *connection(pki, address), "--from", "320100", "--to", "330100",
                               "--insurance", "390", "--balance-fen", "5")
     assert code == 1 and err.startswith("error: the options: not a valid case: ") and "ValueError" not in err
+
+
+async def test_the_index_from_the_command_line_opens_a_case_the_outbound_tool_answers(gateway: GatewayHandle) -> None:
+    """A record, an enrollment of the same synthetic person, the case it opens answered by
+    `clients.outbound --transfer-id`; nothing printed names the person."""
+    from clients.builders import sample_person
+
+    address = f"127.0.0.1:{gateway.server.port}"
+    code, out, err = await tool("index", *connection(gateway.pki, address), "record", "--at", "320100",
+                                "--seed", "71")
+    assert code == 0, err
+    record_id = out.split(" transfer ")[1].split()[0]
+    assert out.rstrip().endswith("opened nothing yet")
+    code, out, err = await tool("index", *connection(gateway.pki, address, "zhejiang"), "enroll", "--at", "330100",
+                                "--seed", "71")
+    assert code == 0, err
+    assert f"opened {record_id}; waits until " in out
+    code, out, err = await tool("outbound", *connection(gateway.pki, address), "--from", "320100", "--to", "330100",
+                                "--transfer-id", record_id, "--seed", "71", "--balance-fen", "5000")
+    assert code == 0, err
+    assert out.count(f"transfer {record_id}") == 4  # the header line, then notice, table and funds
+    person = sample_person(71)
+    code, out, err = await tool("index", *connection(gateway.pki, address), "withdraw", "--at", "320100",
+                                "--id", record_id, "--reason", "resumed")
+    assert code == 1 and "RECORD_NOT_WAITING" in err  # its case is open: answered in the case
+    assert person.certificate_number not in out + err and person.name not in out + err

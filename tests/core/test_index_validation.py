@@ -25,9 +25,10 @@ def valid() -> dict[str, IndexMessage]:
     report = automatic.enrollment("330100", PERSON, EMPLOYEE, TODAY, outbound_agencies=["320100"])
     return {
         "record": record,
-        "withdrawal": automatic.record_withdrawal(record, automatic.Withdrawn.REASON_TERMINATED),
+        "withdrawal": automatic.record_withdrawal(
+            record.header.sender, record.header.transfer_id, automatic.Withdrawn.REASON_TERMINATED),
         "enrollment": report,
-        "opt_out": automatic.opt_out(report, "自行申请"),
+        "opt_out": automatic.opt_out(report.header.sender, report.header.message_id, "自行申请"),
     }
 
 

@@ -144,13 +144,14 @@ async def test_a_withdrawn_record_and_an_opted_out_enrollment_open_nothing(platf
     withdrawn = record_plan(seed=26)
     record = automatic.suspended_record(JIANGSU, withdrawn.person, EMPLOYEE, withdrawn.suspension_date)
     await js.submit(record)
-    await js.submit(automatic.record_withdrawal(record, automatic.Withdrawn.REASON_RESUMED))
+    await js.submit(automatic.record_withdrawal(
+        record.header.sender, record.header.transfer_id, automatic.Withdrawn.REASON_RESUMED))
     assert list((await zj.submit(enrollment_of(withdrawn))).automatic.opened_transfer_ids) == []
 
     declined = record_plan(seed=27)
     report = enrollment_of(declined)
     await zj.submit(report)
-    await zj.submit(automatic.opt_out(report, "参保人选择自行申请"))
+    await zj.submit(automatic.opt_out(report.header.sender, report.header.message_id, "参保人选择自行申请"))
     late = automatic.suspended_record(JIANGSU, declined.person, EMPLOYEE, declined.suspension_date)
     assert list((await js.submit(late)).automatic.opened_transfer_ids) == []
 
@@ -297,12 +298,13 @@ async def test_a_platform_learns_nothing_of_a_person_it_did_not_report(platforms
     with pytest.raises(GatewayRejected) as case:
         await ah.get_case(tid)
     assert case.value.reason == "CASE_NOT_FOUND"  # as for a transfer id never used
-    foreign_withdrawal = automatic.record_withdrawal(record, automatic.Withdrawn.REASON_RESUMED)
+    foreign_withdrawal = automatic.record_withdrawal(
+        record.header.sender, record.header.transfer_id, automatic.Withdrawn.REASON_RESUMED)
     foreign_withdrawal.header.sender = ANHUI
     with pytest.raises(GatewayRejected) as withdrawn:
         await ah.submit(foreign_withdrawal)
     assert withdrawn.value.reason == "RECORD_NOT_FOUND"
-    foreign_opt_out = automatic.opt_out(report)
+    foreign_opt_out = automatic.opt_out(report.header.sender, report.header.message_id)
     foreign_opt_out.header.sender = ANHUI
     with pytest.raises(GatewayRejected) as opted_out:
         await ah.submit(foreign_opt_out)
