@@ -1,5 +1,6 @@
 """`transfer-gateway`: serve, check a configuration, migrate, review held transfers, report,
-verify and export the transparency log, make dev certificates, run the demo, benchmark.
+list and redrive dead letters, verify and export the transparency log, make dev certificates, run
+the demo, benchmark.
 
 Every command ends the same way on failure: one `error:` line naming the file, setting or
 address (and a `hint:` when one helps), and an exit code by kind: 78 for configuration, 69 for

@@ -25,7 +25,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPaths:
 def test_config(pki: DevPaths, database: Path, **overrides: object) -> GatewayConfig:
     config = GatewayConfig.dev(pki.root, database, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
                                monitor_interval=0.2, shutdown_grace=1.0)
-    fast = DeliveryConfig(visibility_timeout=0.5, max_attempts=3, batch=64, poll_interval=0.05)
+    fast = DeliveryConfig(visibility_timeout=0.5, max_attempts=3)
     return replace(config, delivery=fast, **overrides)  # type: ignore[arg-type]
 
 

@@ -329,7 +329,7 @@ def assemble(
     sla = Sla(WorkingCalendar(), config.sla.limits)  # the store's calendar, read at start (CalendarKeeper)
     store = make_store(config.store, clock, sla)
     metrics.watch_log_cpu(store.log_cpu_seconds)
-    router = Router(store, config.delivery, clock)
+    router = Router(store, config.delivery, clock, metrics, max_delivery_bytes=config.messages.grpc_send_bytes)
     registry = LiveRegistry(materials.registry)
     signer = GatewaySigner(materials.signers, registry)
     calendar = CalendarKeeper(store=store, sla=sla, metrics=metrics)
@@ -345,8 +345,8 @@ def assemble(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
                                  sla=sla, clock=clock, automatic=automatic, limits=config.messages, callers=callers),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock, callers=callers),
-        admin=AdminService(registry=registry, store=store, author=author, metrics=metrics, calendar=calendar,
-                           clock=clock, reloader=sync, callers=callers),
+        admin=AdminService(registry=registry, store=store, author=author, router=router, metrics=metrics,
+                           calendar=calendar, clock=clock, reloader=sync, callers=callers),
         log=LogService(registry=registry, store=store, publish_now=publisher.publish_now, callers=callers),
     )
     health = GatewayHealth()

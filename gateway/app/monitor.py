@@ -61,6 +61,7 @@ class Monitor:
         await self._calendar.sync()
         now = self._clock()
         self._metrics.observe_backlog(await self._store.delivery_stats(), now.timestamp(), list(self._platforms()))
+        self._metrics.observe_dead_letters(await self._store.dead_letter_counts())
         self._metrics.observe_stages(await self._store.stage_counts(now, self._sla.calendar.due_soon_before(now)))
         self._metrics.observe_stage_totals(await self._store.stage_totals())
         self._metrics.observe_escalations(await self._store.escalations(now))

@@ -1,7 +1,7 @@
 """The national platform's staff at the command line: `transfer-gateway review list|approve|reject`
-(role reviewer), `transfer-gateway case close`, `transfer-gateway calendar load|show` and
-`transfer-gateway report settlement` (role operator), over mutual TLS with an operator certificate
-whose SAN URI names them in the registry.
+(role reviewer), `transfer-gateway case close`, `transfer-gateway calendar load|show`,
+`transfer-gateway dead-letters list|redrive` and `transfer-gateway report settlement` (role
+operator), over mutual TLS with an operator certificate whose SAN URI names them in the registry.
 
 A decision's answer is the gateway's signed receipt; it is verified against the registry's
 gateway keys before it is shown, and `--receipt FILE` keeps its bytes as proof. Failures go
@@ -108,6 +108,26 @@ class AdminCalls:
         request = admin_pb2.GetSettlementRequest(date=types_pb2.Date(year=day.year, month=day.month, day=day.day))
         return await self._call(self._stub.GetSettlement(request, timeout=self._config.timeout))
 
+    async def dead_letters(self, platform: str, limit: int) -> list[admin_pb2.DeadLetter]:
+        """Dead letters in log order, page after page, up to `limit` (0: every one)."""
+        letters: list[admin_pb2.DeadLetter] = []
+        token = ""
+        while True:
+            size = min(500, limit - len(letters)) if limit else 500
+            request = admin_pb2.ListDeadLettersRequest(platform=platform, page_size=size, page_token=token)
+            page = await self._call(self._stub.ListDeadLetters(request, timeout=self._config.timeout))
+            letters += page.dead_letters
+            token = page.next_page_token
+            if not token or (limit and len(letters) >= limit):
+                return letters
+
+    async def redrive(self, platform: str, message_ids: list[str]) -> int:
+        """Put `platform`'s dead letters back (those named; none named: every one); how many went."""
+        request = admin_pb2.RedriveDeadLettersRequest(platform=platform, message_ids=message_ids,
+                                                      all=not message_ids)
+        reply = await self._call(self._stub.RedriveDeadLetters(request, timeout=self._config.timeout))
+        return int(reply.redriven)
+
     def _verify(self, receipt: envelope_pb2.Receipt) -> envelope_pb2.ReceiptBody:
         key = self._gateway_keys.get(receipt.key_id)
         if key is None or not key.verify(receipt.signature, pae(RECEIPT_PAYLOAD_TYPE, receipt.body)):
@@ -134,8 +154,8 @@ class AdminCalls:
         if err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             return OperatorError(f"gateway {address} refused operator {self._config.operator!r}: "
                                  f"{err.code().name} {reason}: {details}",
-                                 hint="review commands need the role reviewer; case close, calendar and report"
-                                      " settlement the role operator (--operator chooses the certificate)")
+                                 hint="review commands need the role reviewer; case close, calendar, dead-letters"
+                                      " and report settlement the role operator (--operator chooses the certificate)")
         return OperatorError(f"the gateway refused it: {err.code().name} {reason}: {details}")
 
 
@@ -315,6 +335,60 @@ def _settlement(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def render_dead_letters(letters: list[admin_pb2.DeadLetter]) -> str:
+    """One line per dead letter (Beijing time): ids, kind, reason, attempts and size, never a person."""
+    if not letters:
+        return "(no dead letters)"
+    lines = [f"{'message id':<36}  {'transfer id':<36}  {'platform':<10} {'to':<6} {'kind':<16} "
+             f"{'reason':<14} {'tries':>5} {'bytes':>8}  dead since (Beijing)"]
+    lines += [f"{d.message_id:<36}  {d.transfer_id:<36}  {d.platform:<10} {d.receiver:<6} {kind_name(d.kind):<16} "
+              f"{d.reason:<14} {d.attempts:>5} {d.size_bytes:>8,}  "
+              f"{_when(d.dead_since) if d.HasField('dead_since') else '-'}" for d in letters]
+    return "\n".join(lines)
+
+
+def _dead_letters_json(letters: list[admin_pb2.DeadLetter]) -> str:
+    return json.dumps({"dead_letters": [{
+        "platform": d.platform, "receiver": d.receiver, "message_id": d.message_id, "transfer_id": d.transfer_id,
+        "kind": kind_name(d.kind), "sequence": d.sequence, "attempts": d.attempts, "reason": d.reason,
+        "size_bytes": d.size_bytes,
+        "dead_since": d.dead_since.ToDatetime(dt.UTC).isoformat() if d.HasField("dead_since") else None}
+        for d in letters]})
+
+
+def _dead_letters_list(args: argparse.Namespace) -> int:
+    async def work(calls: AdminCalls) -> int:
+        letters = await calls.dead_letters(args.platform or "", args.limit)
+        print(_dead_letters_json(letters) if args.json else render_dead_letters(letters))
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _dead_letters_redrive(args: argparse.Namespace) -> int:
+    if args.all == bool(args.message_ids):
+        raise OperatorError("name the dead letters to redrive (MESSAGE_ID …) or give --all, not both")
+
+    async def work(calls: AdminCalls) -> int:
+        redriven = await calls.redrive(args.platform, list(args.message_ids))
+        named = f"of {len(args.message_ids)} named" if args.message_ids else "(all)"
+        print(f"redrove {redriven} dead letter(s) {named} of platform {args.platform}: pending again, delivered"
+              " in their case's order")
+        return ExitCode.OK
+
+    return _run(args, work)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -379,6 +453,21 @@ def add_operator_commands(commands: Any, reports: Any, command: Command, common:
     load.add_argument("file", help="notices as TOML, one [YYYY] table a year (deploy/calendar/example.toml)")
     show = command(calendar_actions, "show", _calendar_show, "where each year's working days come from")
     _connection_options(show, "operator")
+
+    dead = commands.add_parser("dead-letters", help="deliveries given up: list, redrive (role operator)",
+                               parents=[common])
+    dead_actions = dead.add_subparsers(dest="dead_letters_command", required=True, metavar="ACTION")
+    listing = command(dead_actions, "list", _dead_letters_list, "list dead letters in log order, with their reason")
+    _connection_options(listing, "operator")
+    listing.add_argument("--platform", help="one receiving platform's (registry id; default: every platform's)")
+    listing.add_argument("--limit", type=_count, default=100, help="at most this many (default 100; 0: every one)")
+    listing.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    redrive = command(dead_actions, "redrive", _dead_letters_redrive,
+                      "put dead letters of a platform back in the queue (their attempts anew)")
+    _connection_options(redrive, "operator")
+    redrive.add_argument("--platform", required=True, help="the receiving platform (registry id)")
+    redrive.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID", help="the dead letters to put back")
+    redrive.add_argument("--all", action="store_true", help="every dead letter of the platform")
 
     settlement = command(reports, "settlement", _settlement, "funds in transit per province pair for one day")
     _connection_options(settlement, "operator")

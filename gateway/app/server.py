@@ -247,7 +247,8 @@ class GatewayServer:
             if self._calendar_seed:
                 await self.calendar.seed(self._calendar_seed, self._clock())
             await self.calendar.sync()  # the store's calendar, and stages counted again, before any message
-            self._store.on_wake(self._router.notify)  # other replicas' commits wake our subscribers
+            self._store.on_wake(self._router.on_store_wake)  # other replicas' commits wake our subscribers
+            self._router.start()
             self._started = True
             await self._server.start()
             await self._health.store(True)
@@ -339,6 +340,7 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._router.wait_closed()  # the leases the streams held are back in the store
         if self._store_open:
             self._store_open = False
             await self._store.close()

@@ -114,6 +114,12 @@ class QuotaExceeded(CallerError):
         self.retry_after = retry_after
 
 
+class SubscriptionStalled(CallerError):
+    """A subscription stream that acknowledged nothing of what it held for the visibility timeout
+    (ABORTED): the gateway ends it, so that what it held goes to the platform's other streams.
+    The same subscription opened again works, once its receiver reads and acknowledges."""
+
+
 class ServiceError(GatewayError):
     """Our fault: the same request may succeed later."""
 

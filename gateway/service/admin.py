@@ -1,7 +1,7 @@
 """Admin service: reviewers decide on held fund transfers of the provinces they are scoped to;
-operators read the settlement ledger, close requests the outbound side never answered, load the
-State Council's holiday notices every replica counts on, and load newer versions of the agency
-registry.
+operators read the settlement ledger, list and redrive dead letters, close requests the outbound
+side never answered, load the State Council's holiday notices every replica counts on, and load
+newer versions of the agency registry.
 
 A decision (review, closure) is decided on the case as committed, inside the transaction that
 records it (`gateway.core.case.review`, `close`): two identical decisions racing each other get
@@ -10,6 +10,8 @@ the one receipt, and opposite ones exactly one winner.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import logging
 import uuid
@@ -19,6 +21,7 @@ from typing import Any, Final, Protocol
 from gateway.core import case as case_rules
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused
 from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
+from gateway.core.text import shown
 from gateway.core.timestamps import timestamp_of
 from gateway.core.validation import DATE_HORIZON, EARLIEST_DATE, date_problem, is_uuid, text_problem
 from gateway.core.workdays import CalendarFileError, DaySource, YearNotice, local_date, start_of, year_notice
@@ -26,10 +29,15 @@ from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
 from gateway.service.calendar import CalendarKeeper
 from gateway.service.metrics import Metrics
-from gateway.store import Store
+from gateway.service.routing import Router
+from gateway.store import DeadLetter, DeadLetterQuery, Store
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2
 
 log = logging.getLogger("gateway.admin")
+
+MAX_PAGE: Final = 500
+DEFAULT_PAGE: Final = 100
+MAX_REDRIVE: Final = 1000  # message ids one redrive names
 
 
 class RegistryReloader(Protocol):
@@ -42,12 +50,13 @@ class RegistryReloader(Protocol):
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, *, registry: LiveRegistry, store: Store, author: GatewayAuthor, metrics: Metrics,
+        self, *, registry: LiveRegistry, store: Store, author: GatewayAuthor, router: Router, metrics: Metrics,
         calendar: CalendarKeeper, clock: Callable[[], dt.datetime], reloader: RegistryReloader, callers: Callers,
     ) -> None:
         self._callers = callers
         self._reloader = reloader
         self._calendar = calendar
+        self._router = router
         self._metrics = metrics
         self._registry = registry
         self._store = store
@@ -203,6 +212,59 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             response.issued_at.CopyFrom(timestamp_of(registry.issued_at))
         return response
 
+    async def ListDeadLetters(
+        self, request: admin_pb2.ListDeadLettersRequest, context: Any
+    ) -> admin_pb2.ListDeadLettersResponse:
+        registry = self._registry.current
+        self._callers.operator(context, registry, "operator")
+        bad: list[FieldViolation] = []
+        if request.platform and request.platform not in registry.platforms:
+            bad.append(FieldViolation("platform", f"{shown(request.platform)} is not a platform of the registry"))
+        if not 0 <= request.page_size <= MAX_PAGE:
+            bad.append(FieldViolation("page_size", f"must be 0 to {MAX_PAGE}"))
+        after = None
+        if request.page_token:
+            after = _parse_token(request.page_token)
+            if after is None:
+                bad.append(FieldViolation("page_token", "is not a token this service issued"))
+        if bad:
+            raise InvalidMessage(bad, reason="QUERY_INVALID")
+        size = request.page_size or DEFAULT_PAGE
+        letters = await self._store.dead_letters(DeadLetterQuery(
+            platform=request.platform or None, after=after, limit=size + 1))  # one more: is there a next page
+        page = letters[:size]
+        out = admin_pb2.ListDeadLettersResponse(
+            dead_letters=[_dead_letter(d) for d in page],
+            next_page_token=_token(page[-1]) if len(letters) > size else "")
+        return out
+
+    async def RedriveDeadLetters(
+        self, request: admin_pb2.RedriveDeadLettersRequest, context: Any
+    ) -> admin_pb2.RedriveDeadLettersResponse:
+        registry = self._registry.current
+        operator = self._callers.operator(context, registry, "operator")
+        bad: list[FieldViolation] = []
+        if request.platform not in registry.platforms:
+            bad.append(FieldViolation("platform", f"{shown(request.platform)} is not a platform of the registry"))
+        if request.all == bool(request.message_ids):
+            bad.append(FieldViolation("message_ids", "name the dead letters to redrive, or set all (not both)"))
+        if len(request.message_ids) > MAX_REDRIVE:
+            bad.append(FieldViolation("message_ids", f"at most {MAX_REDRIVE} at once"
+                                                     f" ({len(request.message_ids)} given)"))
+        elif not all(is_uuid(m) for m in request.message_ids):
+            bad.append(FieldViolation("message_ids", "each must be a message id: a canonical lower-case UUID"))
+        if bad:
+            raise InvalidMessage(bad)
+        redriven = await self._store.redrive(request.platform, None if request.all else list(request.message_ids),
+                                             self._clock())
+        if redriven:
+            self._router.notify(request.platform)
+        log.info("redriven", extra={"fields": {"operator": operator.id, "platform": request.platform,
+                                               "named": len(request.message_ids), "all": request.all,
+                                               "redriven": redriven}})
+        return admin_pb2.RedriveDeadLettersResponse(redriven=redriven)
+
+
 def _check_review(request: admin_pb2.ReviewFundTransferRequest) -> None:
     """A decision's fields: the comment goes into a message the gateway signs and delivers to both
     sides, so it is free text like theirs. Raises InvalidMessage."""
@@ -252,3 +314,26 @@ def _notices(request: admin_pb2.LoadCalendarRequest) -> dict[int, YearNotice]:
     if bad:
         raise InvalidMessage(bad, reason="CALENDAR_INVALID")
     return notices
+
+
+def _dead_letter(d: DeadLetter) -> admin_pb2.DeadLetter:
+    out = admin_pb2.DeadLetter(platform=d.platform, receiver=d.receiver, message_id=d.message_id,
+                               transfer_id=d.transfer_id, kind=d.kind, sequence=d.sequence, attempts=d.attempts,
+                               reason=d.reason, size_bytes=d.size_bytes)
+    if d.dead_at is not None:
+        out.dead_since.FromDatetime(d.dead_at)
+    return out
+
+
+def _token(letter: DeadLetter) -> str:
+    """The last letter of a page: its sequence and receiver."""
+    return base64.urlsafe_b64encode(f"{letter.sequence} {letter.receiver}".encode()).decode()
+
+
+def _parse_token(token: str) -> tuple[int, str] | None:
+    try:
+        sequence, _, receiver = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
+        after = int(sequence)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return (after, receiver) if after >= 0 and receiver else None

@@ -298,13 +298,14 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         platform = self._callers.platform(context, registry)
         agencies = self._subscribed_agencies(request, platform, registry)
         log.info("subscribed", extra={"fields": {"platform": platform.id}})
-        async for claimed in self._router.deliveries(platform.id, agencies):
-            self._metrics.deliveries.labels(platform.id, "first" if claimed.attempt == 1 else "redelivery").inc()
-            yield exchange_pb2.Delivery(
-                message=envelope_pb2.SignedMessage.FromString(claimed.signed_message),
-                receipt=envelope_pb2.Receipt.FromString(claimed.receipt),
-                attempt=claimed.attempt,
-            )
+        async with self._router.subscribe(platform.id, agencies) as subscription:
+            async for claimed in subscription:
+                self._metrics.deliveries.labels(platform.id, "first" if claimed.attempt == 1 else "redelivery").inc()
+                yield exchange_pb2.Delivery(
+                    message=envelope_pb2.SignedMessage.FromString(claimed.signed_message),
+                    receipt=envelope_pb2.Receipt.FromString(claimed.receipt),
+                    attempt=claimed.attempt,
+                )
 
     @staticmethod
     def _subscribed_agencies(request: exchange_pb2.SubscribeRequest, platform: Platform,
@@ -337,6 +338,6 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
         if not is_uuid(request.message_id):
             raise InvalidMessage([FieldViolation("message_id", "must be a canonical lower-case UUID")])
         await self._store.ack_delivery(platform.id, request.message_id, self._clock())
-        self._router.notify(platform.id)  # the next message of that case may now go out
+        self._router.acknowledged(platform.id, request.message_id)  # room on its stream; the case's next may go
         return exchange_pb2.AckDeliveryResponse()
 

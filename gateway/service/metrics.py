@@ -15,9 +15,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.core.messages import kind_name
 from gateway.core.sla import STAGES, Sla, owner_province, province
 from gateway.store import (
     AcceptOutcome,
+    DeadLetterCount,
     DeliveryStats,
     Escalation,
     IndexCount,
@@ -85,6 +87,11 @@ class Metrics:
             "transfer_gateway_subscriptions", "Subscribe streams open on this process, by caller.", ["caller"],
             registry=registry,
         )
+        self.delivery_claims = Counter(
+            "transfer_gateway_delivery_claims",
+            "Times a subscription stream asked the store for deliveries (woken by news, not polling: idle"
+            " streams ask nothing).", ["platform"], registry=registry,
+        )
         self.reviews = Counter(
             "transfer_gateway_reviews", "Reviewers' decisions on held fund transfers.", ["decision"],
             registry=registry,
@@ -105,6 +112,12 @@ class Metrics:
         self.dead_letters = Gauge(
             "transfer_gateway_dead_letters", "Deliveries given up after too many unacknowledged attempts.",
             ["platform"], registry=registry,
+        )
+        self.dead_letters_by_kind = Gauge(
+            "transfer_gateway_dead_letters_by_kind",
+            "Dead-lettered deliveries by receiving platform, message kind and reason (UNACKNOWLEDGED,"
+            " STREAM_ENDED, TOO_LARGE); kind fund_transfer has an alert of its own.",
+            ["platform", "kind", "reason"], registry=registry,
         )
         self.oldest_undelivered = Gauge(
             "transfer_gateway_oldest_undelivered_age_seconds",
@@ -244,6 +257,7 @@ class Metrics:
         self._total_labels: set[tuple[str, ...]] = set()
         self._escalation_labels: set[tuple[str, str]] = set()
         self._fund_labels: set[tuple[str, str, str]] = set()
+        self._dead_labels: set[tuple[str, str, str]] = set()
         self._message_children: dict[tuple[str, str, str], Any] = {}
 
     def watch_log_cpu(self, read: Callable[[], float]) -> None:
@@ -352,6 +366,17 @@ class Metrics:
         for labels in self._fund_labels - seen:
             self.funds.labels(*labels).set(0)
         self._fund_labels |= seen
+
+    def observe_dead_letters(self, counts: list[DeadLetterCount]) -> None:
+        """Set the dead letters by kind and reason from a store reading; label sets gone read 0."""
+        seen = set()
+        for c in counts:
+            labels = (c.platform, kind_name(c.kind), c.reason)
+            seen.add(labels)
+            self.dead_letters_by_kind.labels(*labels).set(c.count)
+        for labels in self._dead_labels - seen:
+            self.dead_letters_by_kind.labels(*labels).set(0)
+        self._dead_labels |= seen
 
     def observe_backlog(self, stats: list[DeliveryStats], now_seconds: float, platforms: list[str]) -> None:
         """Set the backlog gauges from a store reading; platforms with nothing waiting read 0."""

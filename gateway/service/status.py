@@ -22,6 +22,7 @@ from gateway.core.errors import (
     SignatureRejected,
     SigningUnavailable,
     StoreUnavailable,
+    SubscriptionStalled,
     Unauthenticated,
 )
 
@@ -37,6 +38,7 @@ _CODES: Final[tuple[tuple[type[GatewayError], grpc.StatusCode], ...]] = (
     (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (SubscriptionStalled, grpc.StatusCode.ABORTED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (SigningUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

@@ -7,7 +7,8 @@ one engine from `gateway.store.engines`. Inside, one module per concept:
   implementation gives;
 - `steps`: the sans-I/O vocabulary (Query, QueryOne, Statement, Batch, LockCase, Wake) in which
   operations speak to a database, and `drive`, the one loop that runs them;
-- `writes` (accept, claim, acknowledge), `decision` (the case decision inside an accept),
+- `writes` (accept), `deliveries` (lease, acknowledge, end a lease, dead letters and their
+  redrive), `decision` (the case decision inside an accept),
   `index` (the suspended-record index: records, enrollments and the cases they open),
   `views` (cases as Tracking shows them), `reports` (settlement, backlog, deadlines) and
   `calendar` (the notices every replica counts on, and stages counted again): the operations, as
@@ -29,8 +30,14 @@ from gateway.store.port import (
     CaseQuery,
     CaseView,
     CheckpointRecord,
+    Claim,
     ClaimedDelivery,
     ConsistencyRecord,
+    DeadLetter,
+    DeadLetterCount,
+    DeadLettered,
+    DeadLetterQuery,
+    DeadReason,
     Decide,
     DeliveryStats,
     EnrollmentReport,
@@ -43,6 +50,7 @@ from gateway.store.port import (
     IndexMessage,
     IndexOutcome,
     IssuedReceipt,
+    LeaseEnd,
     LoggedMessage,
     MakeIndexReceipt,
     MakeReceipt,
@@ -73,8 +81,14 @@ __all__ = [
     "CaseQuery",
     "CaseView",
     "CheckpointRecord",
+    "Claim",
     "ClaimedDelivery",
     "ConsistencyRecord",
+    "DeadLetter",
+    "DeadLetterCount",
+    "DeadLetterQuery",
+    "DeadLettered",
+    "DeadReason",
     "Decide",
     "DeliveryStats",
     "EnrollmentReport",
@@ -87,6 +101,7 @@ __all__ = [
     "IndexMessage",
     "IndexOutcome",
     "IssuedReceipt",
+    "LeaseEnd",
     "LoggedMessage",
     "MakeIndexReceipt",
     "MakeReceipt",

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeAlias, TypeVar
 
 from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Sla
 from gateway.core.workdays import YearNotice
-from gateway.store import calendar, index, registry_documents, reports, transparency, views, writes
+from gateway.store import calendar, deliveries, index, registry_documents, reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
     CaseQuery,
     CaseView,
     CheckpointRecord,
-    ClaimedDelivery,
+    Claim,
     ConsistencyRecord,
+    DeadLetter,
+    DeadLetterCount,
+    DeadLetterQuery,
     Decide,
     DeliveryStats,
     Escalation,
@@ -40,6 +43,7 @@ from gateway.store.port import (
     IndexCount,
     IndexMessage,
     IndexOutcome,
+    LeaseEnd,
     LoggedMessage,
     MakeIndexReceipt,
     MakeReceipt,
@@ -52,6 +56,7 @@ from gateway.store.port import (
     StaleEntry,
     StoredCalendar,
     StoredRegistry,
+    WakeCallback,
 )
 from gateway.store.steps import Steps
 
@@ -78,8 +83,8 @@ class SQLStore(ABC):
         """Finish what was queued, then release the database."""
 
     @abstractmethod
-    def on_wake(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(platform)` when another process commits work for that platform."""
+    def on_wake(self, callback: WakeCallback) -> None:
+        """See `gateway.store.port.Store.on_wake`."""
 
     @abstractmethod
     async def write(self, operation: Operation[T]) -> T:
@@ -97,12 +102,30 @@ class SQLStore(ABC):
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
         max_attempts: int, now: dt.datetime,
-    ) -> list[ClaimedDelivery]:
-        return await self.write(lambda: writes.claim_deliveries(
+    ) -> Claim:
+        return await self.write(lambda: deliveries.claim_deliveries(
             platform, agencies, limit=limit, lease=lease, max_attempts=max_attempts, now=now))
 
     async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        await self.write(lambda: writes.ack_delivery(platform, message_id, now))
+        await self.write(lambda: deliveries.ack_delivery(platform, message_id, now))
+
+    async def end_leases(self, platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> None:
+        await self.write(lambda: deliveries.end_leases(platform, ends, now))
+
+    async def acknowledged(self, platform: str, message_ids: Sequence[str]) -> set[str]:
+        return await self.read(lambda: deliveries.acknowledged(platform, message_ids))
+
+    async def lease_expiries(self, platforms: Sequence[str]) -> dict[str, dt.datetime]:
+        return await self.read(lambda: deliveries.lease_expiries(platforms))
+
+    async def dead_letters(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        return await self.read(lambda: deliveries.dead_letters(query))
+
+    async def dead_letter_counts(self) -> list[DeadLetterCount]:
+        return await self.read(deliveries.dead_letter_counts)
+
+    async def redrive(self, platform: str, message_ids: Sequence[str] | None, now: dt.datetime) -> int:
+        return await self.write(lambda: deliveries.redrive(platform, message_ids, now))
 
     async def get_case(self, transfer_id: str) -> CaseView | None:
         return await self.read(lambda: views.get_case(transfer_id))

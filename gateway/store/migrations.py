@@ -363,6 +363,22 @@ def _7_measures(t: ColumnTypes) -> str:
     """
 
 
+def _8_dead_letter_reasons(t: ColumnTypes) -> str:
+    return f"""
+    -- Why and when a delivery went to the dead-letter state (gateway.store.port.DeadReason). The
+    -- only way there before this migration was leases expiring unacknowledged.
+    ALTER TABLE deliveries ADD COLUMN dead_reason TEXT;
+    ALTER TABLE deliveries ADD COLUMN dead_at {t.integer};
+    UPDATE deliveries SET dead_reason = 'UNACKNOWLEDGED' WHERE state = {DEAD_LETTER};
+    -- A dead letter now holds back its case's later deliveries: the order check counts it.
+    CREATE INDEX deliveries_unfinished_by_case ON deliveries (platform, transfer_id, sequence)
+        WHERE state IN ({PENDING}, {IN_FLIGHT}, {HELD}, {DEAD_LETTER});
+    DROP INDEX deliveries_open_by_case;
+    -- Dead letters listed in log order.
+    CREATE INDEX deliveries_dead_in_order ON deliveries (sequence, receiver) WHERE state = {DEAD_LETTER};
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -372,6 +388,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _5_automatic_transfer,
     _6_registry_documents,
     _7_measures,
+    _8_dead_letter_reasons,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from gateway.core.automatic import Enrollment, SuspendedRecord
@@ -100,11 +101,93 @@ class AcceptOutcome:
 
 @dataclass(frozen=True)
 class ClaimedDelivery:
+    """A delivery leased to a subscriber: attempt `attempt` is its lease (the store's own token for
+    it: a later lease of the same delivery has a higher attempt)."""
+
     message_id: str
+    receiver: str     # the agency it is addressed to (a message may go to two agencies of one platform)
     transfer_id: str
     signed_message: bytes
     receipt: bytes
     attempt: int
+
+    @property
+    def size(self) -> int:
+        """Bytes of what goes on the stream: the signed message and its receipt (the Delivery
+        message adds a few bytes of framing)."""
+        return len(self.signed_message) + len(self.receipt)
+
+
+class DeadReason(StrEnum):
+    """Why a delivery went to the dead-letter state (its `reason`, in the store and in Admin)."""
+
+    UNACKNOWLEDGED = "UNACKNOWLEDGED"  # its leases expired unacknowledged `max_attempts` times
+    STREAM_ENDED = "STREAM_ENDED"  # the receiver's stream ended each time it was the first unacknowledged
+    TOO_LARGE = "TOO_LARGE"  # larger than the gateway may send: never put on a stream
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    """A delivery a claim or the end of a lease put in the dead-letter state."""
+
+    message_id: str
+    receiver: str
+    transfer_id: str
+    attempts: int
+    reason: DeadReason
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim leased, and what it gave up on instead (expired after its last attempt)."""
+
+    deliveries: list[ClaimedDelivery]
+    dead_lettered: list[DeadLettered]
+
+
+@dataclass(frozen=True)
+class LeaseEnd:
+    """What becomes of one lease that ends without an acknowledgement (`attempt` names the lease:
+    a delivery leased again since is left alone)."""
+
+    message_id: str
+    receiver: str
+    attempt: int
+    counted: bool  # False: the attempt did not happen (never sent, or not the stream's fault): undone
+    dead: DeadReason | None = None  # given up on: the dead-letter state, with this reason
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery in the dead-letter state, as operators list it."""
+
+    platform: str
+    receiver: str
+    message_id: str
+    transfer_id: str
+    kind: MessageKind
+    sequence: int
+    attempts: int
+    reason: str
+    dead_at: dt.datetime | None  # None: dead-lettered before the store kept when
+    size_bytes: int  # the signed message's
+
+
+@dataclass(frozen=True)
+class DeadLetterQuery:
+    """Filters of `dead_letters`; the letters come in log order."""
+
+    platform: str | None = None  # one receiving platform; None: every one
+    after: tuple[int, str] | None = None  # (sequence, receiver) of the previous page's last letter
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class DeadLetterCount:
+    platform: str
+    kind: MessageKind
+    reason: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -316,6 +399,7 @@ class AuditSink(Protocol):
 
 
 Decide = Callable[[Case | None, CaseIndex], Decision]
+WakeCallback = Callable[[str | None, str | None], None]
 MakeReceipt = Callable[[int, int, dt.datetime], IssuedReceipt]
 """(sequence, leaf index, acceptance time) → the signed receipt; called inside the accept's transaction."""
 SignCheckpoint = Callable[[int, bytes], bytes]
@@ -450,8 +534,11 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish what was queued, then release the database."""
 
-    def on_wake(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(platform)` when another process commits work for that platform."""
+    def on_wake(self, callback: WakeCallback) -> None:
+        """Call `callback(platform, None)` when another process commits work for that platform,
+        `callback(platform, message_id)` when another process records its acknowledgement of
+        `message_id`, and `callback(None, None)` when such news may have been missed (every
+        platform may have work)."""
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
         """Store a message with its case update and delivery; see the module docstring.
@@ -464,13 +551,35 @@ class Store(Protocol):
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
         max_attempts: int, now: dt.datetime,
-    ) -> list[ClaimedDelivery]:
+    ) -> Claim:
         """Lease up to `limit` deliveries for `platform` (only the oldest unacknowledged one of each
-        case, so a case is delivered in order). A delivery whose lease expired after
-        `max_attempts` attempts goes to the dead-letter state instead."""
+        case, a dead letter included: a case is delivered in order). A delivery whose lease expired
+        after `max_attempts` attempts goes to the dead-letter state instead (UNACKNOWLEDGED)."""
 
     async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        """Mark a delivery acknowledged (idempotent). Raises NotFound if `platform` is not its receiver."""
+        """Mark a delivery acknowledged (idempotent; a dead letter too). Raises NotFound if
+        `platform` is not its receiver."""
+
+    async def end_leases(self, platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> None:
+        """End leases without an acknowledgement, each as its `LeaseEnd` says: visible again at
+        `now`, its attempt undone unless counted, or dead-lettered. A lease the delivery no longer
+        is in (acknowledged, or leased again) is left alone."""
+
+    async def acknowledged(self, platform: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of `message_ids` `platform` has acknowledged."""
+
+    async def lease_expiries(self, platforms: Sequence[str]) -> dict[str, dt.datetime]:
+        """For each of `platforms` with a delivery in flight, when its earliest lease ends."""
+
+    async def dead_letters(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        """A page of dead letters, in log order."""
+
+    async def dead_letter_counts(self) -> list[DeadLetterCount]:
+        """Dead letters per receiving platform, kind and reason."""
+
+    async def redrive(self, platform: str, message_ids: Sequence[str] | None, now: dt.datetime) -> int:
+        """Put `platform`'s dead letters (those of `message_ids`, or every one) back in the queue
+        with their attempts at zero; how many."""
 
     async def get_case(self, transfer_id: str) -> CaseView | None:
         """The case with all its messages, or None."""

@@ -11,7 +11,8 @@ transaction on a pooled connection and answers its steps (`PostgresSteps`) in Po
 - a query's `SkipLocked` lock is `FOR UPDATE OF … SKIP LOCKED`, so two replicas never lease one
   delivery at the same time;
 - a `Wake` is `pg_notify`, sent when the transaction commits; every replica LISTENs and wakes its
-  subscribers within milliseconds (polling remains the fallback);
+  subscribers within milliseconds (and, when its listener reconnects, looks for work it may have
+  missed);
 - the schema's types are BIGINT and BYTEA (`TYPES`).
 Any database failure is `StoreUnavailable` (UNAVAILABLE): no receipt exists unless its
 transaction committed. Migrations run under an advisory lock, so replicas may start together.
@@ -40,6 +41,7 @@ from gateway.core.sla import Sla
 from gateway.store.base import Operation, SQLStore
 from gateway.store.decision import constraint_violation
 from gateway.store.migrations import ColumnTypes, migrate
+from gateway.store.port import WakeCallback
 from gateway.store.steps import (
     Batch,
     LockCase,
@@ -148,8 +150,10 @@ class PostgresSteps:
         await self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (step.name,))
 
     async def wake(self, step: Wake) -> None:
-        """Delivered to every listening replica when the transaction commits (not before)."""
-        await self._conn.execute("SELECT pg_notify(%s, %s)", (self._channel, step.platform))
+        """Delivered to every listening replica when the transaction commits (not before): the
+        platform, and the message it acknowledged after a newline (ids hold no newline)."""
+        payload = f"{step.platform}\n{step.acknowledged}" if step.acknowledged else step.platform
+        await self._conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
 
 class PostgresStore(SQLStore):
@@ -161,7 +165,7 @@ class PostgresStore(SQLStore):
         self._checked: set[str] = set()  # query texts whose columns matched their row type
         self._pool: psycopg_pool.AsyncConnectionPool | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._wakers: list[Callable[[str], None]] = []
+        self._wakers: list[WakeCallback] = []
         self._channel = f"transfer_gateway_{config.schema}"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -217,9 +221,12 @@ class PostgresStore(SQLStore):
                     self._config.url, autocommit=True, connect_timeout=5,
                 ) as conn:
                     await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
+                    for wake in self._wakers:  # anything committed while no one listened: look again
+                        wake(None, None)
                     async for note in conn.notifies():
+                        platform, _, acknowledged = note.payload.partition("\n")
                         for wake in self._wakers:
-                            wake(note.payload)
+                            wake(platform, acknowledged or None)
             except psycopg.Error as err:
                 log.warning("notification listener lost its connection; polling meanwhile",
                             extra={"fields": {"error": type(err).__name__}})
@@ -251,7 +258,7 @@ class PostgresStore(SQLStore):
         """A read is a transaction like a write: one snapshot, the same retries and errors."""
         return await self.write(operation)
 
-    def on_wake(self, callback: Callable[[str], None]) -> None:
+    def on_wake(self, callback: WakeCallback) -> None:
         self._wakers.append(callback)
 
 

@@ -36,6 +36,7 @@ from gateway.core.sla import Sla
 from gateway.store.base import Operation, SQLStore
 from gateway.store.decision import constraint_violation
 from gateway.store.migrations import ColumnTypes, migrate
+from gateway.store.port import WakeCallback
 from gateway.store.steps import (
     Batch,
     LockCase,
@@ -322,7 +323,7 @@ class SQLiteStore(SQLStore):
         self._jobs.put(_Job(operation, future))
         return await future
 
-    def on_wake(self, callback: Callable[[str], None]) -> None:
+    def on_wake(self, callback: WakeCallback) -> None:
         """One process owns the file: the gateway's own notifications are all there is."""
 
 

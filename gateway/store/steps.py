@@ -14,7 +14,7 @@ the engines differ.
 | `Batch(sql, rows)`            | one statement per parameter tuple (executemany)     | None            |
 | `LockCase(transfer_id)`       | hold off other writers of this case until commit    | None            |
 | `LockName(name)`              | hold off other writers naming this lock until commit | None           |
-| `Wake(platform)`              | on commit, tell every process: deliveries may wait  | None            |
+| `Wake(platform, acknowledged)` | on commit, tell every process: deliveries may wait, or one was acknowledged | None |
 
 In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed. A step
 whose result is not needed is yielded plainly, `yield Statement(...)`: `yield from` makes a
@@ -154,9 +154,11 @@ class LockName:
 @dataclass(slots=True)
 class Wake:
     """Once this transaction commits, every gateway process sharing the store hears that
-    `platform` may have deliveries (its subscribers stop waiting for the next poll)."""
+    `platform` may have deliveries, or, with `acknowledged`, that it acknowledged that message
+    (the subscription that holds it, wherever it is, has room again)."""
 
     platform: str
+    acknowledged: str = ""
 
     def run(self, executor: Executor) -> Awaitable[None]:
         return executor.wake(self)

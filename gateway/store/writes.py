@@ -1,6 +1,6 @@
-"""The write path, as operations of steps (`gateway.store.steps`): accept a message, claim
-deliveries, acknowledge one. Each runs in one transaction of its own (SQLite: several share a
-group commit, each under a savepoint when one fails).
+"""The write path, as operations of steps (`gateway.store.steps`): accept a message (what
+becomes of its deliveries afterwards is `gateway.store.deliveries`). Each runs in one transaction
+of its own (SQLite: several share a group commit, each under a savepoint when one fails).
 
 An accept in order: lock the case; one read answers both "was this message id seen" and "what
 messages has the case"; the case as committed; the decision (`gateway.store.decision`); the case
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from gateway.core.case import AUTOMATIC, Case, Decision
-from gateway.core.errors import IdempotencyConflict, NotFound
+from gateway.core.errors import IdempotencyConflict
 from gateway.core.messages import MessageKind
 from gateway.core.sla import Owner, Sla, Stage, Timeliness, owner_province, province
 from gateway.core.timestamps import from_micros, micros
@@ -27,22 +27,18 @@ from gateway.store import transparency
 from gateway.store.decision import decide_case
 from gateway.store.port import (
     AcceptOutcome,
-    ClaimedDelivery,
     Decide,
     IncomingMessage,
     MakeReceipt,
     StageRecord,
 )
 from gateway.store.rows import (
-    ACKNOWLEDGED,
     CANCELLED,
-    DEAD_LETTER,
     HELD,
-    IN_FLIGHT,
     PENDING,
     load_case,
 )
-from gateway.store.steps import Batch, LockCase, Query, QueryOne, SkipLocked, Statement, Steps, Wake, marks
+from gateway.store.steps import Batch, LockCase, Query, QueryOne, Statement, Steps, Wake
 from mitransfer.protocol import entries
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
@@ -276,61 +272,3 @@ def _add_to_totals(case: Case, changes: Sequence[tuple[str, int, int]]) -> State
         " amount_fen = fund_totals.amount_fen + excluded.amount_fen,"
         " transfers = fund_totals.transfers + excluded.transfers",
         tuple(v for status, fen, transfers in changes for v in (*provinces, status, fen, transfers)))
-
-
-class _Claimable(NamedTuple):
-    message_id: str
-    receiver: str
-    transfer_id: str
-    attempts: int
-    signed_message: bytes
-    receipt: bytes
-
-
-def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
-                     max_attempts: int, now: dt.datetime) -> Steps[list[ClaimedDelivery]]:
-    """Lease the oldest open delivery of each case (order within a case holds across
-    redeliveries); rows another writer is claiming at the same moment are skipped, not awaited."""
-    now_us = micros(now)
-    where_agency = ""
-    params: list[object] = [platform, now_us]
-    if agencies is not None:
-        where_agency = f" AND d.receiver IN ({marks(len(agencies))})"
-        params += sorted(agencies)
-    rows = yield from Query(
-        f"""SELECT d.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
-            FROM deliveries d JOIN messages m ON m.message_id = d.message_id
-            WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?
-              {where_agency}
-              AND NOT EXISTS (
-                SELECT 1 FROM deliveries e
-                WHERE e.platform = d.platform AND e.transfer_id = d.transfer_id
-                  AND e.state IN ({PENDING}, {IN_FLIGHT}, {HELD}) AND e.sequence < d.sequence)
-            ORDER BY d.sequence LIMIT ?""",
-        (*params, limit), _Claimable, lock=SkipLocked("d"))
-    claimed = []
-    visible_at = micros(now + lease)
-    for d in rows:
-        if d.attempts >= max_attempts:
-            yield Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND receiver = ?",
-                                 (DEAD_LETTER, d.message_id, d.receiver))
-            continue
-        yield Statement(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
-            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE message_id = ? AND receiver = ?",
-            (IN_FLIGHT, visible_at, now_us, d.message_id, d.receiver))
-        claimed.append(ClaimedDelivery(d.message_id, d.transfer_id, bytes(d.signed_message), bytes(d.receipt),
-                                       d.attempts + 1))
-    return claimed
-
-
-def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None]:
-    """Raises NotFound if `platform` receives no such delivery (or it is held or cancelled)."""
-    updated = yield from Statement(
-        "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
-        " WHERE message_id = ? AND platform = ? AND state NOT IN (?, ?)",
-        (ACKNOWLEDGED, micros(now), message_id, platform, HELD, CANCELLED))
-    if not updated:
-        raise NotFound(f"no delivery {message_id} for platform {platform}",
-                       reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
-    yield Wake(platform)  # the next message of that case may now go out

@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mitransfer.v1 import envelope_pb2 as _envelope_pb2
 from mitransfer.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -717,3 +718,178 @@ class CalendarCoverage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CalendarCoverage: _TypeAlias = CalendarCoverage  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """Asks for a page of dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    platform: _builtins.str
+    """接收平台 one receiving platform's (its registry id); empty: every platform's"""
+    page_size: _builtins.int
+    """每页条数 at most this many (0 means 100; at most 500)"""
+    page_token: _builtins.str
+    """翻页标记 the previous page's next_page_token; empty for the first page"""
+    def __init__(
+        self,
+        *,
+        platform: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "platform", b"platform"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """死信 a delivery the gateway gave up on, kept until an operator redrives it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DEAD_SINCE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    platform: _builtins.str
+    """接收平台 the receiving platform (registry id)"""
+    receiver: _builtins.str
+    """接收机构 the agency it is addressed to (6-character 医保区划 code)"""
+    message_id: _builtins.str
+    """报文编号 the message's id"""
+    transfer_id: _builtins.str
+    """转移业务编号 its case's transfer id"""
+    kind: _envelope_pb2.MessageKind.ValueType
+    """报文类型 the message's kind (MESSAGE_KIND_FUND_TRANSFER has an alert of its own)"""
+    sequence: _builtins.int
+    """日志序号 its position in the gateway's log"""
+    attempts: _builtins.int
+    """投递次数 attempts made"""
+    reason: _builtins.str
+    """原因 UNACKNOWLEDGED: every attempt's lease ran out unacknowledged; STREAM_ENDED: the receiver's
+    stream ended every time it was the first unacknowledged delivery on it (often a delivery larger
+    than the receiver accepts); TOO_LARGE: larger than the gateway may send, never sent
+    """
+    size_bytes: _builtins.int
+    """报文大小 the signed message's size in bytes"""
+    @_builtins.property
+    def dead_since(self) -> _timestamp_pb2.Timestamp:
+        """死信时间 when it was given up (unset for dead letters older than this field)"""
+
+    def __init__(
+        self,
+        *,
+        platform: _builtins.str = ...,
+        receiver: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
+        kind: _envelope_pb2.MessageKind.ValueType = ...,
+        sequence: _builtins.int = ...,
+        attempts: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        dead_since: _timestamp_pb2.Timestamp | None = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_since", b"dead_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_since", b"dead_since", "kind", b"kind", "message_id", b"message_id", "platform", b"platform", "reason", b"reason", "receiver", b"receiver", "sequence", b"sequence", "size_bytes", b"size_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """A page of dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """翻页标记 pass it as page_token for the next page; empty on the last page"""
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
+        """死信 in log order"""
+
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersRequest(_message.Message):
+    """Which dead letters of one platform to put back in the queue: those named, or all of them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    platform: _builtins.str
+    """接收平台 the receiving platform (its registry id); required"""
+    all: _builtins.bool
+    """全部 true: every dead letter of the platform (never combined with message_ids)"""
+    @_builtins.property
+    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """报文编号 the dead letters to put back (at most 1,000); or leave empty and set all"""
+
+    def __init__(
+        self,
+        *,
+        platform: _builtins.str = ...,
+        message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "message_ids", b"message_ids", "platform", b"platform"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersRequest: _TypeAlias = RedriveDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersResponse(_message.Message):
+    """How many dead letters went back in the queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDRIVEN_FIELD_NUMBER: _builtins.int
+    redriven: _builtins.int
+    """重投条数 dead letters now pending again"""
+    def __init__(
+        self,
+        *,
+        redriven: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redriven", b"redriven"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015

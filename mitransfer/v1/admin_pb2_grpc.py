@@ -68,6 +68,16 @@ class AdminStub:
                 request_serializer=mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.SerializeToString,
                 response_deserializer=mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/mitransfer.v1.Admin/ListDeadLetters',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/mitransfer.v1.Admin/RedriveDeadLetters',
+                request_serializer=mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersResponse.FromString,
+                _registered_method=True)
         self.ReloadRegistry = channel.unary_unary(
                 '/mitransfer.v1.Admin/ReloadRegistry',
                 request_serializer=mitransfer_dot_v1_dot_admin__pb2.ReloadRegistryRequest.SerializeToString,
@@ -137,6 +147,24 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Deliveries in the dead-letter state (role operator), in log order, each with why it was given
+        up; one receiving platform's or every one's, a page at a time. A dead letter holds back the
+        later deliveries of its case to that platform until it is redriven and acknowledged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """Put dead letters back in the queue (role operator): those named, or every one of a platform.
+        They are delivered again in their case's order, their attempts counted anew; a receiver drops
+        any it already had by message id. Redriving what is no longer a dead letter does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadRegistry(self, request, context):
         """Load a newer version of the agency registry without a restart (role operator): the document
         given, or the gateway's configured file when none is. The version is kept in the store, and
@@ -181,6 +209,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCalendar,
                     request_deserializer=mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.FromString,
                     response_serializer=mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersResponse.SerializeToString,
             ),
             'ReloadRegistry': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadRegistry,
@@ -353,6 +391,60 @@ class Admin:
             '/mitransfer.v1.Admin/GetCalendar',
             mitransfer_dot_v1_dot_admin__pb2.GetCalendarRequest.SerializeToString,
             mitransfer_dot_v1_dot_admin__pb2.CalendarCoverage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/ListDeadLetters',
+            mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
+            mitransfer_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mitransfer.v1.Admin/RedriveDeadLetters',
+            mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersRequest.SerializeToString,
+            mitransfer_dot_v1_dot_admin__pb2.RedriveDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

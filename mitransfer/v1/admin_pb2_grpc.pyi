@@ -69,6 +69,16 @@ class AdminStub:
     """
     GetCalendar: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCalendarRequest, _admin_pb2.CalendarCoverage]
     """Where each year's working days come from, as this replica counts them (role operator)."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDeadLettersRequest, _admin_pb2.ListDeadLettersResponse]
+    """Deliveries in the dead-letter state (role operator), in log order, each with why it was given
+    up; one receiving platform's or every one's, a page at a time. A dead letter holds back the
+    later deliveries of its case to that platform until it is redriven and acknowledged.
+    """
+    RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RedriveDeadLettersRequest, _admin_pb2.RedriveDeadLettersResponse]
+    """Put dead letters back in the queue (role operator): those named, or every one of a platform.
+    They are delivered again in their case's order, their attempts counted anew; a receiver drops
+    any it already had by message id. Redriving what is no longer a dead letter does nothing.
+    """
     ReloadRegistry: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]
     """Load a newer version of the agency registry without a restart (role operator): the document
     given, or the gateway's configured file when none is. The version is kept in the store, and
@@ -116,6 +126,16 @@ class AdminAsyncStub(AdminStub):
     """
     GetCalendar: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCalendarRequest, _admin_pb2.CalendarCoverage]  # type: ignore[assignment]
     """Where each year's working days come from, as this replica counts them (role operator)."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDeadLettersRequest, _admin_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Deliveries in the dead-letter state (role operator), in log order, each with why it was given
+    up; one receiving platform's or every one's, a page at a time. A dead letter holds back the
+    later deliveries of its case to that platform until it is redriven and acknowledged.
+    """
+    RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_admin_pb2.RedriveDeadLettersRequest, _admin_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
+    """Put dead letters back in the queue (role operator): those named, or every one of a platform.
+    They are delivered again in their case's order, their attempts counted anew; a receiver drops
+    any it already had by message id. Redriving what is no longer a dead letter does nothing.
+    """
     ReloadRegistry: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadRegistryRequest, _admin_pb2.ReloadRegistryResponse]  # type: ignore[assignment]
     """Load a newer version of the agency registry without a restart (role operator): the document
     given, or the gateway's configured file when none is. The version is kept in the store, and
@@ -196,6 +216,28 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CalendarCoverage, _abc.Awaitable[_admin_pb2.CalendarCoverage]]:
         """Where each year's working days come from, as this replica counts them (role operator)."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _admin_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListDeadLettersResponse, _abc.Awaitable[_admin_pb2.ListDeadLettersResponse]]:
+        """Deliveries in the dead-letter state (role operator), in log order, each with why it was given
+        up; one receiving platform's or every one's, a page at a time. A dead letter holds back the
+        later deliveries of its case to that platform until it is redriven and acknowledged.
+        """
+
+    @_abc_1.abstractmethod
+    def RedriveDeadLetters(
+        self,
+        request: _admin_pb2.RedriveDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_admin_pb2.RedriveDeadLettersResponse]]:
+        """Put dead letters back in the queue (role operator): those named, or every one of a platform.
+        They are delivered again in their case's order, their attempts counted anew; a receiver drops
+        any it already had by message id. Redriving what is no longer a dead letter does nothing.
+        """
 
     @_abc_1.abstractmethod
     def ReloadRegistry(

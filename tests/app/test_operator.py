@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.app.devpki import DevPaths
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 from tests.service.test_admin import BIG, send_big_case
+from tests.service.test_dead_letters import dead_letters
 from tests.support import GatewayHandle, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -69,8 +70,8 @@ async def test_refusals_are_one_line_with_their_reason(gateway: GatewayHandle) -
     assert err.splitlines() == [
         f"error: gateway 127.0.0.1:{port} refused operator 'operator': PERMISSION_DENIED ROLE_MISSING: "
         "operator operator lacks the role reviewer",
-        "hint: review commands need the role reviewer; case close, calendar and report settlement the role "
-        "operator (--operator chooses the certificate)"]
+        "hint: review commands need the role reviewer; case close, calendar, dead-letters and report settlement "
+        "the role operator (--operator chooses the certificate)"]
     code, _, err = await cli("review", "reject", "00000000-0000-4000-8000-000000000000", *options(gateway, "--reason",
                                                                                                    "x"))
     assert (code, err.splitlines()[0]) == (
@@ -81,6 +82,31 @@ async def test_refusals_are_one_line_with_their_reason(gateway: GatewayHandle) -
     assert (code, err) == (1, "error: --date '2026-13-01': expected a day as YYYY-MM-DD, e.g. 2026-11-22\n")
     code, out, _ = await cli("report", "settlement", "--date", "2026-11-22", *options(gateway, "--json"))
     assert code == 0 and json.loads(out) == {"date": "2026-11-22", "lines": []}
+
+
+async def test_an_operator_lists_and_redrives_dead_letters(gateway: GatewayHandle) -> None:
+    code, out, _ = await cli("dead-letters", "list", *options(gateway))
+    assert (code, out) == (0, "(no dead letters)\n")
+    ids = await dead_letters(gateway, 2)
+    code, out, _ = await cli("dead-letters", "list", "--platform", "zhejiang", *options(gateway))
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[:2] == ["message", "id"] and len(rows) == 2
+    assert rows[0].split()[:7] == [ids[0], rows[0].split()[1], "zhejiang", "330100", "outbound_notice",
+                                   "STREAM_ENDED", "3"]
+    code, out, _ = await cli("dead-letters", "list", "--json", "--limit", "1", *options(gateway))
+    [letter] = json.loads(out)["dead_letters"]
+    assert (letter["message_id"], letter["reason"], letter["attempts"]) == (ids[0], "STREAM_ENDED", 3)
+    code, _, err = await cli("dead-letters", "redrive", "--platform", "zhejiang", *options(gateway))
+    assert (code, err) == (1, "error: name the dead letters to redrive (MESSAGE_ID …) or give --all, not both\n")
+    code, _, err = await cli("dead-letters", "redrive", "--platform", "nowhere", "--all", *options(gateway))
+    assert code == 1 and err.startswith("error: the gateway refused it: INVALID_ARGUMENT FIELD_INVALID: ")
+    code, out, _ = await cli("dead-letters", "redrive", "--platform", "zhejiang", ids[1], *options(gateway))
+    assert (code, out) == (0, "redrove 1 dead letter(s) of 1 named of platform zhejiang: pending again, delivered in"
+                              " their case's order\n")
+    code, out, _ = await cli("dead-letters", "redrive", "--platform", "zhejiang", "--all", *options(gateway))
+    assert (code, out.split()[:2]) == (0, ["redrove", "1"])
+    code, _, err = await cli("dead-letters", "list", *options(gateway, "--operator", "reviewer"))
+    assert code == 1 and "PERMISSION_DENIED ROLE_MISSING" in err
 
 
 async def test_a_dead_gateway_and_a_missing_certificate(pki: DevPaths) -> None:

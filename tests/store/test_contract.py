@@ -169,25 +169,28 @@ async def test_deliveries_in_order_per_case_with_redelivery_and_dead_letter(
     await store.accept(second, same, receipt_for(second))
     lease = dt.timedelta(seconds=30)
 
-    def claim() -> object:
-        return store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=2, now=clock())
+    async def claim() -> list[tuple[str, int]]:
+        got = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=2, now=clock())
+        return [(d.message_id, d.attempt) for d in got.deliveries]
 
-    got = await claim()  # type: ignore[misc]
-    assert [d.message_id for d in got] == [m.message_id]  # the second waits behind the first
+    assert await claim() == [(m.message_id, 1)]  # the second waits behind the first
     assert await claim() == []  # leased: not handed out twice
     clock.advance(31)
-    again = await claim()  # type: ignore[misc]
-    assert [(d.message_id, d.attempt) for d in again] == [(m.message_id, 2)]
+    assert await claim() == [(m.message_id, 2)]
     clock.advance(31)
-    assert await claim() == []  # two attempts used up: dead letter ...
+    dead = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=2, now=clock())
+    assert dead.deliveries == []  # two attempts used up: dead letter ...
+    assert [(d.message_id, d.attempts, d.reason) for d in dead.dead_lettered] == [(m.message_id, 2, "UNACKNOWLEDGED")]
     stats = {s.platform: s for s in await store.delivery_stats()}
     assert stats["zhejiang"].dead_letters == 1
-    after = await claim()  # type: ignore[misc]
-    assert [d.message_id for d in after] == [second.message_id]  # ... and the case moves on
+    assert await claim() == []  # ... which holds back the case's later deliveries
+    assert await store.redrive("zhejiang", None, clock()) == 1
+    assert await claim() == [(m.message_id, 1)]  # back in the queue, its attempts anew
+    await store.ack_delivery("zhejiang", m.message_id, clock())
+    assert await claim() == [(second.message_id, 1)]  # and the case moves on
     await store.ack_delivery("zhejiang", second.message_id, clock())
     await store.ack_delivery("zhejiang", second.message_id, clock())  # idempotent
-    stats = {s.platform: s for s in await store.delivery_stats()}
-    assert stats["zhejiang"].pending == 0 and stats["zhejiang"].in_flight == 0
+    assert [s for s in await store.delivery_stats() if s.platform == "zhejiang"] == []  # none waits, none dead
 
 
 async def test_ack_by_another_platform_is_not_found(store_and_clock: tuple[Store, Clock]) -> None:
@@ -203,11 +206,12 @@ async def test_agency_filter_limits_claims(store_and_clock: tuple[Store, Clock])
     store, clock = store_and_clock
     m = await open_case(store)
     lease = dt.timedelta(seconds=30)
-    assert await store.claim_deliveries("zhejiang", frozenset({"330200"}), limit=10, lease=lease,
-                                        max_attempts=3, now=clock()) == []
+    none = await store.claim_deliveries("zhejiang", frozenset({"330200"}), limit=10, lease=lease,
+                                        max_attempts=3, now=clock())
+    assert none.deliveries == []
     got = await store.claim_deliveries("zhejiang", frozenset({"330100"}), limit=10, lease=lease,
                                        max_attempts=3, now=clock())
-    assert [d.message_id for d in got] == [m.message_id]
+    assert [(d.message_id, d.receiver) for d in got.deliveries] == [(m.message_id, "330100")]
 
 
 async def test_survives_reopen(factory_and_clock: tuple[Factory, Clock]) -> None:
@@ -234,7 +238,8 @@ async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clo
                        receipt_for(fund))
     later = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, body=b"later")
     await store.accept(later, same, receipt_for(later))
-    assert await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock()) == []
+    none = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
+    assert none.deliveries == []
     held = await store.held_transfers()
     assert [(h.transfer_id, h.amount_fen) for h in held] == [(m.transfer_id, 2_000_000)]
     with pytest.raises(NotFound):  # nothing to acknowledge while held
@@ -243,7 +248,7 @@ async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clo
     await store.accept(decision, lambda case, _i: Decision(case, release_message=fund.message_id,
                                                            fund_status=FundStatus.SENT), receipt_for(decision))
     got = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
-    assert [d.message_id for d in got] == [fund.message_id]  # released, and first of what remains
+    assert [d.message_id for d in got.deliveries] == [fund.message_id]  # released, and first of what remains
     assert await store.held_transfers() == []
 
 

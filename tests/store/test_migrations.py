@@ -71,7 +71,11 @@ _FUND_MOVEMENTS_3 = """CREATE TABLE fund_movements_3 (
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables, columns and indexes added later
     dropped; fund movements back to the statuses of their time)."""
-    undo = {7: ["DROP INDEX case_stages_to_retime", "DROP TABLE calendar_head", "DROP TABLE calendar_years",
+    undo = {8: ["DROP INDEX deliveries_dead_in_order", "DROP INDEX deliveries_unfinished_by_case",
+                "CREATE INDEX deliveries_open_by_case ON deliveries (platform, transfer_id, sequence)"
+                " WHERE state IN (1, 2, 5)",
+                "ALTER TABLE deliveries DROP COLUMN dead_at", "ALTER TABLE deliveries DROP COLUMN dead_reason"],
+            7: ["DROP INDEX case_stages_to_retime", "DROP TABLE calendar_head", "DROP TABLE calendar_years",
                 "DROP TABLE stage_totals",
                 *(f"ALTER TABLE cases DROP COLUMN {c}" for c in ("retained_fen", "insured_months",
                                                                  "waiting_period_months")),
