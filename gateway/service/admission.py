@@ -137,6 +137,8 @@ class Admission:
         self._clock = clock
         self._gate = FairGate(quota.active_calls)
         self._callers: dict[tuple[str, ...], _Caller] = {}  # by certificate SANs: registered callers only
+        self._by_subject: dict[str, _Caller] = {}  # the same, by who they are (kept across registry reloads)
+        self._read_from = registry.current  # the registry version the SANs were looked up in
         self._unregistered: _Caller | None = None
 
     @property
@@ -146,16 +148,20 @@ class Admission:
     def caller(self, context: Any) -> _Caller:
         """The caller of `context`: its platform or operator by certificate, else one shared
         `unregistered` caller (the service refuses it anyway; it may not crowd anyone meanwhile)."""
+        registry = self._registry.current
+        if registry is not self._read_from:  # a newer registry: look again (limits may have changed)
+            self._callers.clear()
+            self._read_from = registry
         names = peer_names(context)
         known = self._callers.get(names)
         if known is not None:
             return known
         for name in names:
-            platform = self._registry.current.platform_by_uri(name)
+            platform = registry.platform_by_uri(name)
             if platform is not None:
                 return self._remember(names, platform.id, f"platform:{platform.id}",
                                       self._quota.for_platform(platform.limits))
-            operator = self._registry.current.operator_by_uri(name)
+            operator = registry.operator_by_uri(name)
             if operator is not None:
                 return self._remember(names, operator.id, f"operator:{operator.id}", self._quota)
         if self._unregistered is None:
@@ -163,9 +169,15 @@ class Admission:
         return self._unregistered
 
     def _remember(self, names: tuple[str, ...], label: str, subject: str, quota: Quota) -> _Caller:
-        # One share per identity, whichever of its SANs comes first.
-        same = next((c for c in self._callers.values() if c.subject == subject), None)
-        caller = same or self._new(label, subject, quota)
+        """One share per identity, whichever of its SANs comes first; what it uses now (calls in
+        flight, subscriptions) is kept when a reload changes its limits."""
+        caller = self._by_subject.get(subject)
+        if caller is None:
+            caller = self._by_subject[subject] = self._new(label, subject, quota)
+        elif caller.quota != quota:
+            if (caller.quota.requests_per_second, caller.quota.burst) != (quota.requests_per_second, quota.burst):
+                caller.bucket = TokenBucket(quota.requests_per_second, quota.burst, self._clock())
+            caller.quota = quota
         self._callers[names] = caller
         return caller
 

@@ -148,6 +148,24 @@ def test_a_registry_limit_applies_to_its_platform_alone(pki: DevPaths) -> None:
         pass
 
 
+def test_a_reloaded_registrys_limits_apply_at_once_to_what_is_already_open(pki: DevPaths) -> None:
+    registry = Registry.load(pki.registry)
+    live = LiveRegistry(registry)
+    gate = Admission(live, Quota(subscriptions=3, requests_per_second=1e6, burst=10**6), Metrics(CollectorRegistry()))
+    zhejiang = Peer("urn:mitransfer:platform:zhejiang")
+    with gate.subscription(zhejiang), gate.subscription(zhejiang):
+        platforms = dict(registry.platforms)
+        platforms["zhejiang"] = replace(platforms["zhejiang"], limits=PlatformLimits(
+            subscriptions=2, requests_per_second=0.001, burst=1))
+        assert live.replace(replace(registry, version=registry.version + 1, platforms=platforms))
+        with pytest.raises(QuotaExceeded) as refused:  # the two open count against the new limit of two
+            gate.subscription(zhejiang)
+        assert refused.value.reason == "SUBSCRIPTIONS_EXCEEDED" and refused.value.metadata["allowed"] == "2"
+    with pytest.raises(QuotaExceeded) as over:  # room now, but its new burst of one went on the refusal above
+        gate.subscription(zhejiang)
+    assert over.value.reason == "RATE_EXCEEDED"
+
+
 def test_callers_without_a_registered_certificate_share_one_share(pki: DevPaths) -> None:
     gate = Admission(LiveRegistry(Registry.load(pki.registry)), Quota(), Metrics(CollectorRegistry()))
     strangers = [gate.caller(Peer("urn:nobody:1")), gate.caller(Peer("urn:nobody:2")), gate.caller(Peer())]
