@@ -56,6 +56,7 @@ log = logging.getLogger("gateway.routing")
 DELIVERY_FRAMING: Final = 64  # bytes a Delivery adds around its signed message and receipt (tags, lengths, attempt)
 _STORE_RETRY: Final = 1.0  # seconds before a stream asks a store that failed again
 _EARLY: Final = 0.05  # share of a lease's time by which the router ends it before the store would
+_STUCK_WRITE: Final = 1.0  # seconds a stalled stream may still be writing before its handler is cancelled
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Subscription:
         self.writing = False  # a delivery was yielded and the stream has not asked for the next yet
         self.ended: str | None = None  # "closed" or "stalled"
         self.last_ack = asyncio.get_running_loop().time()
-        self._sent = itertools.count(1)
+        self.sent = 0  # deliveries put on the stream so far
         self._router = router
         self._task = asyncio.current_task()
 
@@ -124,7 +125,8 @@ class Subscription:
     async def __anext__(self) -> ClaimedDelivery:
         self.writing = False
         lease = await self._router._next(self)
-        lease.sent = next(self._sent)
+        self.sent += 1
+        lease.sent = self.sent
         self.writing = True
         return lease.delivery
 
@@ -346,11 +348,18 @@ class Router:
         self.notify(platform)  # what came back is claimable now
 
     def _end(self, subscription: Subscription, reason: str) -> None:
+        """End the stream at its next step. A stalled one still writing a second later is stuck
+        handing a delivery to a client that does not read: its handler is cancelled."""
         subscription.ended = reason
-        if subscription.writing:
-            subscription.cancel()  # stuck handing a delivery to a client that does not read
-        else:
-            subscription.wake.set()
+        subscription.wake.set()
+        if reason == "stalled" and subscription.writing:
+            asyncio.get_running_loop().call_later(_STUCK_WRITE, self._cancel_if_stuck, subscription,
+                                                  subscription.sent)
+
+    @staticmethod
+    def _cancel_if_stuck(subscription: Subscription, sent: int) -> None:
+        if subscription.writing and subscription.sent == sent:
+            subscription.cancel()
 
     # -- waking ----------------------------------------------------------------------------
 
