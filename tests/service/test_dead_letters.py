@@ -86,7 +86,8 @@ async def test_a_redriven_dead_letter_is_delivered_again_with_its_attempts_anew(
 
 @pytest.mark.parametrize(("request_", "field"), [
     (admin_pb2.RedriveDeadLettersRequest(platform="zhejiang"), "message_ids"),
-    (admin_pb2.RedriveDeadLettersRequest(platform="zhejiang", message_ids=["a"], all=True), "message_ids"),
+    (admin_pb2.RedriveDeadLettersRequest(platform="zhejiang", message_ids=[str(uuid.uuid4())], all=True),
+     "message_ids"),
     (admin_pb2.RedriveDeadLettersRequest(platform="guangdong\u202e", all=True), "platform"),
     (admin_pb2.RedriveDeadLettersRequest(platform="zhejiang", message_ids=[str(uuid.uuid4()).upper()]), "message_ids"),
     (admin_pb2.RedriveDeadLettersRequest(platform="zhejiang", message_ids=[str(uuid.uuid4())] * 1001),
