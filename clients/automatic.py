@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Final, TypeAlias
 
-from clients.builders import header, new_id, proto_date, today_in_china
+from clients.builders import Route, header, new_id, proto_date, today_in_china
 from mitransfer.v1 import automatic_pb2, types_pb2
 
 COVERED: Final = frozenset({types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC})
@@ -83,3 +83,27 @@ def opt_out(agency: str, enrollment_message_id: str, text: str = "", *,
     declines before a case opens; the enrollment stops waiting."""
     return automatic_pb2.EnrollmentOptOut(header=header(agency, "", "", created_at=created_at),
                                           enrollment_message_id=enrollment_message_id, text=text)
+
+
+BLOCKERS: Final = frozenset({
+    types_pb2.REASON_CODE_UNSETTLED_HOSPITAL_STAY, types_pb2.REASON_CODE_ARREARS,
+    types_pb2.REASON_CODE_MULTIPLE_INSURED_NUMBERS, types_pb2.REASON_CODE_INCOMPLETE_CONTRIBUTIONS,
+    types_pb2.REASON_CODE_ACCOUNT_OVERDRAWN,
+})
+"""What the person can clear (在院未结算, 欠费, 多重参保编号, 缴费信息不完整, 透支): an automatic case refused for
+these alone waits for them, instead of closing."""
+
+
+def blocker_resolution(
+    route: Route, resolved: Sequence[types_pb2.ReasonCode.ValueType], text: str = "", *,
+    created_at: dt.datetime | None = None,
+) -> automatic_pb2.BlockerResolution:
+    """阻断已解除 from the outbound agency of an automatic case that waits for its blockers: the case
+    resumes, and the outbound side then answers the request as any other.
+
+    Raises ValueError without blockers, or with a reason that is not one (a refusal for another
+    reason is final)."""
+    if not resolved or any(code not in BLOCKERS for code in resolved):
+        raise ValueError("a resolution names the blockers cleared, and only blockers")
+    return automatic_pb2.BlockerResolution(header=route.header(created_at=created_at), resolved=list(resolved),
+                                           text=text)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from clients.automatic import enrollment, suspended_record
+from clients.automatic import blocker_resolution, enrollment, suspended_record
 from clients.builders import (
     EMPLOYEE,
     RESIDENT,
@@ -31,6 +31,8 @@ from clients.builders import (
     fund_transfer,
     information_table,
     outbound_notice_accepted,
+    outbound_notice_refused,
+    reason,
     sample_periods,
     sample_person,
     today_in_china,
@@ -136,6 +138,8 @@ class ReferencePlatform:
         self._outbox: dict[str, list[envelope_pb2.SignedMessage]] = {}     # by delivered message id
         self._waiting: dict[str, asyncio.Future[CaseOutcome]] = {}         # our outbound cases
         self._records: dict[str, CasePlan] = {}  # our suspended records in the gateway's index, by their id
+        self._blockers: dict[str, tuple[types_pb2.ReasonCode.ValueType, ...]] = {}  # what each record awaits
+        self._answering: dict[str, CasePlan] = {}  # automatic cases we answer, with their inbound side known
         self.registered: set[str] = set()        # the ids of those the gateway has receipted
         self._broken: str | None = None
 
@@ -160,12 +164,18 @@ class ReferencePlatform:
         finally:
             self._waiting.pop(transfer_id, None)
 
-    async def register_record(self, plan: CasePlan) -> envelope_pb2.ReceiptBody:
+    async def register_record(
+        self, plan: CasePlan, blockers: Sequence[types_pb2.ReasonCode.ValueType] = (),
+    ) -> envelope_pb2.ReceiptBody:
         """Register the suspended record `plan` describes in the gateway's index (its transfer id is the
         record's id); the case opens when the person's new enrollment is reported, and is answered
-        then with the plan's notice, table and funds. Returns the verified receipt body: its
-        `automatic.opened_transfer_ids` holds the record's id if an enrollment was already waiting."""
+        then with the plan's notice, table and funds, or, if the record has `blockers` (在院未结算,
+        欠费, …), refused for them until `resolve` reports them cleared. Returns the verified receipt
+        body: its `automatic.opened_transfer_ids` holds the record's id if an enrollment was already
+        waiting."""
         self._records[plan.route.transfer_id] = plan
+        if blockers:
+            self._blockers[plan.route.transfer_id] = tuple(blockers)
         body = await self.client.submit(suspended_record(plan.route.outbound, plan.person, plan.insurance_type,
                                                          plan.suspension_date, transfer_id=plan.route.transfer_id))
         self.registered.add(plan.route.transfer_id)
@@ -201,7 +211,23 @@ class ReferencePlatform:
         r = request.request
         plan = replace(plan, route=Route(request.transfer_id, request.outbound, request.inbound),
                        inbound_insurance_type=r.inbound_insurance_type)
+        self._answering[request.transfer_id] = plan
+        blockers = self._blockers.get(request.transfer_id)
+        if blockers:  # refused for what the person must clear first: the gateway keeps the case waiting
+            return [self.client.sign(outbound_notice_refused(plan.route, plan.person, plan.insurance_type,
+                                                             [reason(code) for code in blockers]))]
         return [self.client.sign(m) for m in outbound_messages(plan)]
+
+    async def resolve(self, transfer_id: str, text: str = "") -> list[envelope_pb2.ReceiptBody]:
+        """The person cleared the blockers of the automatic case `transfer_id` (ours as the outbound
+        side, refused for them): report them resolved, then answer the request as any other (notice,
+        table, funds). Returns the receipts. Raises ValueError for a case not waiting on us."""
+        plan = self._answering.get(transfer_id)
+        blockers = self._blockers.pop(transfer_id, ())
+        if plan is None or not blockers:
+            raise ValueError(f"case {transfer_id} does not wait for blockers of ours")
+        messages = [blocker_resolution(plan.route, blockers, text), *outbound_messages(plan)]
+        return [await self.client.submit(m) for m in messages]  # in order: each needs the one before
 
     def abandon(self, transfer_id: str, why: str) -> None:
         """Stop waiting for one of our outbound cases; `play_outbound` raises CaseFailed."""

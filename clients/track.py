@@ -37,14 +37,18 @@ STATE_LABELS: Final = {
     tracking_pb2.CASE_STATE_WITHDRAWN: "已撤回", tracking_pb2.CASE_STATE_REVIEW_REJECTED: "复核未通过",
     tracking_pb2.CASE_STATE_EXPIRED: "已过期", tracking_pb2.CASE_STATE_AWAITING_FUND_RETURN: "待退回",
     tracking_pb2.CASE_STATE_FUNDS_RETURNED: "资金已退回", tracking_pb2.CASE_STATE_CLOSED_BY_OPERATOR: "人工关闭",
+    tracking_pb2.CASE_STATE_AWAITING_RESOLUTION: "待解除阻断",
 }
 STAGE_LABELS: Final = {tracking_pb2.STAGE_OUTBOUND: "转出 outbound", tracking_pb2.STAGE_REVIEW: "复核 review",
                        tracking_pb2.STAGE_INBOUND: "转入 inbound", tracking_pb2.STAGE_TOTAL: "全程 total",
-                       tracking_pb2.STAGE_RETURN: "退回 return", tracking_pb2.STAGE_RETURN_RECEIPT: "退回确认 receipt"}
+                       tracking_pb2.STAGE_RETURN: "退回 return", tracking_pb2.STAGE_RETURN_RECEIPT: "退回确认 receipt",
+                       tracking_pb2.STAGE_RESOLUTION: "解除阻断 resolution"}
 OWNER_LABELS: Final = {tracking_pb2.STAGE_OWNER_OUTBOUND: "转出地", tracking_pb2.STAGE_OWNER_INBOUND: "转入地",
-                       tracking_pb2.STAGE_OWNER_REVIEWER: "复核", tracking_pb2.STAGE_OWNER_BOTH: "双方"}
+                       tracking_pb2.STAGE_OWNER_REVIEWER: "复核", tracking_pb2.STAGE_OWNER_BOTH: "双方",
+                       tracking_pb2.STAGE_OWNER_PERSON: "参保人"}
 OWNERS: Final = {"outbound": tracking_pb2.STAGE_OWNER_OUTBOUND, "inbound": tracking_pb2.STAGE_OWNER_INBOUND,
-                 "reviewer": tracking_pb2.STAGE_OWNER_REVIEWER, "both": tracking_pb2.STAGE_OWNER_BOTH}
+                 "reviewer": tracking_pb2.STAGE_OWNER_REVIEWER, "both": tracking_pb2.STAGE_OWNER_BOTH,
+                 "person": tracking_pb2.STAGE_OWNER_PERSON}
 TIMELINESS_LABELS: Final = {
     tracking_pb2.TIMELINESS_ON_TIME: "正常 on time", tracking_pb2.TIMELINESS_DUE_SOON: "即将到期 due soon",
     tracking_pb2.TIMELINESS_OVERDUE: "已超期 OVERDUE", tracking_pb2.TIMELINESS_LATE: "超期办结 late",

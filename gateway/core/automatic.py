@@ -35,6 +35,14 @@ from mitransfer.v1 import types_pb2
 
 RESIDENT: Final = types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
 DEFAULT_RETENTION: Final = dt.timedelta(days=90)
+# What the person must clear at the outbound side before a transfer (江苏 免申请: 若存在转出地在院费用
+# 未结算、历史欠费、多重参保编号或缴费信息不完整等情形，需先完成前置处理方可办理; and an overdrawn personal
+# account). An automatic case refused for these alone waits for them to be resolved instead of closing.
+BLOCKERS: Final[frozenset[int]] = frozenset({
+    types_pb2.REASON_CODE_UNSETTLED_HOSPITAL_STAY, types_pb2.REASON_CODE_ARREARS,
+    types_pb2.REASON_CODE_MULTIPLE_INSURED_NUMBERS, types_pb2.REASON_CODE_INCOMPLETE_CONTRIBUTIONS,
+    types_pb2.REASON_CODE_ACCOUNT_OVERDRAWN,
+})
 
 
 @dataclass(frozen=True)

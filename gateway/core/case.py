@@ -20,11 +20,12 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
 
+from gateway.core.automatic import BLOCKERS
 from gateway.core.continuity import Period, insured_run, month_index
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import CaseMessage, MessageKind, kind_of
 from mitransfer.protocol.registry import RegionPolicy, policy_of
-from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
+from mitransfer.v1 import automatic_pb2, envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
 CaseState: TypeAlias = tracking_pb2.CaseState.ValueType
 Channel: TypeAlias = messages_pb2.TransferRequest.Channel.ValueType
@@ -48,9 +49,11 @@ CLOSED_STATES: Final[frozenset[CaseState]] = frozenset({
 OPEN_STATES: Final[frozenset[CaseState]] = frozenset({
     _S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT, _S.CASE_STATE_FUNDS_SENT,
     _S.CASE_STATE_HELD_FOR_REVIEW, _S.CASE_STATE_INBOUND_ACCEPTED, _S.CASE_STATE_FUNDS_CREDITED,
-    _S.CASE_STATE_AWAITING_FUND_RETURN, _S.CASE_STATE_FUNDS_RETURNED,
+    _S.CASE_STATE_AWAITING_FUND_RETURN, _S.CASE_STATE_FUNDS_RETURNED, _S.CASE_STATE_AWAITING_RESOLUTION,
 })
-_BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT})
+_BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_ACCEPTED, _S.CASE_STATE_TABLE_SENT,
+                                  _S.CASE_STATE_AWAITING_RESOLUTION})
+
 # Who the measures cover: employee (310, not retired) and resident (390) basic insurance.
 COVERED_INSURANCE: Final[frozenset[int]] = frozenset({EMPLOYEE, RESIDENT})
 
@@ -71,6 +74,7 @@ class Event(StrEnum):
     TRANSFER_REQUEST = "transfer_request"
     NOTICE_ACCEPTED = "notice_accepted"
     NOTICE_REFUSED = "notice_refused"
+    NOTICE_BLOCKED = "notice_blocked"  # refused only for blockers the person can clear (BLOCKERS)
     INFORMATION_TABLE = "information_table"
     FUND_TRANSFER = "fund_transfer"
     REVIEW_APPROVED = "review_approved"
@@ -85,6 +89,7 @@ class Event(StrEnum):
     WITHDRAWAL = "withdrawal"
     OPERATOR_CLOSURE = "operator_closure"
     AUTOMATIC_REQUEST = "automatic_request"  # the gateway opens a case from a record and an enrollment
+    BLOCKER_RESOLVED = "blocker_resolved"
 
 
 class Guard(StrEnum):
@@ -95,6 +100,8 @@ class Guard(StrEnum):
     NOT_REVIEWED = "not reviewed by the outbound region"
     REVIEWED = "reviewed by the outbound region"
     BY_APPLICANT = "sent by the applicant's side"
+    AUTOMATIC = "opened automatically"  # by the gateway, from a suspended record and an enrollment
+    APPLIED = "opened by an application"
 
 
 class FundStatus(StrEnum):
@@ -130,6 +137,13 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t(Event.AUTOMATIC_REQUEST, Side.GATEWAY, {NEW}, _S.CASE_STATE_OPENED),
     _t(Event.NOTICE_ACCEPTED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_OUTBOUND_ACCEPTED),
     _t(Event.NOTICE_REFUSED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_REFUSED),
+    # Blockers close an applied case (the person applies again once they are cleared); an automatic
+    # case, which nobody applied for, waits for them and resumes by itself.
+    _t(Event.NOTICE_BLOCKED, Side.OUTBOUND, {NEW, _S.CASE_STATE_OPENED}, _S.CASE_STATE_REFUSED, Guard.APPLIED),
+    _t(Event.NOTICE_BLOCKED, Side.OUTBOUND, {_S.CASE_STATE_OPENED}, _S.CASE_STATE_AWAITING_RESOLUTION,
+       Guard.AUTOMATIC),
+    _t(Event.BLOCKER_RESOLVED, Side.OUTBOUND, {_S.CASE_STATE_AWAITING_RESOLUTION}, _S.CASE_STATE_OPENED),
+    _t(Event.NOTICE_REFUSED, Side.OUTBOUND, {_S.CASE_STATE_AWAITING_RESOLUTION}, _S.CASE_STATE_REFUSED),
     _t(Event.INFORMATION_TABLE, Side.OUTBOUND, {_S.CASE_STATE_OUTBOUND_ACCEPTED}, _S.CASE_STATE_TABLE_SENT),
     _t(Event.FUND_TRANSFER, Side.OUTBOUND, {_S.CASE_STATE_TABLE_SENT}, _S.CASE_STATE_FUNDS_SENT,
        Guard.NOT_REVIEWED),
@@ -290,8 +304,10 @@ def event_of(message: CaseMessage) -> Event:
     if isinstance(message, messages_pb2.TransferRequest):
         return Event.TRANSFER_REQUEST
     if isinstance(message, messages_pb2.OutboundNotice):
-        accepted = message.outcome == messages_pb2.OutboundNotice.OUTCOME_ACCEPTED
-        return Event.NOTICE_ACCEPTED if accepted else Event.NOTICE_REFUSED
+        if message.outcome == messages_pb2.OutboundNotice.OUTCOME_ACCEPTED:
+            return Event.NOTICE_ACCEPTED
+        blocked = all(r.code in BLOCKERS for r in message.reasons)
+        return Event.NOTICE_BLOCKED if blocked else Event.NOTICE_REFUSED
     if isinstance(message, messages_pb2.InformationTable):
         return Event.INFORMATION_TABLE
     if isinstance(message, messages_pb2.FundTransfer):
@@ -300,6 +316,8 @@ def event_of(message: CaseMessage) -> Event:
         return Event.FUND_RETURN
     if isinstance(message, messages_pb2.Withdrawal):
         return Event.WITHDRAWAL
+    if isinstance(message, automatic_pb2.BlockerResolution):
+        return Event.BLOCKER_RESOLVED
     return _ACK_EVENTS[message.status]
 
 
@@ -332,7 +350,7 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
         opening = False
     transition = _transition(case, event, side, policies)
     facts, fund_status = _check_content(case, message, event, policies, opening=opening)
-    if opening and event is not Event.NOTICE_REFUSED:
+    if opening and event not in (Event.NOTICE_REFUSED, Event.NOTICE_BLOCKED):
         _check_one_open_case(case, index)
     target = case.state if transition.target is None else transition.target
     refs = {**case.messages, header.message_id: MessageRef(kind_of(message), side)}
@@ -430,7 +448,7 @@ def _not_a_party(message: CaseMessage, event: Event) -> RuleViolation:
     sender, holding the id, knows anyway), and nothing of the case.
     """
     h = message.header
-    if event in (Event.TRANSFER_REQUEST, Event.NOTICE_ACCEPTED, Event.NOTICE_REFUSED):
+    if event in (Event.TRANSFER_REQUEST, Event.NOTICE_ACCEPTED, Event.NOTICE_REFUSED, Event.NOTICE_BLOCKED):
         return RuleViolation(f"transfer id {h.transfer_id} is already in use: a new case needs a new transfer id",
                              reason="TRANSFER_ID_IN_USE",
                              metadata={"rule": "TRANSFER_ID_IN_USE", "transfer_id": h.transfer_id})
@@ -477,6 +495,8 @@ def _guard_holds(case: Case, guard: Guard | None, side: Side, policies: Policies
         return case.funds_expected and reviewed == (guard is Guard.REVIEWED)
     if guard is Guard.BY_APPLICANT:
         return (case.outbound if side is Side.OUTBOUND else case.inbound) == case.applicant
+    if guard in (Guard.AUTOMATIC, Guard.APPLIED):
+        return (case.channel == AUTOMATIC) == (guard is Guard.AUTOMATIC)
     return True
 
 
@@ -574,7 +594,7 @@ def _check_content(case: Case, message: CaseMessage, event: Event, policies: Pol
             raise _violation("RETURN_AMOUNT_MISMATCH", f"amount_fen {message.amount_fen} is not the amount "
                              f"transferred {case.balance_fen}", case)
         return {}, FundStatus.RETURNING
-    if isinstance(message, messages_pb2.Withdrawal):
+    if isinstance(message, messages_pb2.Withdrawal | automatic_pb2.BlockerResolution):
         return _NO_FACTS
     return _check_acknowledgement(case, message, event, policies)
 

@@ -28,6 +28,8 @@ _ZHEJIANG = ("浙江 自动归集 (in-province since 2022-09): 参保人员在�
              "参保地的暂停参保记录，同步发起转移接续申请")
 _JIANGSU = ("江苏 免申请 (in-province since 2025-09): 由医保信息平台完成参保状态的读取、办理条件的判断、"
             "业务的自动触发办理")
+_JIANGSU_BLOCKERS = ("江苏: 若存在转出地在院费用未结算、历史欠费、多重参保编号或缴费信息不完整等情形，"
+                     "需先完成前置处理方可办理")
 _JIANGSU_CHOICE = "江苏: 参保人员有多地暂停参保记录，可以自主选择待转移的记录进行申请办理"
 
 RULES: Final[tuple[Rule, ...]] = (
@@ -148,6 +150,17 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule("ENROLLMENT_WAITS", "", "An enrollment without a matching record waits for one for the gateway's "
          "retention period (`[automatic] enrollment_retention_days`, 90 days by default; the receipt's "
          "`automatic.waiting_until`); a record registered meanwhile opens the case.", _CONTRACT),
+    Rule("BLOCKERS_WAIT", "", "An automatic case the outbound side refuses only for blockers the person can "
+         "clear (在院未结算 `REASON_CODE_UNSETTLED_HOSPITAL_STAY`, 欠费 `REASON_CODE_ARREARS`, 多重参保编号 "
+         "`REASON_CODE_MULTIPLE_INSURED_NUMBERS`, 缴费信息不完整 `REASON_CODE_INCOMPLETE_CONTRIBUTIONS`, 透支 "
+         "`REASON_CODE_ACCOUNT_OVERDRAWN`) waits, `AWAITING_RESOLUTION`; the outbound side's `BlockerResolution` "
+         "resumes it (`OPENED`) with no new application; a refusal with any other reason closes it (`REFUSED`). An "
+         "applied case refused for blockers closes, as before: the person applies again once they are cleared.",
+         f"{_JIANGSU_BLOCKERS}"),
+    Rule("RESOLUTION_CLOCK", "", "While an automatic case waits for its blockers, its outbound and total stages "
+         "stand finished and the resolution stage runs: the person's, on no agency's clock (20 working days by "
+         "default, to draw attention; no legal limit). The resolution starts the outbound and total stages again, as "
+         "a new application would.", f"{MEASURES}: 转出地经办机构10个工作日内完成……转出 (counted from the request)"),
     Rule("TRANSFER_ID_IN_USE", _FP, "A transfer id that opens something is new: a suspended record's (it becomes "
          "the id of the case the record opens), and that of a request or notice naming a case the sender is not a "
          "side of; nothing of that case or record is said (any other message naming it is refused as if the id did "

@@ -14,7 +14,14 @@ for another's delay (《基本医疗保险关系转移接续暂行办法》; lim
   them back; 5 working days;
 - return receipt 退回确认 (outbound agency): from the return until it confirms the money is back;
   5 working days;
-- total 全程 (both): from opening until the case closes; 15 working days.
+- resolution 解除阻断 (the person, with the outbound agency): an automatic case refused only for
+  blockers the person must clear (在院未结算, 欠费, …), until the outbound side reports them resolved;
+  no agency's clock (20 working days to draw attention, not a legal limit). An applied case so
+  refused closes, and the person applies again once the blockers are cleared: the outbound and
+  total stages of the automatic case likewise end at the refusal and start again at the
+  resolution, as for a new application;
+- total 全程 (both): from opening until the case closes, but for the wait for a resolution;
+  15 working days.
 
 Each stage is active exactly while a predicate on the case holds; it starts when the predicate
 becomes true and finishes when it becomes false, so the store keeps stages from a case's state
@@ -45,6 +52,7 @@ class Stage(StrEnum):
     TOTAL = "total"
     RETURN = "return"
     RETURN_RECEIPT = "return_receipt"
+    RESOLUTION = "resolution"
 
 
 class Owner(StrEnum):
@@ -54,6 +62,7 @@ class Owner(StrEnum):
     INBOUND = "inbound"    # the inbound agency
     REVIEWER = "reviewer"  # the reviewers of the outbound province's held transfers
     BOTH = "both"          # the whole case: no single side's clock
+    PERSON = "person"      # the person, clearing blockers with the outbound agency: no agency's clock
 
 
 class Timeliness(StrEnum):
@@ -82,18 +91,20 @@ STAGES: Final[Mapping[Stage, StageRule]] = {
                              or (c.state == _S.CASE_STATE_TABLE_SENT and not c.funds_expected)),
     Stage.RETURN: StageRule(Owner.INBOUND, lambda c: c.state == _S.CASE_STATE_AWAITING_FUND_RETURN),
     Stage.RETURN_RECEIPT: StageRule(Owner.OUTBOUND, lambda c: c.state == _S.CASE_STATE_FUNDS_RETURNED),
-    Stage.TOTAL: StageRule(Owner.BOTH, lambda c: not c.closed),
+    Stage.RESOLUTION: StageRule(Owner.PERSON, lambda c: c.state == _S.CASE_STATE_AWAITING_RESOLUTION),
+    Stage.TOTAL: StageRule(Owner.BOTH, lambda c: not c.closed and c.state != _S.CASE_STATE_AWAITING_RESOLUTION),
 }
 
 
 def owner_agency(owner: Owner, outbound: str, inbound: str) -> str:
-    """The agency whose clock it is ("" for the reviewers and for both sides)."""
+    """The agency whose clock it is ("" for the reviewers, both sides and the person)."""
     return outbound if owner is Owner.OUTBOUND else inbound if owner is Owner.INBOUND else ""
 
 
 def owner_province(owner: Owner, outbound: str, inbound: str) -> str:
     """The province answerable for a stage: the owning agency's; the outbound province for a review
-    (its region's policy holds the transfer, its reviewers decide); "" for the whole case."""
+    (its region's policy holds the transfer, its reviewers decide) and for a resolution (the
+    blockers are at its agency); "" for the whole case."""
     if owner is Owner.BOTH:
         return ""
     return province(inbound if owner is Owner.INBOUND else outbound)
@@ -119,9 +130,14 @@ class Limits:
                            minimum=1)
     return_receipt: int = setting(5, "Working days the outbound agency has to confirm returned funds arrived.",
                                   key="return_receipt_working_days", unit="working days", minimum=1)
+    resolution: int = setting(20, "Working days after which an automatic case still waiting for its blockers to"
+                              " be resolved shows as overdue (the person's wait, on no agency's clock; the"
+                              " measures set no limit).", key="resolution_working_days", unit="working days",
+                              minimum=1)
 
     def __post_init__(self) -> None:
-        if min(self.outbound, self.inbound, self.total, self.review, self.return_, self.return_receipt) < 1:
+        if min(self.outbound, self.inbound, self.total, self.review, self.return_, self.return_receipt,
+               self.resolution) < 1:
             raise ValueError("every limit is at least one working day")
 
     def of(self, stage: Stage) -> int:

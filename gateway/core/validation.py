@@ -22,6 +22,7 @@ from typing import Final
 
 from google.protobuf import timestamp_pb2
 
+from gateway.core.automatic import BLOCKERS
 from gateway.core.continuity import Period, cumulative_bounds, month_index
 from gateway.core.errors import FieldViolation, InvalidMessage
 from gateway.core.limits import MessageLimits
@@ -93,6 +94,8 @@ def validate(message: BusinessMessage, *, now: dt.datetime, limits: MessageLimit
         if not is_uuid(message.returns_message_id):
             _add(v, "returns_message_id", "must be a canonical lower-case UUID")
         _fund(v, message, now)
+    elif isinstance(message, automatic_pb2.BlockerResolution):
+        _resolution(v, message)
     else:
         _ack(v, message, now)
     if v:
@@ -497,3 +500,22 @@ def _chosen_agencies(v: list[FieldViolation], m: automatic_pb2.Enrollment) -> No
             _add(v, f"outbound_agencies[{i}]", "is in the enrollment's own province: the gateway opens transfers"
                  " across provinces only")
         seen.add(agency)
+
+
+def _resolution(v: list[FieldViolation], m: automatic_pb2.BlockerResolution) -> None:
+    """The blockers cleared: at least one, each once, each one a person can clear (在院未结算, 欠费,
+    多重参保编号, 缴费信息不完整, 透支)."""
+    if not m.resolved:
+        _add(v, "resolved", "at least one blocker is required")
+    elif len(m.resolved) > len(BLOCKERS):
+        _add(v, "resolved", f"at most {len(BLOCKERS)} blockers, each once")
+    else:
+        seen: set[int] = set()
+        for i, code in enumerate(m.resolved):
+            if code not in BLOCKERS:
+                _add(v, f"resolved[{i}]", "must be a blocker: unsettled hospital stay, arrears, multiple insured"
+                     " numbers, incomplete contributions or an overdrawn account")
+            elif code in seen:
+                _add(v, f"resolved[{i}]", "is listed twice")
+            seen.add(code)
+    _text(v, "text", m.text)

@@ -31,9 +31,11 @@ from mitransfer.v1 import tracking_pb2, tracking_pb2_grpc, types_pb2
 
 STAGES: Final = {Stage.OUTBOUND: tracking_pb2.STAGE_OUTBOUND, Stage.REVIEW: tracking_pb2.STAGE_REVIEW,
                  Stage.INBOUND: tracking_pb2.STAGE_INBOUND, Stage.TOTAL: tracking_pb2.STAGE_TOTAL,
-                 Stage.RETURN: tracking_pb2.STAGE_RETURN, Stage.RETURN_RECEIPT: tracking_pb2.STAGE_RETURN_RECEIPT}
+                 Stage.RETURN: tracking_pb2.STAGE_RETURN, Stage.RETURN_RECEIPT: tracking_pb2.STAGE_RETURN_RECEIPT,
+                 Stage.RESOLUTION: tracking_pb2.STAGE_RESOLUTION}
 OWNERS: Final = {Owner.OUTBOUND: tracking_pb2.STAGE_OWNER_OUTBOUND, Owner.INBOUND: tracking_pb2.STAGE_OWNER_INBOUND,
-                 Owner.REVIEWER: tracking_pb2.STAGE_OWNER_REVIEWER, Owner.BOTH: tracking_pb2.STAGE_OWNER_BOTH}
+                 Owner.REVIEWER: tracking_pb2.STAGE_OWNER_REVIEWER, Owner.BOTH: tracking_pb2.STAGE_OWNER_BOTH,
+                 Owner.PERSON: tracking_pb2.STAGE_OWNER_PERSON}
 _OWNER_OF: Final = {number: owner for owner, number in OWNERS.items()}
 TIMELINESS: Final = {
     Timeliness.ON_TIME: tracking_pb2.TIMELINESS_ON_TIME, Timeliness.DUE_SOON: tracking_pb2.TIMELINESS_DUE_SOON,

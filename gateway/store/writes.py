@@ -153,9 +153,15 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     if meter is not None:  # the log's own share of this accept (its head and column cost next to nothing)
         meter.ns += spent + time.thread_time_ns() - started
     yield from _effects(m, decision, now_us, fund_was)
+    # A stage that ran before starts again (the outbound and total stages of an automatic case
+    # whose blockers were resolved, as for a new application): its row holds the new run.
     yield Batch(
         "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
-        " deadline, owner, owner_province, provisional, calendar_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " deadline, owner, owner_province, provisional, calendar_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (transfer_id, stage) DO UPDATE SET started_at = excluded.started_at,"
+        " deadline = excluded.deadline, finished_at = NULL, owner = excluded.owner,"
+        " owner_province = excluded.owner_province, provisional = excluded.provisional,"
+        " calendar_version = excluded.calendar_version",
         [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
           province(after.inbound), now_us, micros(s.deadline), str(s.owner),
           owner_province(s.owner, after.outbound, after.inbound), int(s.provisional), stages.calendar_version)

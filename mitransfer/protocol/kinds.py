@@ -32,6 +32,7 @@ CaseMessage: TypeAlias = (
     | messages_pb2.Acknowledgement
     | messages_pb2.Withdrawal
     | messages_pb2.FundReturn
+    | automatic_pb2.BlockerResolution
 )
 IndexMessage: TypeAlias = (
     automatic_pb2.SuspendedRecord
@@ -53,6 +54,7 @@ _BUSINESS: Final[Mapping[MessageKind, type[BusinessMessage]]] = MappingProxyType
     envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT: messages_pb2.Acknowledgement,
     envelope_pb2.MESSAGE_KIND_WITHDRAWAL: messages_pb2.Withdrawal,
     envelope_pb2.MESSAGE_KIND_FUND_RETURN: messages_pb2.FundReturn,
+    envelope_pb2.MESSAGE_KIND_BLOCKER_RESOLUTION: automatic_pb2.BlockerResolution,
     envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD: automatic_pb2.SuspendedRecord,
     envelope_pb2.MESSAGE_KIND_SUSPENDED_RECORD_WITHDRAWAL: automatic_pb2.SuspendedRecordWithdrawal,
     envelope_pb2.MESSAGE_KIND_ENROLLMENT: automatic_pb2.Enrollment,

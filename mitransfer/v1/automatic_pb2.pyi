@@ -301,3 +301,43 @@ class AutomaticTransferRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AutomaticTransferRequest: _TypeAlias = AutomaticTransferRequest  # noqa: Y015
+
+@_typing.final
+class BlockerResolution(_message.Message):
+    """阻断已解除 the blockers of an automatic case are resolved (转出地 → 转入地): the outbound side had
+    refused the gateway's request only for blockers the person had to clear first (在院未结算, 欠费,
+    多重参保编号, 缴费信息不完整, 透支; the case waited, AWAITING_RESOLUTION). The case resumes (OPENED),
+    with no new application: the outbound side then answers the request as it answers any request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """说明 how (free text, may be empty)"""
+    @_builtins.property
+    def header(self) -> _messages_pb2.Header:
+        """报文头 sent by the outbound agency to the inbound agency; transfer_id: the case's"""
+
+    @_builtins.property
+    def resolved(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ReasonCode.ValueType]:
+        """已解除事项 the blockers cleared, by their reason codes (at least one, each once; blocker codes
+        only). The outbound side sends it once every blocker of its refusal is cleared.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _messages_pb2.Header | None = ...,
+        resolved: _abc.Iterable[_types_pb2.ReasonCode.ValueType] | None = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "resolved", b"resolved", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockerResolution: _TypeAlias = BlockerResolution  # noqa: Y015

@@ -75,6 +75,8 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     and an enrollment (payload: mitransfer.v1.AutomaticTransferRequest), signed by the gateway
     and delivered to both sides.
     """
+    MESSAGE_KIND_BLOCKER_RESOLUTION: _MessageKind.ValueType  # 16
+    """阻断已解除 payload: mitransfer.v1.BlockerResolution"""
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """报文类型 the kind of a business message; fixes payload_type for the signature."""
@@ -121,6 +123,8 @@ MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST: MessageKind.ValueType  # 15
 and an enrollment (payload: mitransfer.v1.AutomaticTransferRequest), signed by the gateway
 and delivered to both sides.
 """
+MESSAGE_KIND_BLOCKER_RESOLUTION: MessageKind.ValueType  # 16
+"""阻断已解除 payload: mitransfer.v1.BlockerResolution"""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 @_typing.final

@@ -69,6 +69,11 @@ class _CaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaseState.V
     """人工关闭 an operator closed an unanswered transfer request, with a reason (Admin.CloseCase);
     case closed
     """
+    CASE_STATE_AWAITING_RESOLUTION: _CaseState.ValueType  # 17
+    """待解除阻断 a case the gateway opened automatically, which the outbound side refused only for
+    blockers the person must clear first (在院未结算, 欠费, 多重参保编号, 缴费信息不完整, 透支); it resumes
+    (OPENED) when the outbound side reports them resolved (BlockerResolution), with no new application
+    """
 
 class CaseState(_CaseState, metaclass=_CaseStateEnumTypeWrapper):
     """业务状态 the state of a transfer case."""
@@ -112,6 +117,11 @@ INBOUND_REJECTED
 CASE_STATE_CLOSED_BY_OPERATOR: CaseState.ValueType  # 16
 """人工关闭 an operator closed an unanswered transfer request, with a reason (Admin.CloseCase);
 case closed
+"""
+CASE_STATE_AWAITING_RESOLUTION: CaseState.ValueType  # 17
+"""待解除阻断 a case the gateway opened automatically, which the outbound side refused only for
+blockers the person must clear first (在院未结算, 欠费, 多重参保编号, 缴费信息不完整, 透支); it resumes
+(OPENED) when the outbound side reports them resolved (BlockerResolution), with no new application
 """
 Global___CaseState: _TypeAlias = CaseState  # noqa: Y015
 
@@ -177,6 +187,11 @@ class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType
     """退回 inbound rejection of a case whose funds it received → fund return sent; the inbound agency's"""
     STAGE_RETURN_RECEIPT: _Stage.ValueType  # 6
     """退回确认 fund return sent → the outbound side confirms receipt; the outbound agency's"""
+    STAGE_RESOLUTION: _Stage.ValueType  # 7
+    """解除阻断 an automatic case awaiting resolution of its blockers → the outbound side reports them
+    resolved; the person's (with the outbound agency), on no agency's clock: the outbound and total
+    stages start again when it ends, as for a new application
+    """
 
 class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
     """时限环节 a stage of a case with a time limit (in working days, configuration). Each stage is
@@ -199,6 +214,11 @@ STAGE_RETURN: Stage.ValueType  # 5
 """退回 inbound rejection of a case whose funds it received → fund return sent; the inbound agency's"""
 STAGE_RETURN_RECEIPT: Stage.ValueType  # 6
 """退回确认 fund return sent → the outbound side confirms receipt; the outbound agency's"""
+STAGE_RESOLUTION: Stage.ValueType  # 7
+"""解除阻断 an automatic case awaiting resolution of its blockers → the outbound side reports them
+resolved; the person's (with the outbound agency), on no agency's clock: the outbound and total
+stages start again when it ends, as for a new application
+"""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
 class _StageOwner:
@@ -217,6 +237,8 @@ class _StageOwnerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageOwner
     """复核 the reviewers of the outbound province's held transfers"""
     STAGE_OWNER_BOTH: _StageOwner.ValueType  # 4
     """双方 the whole case (the total stage): no single side's clock"""
+    STAGE_OWNER_PERSON: _StageOwner.ValueType  # 5
+    """参保人 the person, who clears the blockers of an automatic case with the outbound agency"""
 
 class StageOwner(_StageOwner, metaclass=_StageOwnerEnumTypeWrapper):
     """责任方 whose clock a stage is."""
@@ -231,6 +253,8 @@ STAGE_OWNER_REVIEWER: StageOwner.ValueType  # 3
 """复核 the reviewers of the outbound province's held transfers"""
 STAGE_OWNER_BOTH: StageOwner.ValueType  # 4
 """双方 the whole case (the total stage): no single side's clock"""
+STAGE_OWNER_PERSON: StageOwner.ValueType  # 5
+"""参保人 the person, who clears the blockers of an automatic case with the outbound agency"""
 Global___StageOwner: _TypeAlias = StageOwner  # noqa: Y015
 
 class _Timeliness:

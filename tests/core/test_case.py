@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from clients import builders
+from clients import automatic, builders
 from clients.scenario import CasePlan, outbound_messages
 from gateway.core import case as rules
 from gateway.core.case import Case, Event, FundStatus, MessageRef, Side
@@ -24,16 +24,24 @@ EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANC
 POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000)}
 OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_SENT, S.CASE_STATE_FUNDS_SENT,
         S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED,
-        S.CASE_STATE_AWAITING_FUND_RETURN, S.CASE_STATE_FUNDS_RETURNED)
+        S.CASE_STATE_AWAITING_FUND_RETURN, S.CASE_STATE_FUNDS_RETURNED, S.CASE_STATE_AWAITING_RESOLUTION)
 CLOSED = (S.CASE_STATE_COMPLETED, S.CASE_STATE_REFUSED, S.CASE_STATE_INBOUND_REJECTED, S.CASE_STATE_WITHDRAWN,
           S.CASE_STATE_REVIEW_REJECTED, S.CASE_STATE_EXPIRED, S.CASE_STATE_CLOSED_BY_OPERATOR)
 MESSAGE_EVENTS = [e for e in Event if e not in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED,
                                                  Event.OPERATOR_CLOSURE, Event.AUTOMATIC_REQUEST)]
 
 # (state, event, side, funds expected) → next state. Everything absent is refused. In these
-# worlds the application was lodged at the inbound side for OPENED cases and at the outbound
-# side otherwise, and the balance (88,800 fen) is below the review threshold.
+# worlds the application was lodged at the inbound side for OPENED (and AWAITING_RESOLUTION)
+# cases and at the outbound side otherwise, and the balance (88,800 fen) is below the review
+# threshold. They are applied cases: blockers close them (automatic cases: test_blockers_…).
 ALLOWED = {
+    **{(S.CASE_STATE_OPENED, Event.NOTICE_BLOCKED, Side.OUTBOUND, funds): S.CASE_STATE_REFUSED
+       for funds in (True, False)},
+    **{(S.CASE_STATE_AWAITING_RESOLUTION, event, side, funds): state
+       for (event, side, state) in ((Event.BLOCKER_RESOLVED, Side.OUTBOUND, S.CASE_STATE_OPENED),
+                                    (Event.NOTICE_REFUSED, Side.OUTBOUND, S.CASE_STATE_REFUSED),
+                                    (Event.WITHDRAWAL, Side.INBOUND, S.CASE_STATE_WITHDRAWN))
+       for funds in (True, False)},
     (S.CASE_STATE_OPENED, Event.NOTICE_ACCEPTED, Side.OUTBOUND, True): S.CASE_STATE_OUTBOUND_ACCEPTED,
     (S.CASE_STATE_OPENED, Event.NOTICE_ACCEPTED, Side.OUTBOUND, False): S.CASE_STATE_OUTBOUND_ACCEPTED,
     (S.CASE_STATE_OPENED, Event.NOTICE_REFUSED, Side.OUTBOUND, True): S.CASE_STATE_REFUSED,
@@ -103,7 +111,10 @@ class World:
         ]
         self.notice, self.table, self.fund = msgs
         self.refused = builders.outbound_notice_refused(self.plan.route, self.plan.person, self.plan.insurance_type,
+                                                        [builders.reason(types_pb2.REASON_CODE_NOT_SUSPENDED)])
+        self.blocked = builders.outbound_notice_refused(self.plan.route, self.plan.person, self.plan.insurance_type,
                                                         [builders.reason(types_pb2.REASON_CODE_ARREARS)])
+        self.resolution = automatic.blocker_resolution(self.plan.route, [types_pb2.REASON_CODE_ARREARS])
         self.request = transfer_request(self.plan)
         self.withdrawal = messages_pb2.Withdrawal()
         self.funds = funds
@@ -129,13 +140,15 @@ class World:
                                             S.CASE_STATE_COMPLETED, S.CASE_STATE_AWAITING_FUND_RETURN,
                                             S.CASE_STATE_FUNDS_RETURNED)
         return replace(opened, state=state, balance_fen=self.plan.balance_fen,
-                       applicant=opened.inbound if state == S.CASE_STATE_OPENED else opened.outbound,
+                       applicant=opened.inbound if state in (S.CASE_STATE_OPENED, S.CASE_STATE_AWAITING_RESOLUTION)
+                       else opened.outbound,
                        fund_message_id=self.fund.header.message_id if funds_in else None, messages=refs)
 
     def message(self, event: Event, side: Side) -> BusinessMessage:
         by_outbound: dict[Event, BusinessMessage] = {
             Event.NOTICE_ACCEPTED: self.notice, Event.NOTICE_REFUSED: self.refused,
             Event.INFORMATION_TABLE: self.table, Event.FUND_TRANSFER: self.fund,
+            Event.NOTICE_BLOCKED: self.blocked, Event.BLOCKER_RESOLVED: self.resolution,
         }
         if event is Event.TRANSFER_REQUEST:
             return self.request if side is Side.INBOUND else _swapped(self.request)
@@ -554,3 +567,40 @@ def test_a_message_that_would_open_a_case_under_a_taken_id_says_only_that(name: 
     assert refused.value.reason == "TRANSFER_ID_IN_USE"
     assert refused.value.metadata == {"rule": "TRANSFER_ID_IN_USE", "transfer_id": world.plan.route.transfer_id}
     assert "320100" not in refused.value.message and "TABLE_SENT" not in refused.value.message
+
+
+
+def test_blockers_keep_an_automatic_case_waiting_until_they_are_resolved() -> None:
+    """Refused only for blockers, an automatic case waits (an applied one closes: the table above);
+    it resumes with the outbound side's resolution, with no new application, and is then answered
+    as any request. A refusal for another reason ends it, waiting or not."""
+    world = World(True)
+    _, case = _automatic(world)
+    waiting = apply(case, world.blocked)
+    assert waiting.state == S.CASE_STATE_AWAITING_RESOLUTION and not waiting.closed
+    resumed = apply(waiting, world.resolution)
+    assert resumed.state == S.CASE_STATE_OPENED
+    assert apply(resumed, world.notice).state == S.CASE_STATE_OUTBOUND_ACCEPTED
+    assert apply(waiting, world.refused).state == S.CASE_STATE_REFUSED
+    assert apply(case, world.refused).state == S.CASE_STATE_REFUSED
+    with pytest.raises(RuleViolation) as again:
+        apply(waiting, world.blocked)
+    assert again.value.reason == "STATE_FORBIDS_MESSAGE"
+    with pytest.raises(RuleViolation) as early:
+        apply(case, world.resolution)
+    assert early.value.reason == "STATE_FORBIDS_MESSAGE"
+    # A notice refused for blockers that opens a case (an application at the outbound side) closes it.
+    assert apply(None, world.blocked).state == S.CASE_STATE_REFUSED
+
+
+def test_a_refusal_is_blocked_only_when_every_reason_is_a_blocker() -> None:
+    world = World(True)
+    mixed = builders.outbound_notice_refused(world.plan.route, world.plan.person, world.plan.insurance_type,
+                                             [builders.reason(types_pb2.REASON_CODE_ARREARS),
+                                              builders.reason(types_pb2.REASON_CODE_OTHER, "已去世")])
+    assert rules.event_of(mixed) is Event.NOTICE_REFUSED
+    assert rules.event_of(world.blocked) is Event.NOTICE_BLOCKED
+    for code in automatic.BLOCKERS:
+        only = builders.outbound_notice_refused(world.plan.route, world.plan.person, world.plan.insurance_type,
+                                                [builders.reason(code)])  # type: ignore[arg-type]
+        assert rules.event_of(only) is Event.NOTICE_BLOCKED

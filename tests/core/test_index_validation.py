@@ -115,3 +115,31 @@ def test_the_builders_refuse_what_the_gateway_would() -> None:
         automatic.enrollment("330100", PERSON, EMPLOYEE, TODAY, outbound_agencies=["330200"])
     assert automatic.certificate_only(PERSON) == types_pb2.Person(
         certificate_type=PERSON.certificate_type, certificate_number=PERSON.certificate_number)
+
+
+def resolution(*codes: int) -> automatic_pb2.BlockerResolution:
+    m = automatic_pb2.BlockerResolution(resolved=list(codes), text="已结清")  # type: ignore[arg-type]
+    m.header.CopyFrom(builders.header("320100", "330100", builders.new_id()))
+    return m
+
+
+@pytest.mark.parametrize(("codes", "field"), [
+    ((), "resolved"),
+    ((types_pb2.REASON_CODE_RETIRED,), "resolved[0]"),         # final, never resolved
+    ((types_pb2.REASON_CODE_ARREARS, types_pb2.REASON_CODE_ARREARS), "resolved[1]"),
+    ((types_pb2.REASON_CODE_ARREARS, types_pb2.REASON_CODE_OTHER), "resolved[1]"),
+    ((1, 2, 3, 4, 6, 1), "resolved"),
+])
+def test_a_resolution_names_blockers_each_once(codes: tuple[int, ...], field: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        validate(resolution(*codes), now=NOW)
+    assert field in [v.field for v in caught.value.violations]
+
+
+def test_a_resolution_of_every_blocker_is_valid_and_the_builder_refuses_others() -> None:
+    validate(resolution(*sorted(automatic.BLOCKERS)), now=NOW)
+    route = builders.Route.new("320100", "330100")
+    assert list(automatic.blocker_resolution(route, [types_pb2.REASON_CODE_ARREARS]).resolved) == [
+        types_pb2.REASON_CODE_ARREARS]
+    with pytest.raises(ValueError, match="only blockers"):
+        automatic.blocker_resolution(route, [types_pb2.REASON_CODE_NOT_SUSPENDED])

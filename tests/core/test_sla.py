@@ -84,11 +84,32 @@ def test_a_return_runs_the_inbound_sides_then_the_outbound_sides_clock() -> None
 def test_each_stage_has_its_owner_and_answerable_province() -> None:
     owners = {stage: rule.owner for stage, rule in STAGES.items()}
     assert owners == {Stage.OUTBOUND: Owner.OUTBOUND, Stage.REVIEW: Owner.REVIEWER, Stage.INBOUND: Owner.INBOUND,
-                      Stage.RETURN: Owner.INBOUND, Stage.RETURN_RECEIPT: Owner.OUTBOUND, Stage.TOTAL: Owner.BOTH}
+                      Stage.RETURN: Owner.INBOUND, Stage.RETURN_RECEIPT: Owner.OUTBOUND, Stage.TOTAL: Owner.BOTH,
+                      Stage.RESOLUTION: Owner.PERSON}
     started = SLA.changes(None, case(S.CASE_STATE_OPENED), T).started
     assert {(s.stage, s.owner) for s in started} == {(Stage.OUTBOUND, Owner.OUTBOUND), (Stage.TOTAL, Owner.BOTH)}
-    assert [owner_province(o, "320100", "330100") for o in Owner] == ["32", "33", "32", ""]
-    assert [owner_agency(o, "320100", "330100") for o in Owner] == ["320100", "330100", "", ""]
+    assert [owner_province(o, "320100", "330100") for o in Owner] == ["32", "33", "32", "", "32"]
+    assert [owner_agency(o, "320100", "330100") for o in Owner] == ["320100", "330100", "", "", ""]
+
+
+def test_blockers_stop_an_automatic_cases_clocks_and_the_resolution_starts_them_again() -> None:
+    """As for an applied case refused for blockers and applied for again once they are cleared: the
+    outbound and total stages end at the refusal and start again at the resolution; the wait between
+    is the person's, on no agency's clock."""
+    assert walk(
+        case(S.CASE_STATE_OPENED),
+        case(S.CASE_STATE_AWAITING_RESOLUTION),
+        case(S.CASE_STATE_OPENED),
+        case(S.CASE_STATE_OUTBOUND_ACCEPTED),
+    ) == [
+        ({Stage.OUTBOUND, Stage.TOTAL}, set()),
+        ({Stage.RESOLUTION}, {Stage.OUTBOUND, Stage.TOTAL}),
+        ({Stage.OUTBOUND, Stage.TOTAL}, {Stage.RESOLUTION}),
+        (set(), set()),
+    ]
+    started = SLA.changes(case(S.CASE_STATE_OPENED), case(S.CASE_STATE_AWAITING_RESOLUTION), T).started
+    assert [(s.stage, s.owner, s.deadline) for s in started] == [
+        (Stage.RESOLUTION, Owner.PERSON, SLA.calendar.deadline(T, 20))]
 
 
 def test_a_resident_case_finishes_outbound_with_the_table() -> None:
@@ -104,11 +125,16 @@ def test_a_case_closed_early_finishes_what_ran(end: int) -> None:
 
 
 def test_every_open_state_has_the_total_stage_and_no_closed_one_has_any() -> None:
+    """But for the wait for a resolution: an automatic case refused for blockers runs the person's
+    stage alone, as an applied case so refused would run nothing until applied for again."""
     for state in tracking_pb2.CaseState.values():
         if state == S.CASE_STATE_UNSPECIFIED:
             continue
         c = case(state, balance=100)
         active = {stage for stage, rule in STAGES.items() if rule.active(c)}
+        if state == S.CASE_STATE_AWAITING_RESOLUTION:
+            assert active == {Stage.RESOLUTION}
+            continue
         assert (Stage.TOTAL in active) == (not c.closed)
         assert not c.closed or not active
 

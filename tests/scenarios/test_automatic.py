@@ -314,3 +314,53 @@ async def test_a_platform_learns_nothing_of_a_person_it_did_not_report(platforms
     assert proof.value.reason == "MESSAGE_NOT_FOUND"
     own = await zj.inclusion_proof(report.header.message_id)
     assert own.leaf_index == opened.leaf_index  # the enrollment is a leaf of the log like any message
+
+
+async def test_a_blocker_keeps_the_case_waiting_until_the_outbound_side_reports_it_resolved(
+        platforms: Platforms) -> None:
+    """Jiangsu finds arrears and an unsettled hospital stay: the automatic case waits (the person's
+    stage runs, no agency's), and when Jiangsu reports them cleared it resumes by itself, no new
+    application, and completes; the outbound and total clocks start again from the resolution."""
+    from mitransfer.v1 import types_pb2
+
+    plan = record_plan(seed=33)
+    js, zj = platforms.reference["jiangsu"], platforms.clients["zhejiang"]
+    blockers = [types_pb2.REASON_CODE_ARREARS, types_pb2.REASON_CODE_UNSETTLED_HOSPITAL_STAY]
+    await js.register_record(plan, blockers)
+    await zj.submit(enrollment_of(plan))
+    tid = plan.route.transfer_id
+    waiting = await wait_for_state(zj, tid, S.CASE_STATE_AWAITING_RESOLUTION)
+    assert waiting.state == S.CASE_STATE_AWAITING_RESOLUTION and waiting.channel == AUTOMATIC
+    stages = {s.stage: s for s in waiting.stages}
+    resolution = stages[S.STAGE_RESOLUTION]
+    assert resolution.owner == S.STAGE_OWNER_PERSON and not resolution.HasField("finished_at")
+    assert stages[S.STAGE_OUTBOUND].HasField("finished_at") and stages[S.STAGE_TOTAL].HasField("finished_at")
+
+    receipts = await js.resolve(tid, "欠费已补缴，住院已结算")
+    assert receipts[0].kind == envelope_pb2.MESSAGE_KIND_BLOCKER_RESOLUTION
+    done = await wait_for_state(zj, tid, S.CASE_STATE_COMPLETED)
+    assert done.state == S.CASE_STATE_COMPLETED
+    stages = {s.stage: s for s in done.stages}
+    assert stages[S.STAGE_RESOLUTION].HasField("finished_at")
+    for stage in (S.STAGE_OUTBOUND, S.STAGE_TOTAL):  # a new run each, from the resolution
+        assert stages[stage].started_at == receipts[0].accepted_at
+    kinds = [m.kind for m in done.messages]
+    assert kinds.count(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST) == 1  # no new application
+    assert kinds.index(envelope_pb2.MESSAGE_KIND_BLOCKER_RESOLUTION) < kinds.index(
+        envelope_pb2.MESSAGE_KIND_FUND_TRANSFER)
+
+
+async def test_a_refusal_for_another_reason_closes_a_waiting_case(platforms: Platforms) -> None:
+    from mitransfer.v1 import types_pb2
+
+    plan = record_plan(seed=34)
+    js, jsc, zj = platforms.reference["jiangsu"], platforms.clients["jiangsu"], platforms.clients["zhejiang"]
+    await js.register_record(plan, [types_pb2.REASON_CODE_MULTIPLE_INSURED_NUMBERS])
+    await zj.submit(enrollment_of(plan))
+    tid = plan.route.transfer_id
+    await wait_for_state(zj, tid, S.CASE_STATE_AWAITING_RESOLUTION)
+    route = builders.Route(tid, JIANGSU, ZHEJIANG)
+    final = builders.outbound_notice_refused(route, plan.person, EMPLOYEE,
+                                             [builders.reason(types_pb2.REASON_CODE_OTHER, "参保关系已终止")])
+    await jsc.submit(final)
+    assert (await zj.get_case(tid)).state == S.CASE_STATE_REFUSED

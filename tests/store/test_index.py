@@ -4,6 +4,7 @@ either order, what they open, what they refuse, its upkeep, and races between re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import random
@@ -397,3 +398,28 @@ async def test_the_index_messages_and_the_cases_they_open_are_in_the_transparenc
     await store.read(lambda: audit(auditor))
     assert auditor.finish() == []
     assert auditor.entries == 6
+
+
+async def test_a_stage_that_ran_before_starts_again(store_and_clock: tuple[Store, Clock]) -> None:
+    """An automatic case refused for blockers, then resolved: its outbound and total stages finish at
+    the refusal and start again at the resolution (one row each, holding the new run)."""
+    store, clock = store_and_clock
+    r = record()
+    await submit(store, r)
+    await submit(store, enrollment())
+
+    async def move_to(state: int, kind: int = K.MESSAGE_KIND_OUTBOUND_NOTICE) -> None:
+        m = incoming(r.transfer_id, kind=kind, body=uuid.uuid4().bytes, sender=JIANGSU, receiver=ZHEJIANG)
+        await store.accept(m, lambda case, _i: case_rules.Decision(  # type: ignore[misc]
+            dataclasses.replace(case, state=state)), receipt_for(m))
+
+    clock.advance(3600)
+    await move_to(tracking_pb2.CASE_STATE_AWAITING_RESOLUTION)
+    clock.advance(86_400 * 7)
+    await move_to(tracking_pb2.CASE_STATE_OPENED, K.MESSAGE_KIND_BLOCKER_RESOLUTION)
+    view = await store.get_case(r.transfer_id)
+    assert view is not None
+    runs = {s.stage.value: (s.started_at, s.finished_at) for s in view.stages}
+    resumed = T0 + dt.timedelta(seconds=3600 + 86_400 * 7)
+    assert runs["outbound"] == (resumed, None) and runs["total"] == (resumed, None)
+    assert runs["resolution"] == (T0 + dt.timedelta(seconds=3600), resumed)
