@@ -58,7 +58,7 @@ from gateway.store.port import (
     StoredRegistry,
     WakeCallback,
 )
-from gateway.store.steps import Steps
+from gateway.store.steps import Keys, Steps
 
 T = TypeVar("T")
 INTEGRATE_BATCH = 2_000  # leaves hashed into the stored tree per transaction
@@ -87,9 +87,10 @@ class SQLStore(ABC):
         """See `gateway.store.port.Store.on_wake`."""
 
     @abstractmethod
-    async def write(self, operation: Operation[T]) -> T:
-        """Run `operation` in a transaction of its own and commit it. Raises what it raises,
-        the schema's refusals as `decision.constraint_violation`, StoreUnavailable."""
+    async def write(self, operation: Operation[T], *, keys: Keys | None = None) -> T:
+        """Run `operation` in a transaction and commit it, perhaps with others that share none of
+        its `keys` (None: with no other), each as if alone. Raises what it raises, the schema's
+        refusals as `decision.constraint_violation`, StoreUnavailable."""
 
     @abstractmethod
     async def read(self, operation: Operation[T]) -> T:
@@ -97,20 +98,21 @@ class SQLStore(ABC):
 
     async def accept(self, message: IncomingMessage, decide: Decide, make_receipt: MakeReceipt) -> AcceptOutcome:
         return await self.write(lambda: writes.accept(message, decide, make_receipt, self._clock, self._sla,
-                                                      self._log_meter))
+                                                      self._log_meter), keys=writes.accept_keys(message))
 
     async def claim_deliveries(
         self, platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
         max_attempts: int, now: dt.datetime,
     ) -> Claim:
         return await self.write(lambda: deliveries.claim_deliveries(
-            platform, agencies, limit=limit, lease=lease, max_attempts=max_attempts, now=now))
+            platform, agencies, limit=limit, lease=lease, max_attempts=max_attempts, now=now),
+            keys=(f"claims:{platform}",))  # two claims in one transaction would lease the same rows
 
     async def ack_delivery(self, platform: str, message_id: str, now: dt.datetime) -> None:
-        await self.write(lambda: deliveries.ack_delivery(platform, message_id, now))
+        await self.write(lambda: deliveries.ack_delivery(platform, message_id, now), keys=())  # one row, once
 
     async def end_leases(self, platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> None:
-        await self.write(lambda: deliveries.end_leases(platform, ends, now))
+        await self.write(lambda: deliveries.end_leases(platform, ends, now), keys=(f"claims:{platform}",))
 
     async def acknowledged(self, platform: str, message_ids: Sequence[str]) -> set[str]:
         return await self.read(lambda: deliveries.acknowledged(platform, message_ids))

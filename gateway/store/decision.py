@@ -3,10 +3,11 @@
 The rules (`gateway.core.case.apply`) are pure and may ask the store one thing about other cases:
 whether the person already has an open case at the outbound agency of the case a message would
 open. The message names that question before the store decides (`IncomingMessage.opens_case_of`,
-from `gateway.core.case.index_question`), so when the transfer has no case yet the store reads the
-answer with one query in the transaction and then runs the decision once, with the answer at
-hand. A message for an existing case asks nothing: no query, one decision. A question the
-message did not name is a defect of the caller and raises UnaskedQuestion rather than be guessed.
+from `gateway.core.case.index_question`), so the store reads the answer with one query in the
+transaction, together with the case itself, and then runs the decision once, with the answer at
+hand when the transfer has no case yet. A message that names no question (any but the one that
+opens a case) costs no query. A question the message did not name is a defect of the caller and
+raises UnaskedQuestion rather than be guessed.
 
 Across replicas the answer can be stale by the time the transaction commits: two replicas may
 both find no open case and both open one. The unique index `cases_one_open_per_person` is the
@@ -20,7 +21,7 @@ from typing import NamedTuple
 from gateway.core.case import Case, Decision
 from gateway.core.errors import RuleViolation
 from gateway.store.port import Decide, IncomingMessage, UnaskedQuestion
-from gateway.store.steps import QueryOne, Steps
+from gateway.store.steps import QueryOne
 
 # The unique index behind the one-open-case rule: a race between replicas ends here.
 ONE_OPEN_CASE_INDEX = "cases_one_open_per_person"
@@ -50,16 +51,25 @@ class _Answers:
 _NOTHING_ASKED = _Answers({})
 
 
-def decide_case(message: IncomingMessage, decide: Decide, case: Case | None) -> Steps[Decision]:
-    """`decide` on `case` as committed, with the index question of `message` answered first if the
-    transfer has no case yet. Raises what `decide` raises, or UnaskedQuestion."""
+def open_case_query(message: IncomingMessage) -> QueryOne[_OpenCase] | None:
+    """The query that answers the index question `message` names (None: it names none). The
+    accept reads it with the case, before it knows whether the transfer has a case yet."""
+    question = message.opens_case_of
+    if question is None:
+        return None
+    person_key, outbound = question
+    return QueryOne("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
+                    (person_key, outbound), _OpenCase)
+
+
+def decide_case(message: IncomingMessage, decide: Decide, case: Case | None, open_case: _OpenCase | None) -> Decision:
+    """`decide` on `case` as committed; if the transfer has no case yet, with the index question of
+    `message` answered by `open_case` (what `open_case_query` read). Raises what `decide` raises,
+    or UnaskedQuestion."""
     question = message.opens_case_of
     if case is not None or question is None:
         return decide(case, _NOTHING_ASKED)
-    person_key, outbound = question
-    row = yield from QueryOne("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
-                              (person_key, outbound), _OpenCase)
-    return decide(case, _Answers({question: None if row is None else row.transfer_id}))
+    return decide(case, _Answers({question: None if open_case is None else open_case.transfer_id}))
 
 
 def constraint_violation(constraint: str) -> RuleViolation:

@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 from gateway.core.case import Case, CaseState, Channel, InsuranceType, MessageRef, side_of_stored
 from gateway.core.messages import MessageKind
 from gateway.core.timestamps import from_micros
-from gateway.store.steps import QueryOne, Steps
+from gateway.store.steps import QueryOne
 from mitransfer.v1 import tracking_pb2
 
 # deliveries.state
@@ -62,10 +62,9 @@ class CaseMessage(Protocol):
     def sender(self) -> str: ...
 
 
-def load_case(transfer_id: str, messages: Iterable[CaseMessage]) -> Steps[Case | None]:
-    """The case as committed, given its messages; None if there is none."""
-    row = yield from QueryOne(f"SELECT {CASE_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,), CaseRow)
-    return None if row is None else case_from(transfer_id, row, messages)
+def case_query(transfer_id: str) -> QueryOne[CaseRow]:
+    """The case's row as committed (None: there is none); `case_from` makes it a Case."""
+    return QueryOne(f"SELECT {CASE_COLUMNS} FROM cases WHERE transfer_id = ?", (transfer_id,), CaseRow)
 
 
 def case_from(transfer_id: str, row: CaseRow, messages: Iterable[CaseMessage]) -> Case:

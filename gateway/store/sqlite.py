@@ -39,12 +39,15 @@ from gateway.store.migrations import ColumnTypes, migrate
 from gateway.store.port import WakeCallback
 from gateway.store.steps import (
     Batch,
+    Keys,
     LockCase,
     LockName,
+    Prefetch,
     Query,
     QueryOne,
     R,
     Statement,
+    Steps,
     Wake,
     check_columns,
     drive,
@@ -112,13 +115,19 @@ class SQLiteSteps:
     """The steps' `Executor` on one SQLite connection, inside a transaction the caller opened.
     Every step completes at once (run it with `run_now`); errors are sqlite3's."""
 
-    __slots__ = ("_checked", "_conn")
+    __slots__ = ("_ahead", "_checked", "_conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._checked: set[str] = set()  # query texts whose columns matched their row type
+        self._ahead: dict[int, Any] = {}  # prefetched results, by the id of their query's step
 
     async def query(self, step: Query[R]) -> list[R]:
+        if self._ahead and id(step) in self._ahead:
+            return self._ahead.pop(id(step))  # type: ignore[no-any-return]
+        return self._query(step)
+
+    def _query(self, step: Query[R]) -> list[R]:
         cursor = self._conn.execute(step.sql, step.params)  # no row lock: the one writer has every row
         if step.sql not in self._checked:
             self._check(step, cursor)
@@ -126,11 +135,30 @@ class SQLiteSteps:
         return [new(step.row, values) for values in cursor.fetchall()]
 
     async def query_one(self, step: QueryOne[R]) -> R | None:
+        if self._ahead and id(step) in self._ahead:
+            return self._ahead.pop(id(step))  # type: ignore[no-any-return]
+        return self._query_one(step)
+
+    def _query_one(self, step: QueryOne[R]) -> R | None:
         cursor = self._conn.execute(step.sql, step.params)
         if step.sql not in self._checked:
             self._check(step, cursor)
         values = cursor.fetchone()
         return None if values is None else tuple.__new__(step.row, values)
+
+    async def prefetch(self, step: Prefetch) -> None:
+        """Each query runs now, as it would in a pipeline; its step is answered from here later."""
+        for query in step.queries:
+            self._ahead[id(query)] = self._query(query) if isinstance(query, Query) else self._query_one(query)
+
+    def run(self, operation: Steps[T]) -> T:
+        """Run one operation to its end on this thread (`drive` with `run_now`), forgetting what it
+        prefetched and did not take (an id may name another step afterwards)."""
+        try:
+            return run_now(drive(operation, self))
+        finally:
+            if self._ahead:
+                self._ahead.clear()
 
     def _check(self, step: Query[Any] | QueryOne[Any], cursor: sqlite3.Cursor) -> None:
         check_columns(step, [name for name, *_ in cursor.description or ()])
@@ -232,7 +260,7 @@ class SQLiteStore(SQLStore):
         try:
             self._reader.execute("BEGIN")
             try:
-                return run_now(drive(operation(), self._reader_steps))
+                return self._reader_steps.run(operation())
             finally:
                 self._reader.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -254,7 +282,7 @@ class SQLiteStore(SQLStore):
     def _migrate(self, conn: sqlite3.Connection, steps: SQLiteSteps) -> None:
         conn.execute("BEGIN IMMEDIATE")  # another process opening the file waits here
         try:
-            run_now(drive(migrate(TYPES), steps))
+            steps.run(migrate(TYPES))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -315,8 +343,9 @@ class SQLiteStore(SQLStore):
             results = [(job, None, failure) for job in batch]
         loop.call_soon_threadsafe(_settle_all, results)  # one wake-up of the event loop per batch
 
-    async def write(self, operation: Operation[T]) -> T:
-        """Queue `operation` for the writer; a batch that must be rolled back runs it again."""
+    async def write(self, operation: Operation[T], *, keys: Keys | None = None) -> T:
+        """Queue `operation` for the writer; a batch that must be rolled back runs it again. Keys
+        need no heed: the writer runs each operation to its end before the next begins."""
         if self._thread is None or self._loop is None or not self._thread.is_alive():
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
         future: asyncio.Future[T] = self._loop.create_future()
@@ -343,7 +372,7 @@ def _run_jobs(conn: sqlite3.Connection, steps: SQLiteSteps, batch: list[_Job], *
             conn.execute("SAVEPOINT job")
         changes = conn.total_changes
         try:
-            value = run_now(drive(job.operation(), steps))
+            value = steps.run(job.operation())
         except Exception as exc:
             if not conn.in_transaction:  # SQLite rolled it all back itself (disk full, I/O error)
                 raise sqlite3.OperationalError(f"transaction rolled back by SQLite: {exc}") from exc
@@ -390,7 +419,7 @@ def snapshot_of(path: Path, operation: Operation[T]) -> T:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("BEGIN")
-            return run_now(drive(operation(), SQLiteSteps(conn)))
+            return SQLiteSteps(conn).run(operation())
         finally:
             conn.close()
     except sqlite3.Error as exc:

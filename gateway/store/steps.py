@@ -15,10 +15,15 @@ the engines differ.
 | `LockCase(transfer_id)`       | hold off other writers of this case until commit    | None            |
 | `LockName(name)`              | hold off other writers naming this lock until commit | None           |
 | `Wake(platform, acknowledged)` | on commit, tell every process: deliveries may wait, or one was acknowledged | None |
+| `Prefetch(*queries)`          | run these queries now; their rows are taken later   | None            |
 
 In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed. A step
 whose result is not needed is yielded plainly, `yield Statement(...)`: `yield from` makes a
-generator per step (~0.1 µs), and an accept runs about fifteen steps.
+generator per step (~0.1 µs), and an accept runs about fifteen steps. That difference is also what
+a pipelining driver reads (`drive_together`): it sends a step yielded plainly without waiting for
+the database, and waits only where an operation takes a result. Queries whose rows are all needed
+before the next decision are prefetched together, `yield Prefetch(a, b)`, then taken one by one,
+`rows = yield from a`: one round trip for all of them where the driver pipelines.
 
 SQL is written once, in what SQLite and PostgreSQL both accept, with `?` for each parameter in
 order (never inside a string literal). What the engines say differently is the driver's to
@@ -42,7 +47,7 @@ nothing new. Compose operations with `yield from` so that they share one transac
 from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 T = TypeVar("T")
@@ -94,15 +99,18 @@ class QueryOne(Generic[R]):
 
 @dataclass(slots=True)
 class Statement:
-    """One statement; its result is the number of rows it changed."""
+    """One statement; its result is the number of rows it changed (wanted only when the operation
+    takes it with `yield from`: a pipelining driver need not wait for a statement yielded plainly)."""
 
     sql: str
     params: Sequence[Any] = ()
+    wanted: bool = field(default=False, init=False, repr=False, compare=False)
 
     def run(self, executor: Executor) -> Awaitable[int]:
         return executor.statement(self)
 
     def __iter__(self) -> Generator[Step, Any, int]:
+        self.wanted = True
         changed: int = yield self
         return changed
 
@@ -167,8 +175,29 @@ class Wake:
         yield self
 
 
-Step: TypeAlias = Query[Any] | QueryOne[Any] | Statement | Batch | LockCase | LockName | Wake
+class Prefetch:
+    """Run these queries now, in this order; the operation takes each one's rows later with
+    `yield from query` (before yielding any other step that changes what they read). A driver that
+    pipelines sends them together and waits once for all of them."""
+
+    __slots__ = ("queries",)
+
+    def __init__(self, *queries: Query[Any] | QueryOne[Any]) -> None:
+        self.queries = queries
+
+    def run(self, executor: Executor) -> Awaitable[None]:
+        return executor.prefetch(self)
+
+    def __iter__(self) -> Generator[Step, Any, None]:
+        yield self
+
+
+Step: TypeAlias = Query[Any] | QueryOne[Any] | Statement | Batch | LockCase | LockName | Wake | Prefetch
 Steps: TypeAlias = Generator[Step, Any, T]  # an operation: yields steps, returns a T
+# What a write operation touches that another in the same transaction must not (a case, a message
+# id, a person's open case, a platform's claims): a driver that commits writes together
+# (PostgreSQL) puts writes sharing a key in different transactions, one after the other.
+Keys: TypeAlias = tuple[str, ...]
 
 
 class Executor(Protocol):
@@ -189,6 +218,9 @@ class Executor(Protocol):
     async def lock_name(self, step: LockName) -> None: ...
 
     async def wake(self, step: Wake) -> None: ...
+
+    async def prefetch(self, step: Prefetch) -> None:
+        """Run `step.queries` now; `query` and `query_one` answer each one's step from what they read."""
 
 
 async def drive(operation: Steps[T], executor: Executor) -> T:
@@ -223,6 +255,106 @@ def run_now(coroutine: Coroutine[Any, Any, T]) -> T:
         return done.value  # type: ignore[no-any-return]
     coroutine.close()
     raise RuntimeError("a step waited on something: run_now takes only executors that answer at once")
+
+
+class Pending(Protocol):
+    """A step a `Pipeline` has sent whose result the operation wants."""
+
+    @property
+    def ready(self) -> bool:
+        """Its result has arrived (a sync came after it was sent)."""
+
+    def result(self) -> Any:
+        """Its result. Only once `ready`."""
+
+
+class Pipeline(Protocol):
+    """A driver's connection in pipeline mode, inside one open transaction: steps are queued
+    without waiting, and a sync sends them and waits for the results of everything queued so
+    far. Database errors propagate from the sync, as the driver's library raises them: the
+    transaction is then lost."""
+
+    def send(self, step: Step) -> Pending | None:
+        """Queue `step`; its Pending if the operation wants its result, else None (nothing to wait for)."""
+
+    async def sync(self) -> None:
+        """Wait until every step sent has run."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one operation of `drive_together` ended: its value or its error, and whether it had
+    sent a step that may have changed rows (its error then leaves writes behind to undo)."""
+
+    value: Any = None
+    error: Exception | None = None
+    wrote: bool = False
+
+
+async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -> list[Outcome]:
+    """Run `operations` in one transaction, in lockstep: each runs until it wants a result, their
+    steps are sent together, and one sync answers all of them; then each runs on to its next
+    result. So the round trips of a batch are those of its longest operation (an accept: three),
+    not the sum of every step's.
+
+    An operation's own error (a refusal, a rule) ends that operation alone, in its `Outcome`;
+    whether it had written first is recorded there, for the driver to undo by running again.
+    Errors of the pipeline (the database's) propagate: the transaction is lost.
+    """
+    outcomes = [Outcome() for _ in operations]
+    sent: list[Any] = [None] * len(operations)  # what each operation is sent when it resumes
+    running = list(range(len(operations)))
+    while running:
+        waiting: list[tuple[int, Step, Pending]] = []
+        for i in running:
+            operation, outcome, value = operations[i], outcomes[i], sent[i]
+            while True:
+                try:
+                    step = operation.send(value)
+                except StopIteration as done:
+                    outcome.value = done.value
+                    break
+                except Exception as exc:
+                    outcome.error = exc
+                    break
+                if not outcome.wrote and _may_write(step):
+                    outcome.wrote = True
+                pending = pipeline.send(step)
+                if pending is None:
+                    value = None
+                elif pending.ready:
+                    value = pending.result()
+                    outcome.wrote = outcome.wrote or _changed(step, value)
+                else:
+                    waiting.append((i, step, pending))
+                    break
+        if waiting:
+            await pipeline.sync()
+            for i, step, pending in waiting:
+                sent[i] = value = pending.result()
+                outcomes[i].wrote = outcomes[i].wrote or _changed(step, value)
+        running = [i for i, _, _ in waiting]
+    return outcomes
+
+
+def _may_write(step: Step) -> bool:
+    """Whether sending `step` may change rows: a statement yielded plainly, a batch of rows, or a
+    query that is not a SELECT (an UPDATE … RETURNING). A statement taken with `yield from` is
+    judged by its result instead (`_changed`): one that changed nothing leaves nothing to undo, as
+    an acknowledgement of an unknown delivery does."""
+    if isinstance(step, Statement):
+        return not step.wanted
+    if isinstance(step, Batch):
+        return bool(step.rows)
+    if isinstance(step, Query | QueryOne):
+        return step.sql.lstrip()[:6].upper() != "SELECT"
+    if isinstance(step, Prefetch):
+        return any(_may_write(query) for query in step.queries)
+    return False
+
+
+def _changed(step: Step, result: Any) -> bool:
+    return isinstance(step, Statement) and bool(result)
 
 
 class ColumnsMismatch(TypeError):

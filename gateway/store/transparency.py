@@ -112,9 +112,17 @@ def take_head(leaves: int) -> Steps[tuple[int, int]]:
     One row hands out both numbers, so sequences stay gapless and leaves follow them in commit
     order across replicas; its lock is held only for the rest of the transaction.
     """
-    head = yield from QueryOne(
-        "UPDATE log_head SET sequence = sequence + 1, leaves = leaves + ? RETURNING sequence, leaves",
-        (leaves,), _Head)
+    return taken(leaves, (yield from head_query(leaves)))
+
+
+def head_query(leaves: int) -> QueryOne[_Head]:
+    """`take_head`'s query, for an operation that prefetches it with others (its result: `taken`)."""
+    return QueryOne("UPDATE log_head SET sequence = sequence + 1, leaves = leaves + ? RETURNING sequence, leaves",
+                    (leaves,), _Head)
+
+
+def taken(leaves: int, head: _Head | None) -> tuple[int, int]:
+    """(sequence, first leaf index) from what `head_query(leaves)` returned."""
     assert head is not None  # migration 2 made the row
     return head.sequence, head.leaves - leaves
 

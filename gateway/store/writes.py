@@ -2,11 +2,13 @@
 becomes of its deliveries afterwards is `gateway.store.deliveries`). Each runs in one transaction
 of its own (SQLite: several share a group commit, each under a savepoint when one fails).
 
-An accept in order: lock the case; one read answers both "was this message id seen" and "what
-messages has the case"; the case as committed; the decision (`gateway.store.decision`); the case
-row; the log's head; the message and its transparency-log entries (`gateway.store.transparency`);
-its effects (fund movement and totals, held deliveries
-released or cancelled); the case's stages; its deliveries; wake-ups. What a new table must keep
+An accept in order: lock the case; what the decision reads, all at once (one read answers both
+"was this message id seen" and "what messages has the case"; the case as committed; its fund
+movement; the index question); the decision (`gateway.store.decision`); the case row; the case's
+stages; the log's head; the message and its transparency-log entries
+(`gateway.store.transparency`); its effects (fund movement and totals, held deliveries released
+or cancelled); its deliveries; wake-ups. Where a driver pipelines, it waits three times: for what
+the decision reads, for the log's head, and for the commit. What a new table must keep
 in step with each accepted message (a log of leaves, an index) goes here, as steps after the
 message's row, so it commits or rolls back with it.
 """
@@ -24,7 +26,7 @@ from gateway.core.messages import MessageKind
 from gateway.core.sla import Owner, Sla, Stage, Timeliness, owner_province, province
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import transparency
-from gateway.store.decision import decide_case
+from gateway.store.decision import decide_case, open_case_query
 from gateway.store.port import (
     AcceptOutcome,
     Decide,
@@ -36,9 +38,10 @@ from gateway.store.rows import (
     CANCELLED,
     HELD,
     PENDING,
-    load_case,
+    case_from,
+    case_query,
 )
-from gateway.store.steps import Batch, LockCase, Query, QueryOne, Statement, Steps, Wake
+from gateway.store.steps import Batch, Keys, LockCase, Prefetch, Query, QueryOne, Statement, Steps, Wake
 from mitransfer.protocol import entries
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
@@ -78,19 +81,37 @@ class _Stored(NamedTuple):
     receipt: bytes
 
 
+def accept_keys(m: IncomingMessage) -> Keys:
+    """What an accept of `m` reads and writes that another accept in its transaction must not:
+    its case, its message id, and the person whose open case its decision asks about."""
+    keys: Keys = (f"case:{m.transfer_id}", f"message:{m.message_id}")
+    if m.opens_case_of is not None:
+        person_key, outbound = m.opens_case_of
+        keys += (f"person:{person_key.hex()}:{outbound}",)
+    return keys
+
+
 def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock: Callable[[], dt.datetime],
            sla: Sla, meter: transparency.LogMeter | None = None) -> Steps[AcceptOutcome]:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt.
     Raises IdempotencyConflict, or what the decision raises."""
     yield LockCase(m.transfer_id)
-    now = clock()  # after the case lock: within a case, acceptance times follow the log's order
-    # One read for both questions: was this message id seen (anywhere), and what has the case so far.
-    known = yield from Query(
+    # Everything the decision reads, at once: was this message id seen (anywhere) and what
+    # messages has the case so far; the case's row; its fund movement; the index question.
+    known_query = Query(
         "SELECT message_id, kind, sender, transfer_id, sequence,"
         " CASE WHEN message_id = ? THEN fingerprint END AS fingerprint,"
         " CASE WHEN message_id = ? THEN receipt END AS receipt"
         " FROM messages WHERE message_id = ? OR transfer_id = ?",
         (m.message_id, m.message_id, m.message_id, m.transfer_id), _Known)
+    row_query = case_query(m.transfer_id)
+    fund_query = QueryOne("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?", (m.transfer_id,),
+                          _Fund)
+    question = open_case_query(m)
+    yield Prefetch(known_query, row_query, fund_query) if question is None else \
+        Prefetch(known_query, row_query, fund_query, question)
+    known = yield from known_query
+    now = clock()  # the case's lock is held by now: within a case, acceptance times follow the log's order
     for seen in known:
         if seen.message_id == m.message_id:
             if seen.fingerprint is None or bytes(seen.fingerprint) != m.fingerprint:
@@ -99,18 +120,17 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
                     reason="MESSAGE_ID_REUSED", metadata={"message_id": m.message_id},
                 )
             return AcceptOutcome(receipt=bytes(seen.receipt or b""), sequence=seen.sequence, replayed=True)
-    before = yield from load_case(m.transfer_id, [k for k in known if k.transfer_id == m.transfer_id])
-    decision = yield from decide_case(m, decide, before)
+    row = yield from row_query
+    before = None if row is None else case_from(m.transfer_id, row,
+                                                [k for k in known if k.transfer_id == m.transfer_id])
+    fund_was = yield from fund_query  # the case's fund movement as it was
+    decision = decide_case(m, decide, before, None if question is None else (yield from question))
     if decision.replay_of is not None:  # the same decision again: its receipt, nothing written
         stored = yield from QueryOne("SELECT sequence, receipt FROM messages WHERE message_id = ?",
                                      (decision.replay_of,), _Stored)
         assert stored is not None  # the decision found it among the case's messages
         return AcceptOutcome(receipt=bytes(stored.receipt), sequence=stored.sequence, replayed=True)
     after = decision.case
-    fund_was = None  # the case's fund movement as it was, if this message changes it
-    if m.kind != envelope_pb2.MESSAGE_KIND_FUND_TRANSFER and decision.fund_status is not None:
-        fund_was = yield from QueryOne("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?",
-                                       (m.transfer_id,), _Fund)
     now_us = micros(now)
     stages = sla.changes(before, after, now)
     columns = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
@@ -130,13 +150,49 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
             " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, retained_fen = ?,"
             " insured_months = ?, waiting_period_months = ?, updated_at = ? WHERE transfer_id = ?",
             (*columns, after.transfer_id))
-    # The log's head, taken last: one counter row makes sequences gapless and in commit order
-    # across replicas, hands out the leaves of the transparency log in the same order, and holds
-    # its lock only for the rest of this transaction.
+    # A stage that ran before starts again (the outbound and total stages of an automatic case
+    # whose blockers were resolved, as for a new application): its row holds the new run.
+    yield Batch(
+        "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
+        " deadline, owner, owner_province, provisional, calendar_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (transfer_id, stage) DO UPDATE SET started_at = excluded.started_at,"
+        " deadline = excluded.deadline, finished_at = NULL, owner = excluded.owner,"
+        " owner_province = excluded.owner_province, provisional = excluded.provisional,"
+        " calendar_version = excluded.calendar_version",
+        [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
+          province(after.inbound), now_us, micros(s.deadline), str(s.owner),
+          owner_province(s.owner, after.outbound, after.inbound), int(s.provisional), stages.calendar_version)
+         for s in stages.started])
+    finishing = [QueryOne(
+        "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
+        " RETURNING started_at, deadline, owner, owner_province, outbound_province, inbound_province, provisional",
+        (now_us, after.transfer_id, str(stage)), _Finished) for stage in stages.finished]
+    enrolled_query = None
+    if after.channel == AUTOMATIC and after.state == tracking_pb2.CASE_STATE_COMPLETED and before is not None:
+        enrolled_query = QueryOne("SELECT enrolled_at FROM automatic_cases WHERE transfer_id = ?",
+                                  (after.transfer_id,), _Enrolled)
+    # The log's head, taken last, with what the outcome reports of the stages finished: one
+    # counter row makes sequences gapless and in commit order across replicas, hands out the
+    # leaves of the transparency log in the same order, and holds its lock only for the rest of
+    # this transaction.
     started = time.thread_time_ns()
     fund_entry = _fund_change(m, decision, fund_was)
     spent = time.thread_time_ns() - started
-    sequence, leaf = yield from transparency.take_head(1 if fund_entry is None else 2)
+    leaves = 1 if fund_entry is None else 2
+    head_query = transparency.head_query(leaves)
+    yield Prefetch(*finishing, head_query) if enrolled_query is None else \
+        Prefetch(*finishing, enrolled_query, head_query)
+    sequence, leaf = transparency.taken(leaves, (yield from head_query))
+    finished: list[StageRecord] = []
+    for stage, finish in zip(stages.finished, finishing, strict=True):
+        done = yield from finish
+        if done is None:  # a case opened before stages were kept has nothing to finish
+            continue
+        record = StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now,
+                             Owner(done.owner), bool(done.provisional))
+        finished.append(record)
+        yield add_to_stage_totals(stage, done, [(sla.timeliness(record.deadline, now, now), 1)])
+    enrolled = None if enrolled_query is None else (yield from enrolled_query)
     issued = make_receipt(sequence, leaf, now)
     receipt = issued.receipt
     yield Statement(
@@ -153,31 +209,6 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     if meter is not None:  # the log's own share of this accept (its head and column cost next to nothing)
         meter.ns += spent + time.thread_time_ns() - started
     yield from _effects(m, decision, now_us, fund_was)
-    # A stage that ran before starts again (the outbound and total stages of an automatic case
-    # whose blockers were resolved, as for a new application): its row holds the new run.
-    yield Batch(
-        "INSERT INTO case_stages (transfer_id, stage, stage_order, outbound_province, inbound_province, started_at,"
-        " deadline, owner, owner_province, provisional, calendar_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (transfer_id, stage) DO UPDATE SET started_at = excluded.started_at,"
-        " deadline = excluded.deadline, finished_at = NULL, owner = excluded.owner,"
-        " owner_province = excluded.owner_province, provisional = excluded.provisional,"
-        " calendar_version = excluded.calendar_version",
-        [(after.transfer_id, str(s.stage), _STAGE_ORDER[s.stage], province(after.outbound),
-          province(after.inbound), now_us, micros(s.deadline), str(s.owner),
-          owner_province(s.owner, after.outbound, after.inbound), int(s.provisional), stages.calendar_version)
-         for s in stages.started])
-    finished: list[StageRecord] = []
-    for stage in stages.finished:
-        done = yield from QueryOne(
-            "UPDATE case_stages SET finished_at = ? WHERE transfer_id = ? AND stage = ? AND finished_at IS NULL"
-            " RETURNING started_at, deadline, owner, owner_province, outbound_province, inbound_province, provisional",
-            (now_us, after.transfer_id, str(stage)), _Finished)
-        if done is None:  # a case opened before stages were kept has nothing to finish
-            continue
-        record = StageRecord(stage, from_micros(done.started_at), from_micros(done.deadline), now,
-                             Owner(done.owner), bool(done.provisional))
-        finished.append(record)
-        yield from add_to_stage_totals(stage, done, [(sla.timeliness(record.deadline, now, now), 1)])
     state = HELD if decision.hold_delivery else PENDING
     yield Batch(
         "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
@@ -186,11 +217,7 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
          for platform, agency in m.deliveries])
     for platform in sorted({p for p, _ in m.deliveries}):
         yield Wake(platform)
-    enrolled_at = None
-    if after.channel == AUTOMATIC and after.state == tracking_pb2.CASE_STATE_COMPLETED and before is not None:
-        enrolled = yield from QueryOne("SELECT enrolled_at FROM automatic_cases WHERE transfer_id = ?",
-                                       (after.transfer_id,), _Enrolled)
-        enrolled_at = None if enrolled is None else from_micros(enrolled.enrolled_at)
+    enrolled_at = None if enrolled is None else from_micros(enrolled.enrolled_at)
     return AcceptOutcome(receipt=receipt, sequence=sequence, replayed=False, outbound=after.outbound,
                          inbound=after.inbound, finished_stages=tuple(finished), opened=before is None,
                          channel=after.channel, enrolled_at=enrolled_at)

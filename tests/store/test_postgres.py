@@ -1,5 +1,5 @@
 """What only the PostgreSQL store shows: several replicas on one database, deciding, claiming and
-waking each other."""
+waking each other; writes committed together, in few round trips, each as if alone."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import NamedTuple
 
+import psycopg
 import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
 from gateway.core.errors import RuleViolation
 from gateway.store import AcceptOutcome, Decide, IncomingMessage
 from gateway.store.base import SQLStore
+from gateway.store.pgwire import Wire
+from gateway.store.steps import Query, QueryOne, Statement, Steps
 from mitransfer.v1 import envelope_pb2
 from tests.store.support import T0, Clock, incoming, open_case, opened, postgres_store, receipt_for
+from tests.support import postgres_url
 
 
 @pytest.fixture
@@ -145,3 +150,137 @@ async def _news(heard: asyncio.Queue[tuple[str | None, str | None]], timeout: fl
             return None
         if platform is not None:
             return platform, acknowledged
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+    with postgres_store(tmp_path, Clock()) as make:
+        opened_store = make()
+        await opened_store.open()
+        try:
+            yield opened_store
+        finally:
+            await opened_store.close()
+
+
+class _Transactions:
+    """The round trips of each transaction the store's wires run (BEGIN to COMMIT or ROLLBACK)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.syncs: list[int] = []  # per transaction ended
+        self._open: dict[int, int] = {}
+        command, sync = Wire.command, Wire.sync
+
+        def counted_command(wire: Wire, sql: bytes) -> None:
+            if sql == b"BEGIN":
+                self._open[id(wire)] = 0
+            elif sql in (b"COMMIT", b"ROLLBACK") and id(wire) in self._open:
+                self.syncs.append(self._open.pop(id(wire)) + 1)  # with the sync that ends it
+            command(wire, sql)
+
+        async def counted_sync(wire: Wire) -> None:
+            if id(wire) in self._open:
+                self._open[id(wire)] += 1
+            await sync(wire)
+
+        monkeypatch.setattr(Wire, "command", counted_command)
+        monkeypatch.setattr(Wire, "sync", counted_sync)
+
+
+async def test_accepts_queued_together_commit_together_in_three_round_trips(
+        store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    transactions = _Transactions(monkeypatch)
+    messages = [incoming(f"t-batch-{i}") for i in range(20)]
+    outcomes = await asyncio.gather(*(store.accept(m, lambda c, _i, m=m: Decision(c or opened(m)), receipt_for(m))
+                                      for m in messages))
+    assert sorted(o.sequence for o in outcomes) == list(range(1, 21))  # gapless, one each
+    assert len(transactions.syncs) <= 2  # one writer took what was queued; the other, anything after
+    assert all(syncs == 3 for syncs in transactions.syncs)  # the reads, the head, the commit
+
+
+def _scratch(row: int, *, fail: bool = False) -> Steps[int]:
+    yield Statement("INSERT INTO fund_totals (outbound_province, inbound_province, status, amount_fen, transfers)"
+                    " VALUES ('00', '00', ?, 1, 1)", (f"row {row}",))
+    if fail:
+        raise RuntimeError(f"row {row} failed after writing")
+    return row
+
+
+async def test_a_write_failing_after_it_wrote_is_undone_alone(store: SQLStore) -> None:
+    results = await asyncio.gather(*(store.write(lambda i=i: _scratch(i, fail=i == 2)) for i in range(5)),
+                                   return_exceptions=True)
+    assert [r if isinstance(r, int) else str(r) for r in results] == [0, 1, "row 2 failed after writing", 3, 4]
+    assert await store.read(_scratch_rows) == ["row 0", "row 1", "row 3", "row 4"]
+
+
+class _Status(NamedTuple):
+    status: str
+
+
+def _scratch_rows() -> Steps[list[str]]:
+    rows = yield from Query("SELECT status FROM fund_totals WHERE outbound_province = '00' ORDER BY status", (),
+                            _Status)
+    return [r.status for r in rows]
+
+
+class _Txid(NamedTuple):
+    txid: int
+
+
+def _transaction_id() -> Steps[int]:
+    row = yield from QueryOne("SELECT txid_current() AS txid", (), _Txid)
+    assert row is not None
+    return row.txid
+
+
+async def test_writes_sharing_a_key_never_share_a_transaction(store: SQLStore) -> None:
+    keys = [("a",), ("b",), ("a", "c"), ("c",), ("d",), ("b", "d"), ()]
+    txids = await asyncio.gather(*(store.write(_transaction_id, keys=k) for k in keys * 3))
+    for i, (key_i, txid_i) in enumerate(zip(keys * 3, txids, strict=True)):
+        for key_j, txid_j in list(zip(keys * 3, txids, strict=True))[i + 1:]:
+            if set(key_i) & set(key_j):
+                assert txid_i != txid_j, (key_i, key_j)
+    assert len(set(txids)) < len(txids)  # and the others did share
+
+
+class _Pid(NamedTuple):
+    pid: int
+
+
+def _backend() -> Steps[int]:
+    row = yield from QueryOne("SELECT pg_backend_pid() AS pid", (), _Pid)
+    assert row is not None
+    return row.pid
+
+
+async def test_writers_whose_connections_died_meanwhile_write_on_new_ones(store: SQLStore) -> None:
+    """A connection that failed before its transaction's COMMIT was sent committed nothing: the
+    batch runs again on another, and no caller hears of it."""
+    pids = set(await asyncio.gather(*(store.write(_backend) for _ in range(8))))
+    with psycopg.connect(postgres_url(), autocommit=True) as conn:
+        for pid in pids:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    opened_cases = await asyncio.gather(*(open_case(store) for _ in range(8)))
+    assert len({m.transfer_id for m in opened_cases}) == 8
+    assert not pids & set(await asyncio.gather(*(store.write(_backend) for _ in range(4))))
+
+
+class _Slept(NamedTuple):
+    slept: str
+
+
+def _sleep(seconds: float) -> Steps[str]:
+    row = yield from QueryOne("SELECT pg_sleep(?)::text AS slept", (seconds,), _Slept)
+    assert row is not None
+    return row.slept
+
+
+async def test_a_read_cancelled_while_it_waits_leaves_the_store_whole(store: SQLStore) -> None:
+    """A caller that goes away mid-read (a deadline, a drain) leaves a connection whose results are
+    still coming: it is closed, never handed to the next read."""
+    for _ in range(3):
+        reading = asyncio.create_task(store.read(lambda: _sleep(0.3)))
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    assert await asyncio.wait_for(store.read(lambda: _sleep(0)), 5) == ""
+    assert await asyncio.wait_for(open_case(store), 5)

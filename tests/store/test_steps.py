@@ -11,11 +11,12 @@ import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision
 from gateway.store import CaseQuery, views
-from gateway.store.postgres import render
+from gateway.store.pgwire import render
 from gateway.store.steps import (
     Batch,
     ColumnsMismatch,
     LockCase,
+    Prefetch,
     Query,
     QueryOne,
     R,
@@ -25,6 +26,7 @@ from gateway.store.steps import (
     Steps,
     Wake,
     drive,
+    drive_together,
     run_now,
 )
 from mitransfer.v1 import envelope_pb2, tracking_pb2
@@ -102,16 +104,113 @@ def test_run_now_refuses_a_step_that_waits() -> None:
         run_now(drive(_operation(), Waiting()))
 
 
-@pytest.mark.parametrize(("portable", "lock", "psycopg"), [
-    ("SELECT a FROM t WHERE b = ? AND c IN (?, ?)", None, "SELECT a FROM t WHERE b = %s AND c IN (%s, %s)"),
-    ("SELECT a FROM t WHERE b LIKE '50%?' AND c = ?", None, "SELECT a FROM t WHERE b LIKE '50%?' AND c = %s"),
-    ("SELECT 'it''s ?' AS a, b % 2 AS b FROM t", None, "SELECT 'it''s ?' AS a, b %% 2 AS b FROM t"),
-    ("-- isn't it? a comment\nDELETE FROM t WHERE a = ?", None, "-- isn't it? a comment\nDELETE FROM t WHERE a = %s"),
+class _Answer:
+    def __init__(self, pipeline: _Pipeline, value: Any) -> None:
+        self._pipeline, self._epoch, self._value = pipeline, pipeline.syncs, value
+
+    @property
+    def ready(self) -> bool:
+        return self._pipeline.syncs > self._epoch
+
+    def result(self) -> Any:
+        assert self.ready, "a result taken before the sync that brings it"
+        return self._value
+
+
+class _Pipeline:
+    """A pipeline that answers from a script at the next sync, noting what it was sent between syncs."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.rounds: list[list[str]] = [[]]  # what each round trip carried
+        self._ahead: dict[int, _Answer] = {}
+
+    def send(self, step: Step) -> _Answer | None:
+        if isinstance(step, Prefetch):
+            for query in step.queries:
+                self._ahead[id(query)] = self._send(query)
+            return None
+        if id(step) in self._ahead:
+            return self._ahead.pop(id(step))
+        return self._send(step)
+
+    def _send(self, step: Step) -> _Answer | None:
+        self.rounds[-1].append(getattr(step, "sql", type(step).__name__))
+        if isinstance(step, Query):
+            return _Answer(self, [step.sql])
+        if isinstance(step, QueryOne):
+            return _Answer(self, step.sql)
+        if isinstance(step, Statement) and step.wanted:
+            return _Answer(self, 0 if "none" in step.sql else 1)
+        return None
+
+    async def sync(self) -> None:
+        self.syncs += 1
+        self.rounds.append([])
+
+
+def _accept_like(name: str, fail_at: str = "") -> Steps[str]:
+    """Three phases, as an accept: reads prefetched together, a head taken, the rest sent blind."""
+    yield LockCase(name)
+    a, b = QueryOne(f"SELECT {name} a", (), _Pair), QueryOne(f"SELECT {name} b", (), _Pair)
+    yield Prefetch(a, b)
+    first, second = (yield from a), (yield from b)
+    if fail_at == "decision":
+        raise RuntimeError(f"{name} refused")
+    yield Statement(f"{name} write")
+    head = yield from QueryOne(f"UPDATE {name} head", (), _Pair)
+    if fail_at == "after writing":
+        raise RuntimeError(f"{name} failed late")
+    yield Statement(f"{name} append")
+    yield Wake(name)
+    return f"{first} {second} {head}"
+
+
+async def test_operations_run_together_wait_only_for_the_results_they_take() -> None:
+    pipeline = _Pipeline()
+    outcomes = await drive_together([_accept_like("x"), _accept_like("y"), _accept_like("z")], pipeline)
+    assert [o.value for o in outcomes] == [f"SELECT {n} a SELECT {n} b UPDATE {n} head" for n in "xyz"]
+    assert [o.error for o in outcomes] == [None] * 3 and all(o.wrote for o in outcomes)
+    assert pipeline.syncs == 2  # the reads of all three, then their heads; the rest waits for the commit
+    assert pipeline.rounds == [
+        [step for n in "xyz" for step in ("LockCase", f"SELECT {n} a", f"SELECT {n} b")],
+        [step for n in "xyz" for step in (f"{n} write", f"UPDATE {n} head")],
+        [step for n in "xyz" for step in (f"{n} append", "Wake")],
+    ]
+
+
+async def test_an_operation_that_fails_ends_alone_and_says_whether_it_wrote() -> None:
+    pipeline = _Pipeline()
+    outcomes = await drive_together(
+        [_accept_like("x", fail_at="decision"), _accept_like("y"), _accept_like("z", fail_at="after writing")],
+        pipeline)
+    assert [str(o.error) for o in outcomes] == ["x refused", "None", "z failed late"]
+    assert [o.wrote for o in outcomes] == [False, True, True]
+    assert outcomes[1].value == "SELECT y a SELECT y b UPDATE y head"
+    assert pipeline.rounds[-1] == ["y append", "Wake"]
+
+
+async def test_a_statement_taken_for_its_count_wrote_only_if_it_changed_rows() -> None:
+    def counted(sql: str) -> Steps[int]:
+        changed = yield from Statement(sql)
+        if not changed:
+            raise LookupError("nothing there")
+        return changed
+
+    outcomes = await drive_together([counted("UPDATE none"), counted("UPDATE one")], _Pipeline())
+    assert [(type(o.error).__name__, o.wrote) for o in outcomes] == [("LookupError", False), ("NoneType", True)]
+
+
+@pytest.mark.parametrize(("portable", "lock", "numbered"), [
+    ("SELECT a FROM t WHERE b = ? AND c IN (?, ?)", None, "SELECT a FROM t WHERE b = $1 AND c IN ($2, $3)"),
+    ("SELECT a FROM t WHERE b LIKE '50%?' AND c = ?", None, "SELECT a FROM t WHERE b LIKE '50%?' AND c = $1"),
+    ("SELECT 'it''s ?' AS a, b % 2 AS b FROM t", None, "SELECT 'it''s ?' AS a, b % 2 AS b FROM t"),
+    ("-- isn't it? a comment\nDELETE FROM t WHERE a = ?", None, "-- isn't it? a comment\nDELETE FROM t WHERE a = $1"),
     ("SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT ?", SkipLocked("d"),
-     "SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT %s FOR UPDATE OF d SKIP LOCKED"),
+     "SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT $1 FOR UPDATE OF d SKIP LOCKED"),
 ])
-def test_postgresql_renders_placeholders_and_row_locks(portable: str, lock: SkipLocked | None, psycopg: str) -> None:
-    assert render(portable, lock) == psycopg
+def test_postgresql_renders_placeholders_and_row_locks(portable: str, lock: SkipLocked | None, numbered: str) -> None:
+    assert render(portable, lock) == numbered.encode()
 
 
 class _Wrong(NamedTuple):
