@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from gateway.app.devpki import GATEWAY_KEY_ID, DevPaths
+from gateway.core.quota import Quota
 from gateway.devtools.bench.floors import LOG_TABLE
 from mitransfer.v1 import exchange_pb2
 
@@ -181,6 +182,11 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
     return SQLiteConfig(path=Path(spec["database"]))
 
 
+# The bench measures what a gateway can do, not a platform's allowance: no rate limit binds (the
+# turns the gateway takes between callers, `active_calls`, stay as `serve` has them).
+BENCH_QUOTA = Quota(requests_per_second=1_000_000.0, burst=1_000_000)
+
+
 async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str
                         ) -> tuple[int, Callable[[], Awaitable[None]], int | None]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr),
@@ -191,7 +197,8 @@ async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str
     from gateway.app.server import tune_collector
 
     logs.configure(log_level)
-    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"), store=store)
+    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"), store=store,
+                     quota=BENCH_QUOTA)
     server = assemble(config)
     await server.start()
     tune_collector()  # as `serve` does
