@@ -307,7 +307,7 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                         progress.label(f"round {r + 1}/{config.rounds}, {t.name}: windows measured")
                         t.windows.append(await measure(
                             config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
-                            window=config.window / config.rounds, server_cpu=t.cpu_seconds_by_thread,
+                            window=config.window / config.rounds, server_cpu=t.cpu_reading,
                             engine_cpu=None if t is echo else store.engine_cpu_seconds, log_cpu=t.log_cpu_seconds))
                         progress.advance()
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()

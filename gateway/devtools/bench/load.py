@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -137,12 +137,20 @@ class Window:
 Worker = Callable[[int, Meter], Coroutine[Any, Any, None]]
 
 
+class Reading(Protocol):
+    """The server's CPU time so far, by which a later reading tells what a window used."""
+
+    def since(self, earlier: Any) -> dict[str, float]:
+        """The CPU seconds used from `earlier` to this reading, by kind of thread."""
+
+
 async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
-                  server_cpu: Callable[[], dict[str, float]], engine_cpu: Callable[[], float] | None = None,
+                  server_cpu: Callable[[], Reading], engine_cpu: Callable[[], float] | None = None,
                   log_cpu: Callable[[], float] | None = None) -> Window:
     """Run `workers` copies of `worker` (each told its index), measure one window after `warmup`.
 
-    `server_cpu` gives the server's CPU time so far by kind of thread; the window's is their sum.
+    `server_cpu` reads the server's CPU time so far; the window's, by kind of thread, is the
+    difference of its readings at its edges.
     `log_cpu`, the part of it the gateway's transparency log took by its own meter."""
     def engine() -> float:
         return engine_cpu() if engine_cpu is not None else math.nan
@@ -160,7 +168,7 @@ async def measure(workers: int, worker: Worker, *, warmup: float, window: float,
         meter.closed_at = time.perf_counter()
         threads_end, engine_used = server_cpu(), engine() - engine_start
         log_used = log_cpu() - log_start if log_cpu is not None else math.nan
-        threads_used = {kind: threads_end[kind] - seconds for kind, seconds in threads_start.items()}
+        threads_used = threads_end.since(threads_start)
         if engine_used < 0:
             engine_used = math.nan  # a backend exited meanwhile (the engine restarted): not measurable
     finally:

@@ -18,6 +18,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,30 @@ def _cpu_seconds(stat: str) -> float:
     """User + system CPU time in a /proc stat line."""
     fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+THREAD_KINDS = ("event_loop", "grpc_core", "other_threads")
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """A process's CPU time so far, in all and by thread (id → (kind, seconds)). The kinds: its
+    first thread (the event loop), gRPC core's threads, and all other threads (the SQLite writer and
+    reader, grpc.aio's poller, executors)."""
+
+    total: float
+    threads: dict[int, tuple[str, float]]
+
+    def since(self, earlier: CpuReading) -> dict[str, float]:
+        """The CPU time used from `earlier` to this reading, by kind of thread. Each thread counts by
+        its kind now (gRPC names its threads once they run); what threads that ended meanwhile used,
+        which no thread reading holds any more, counts among the other threads."""
+        parts = dict.fromkeys(THREAD_KINDS, 0.0)
+        for tid, (kind, seconds) in self.threads.items():
+            before = earlier.threads.get(tid)
+            parts[kind] += max(0.0, seconds - (before[1] if before is not None else 0.0))
+        parts["other_threads"] += max(0.0, self.total - earlier.total - sum(parts.values()))
+        return parts
 
 
 class ServerProcess:
@@ -59,22 +84,18 @@ class ServerProcess:
         """User + system CPU time of the whole process so far (all threads)."""
         return _cpu_seconds(Path(f"/proc/{self.pid}/stat").read_text())
 
-    def cpu_seconds_by_thread(self) -> dict[str, float]:
-        """The process's CPU time so far in three parts: its first thread (the event loop), gRPC
-        core's threads, and all other threads (the SQLite writer and reader, grpc.aio's poller,
-        executors; threads that ended count here too)."""
-        loop = grpc_core = 0.0
+    def cpu_reading(self) -> CpuReading:
+        """The CPU time so far of the whole process and of each of its threads."""
+        threads: dict[int, tuple[str, float]] = {}
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
                 stat = (task / "stat").read_text()
             except OSError:
                 continue  # ended meanwhile
-            if task.name == str(self.pid):
-                loop = _cpu_seconds(stat)
-            elif _command(stat).startswith(_GRPC_CORE_THREADS):
-                grpc_core += _cpu_seconds(stat)
-        total = self.cpu_seconds()
-        return {"event_loop": loop, "grpc_core": grpc_core, "other_threads": max(0.0, total - loop - grpc_core)}
+            kind = "event_loop" if task.name == str(self.pid) else \
+                "grpc_core" if _command(stat).startswith(_GRPC_CORE_THREADS) else "other_threads"
+            threads[int(task.name)] = (kind, _cpu_seconds(stat))
+        return CpuReading(self.cpu_seconds(), threads)
 
     def peak_rss_bytes(self) -> int:
         """The process's peak resident set size so far (VmHWM)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from clients.signing import KeyRing
 from gateway.app.devpki import DevPaths
 from gateway.devtools.bench.child import ECHO_METHOD, SUBMIT_METHOD
 from gateway.devtools.bench.load import Meter, Window, timed_call
-from gateway.devtools.bench.servers import ServerProcess
+from gateway.devtools.bench.servers import CpuReading, ServerProcess
 from gateway.devtools.bench.workload import FUND_TRANSFER, PLATFORMS, SignedCase, Submission
 from mitransfer.v1 import envelope_pb2
 
@@ -36,6 +37,21 @@ def channel(pki: DevPaths, platform: str, port: int) -> Any:
         root_certificates=pki.ca.read_bytes(), private_key=pki.platform_key(platform).read_bytes(),
         certificate_chain=pki.platform_cert(platform).read_bytes())
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+@dataclass(frozen=True)
+class CpuReadings:
+    """The CPU readings of the processes a target loads, taken at one moment."""
+
+    readings: tuple[CpuReading, ...]
+
+    def since(self, earlier: CpuReadings) -> dict[str, float]:
+        """Their CPU time from `earlier` to now, by kind of thread, added up over the processes."""
+        parts: dict[str, float] = {}
+        for now, then in zip(self.readings, earlier.readings, strict=True):
+            for kind, seconds in now.since(then).items():
+                parts[kind] = parts.get(kind, 0.0) + seconds
+        return parts
 
 
 class Target(ABC):
@@ -54,10 +70,9 @@ class Target(ABC):
     def measured(self) -> Window:
         return Window.combine(self.windows)
 
-    def cpu_seconds_by_thread(self) -> dict[str, float]:
-        """The CPU time so far of the process(es) this target loads, by kind of thread (see
-        ServerProcess.cpu_seconds_by_thread)."""
-        return self.server.cpu_seconds_by_thread()
+    def cpu_reading(self) -> CpuReadings:
+        """The CPU time so far of the process(es) this target loads (see ServerProcess.cpu_reading)."""
+        return CpuReadings((self.server.cpu_reading(),))
 
     def log_cpu_seconds(self) -> float:
         """The gateway's meter of its transparency log's CPU so far (NaN for other servers)."""
@@ -173,15 +188,8 @@ class ReplicaTargets(Target):
         n = len(self.replicas)
         await self.replicas[index % n].worker(index // n, meter)
 
-    def cpu_seconds_by_thread(self) -> dict[str, float]:
-        parts: dict[str, float] = {}
-        for r in self.replicas:
-            for kind, seconds in r.server.cpu_seconds_by_thread().items():
-                parts[kind] = parts.get(kind, 0.0) + seconds
-        return parts
-
-    def log_cpu_seconds(self) -> float:
-        return sum(r.server.log_cpu_seconds() for r in self.replicas)
+    def cpu_reading(self) -> CpuReadings:
+        return CpuReadings(tuple(r.server.cpu_reading() for r in self.replicas))
 
     async def close(self) -> None:
         for r in self.replicas:
