@@ -139,7 +139,8 @@ class Metrics:
         )
         self.cases_open = Gauge(
             "transfer_gateway_cases_open",
-            "Open cases in each stage (total: every open case), by stage, owner and province pair.",
+            "Open cases in each stage (total: every open case but those waiting for their blockers to be resolved),"
+            " by stage, owner and province pair.",
             _STAGE, registry=registry,
         )
         self.cases_overdue = Gauge(
