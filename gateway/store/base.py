@@ -214,7 +214,10 @@ class SQLStore(ABC):
 
     async def submit_index(self, message: IndexMessage, open_case: OpenCase,
                            make_receipt: MakeIndexReceipt) -> IndexOutcome:
-        return await self.write(lambda: index.submit(message, open_case, make_receipt, self._clock, self._sla))
+        # Alone in its transaction (keys None): the cases it may open, and their requests, are known
+        # only once it has matched, so no key could keep another write off them beforehand.
+        return await self.write(lambda: index.submit(message, open_case, make_receipt, self._clock, self._sla),
+                                keys=None)
 
     async def lapse_enrollments(self, now: dt.datetime, limit: int) -> int:
         return await self.write(lambda: index.lapse_enrollments(now, limit))
