@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -359,7 +360,8 @@ def assemble(
 
     monitor = Monitor(store=store, metrics=metrics, sla=sla, calendar=calendar,
                       platforms=lambda: list(registry.current.platforms), clock=clock, on_calendar=health.calendar,
-                      on_store=health.store, also=(poll_registry, expiry))
+                      on_store=health.store, also=(poll_registry, expiry),
+                      replica=f"{socket.gethostname()} {config.listen}")
     keeper = IndexKeeper(store=store, keys=materials.person_keys, metrics=metrics, clock=clock,
                          batch=config.automatic.upkeep_batch)
     return GatewayServer(

@@ -6,6 +6,14 @@ Stage gauges are kept current by this reading, not only when messages arrive, so
 silently passes its deadline shows as overdue within one interval. Each reading first brings this
 replica's calendar in step with the store's (`CalendarKeeper.sync`): a notice loaded through any
 replica is counted on by every one within an interval.
+
+Each round starts with a write probe (`Store.probe_write`, gateway.store.probe): a store that
+cannot write (a full disk, a read-only file system, a standby) may answer every read, and a
+gateway that cannot commit can receipt nothing. A failed probe or reading turns health
+NOT_SERVING and logs an error within one interval; the first round that writes and reads again
+turns it back. The accept path's own failures are not counted: under load a transient failure
+would flip health for everyone, and once health says NOT_SERVING no traffic comes to prove the
+store is back; the probe answers in both cases.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Final
 
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sla import Sla
+from gateway.core.text import shown
 from gateway.core.workdays import DaySource, local_date
 from gateway.service.calendar import CalendarKeeper
 from gateway.service.metrics import Metrics
@@ -35,10 +44,12 @@ class Monitor:
         platforms: Callable[[], Sequence[str]], clock: Callable[[], dt.datetime],
         on_calendar: Callable[[list[int]], Awaitable[None]] | None = None,
         on_store: Callable[[bool], Awaitable[None]] | None = None,
-        also: Sequence[Callable[[dt.datetime], Awaitable[None]]] = (),
+        also: Sequence[Callable[[dt.datetime], Awaitable[None]]] = (), replica: str = "gateway",
     ) -> None:
         """`platforms` gives the registry's platforms at each reading (a reload may change them);
-        `also` are more readings of the same interval (the registry's version, keys' expiry)."""
+        `also` are more readings of the same interval (the registry's version, keys' expiry);
+        `replica` names this process's write-probe row."""
+        self.replica = replica
         self._store = store
         self._calendar = calendar
         self._metrics = metrics
@@ -55,6 +66,10 @@ class Monitor:
     def horizon_years(now: dt.datetime) -> range:
         """The years from today to the horizon, whose working days deadlines may need."""
         return range(local_date(now).year, local_date(now + CALENDAR_HORIZON).year + 1)
+
+    async def probe_store(self) -> None:
+        """One write probe. Raises StoreUnavailable when the store cannot write."""
+        await self._store.probe_write(self.replica, self._clock())
 
     async def refresh_once(self) -> None:
         """One reading of every gauge."""
@@ -90,21 +105,31 @@ class Monitor:
                 await self._on_calendar(unknown)
 
     async def run(self, interval: float) -> None:
-        """Read every `interval` seconds; report the store unreachable (and back) as it changes."""
+        """A round every `interval` seconds (see `check_once`)."""
         while True:
-            ok = True
-            try:
-                await self.refresh_once()
-            except StoreUnavailable as err:
-                ok = False
-                if self._store_ok:
-                    log.error("store unavailable", extra={"fields": {"reason": err.reason}})
-            except Exception:
-                log.exception("monitor reading failed")
-            if ok != self._store_ok:
-                self._store_ok = ok
-                if ok:
-                    log.info("store available again")
-                if self._on_store is not None:
-                    await self._on_store(ok)
+            await self.check_once()
             await asyncio.sleep(interval)
+
+    async def check_once(self) -> bool:
+        """Probe the store's writes, read every gauge, and report a change of the store's state
+        (logged, the gauge, health). Whether the store wrote and read."""
+        ok = True
+        try:
+            await self.probe_store()
+            await self.refresh_once()
+        except StoreUnavailable as err:
+            ok = False
+            if self._store_ok:
+                # Its words are the database's (an errno, SQLite's or PostgreSQL's message), cut short.
+                log.error("store unavailable", extra={"fields": {"reason": err.reason,
+                                                                 "detail": shown(err.message, 200)}})
+        except Exception:
+            log.exception("monitor reading failed")
+        self._metrics.store_available.set(1 if ok else 0)
+        if ok != self._store_ok:
+            self._store_ok = ok
+            if ok:
+                log.info("store available again")
+            if self._on_store is not None:
+                await self._on_store(ok)
+        return ok

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.app.build import BuildInfo
 from gateway.app.config import GatewayConfig, parse_address
-from gateway.app.failures import ConfigError, Unavailable
+from gateway.app.failures import ConfigError, Unavailable, bounded
 from gateway.app.indexkeeper import IndexKeeper
 from gateway.app.monitor import Monitor
 from gateway.app.publisher import CheckpointPublisher
@@ -73,6 +73,8 @@ SERVICE_NAMES = (
 # Health of the working-day calendar: NOT_SERVING while deadlines within the monitor's horizon
 # are counted Monday–Friday for want of an official calendar (the gateway itself keeps serving).
 CALENDAR_HEALTH = "transfer-gateway.calendar"
+_STORE_HINT = ("check the disk's free space and that its file system is mounted read-write (PostgreSQL: that the "
+               "server is a primary, not a standby, and the role may write)")
 _GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
 
@@ -222,7 +224,8 @@ class GatewayServer:
         stopped again before the error propagates.
 
         Raises:
-            Unavailable: a port is taken (or cannot be bound for another passing reason).
+            Unavailable: a port is taken (or cannot be bound for another passing reason); or the
+                store opened but cannot write (a write probe failed).
             ConfigError: an address that cannot be this machine's, or a privileged port; or a
                 registry file whose version the store holds with other contents.
             StoreUnavailable: the store cannot be opened (in use, unreachable, unwritable).
@@ -239,6 +242,7 @@ class GatewayServer:
             self.port = self._bind(self._server)
             await self._store.open()
             self._store_open = True
+            await self._probe_store()
             if self.registry_sync is not None:
                 try:
                     await self.registry_sync.start()  # the file's version against the store's
@@ -252,6 +256,7 @@ class GatewayServer:
             self._started = True
             await self._server.start()
             await self._health.store(True)
+            self.metrics.store_available.set(1)
             await self.monitor.refresh_once()  # gauges and calendar health are right from the first scrape
             self._tasks = [asyncio.create_task(self.monitor.run(cfg.monitor_interval)),
                            asyncio.create_task(self.publisher.run(cfg.log.checkpoint_interval)),
@@ -267,6 +272,19 @@ class GatewayServer:
             "metrics_listen": (f"{parse_address(cfg.metrics_listen)[0]}:{self.metrics_port}" if cfg.metrics_listen
                                else "off"),
         }})
+
+    async def _probe_store(self) -> None:
+        """Refuse a store that opened but cannot write (a read-only file system or standby, a full
+        disk): it would answer reads and health, and receipt nothing.
+
+        Raises Unavailable (exit 69: it may come back) with what the database said.
+        """
+        try:
+            await self.monitor.probe_store()
+        except StoreUnavailable as err:
+            kind, where = store_description(self._config.store)
+            raise Unavailable(f"the {kind} store {where} opened but cannot be written: {bounded(err.message)}",
+                              hint=_STORE_HINT) from err
 
     def _grpc_server(self) -> grpc.aio.Server:
         limits = self._config.messages

@@ -169,6 +169,11 @@ class Metrics:
             "1 when deadlines in this year are counted Monday–Friday because no official calendar is known.",
             ["year"], registry=registry,
         )
+        self.store_available = Gauge(
+            "transfer_gateway_store_available",
+            "1 while the store takes writes and answers reads (the monitor's write probe and readings, each"
+            " interval); 0 otherwise, and health is NOT_SERVING.", registry=registry,
+        )
         self.log_leaves = Gauge(
             "transfer_gateway_log_leaves", "Entries in the transparency log, checkpointed or not (from the store).",
             registry=registry,

@@ -22,8 +22,9 @@ from typing import TypeAlias, TypeVar
 
 from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Sla
+from gateway.core.timestamps import micros
 from gateway.core.workdays import YearNotice
-from gateway.store import calendar, deliveries, index, registry_documents, reports, transparency, views, writes
+from gateway.store import calendar, deliveries, index, probe, registry_documents, reports, transparency, views, writes
 from gateway.store.port import (
     AcceptOutcome,
     CaseQuery,
@@ -134,6 +135,9 @@ class SQLStore(ABC):
 
     async def list_cases(self, query: CaseQuery) -> list[CaseView]:
         return await self.read(lambda: views.list_cases(query))
+
+    async def probe_write(self, replica: str, now: dt.datetime) -> None:
+        await self.write(lambda: probe.probe(replica, micros(now)))
 
     async def receipt_of(self, message_id: str) -> bytes | None:
         return await self.read(lambda: views.receipt_of(message_id))

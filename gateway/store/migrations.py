@@ -379,6 +379,17 @@ def _8_dead_letter_reasons(t: ColumnTypes) -> str:
     """
 
 
+def _9_write_probes(t: ColumnTypes) -> str:
+    return f"""
+    -- Each replica's last write probe (gateway.store.probe): health asks whether the store can
+    -- write, and only a committed write answers that.
+    CREATE TABLE write_probes (
+        replica   TEXT PRIMARY KEY,
+        probed_at {t.integer} NOT NULL
+    );
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -389,6 +400,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _6_registry_documents,
     _7_measures,
     _8_dead_letter_reasons,
+    _9_write_probes,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

@@ -587,6 +587,10 @@ class Store(Protocol):
     async def receipt_of(self, message_id: str) -> bytes | None:
         """The stored receipt of a message, or None."""
 
+    async def probe_write(self, replica: str, now: dt.datetime) -> None:
+        """Commit one small write (`replica`'s row of the write probes): the store can write now.
+        Raises StoreUnavailable when it cannot (gateway.store.probe)."""
+
     async def latest_registry(self) -> StoredRegistry | None:
         """The highest registry version published, or None."""
 

@@ -305,6 +305,12 @@ class PostgresStore(SQLStore):
                 if lane.committing or attempt == _RETRIES or isinstance(err, psycopg_pool.PoolTimeout):
                     return [(None, StoreUnavailable(f"store error: {type(err).__name__}",
                                                     reason="STORE_UNAVAILABLE"))] * len(jobs)
+            except psycopg.errors.ReadOnlySqlTransaction as err:
+                # A standby after a fail-over, a database or role set read-only: every job of the
+                # batch is refused alike, and the database may take writes again later.
+                detail = " ".join(str(err).split())
+                return [(None, StoreUnavailable(f"store error: the database refuses writes: {detail}",
+                                                reason="STORE_UNAVAILABLE"))] * len(jobs)
             except (_Rerun, psycopg.Error) as err:
                 if len(jobs) > 1:
                     return [result for job in jobs for result in await self._batch(lane, [job])]

@@ -296,7 +296,8 @@ class SQLiteStore(SQLStore):
             steps = SQLiteSteps(conn)
             self._migrate(conn, steps)
         except Exception as exc:  # report to open(), then stop the thread
-            error = StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc}", reason="STORE_UNAVAILABLE")
+            error = StoreUnavailable(f"cannot open SQLite store {self._config.path}: {exc}{_why_not_written(exc)}",
+                                     reason="STORE_UNAVAILABLE")
             loop.call_soon_threadsafe(_settle, ready, None, error)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
@@ -391,6 +392,14 @@ def _run_jobs(conn: sqlite3.Connection, steps: SQLiteSteps, batch: list[_Job], *
                 conn.execute("RELEASE job")
             results.append((job, value, None))
     return results
+
+
+def _why_not_written(exc: BaseException) -> str:
+    """What an I/O failure at opening most likely means, to say after SQLite's own words."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return " (it cannot be written: is the disk full, or its file system mounted read-only?)"
+    return ""
 
 
 def _settle_all(results: list[tuple[_Job, Any, BaseException | None]]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
-from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation
+from gateway.core.errors import IdempotencyConflict, NotFound, RuleViolation, StoreUnavailable
 from gateway.core.sla import Owner, Stage, Timeliness
 from gateway.core.workdays import CHINA, WorkingCalendar, start_of, year_notice
 from gateway.store import (
@@ -543,3 +543,20 @@ async def test_each_message_and_fund_change_is_a_leaf_and_every_proof_checks(
         await store.consistency_proof(1, 4)  # no checkpoint of size 4
     with pytest.raises(RuleViolation):
         await store.consistency_proof(5, 3)
+
+
+async def test_the_write_probe_commits_and_fails_when_the_store_cannot_write(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    """A probe is a committed write: it succeeds on an open store, again and again (one row per
+    replica, updated), and raises StoreUnavailable on a store that cannot write."""
+    make, _ = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        for replica, at in (("replica-a", T0), ("replica-a", T0 + dt.timedelta(seconds=5)), ("replica-b", T0)):
+            await store.probe_write(replica, at)
+    finally:
+        await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.probe_write("replica-a", T0)

@@ -71,7 +71,8 @@ _FUND_MOVEMENTS_3 = """CREATE TABLE fund_movements_3 (
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables, columns and indexes added later
     dropped; fund movements back to the statuses of their time)."""
-    undo = {8: ["DROP INDEX deliveries_dead_in_order", "DROP INDEX deliveries_unfinished_by_case",
+    undo = {9: ["DROP TABLE write_probes"],
+            8: ["DROP INDEX deliveries_dead_in_order", "DROP INDEX deliveries_unfinished_by_case",
                 "CREATE INDEX deliveries_open_by_case ON deliveries (platform, transfer_id, sequence)"
                 " WHERE state IN (1, 2, 5)",
                 "ALTER TABLE deliveries DROP COLUMN dead_at", "ALTER TABLE deliveries DROP COLUMN dead_reason"],
