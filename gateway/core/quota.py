@@ -28,9 +28,9 @@ class Quota:
         64, "Calls one platform may have in flight at once, those waiting for their turn included; more are"
         " refused (RESOURCE_EXHAUSTED, CALLS_IN_FLIGHT_EXCEEDED). Subscriptions do not count.", minimum=1)
     requests_per_second: float = setting(
-        200.0, "Calls (and subscriptions opened) one platform may make per second, sustained; more are refused"
-        " (RESOURCE_EXHAUSTED, RATE_EXCEEDED) with the time until the next is allowed.",
-        key="requests_per_second", minimum=0.001)
+        200.0, "Calls (and subscriptions opened) one platform may make per second, sustained; a call over it"
+        " waits for its turn if that comes within a second, and is refused (RESOURCE_EXHAUSTED, RATE_EXCEEDED)"
+        " with the time until it comes otherwise.", key="requests_per_second", minimum=0.001)
     burst: int = setting(
         400, "Calls one platform may make at once above that rate after a quiet spell (the token bucket's"
         " size).", minimum=1)
@@ -38,9 +38,10 @@ class Quota:
         16, "Subscribe streams one platform may have open at once; more are refused (RESOURCE_EXHAUSTED,"
         " SUBSCRIPTIONS_EXCEEDED).", minimum=1)
     active_calls: int = setting(
-        8, "Calls the gateway works on at once, all platforms together; more wait, each platform's in a queue"
-        " of its own, and the queues take turns (round-robin), so one platform's load does not queue"
-        " another's calls behind it.", minimum=1)
+        8, "Calls in progress at once (from their start to their answer), all platforms together; more wait,"
+        " each platform's in a queue of its own, and the queues take turns (round-robin), so one platform's"
+        " load does not queue another's calls behind it. Within them, one call's own work runs at a time,"
+        " in the same turns.", minimum=1)
 
     def for_platform(self, limits: PlatformLimits) -> Quota:
         """This quota with a platform's own limits from the registry in place of the defaults."""
@@ -56,8 +57,11 @@ class Quota:
 class TokenBucket:
     """`rate` tokens a second, at most `capacity` kept; a call takes one.
 
-    Times are seconds on any monotonic clock, given by the caller, so the arithmetic is exact in
-    tests. Not thread-safe: one event loop owns it.
+    A call may also take a token not yet there, if it comes within `patience` seconds: it is
+    reserved (the bucket goes into debt) and the call waits for it, so that a caller sending faster
+    than its rate is paced rather than refused, as long as its backlog stays short. Times are
+    seconds on any monotonic clock, given by the caller, so the arithmetic is exact in tests. Not
+    thread-safe: one event loop owns it.
     """
 
     __slots__ = ("_at", "_capacity", "_rate", "_tokens")
@@ -70,15 +74,18 @@ class TokenBucket:
         self._tokens = float(capacity)  # a caller starts with a full burst
         self._at = now
 
-    def take(self, now: float) -> float:
-        """Take a token: 0.0 if there was one, else the seconds until there will be (none taken)."""
+    def take(self, now: float, patience: float = 0.0) -> tuple[bool, float]:
+        """Take a token: (True, seconds to wait before using it: 0.0 when one was there), the token
+        reserved; or, when the next would come more than `patience` seconds from now, (False,
+        seconds until it comes), nothing taken."""
         if now > self._at:
             self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
             self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self._rate
+        wait = max(0.0, (1.0 - self._tokens) / self._rate)
+        if wait > patience:
+            return False, wait
+        self._tokens -= 1.0
+        return True, wait
 
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled completely (then it may be forgotten and made anew)."""

@@ -4,16 +4,28 @@ are served.
 Every call of the gateway's own services passes here first (`gateway.service.instrument` wraps
 each handler), keyed by the caller's certificate:
 
-1. **Rate**: a token bucket per caller (`gateway.core.quota.TokenBucket`); over it, the call is
-   refused at once with the seconds until the next token.
-2. **Calls in flight**: at most `calls_in_flight` of a caller's calls at once, those waiting for
+1. **Calls in flight**: at most `calls_in_flight` of a caller's calls at once, those waiting for
    their turn included; more are refused at once. What a caller has in flight is what it holds of
    the gateway's memory (its requests), so this bounds it.
-3. **Turns** (`FairGate`): at most `active_calls` calls, all callers together, do their work at
-   once (parse, verify, validate, store); the rest wait in a queue per caller, and the queues take
-   turns. A platform with 64 calls waiting and one with 1 each get the next free place in turn,
-   so the second's call waits for at most one of the first's, not for all of them (as it would
-   on the event loop and the store's writer, first come first served).
+2. **Rate**: a token bucket per caller (`gateway.core.quota.TokenBucket`). A call over the rate
+   waits for its token if it comes within `RATE_PATIENCE` (a second), and is refused with the
+   seconds until it comes otherwise: a caller keeping its calls in flight busy is paced to its
+   rate, and the gateway's one event loop keeps room for everyone else's calls (a flood served as
+   fast as the loop goes would slow every other call's network steps, which no gate here orders).
+3. **Places** (`FairGate` of `active_calls` places): at most that many calls, all callers
+   together, are in progress at once, from their start to their answer; more wait in a queue per
+   caller, and the queues take turns. This bounds what queues on the event loop and at the
+   store's writer (which commits what queued as one batch) ahead of any call.
+4. **Turns** (`FairGate` of one place): within its place, a call's own work, from its start to
+   its first wait (for the store, nearly always: parsing, the signature check, validation and the
+   decision before it are where its CPU goes), runs when its turn comes, the callers again taking
+   turns. The one event loop runs one step at a time anyway: the gate decides whose step comes
+   next, where the loop's ready queue would take them first come first served.
+
+So a platform with 64 calls in flight and one with a single call: the second's call waits for
+one of the first's to finish for a place, then for at most one of theirs to take its turn, not
+for all of them. A call waiting for the store holds its place but not the turn: the loop keeps
+working while the store commits.
 
 Subscriptions count apart (`subscription`): a rate token to open one, and at most
 `subscriptions` open at once; their deliveries are the router's (`gateway.service.routing`).
@@ -27,11 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from gateway.core.errors import QuotaExceeded
 from gateway.core.quota import Quota, TokenBucket
@@ -41,9 +54,11 @@ from gateway.service.metrics import Metrics
 
 # What a refusal for calls in flight or subscriptions suggests waiting: how long a place takes to
 # free is not known when refusing (a call lasts milliseconds, a subscription hours).
+RATE_PATIENCE: Final = 1.0  # seconds a call over its caller's rate waits for its token before it is refused instead
 IN_FLIGHT_RETRY: Final = 0.25
 SUBSCRIPTION_RETRY: Final = 5.0
 UNREGISTERED: Final = "unregistered"
+T = TypeVar("T")
 
 
 class FairGate:
@@ -135,15 +150,16 @@ class Admission:
         self._quota = quota
         self._metrics = metrics
         self._clock = clock
-        self._gate = FairGate(quota.active_calls)
+        self._places = FairGate(quota.active_calls)
+        self._turns = FairGate(1)
         self._callers: dict[tuple[str, ...], _Caller] = {}  # by certificate SANs: registered callers only
         self._by_subject: dict[str, _Caller] = {}  # the same, by who they are (kept across registry reloads)
         self._read_from = registry.current  # the registry version the SANs were looked up in
         self._unregistered: _Caller | None = None
 
     @property
-    def gate(self) -> FairGate:
-        return self._gate
+    def places(self) -> FairGate:
+        return self._places
 
     def caller(self, context: Any) -> _Caller:
         """The caller of `context`: its platform or operator by certificate, else one shared
@@ -186,33 +202,37 @@ class Admission:
 
     def call(self, context: Any) -> _Admitted:
         """`async with admission.call(context):` around a unary call's work. Raises QuotaExceeded
-        (on entering) when the caller is over its rate or its calls in flight."""
+        (on entering) when the caller is over its calls in flight, or over its rate by more than
+        `RATE_PATIENCE` (a call within it waits for its token, counted in flight meanwhile)."""
         caller = self.caller(context)
-        self._take_token(caller)
         if caller.in_flight >= caller.quota.calls_in_flight:
             raise self._refuse(caller, "calls_in_flight", caller.quota.calls_in_flight, IN_FLIGHT_RETRY,
                                f"{caller.subject} has {caller.in_flight} calls in flight, its limit",
                                reason="CALLS_IN_FLIGHT_EXCEEDED")
-        return _Admitted(self._gate, caller)
+        paced = self._take_token(caller, RATE_PATIENCE)
+        return _Admitted(self._places, self._turns, caller, paced)
 
     def subscription(self, context: Any) -> _Subscribed:
         """`with admission.subscription(context):` around a subscription's life. Raises
         QuotaExceeded when the caller is over its rate or has its limit of subscriptions open."""
         caller = self.caller(context)
-        self._take_token(caller)
         if caller.subscriptions >= caller.quota.subscriptions:
             raise self._refuse(caller, "subscriptions", caller.quota.subscriptions, SUBSCRIPTION_RETRY,
                                f"{caller.subject} has {caller.subscriptions} subscriptions open, its limit",
                                reason="SUBSCRIPTIONS_EXCEEDED")
+        self._take_token(caller, 0.0)
         return _Subscribed(caller, self._metrics)
 
-    def _take_token(self, caller: _Caller) -> None:
-        wait = caller.bucket.take(self._clock())
-        if wait > 0:
+    def _take_token(self, caller: _Caller, patience: float) -> float:
+        """The seconds the call waits for its token (0.0: none). Raises QuotaExceeded RATE_EXCEEDED
+        when the token would come more than `patience` seconds from now."""
+        granted, wait = caller.bucket.take(self._clock(), patience)
+        if not granted:
             quota = caller.quota
             raise self._refuse(caller, "requests_per_second", quota.requests_per_second, wait,
                                f"{caller.subject} is over its rate of {quota.requests_per_second:g} requests per"
                                f" second (burst {quota.burst})", reason="RATE_EXCEEDED")
+        return wait
 
     def _refuse(self, caller: _Caller, limit: str, allowed: float, retry_after: float, text: str, *,
                 reason: str) -> QuotaExceeded:
@@ -223,27 +243,85 @@ class Admission:
 
 
 class _Admitted:
-    """A unary call's place: counted in its caller's calls in flight from creation, at work once
-    its turn comes (`async with`)."""
+    """A unary call's place: counted in its caller's calls in flight from creation to the end of
+    the `async with`, which it enters once it has a place and its turn; `first_step` runs the
+    call, giving the turn back at its first wait."""
 
-    __slots__ = ("_caller", "_gate")
+    __slots__ = ("_caller", "_paced", "_places", "_turn", "_turns")
 
-    def __init__(self, gate: FairGate, caller: _Caller) -> None:
-        self._gate = gate
+    def __init__(self, places: FairGate, turns: FairGate, caller: _Caller, paced: float) -> None:
+        self._places = places
+        self._turns = turns
         self._caller = caller
+        self._paced = paced  # seconds to wait for its rate token first
+        self._turn = False
         caller.in_flight += 1
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Admitted:
+        subject = self._caller.subject
         try:
-            await self._gate.enter(self._caller.subject)
+            if self._paced > 0:
+                await asyncio.sleep(self._paced)
+            await self._places.enter(subject)
         except BaseException:
             self._caller.in_flight -= 1
             raise
+        try:
+            await self._turns.enter(subject)
+        except BaseException:
+            self._places.leave()
+            self._caller.in_flight -= 1
+            raise
+        self._turn = True
+        return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._gate.leave()
+        self._give_back()
+        self._places.leave()
         self._caller.in_flight -= 1
+
+    def first_step(self, call: Awaitable[T]) -> Awaitable[T]:
+        """`call`, run with the turn held until it first waits (or ends)."""
+        return _until_first_wait(call, self._give_back)
+
+    def _give_back(self) -> None:
+        if self._turn:
+            self._turn = False
+            self._turns.leave()
+
+
+@types.coroutine
+def _until_first_wait(call: Awaitable[T], first_wait: Callable[[], None]) -> Generator[Any, Any, T]:
+    """Run `call` as `await call` would, calling `first_wait()` once, when it first suspends or
+    ends: `yield from` with a hook after its first step. What the task throws in (a cancellation)
+    goes to `call`; closing this closes `call`."""
+    steps = call.__await__()
+    try:
+        pending = steps.send(None)
+    except StopIteration as done:
+        first_wait()
+        return done.value  # type: ignore[no-any-return]
+    except BaseException:
+        first_wait()
+        raise
+    first_wait()
+    while True:
+        try:
+            sent = yield pending
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as thrown:
+            try:
+                pending = steps.throw(thrown)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                pending = steps.send(sent)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
 
 class _Subscribed:

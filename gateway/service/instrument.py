@@ -196,8 +196,11 @@ def _unary(m: Metrics, admission: Admission | None, behavior: Callable[..., Awai
 
     async def wrapped(request: bytes, context: Any) -> Any:
         async with _Call(calls, context):
-            async with admission.call(context) if admission is not None else contextlib.nullcontext():
+            if admission is None:
                 response = await behavior(decode(request), context)
+            else:
+                async with admission.call(context) as turn:  # the call's work, up to its first wait, in turn
+                    response = await turn.first_step(behavior(decode(request), context))
             calls.sent.inc()
             return response
 

@@ -21,6 +21,7 @@ from gateway.app.devpki import DevPaths
 from gateway.cli import main
 from gateway.core.messages import RECEIPT_PAYLOAD_TYPE, payload_type
 from gateway.core.signing import LocalSigner, pae
+from gateway.devtools.bench import report
 from gateway.devtools.bench.child import SUBMIT_METHOD, start_floors
 from gateway.devtools.bench.stores import PostgresBenchStore, SQLiteBenchStore
 from gateway.devtools.bench.workload import presign_cases, store_routes, store_templates
@@ -42,9 +43,11 @@ SECTIONS = {
 SCALE = ("messages_loaded", "load_seconds", "file_mib")
 SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
 RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
-          "cpu_vs_floor", "log_cpu_share")
-REFERENCES = ("floor_server_vs_echo", "floor_server_p99_vs_echo", "floor_server_cpu_vs_floor",
-              "submit_vs_floor_server", "cpu_vs_floor_server")
+          "cpu_vs_floor", "log_cpu_share", "isolation_victim_p99_vs_alone", "flood_rss_vs_idle")
+REFERENCES = ("isolation_unpaced_p99_vs_alone", "floor_server_vs_echo", "floor_server_p99_vs_echo",
+              "floor_server_cpu_vs_floor", "submit_vs_floor_server", "cpu_vs_floor_server")
+VICTIM = ("requests", "p50_ms", "p99_ms")
+BURST = ("messages", "rounds", "message_bytes", "idle_rss_mib", "peak_rss_mib", "after_rss_mib")
 
 
 def finite(value: Any) -> bool:
@@ -90,7 +93,7 @@ def test_tiny_bench_on_postgres_reports_two_replicas_and_drops_its_schemas(
     assert pair["replicas"] == 2 and pair["requests"] > 0
     assert pair["errors"] == 0 and pair["receipts_checked"] > 0 and pair["receipt_failures"] == 0
     assert finite(result["submit"]["engine_cpu_us_per_request"])
-    assert len(schemas) == 5  # large, empty, replay, the replicas' shared one, cases
+    assert len(schemas) == 8  # large, empty, replay, the replicas' shared one, cases, and isolation's three
     with psycopg.connect(url) as conn:
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)).fetchall()
     assert left == []
@@ -121,6 +124,19 @@ def assert_complete(result: dict[str, Any]) -> None:
     for run in (result["submit"], result["scale"]["large"]):  # the large store takes new messages after the loaded
         assert run["errors"] == 0 and run["receipt_failures"] == 0
     assert result["cases"]["completed"] == 6
+    isolation = result["isolation"]  # the victim answered alone and beside both floods; the bursts refused
+    for run in (isolation["victim_alone"], isolation["victim_flooded"], isolation["unpaced"]["victim_flooded"]):
+        assert all(finite(run[key]) for key in VICTIM) and run["requests"] > 0 and run["errors"] == 0, run
+    for flood in (isolation["flood"], isolation["unpaced"]["flood"]):
+        assert flood["requests"] > 0 and flood["in_flight"] == 64, flood
+    burst = isolation["burst"]
+    assert all(finite(burst[key]) for key in BURST), burst
+    assert set(burst["answers"]) <= {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+    assert sum(burst["answers"].values()) == burst["messages"] * burst["rounds"]
+    table = report.table(result)
+    for name in ("isolation_victim_p99_vs_alone", "flood_rss_vs_idle", "isolation_unpaced_p99_vs_alone"):
+        assert name in table
+    assert "isolation: Zhejiang at 50/s" in table and "bursts: 3 × 250 messages" in table
     for section in ("echo", "floor_server", "submit", "replay"):  # the server's CPU by kind of thread, in parts
         parts = result[section]["cpu_us_per_request_by_thread"]
         assert set(parts) == {"event_loop", "grpc_core", "other_threads"}, section

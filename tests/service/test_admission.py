@@ -13,7 +13,7 @@ from gateway.app.devpki import DevPaths
 from gateway.core.errors import QuotaExceeded
 from gateway.core.quota import Quota
 from gateway.core.registry import LiveRegistry, Registry
-from gateway.service.admission import UNREGISTERED, Admission, FairGate
+from gateway.service.admission import RATE_PATIENCE, UNREGISTERED, Admission, FairGate
 from gateway.service.metrics import Metrics
 from mitransfer.protocol.registry import PlatformLimits
 
@@ -79,27 +79,48 @@ def admission(pki: DevPaths, quota: Quota, now: list[float]) -> tuple[Admission,
     return Admission(live, quota, Metrics(prometheus), clock=lambda: now[0]), prometheus
 
 
-async def test_calls_over_the_rate_are_refused_with_the_wait_until_the_next(pki: DevPaths) -> None:
+async def test_calls_over_the_rate_by_more_than_a_second_are_refused_with_the_wait(pki: DevPaths) -> None:
     now = [0.0]
-    gate, prometheus = admission(pki, Quota(requests_per_second=4.0, burst=2), now)
+    gate, prometheus = admission(pki, Quota(requests_per_second=0.5, burst=2), now)
     jiangsu, zhejiang = Peer("urn:mitransfer:platform:jiangsu"), Peer("urn:mitransfer:platform:zhejiang")
     for _ in range(2):
         async with gate.call(jiangsu):
             pass
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(QuotaExceeded) as refused:  # its next token in 2 s: more than RATE_PATIENCE
         gate.call(jiangsu)
     err = refused.value
     assert (err.reason, err.subject, err.limit) == ("RATE_EXCEEDED", "platform:jiangsu", "requests_per_second")
-    assert err.retry_after == pytest.approx(0.25)
-    assert err.metadata == {"limit": "requests_per_second", "allowed": "4"}
+    assert err.retry_after == pytest.approx(2.0) and err.retry_after > RATE_PATIENCE
+    assert err.metadata == {"limit": "requests_per_second", "allowed": "0.5"}
     async with gate.call(zhejiang):  # its own bucket
         pass
-    now[0] += 0.25
+    now[0] += 2.0
     async with gate.call(jiangsu):
         pass
     sample = prometheus.get_sample_value("transfer_gateway_throttled_total",
                                          {"caller": "jiangsu", "limit": "requests_per_second"})
     assert sample == 1
+
+
+async def test_calls_over_the_rate_by_less_than_a_second_wait_for_their_token(pki: DevPaths) -> None:
+    """Paced, not refused: a caller keeping its calls busy gets its rate, and costs nothing while
+    it waits (each waits for its own token, reserved in turn)."""
+    loop = asyncio.get_running_loop()
+    prometheus = CollectorRegistry()
+    gate = Admission(LiveRegistry(Registry.load(pki.registry)), Quota(requests_per_second=20.0, burst=1),
+                     Metrics(prometheus), clock=loop.time)
+    jiangsu = Peer("urn:mitransfer:platform:jiangsu")
+    started = loop.time()
+    done: list[float] = []
+
+    async def call() -> None:
+        async with gate.call(jiangsu):
+            done.append(loop.time() - started)
+
+    await asyncio.gather(*(call() for _ in range(5)))
+    assert len(done) == 5 and done[-1] >= 4 / 20 - 0.01  # the fifth used the fourth token after the burst's
+    assert prometheus.get_sample_value("transfer_gateway_throttled_total",
+                                       {"caller": "jiangsu", "limit": "requests_per_second"}) is None
 
 
 async def test_calls_in_flight_beyond_the_limit_are_refused_those_waiting_included(pki: DevPaths) -> None:
@@ -118,7 +139,7 @@ async def test_calls_in_flight_beyond_the_limit_are_refused_those_waiting_includ
     assert refused.value.reason == "CALLS_IN_FLIGHT_EXCEEDED" and refused.value.retry_after > 0
     other = asyncio.create_task(call_as(gate, Peer("urn:mitransfer:platform:anhui")))  # its own limit: admitted
     await asyncio.sleep(0)
-    assert gate.gate.waiting("platform:anhui") == 1
+    assert gate.places.waiting("platform:anhui") == 1
     release.set()
     await asyncio.gather(*running, other)
     async with gate.call(jiangsu):  # all done: room again
@@ -161,7 +182,8 @@ def test_a_reloaded_registrys_limits_apply_at_once_to_what_is_already_open(pki: 
         with pytest.raises(QuotaExceeded) as refused:  # the two open count against the new limit of two
             gate.subscription(zhejiang)
         assert refused.value.reason == "SUBSCRIPTIONS_EXCEEDED" and refused.value.metadata["allowed"] == "2"
-    with pytest.raises(QuotaExceeded) as over:  # room now, but its new burst of one went on the refusal above
+    # Room now, and its new burst of one; then its new rate, one in 1,000 s.
+    with gate.subscription(zhejiang), pytest.raises(QuotaExceeded) as over:
         gate.subscription(zhejiang)
     assert over.value.reason == "RATE_EXCEEDED"
 

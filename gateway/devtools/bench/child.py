@@ -182,12 +182,13 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
     return SQLiteConfig(path=Path(spec["database"]))
 
 
-# The bench measures what a gateway can do, not a platform's allowance: no rate limit binds (the
-# turns the gateway takes between callers, `active_calls`, stay as `serve` has them).
+# The throughput phases measure what a gateway can do, not a platform's allowance: no rate limit
+# binds (the turns the gateway takes between callers, `active_calls`, stay as `serve` has them).
+# The isolation phase keeps every limit as deployed (`deployed_limits`).
 BENCH_QUOTA = Quota(requests_per_second=1_000_000.0, burst=1_000_000)
 
 
-async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str
+async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str, *, deployed_limits: bool = False
                         ) -> tuple[int, Callable[[], Awaitable[None]], int | None]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr),
     with its /metrics on another (the bench reads the log's CPU meter there)."""
@@ -197,8 +198,9 @@ async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str
     from gateway.app.server import tune_collector
 
     logs.configure(log_level)
-    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"), store=store,
-                     quota=BENCH_QUOTA)
+    config = replace(GatewayConfig.dev(pki.root, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"), store=store)
+    if not deployed_limits:
+        config = replace(config, quota=BENCH_QUOTA)
     server = assemble(config)
     await server.start()
     tune_collector()  # as `serve` does
@@ -217,7 +219,8 @@ async def _serve(spec: dict[str, Any]) -> None:
     elif spec["role"] == "floors":
         port, stop = await start_floors(pki, Path(spec["database"]))
     elif spec["role"] == "gateway":
-        port, stop, metrics_port = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"))
+        port, stop, metrics_port = await start_gateway(pki, store_of(spec), spec.get("log_level", "INFO"),
+                                                       deployed_limits=spec.get("limits") == "deployed")
     else:
         raise SystemExit(f"unknown role {spec['role']!r}")
     print(json.dumps({"port": port, "metrics_port": metrics_port}), flush=True)

@@ -13,7 +13,9 @@ On loopback with a fresh dev PKI:
    On a store that replicas can share (PostgreSQL), a fifth turn goes to two gateway processes on
    one schema, the submit load split evenly between them;
 4. audit the replay gateway's store for double fund movements;
-5. play whole cases end to end between the two reference platforms on a fresh gateway.
+5. play whole cases end to end between the two reference platforms on a fresh gateway;
+6. isolation (`gateway.devtools.bench.isolation`): a platform's steady calls alone and beside
+   another's flood, and bursts of the largest messages against the process's memory.
 
 Each gateway process gets a store of its own (a SQLite file, or a PostgreSQL schema dropped at the
 end of the run, however it ends).
@@ -55,6 +57,7 @@ from gateway.core.messages import payload_type
 from gateway.core.signing import LocalSigner
 from gateway.devtools.bench import report, servers
 from gateway.devtools.bench.floors import Floors, measure_floors
+from gateway.devtools.bench.isolation import measure_isolation
 from gateway.devtools.bench.load import Meter, measure, percentile
 from gateway.devtools.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
 from gateway.devtools.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
@@ -186,7 +189,12 @@ async def _bench_on(config: BenchConfig, workdir: Path, store: BenchStore) -> di
     _progress(f"{config.cases} cases end to end")
     e2e = await _cases(config, pki, workdir, store.fresh("cases"))
 
+    _progress("isolation: a platform's calls beside another's flood; bursts of the largest messages")
+    isolated = await measure_isolation(pki, workdir, store, _gateway_spec(pki, {}, config),
+                                       warmup=config.warmup, window=config.window)
+
     result = _result(config, store, rounds, load, floors, e2e, pki)
+    _add_isolation(result, isolated)
     result["config"].update(payload_bytes=payload_bytes, presigned_messages=len(sizes))
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -248,8 +256,20 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "submit_vs_floor_server": report.ratio(submit.per_second, in_situ.per_second),
         "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),
     }
-    result["targets"] = report.verdicts(result)
     return result
+
+
+def _add_isolation(result: dict[str, Any], isolated: dict[str, Any]) -> None:
+    """The isolation phase's figures and its two ratios; then every target judged."""
+    burst = isolated["burst"]
+    idle, peak = burst.pop("_idle"), burst.pop("_peak")
+    result["isolation"] = isolated
+    result["isolation_victim_p99_vs_alone"] = report.ratio(isolated["victim_flooded"]["p99_ms"],
+                                                           isolated["victim_alone"]["p99_ms"])
+    result["flood_rss_vs_idle"] = report.ratio(peak, idle)
+    result["isolation_unpaced_p99_vs_alone"] = report.ratio(isolated["unpaced"]["victim_flooded"]["p99_ms"],
+                                                            isolated["victim_alone"]["p99_ms"])
+    result["targets"] = report.verdicts(result)
 
 
 def _replica_figures(replicas: ReplicaTargets | None, one_replica: float, keyring: KeyRing) -> dict[str, Any] | None:

@@ -40,12 +40,18 @@ TARGETS = (
     Target("cpu_vs_floor", False, 1.5, "gateway CPU per message ÷ (echo CPU per request + sign + verify + append)"),
     Target("log_cpu_share", False, 0.1, "the transparency log's CPU per accepted message (its own meter) ÷ the"
            " gateway's whole CPU per accepted message"),
+    Target("isolation_victim_p99_vs_alone", False, 3.0,
+           "a platform's p99 at a steady 50/s while another floods at 64 in flight ÷ its p99 alone"),
+    Target("flood_rss_vs_idle", False, 2.0,
+           "peak RSS while one platform sends 250 of the largest messages at once ÷ idle RSS"),
 )
 
 
 # Where the targets' floors stand in situ: the floors server against the echo server and the
 # floors measured alone, and the gateway against the floors server. Reported, not judged.
 REFERENCES = (
+    ("isolation_unpaced_p99_vs_alone", "the same victim's p99 beside the same flood with the flooder's rate limit"
+                                       " lifted ÷ its p99 alone"),
     ("floor_server_vs_echo", "floors server req/s ÷ echo req/s"),
     ("floor_server_p99_vs_echo", "floors server p99 ÷ echo p99"),
     ("floor_server_cpu_vs_floor", "floors server CPU per message ÷ (echo CPU + sign + verify + append)"),
@@ -67,6 +73,27 @@ def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _n(value: float, digits: int = 0) -> str:
     return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _isolation_lines(result: dict[str, Any]) -> list[str]:
+    isolation = result.get("isolation")
+    if not isolation:
+        return []
+    alone, flooded, flood, burst = (isolation["victim_alone"], isolation["victim_flooded"], isolation["flood"],
+                                    isolation["burst"])
+    unpaced = isolation["unpaced"]
+    return [
+        f"isolation: Zhejiang at {isolation['victim_rate_per_s']:g}/s, p50 {_n(alone['p50_ms'], 1)} ms p99 "
+        f"{_n(alone['p99_ms'], 1)} ms alone, p50 {_n(flooded['p50_ms'], 1)} ms p99 {_n(flooded['p99_ms'], 1)} ms "
+        f"while Jiangsu floods at {flood['in_flight']} in flight, paced to its rate ({_n(flood['req_per_s'])} req/s, "
+        f"{flood['errors']} refused{', ran dry' if flood['cut_short'] else ''}); its rate lifted "
+        f"({_n(unpaced['flood']['req_per_s'])} req/s): p50 {_n(unpaced['victim_flooded']['p50_ms'], 1)} ms p99 "
+        f"{_n(unpaced['victim_flooded']['p99_ms'], 1)} ms",
+        f"bursts: {burst['rounds']} × {burst['messages']} messages of {burst['message_bytes']:,} bytes (bad "
+        f"signatures) at once; RSS {burst['idle_rss_mib']:.0f} MiB idle, peak {burst['peak_rss_mib']:.0f} MiB, "
+        f"{burst['after_rss_mib']:.0f} MiB after; answers "
+        + ", ".join(f"{code} {n}" for code, n in sorted(burst["answers"].items())),
+    ]
 
 
 def table(result: dict[str, Any]) -> str:
@@ -116,17 +143,18 @@ def table(result: dict[str, Any]) -> str:
         f"{floors['durable_append_wall_us']:.0f} µs wall per row, single-row commit "
         f"{floors['single_commit_wall_us']:.0f} µs wall), echo server {_n(echo['cpu_us_per_request'])} µs CPU per "
         f"request; gateway {_n(submit['cpu_us_per_request'])} µs CPU per accepted message",
+        *_isolation_lines(result),
         "gateway CPU per accepted message by thread: " + ", ".join(
             f"{kind.replace('_', ' ')} {_n(us)} µs" for kind, us in submit["cpu_us_per_request_by_thread"].items())
         + f"; of which the transparency log {_n(submit['log_cpu_us_per_request'], 1)} µs",
         "",
-        f"{'ratio':24}{'value':>8}  {'target':8}{'':6}meaning",
+        f"{'ratio':30}{'value':>8}  {'target':8}{'':6}meaning",
     ]
     for name, v in result["targets"].items():
-        lines.append(f"{name:24}{_n(v['value'], 2):>8}  {v['target']:8}{'PASS' if v['pass'] else 'MISS':6}"
+        lines.append(f"{name:30}{_n(v['value'], 2):>8}  {v['target']:8}{'PASS' if v['pass'] else 'MISS':6}"
                      f"{v['meaning']}")
-    lines += ["", f"{'reference':26}{'value':>8}  meaning"]
-    lines += [f"{name:26}{_n(result[name], 2):>8}  {meaning}" for name, meaning in REFERENCES]
+    lines += ["", f"{'reference':30}{'value':>8}  meaning"]
+    lines += [f"{name:30}{_n(result[name], 2):>8}  {meaning}" for name, meaning in REFERENCES]
     runs = [("echo", echo), ("floors", result["floor_server"]), ("submit", submit), ("replay", replay),
             ("large", scale["large"])]
     runs += [("two replicas", pair)] if pair else []

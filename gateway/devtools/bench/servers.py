@@ -99,10 +99,17 @@ class ServerProcess:
 
     def peak_rss_bytes(self) -> int:
         """The process's peak resident set size so far (VmHWM)."""
+        return self._status_bytes("VmHWM")
+
+    def rss_bytes(self) -> int:
+        """The process's resident set size now (VmRSS)."""
+        return self._status_bytes("VmRSS")
+
+    def _status_bytes(self, field: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        raise RuntimeError(f"no {field} in /proc status")
 
 
 def postgres_cpu_seconds() -> float:
