@@ -54,6 +54,9 @@ class CheckpointPublisher:
         """
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._publish())
+            # Shielded, it outlives a caller that is cancelled (the loop at shutdown): its outcome
+            # is then nobody's, and must not surface as "Task exception was never retrieved".
+            self._running.add_done_callback(_outcome_seen)
         return await asyncio.shield(self._running)
 
     async def _publish(self) -> CheckpointRecord | None:
@@ -76,3 +79,8 @@ class CheckpointPublisher:
             except Exception as err:  # a defect or an altered store: say so, and keep the loop alive
                 log.exception("checkpoint not published", extra={"fields": {"reason": type(err).__name__}})
             await asyncio.sleep(interval)
+
+
+def _outcome_seen(task: asyncio.Task[CheckpointRecord | None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: whoever awaited it has it already, or nobody wants it
