@@ -18,6 +18,8 @@ from gateway.service.auth import Callers
 from gateway.store import CheckpointRecord, Store
 from mitransfer.v1 import log_pb2, log_pb2_grpc
 
+MAX_TREE_SIZE = 2**63 - 1  # what the store's integers hold; no log comes near it
+
 
 def checkpoint_proto(record: CheckpointRecord) -> log_pb2.Checkpoint:
     return log_pb2.Checkpoint(note=record.note, tree_size=record.tree_size, root_hash=record.root_hash)
@@ -45,9 +47,11 @@ class LogService(log_pb2_grpc.LogServiceServicer):
     async def GetInclusionProof(self, request: log_pb2.GetInclusionProofRequest,
                                 context: Any) -> log_pb2.GetInclusionProofResponse:
         scope = self._callers.tracking_scope(context, self._registry.current)
-        if not is_uuid(request.message_id):
-            raise InvalidMessage([FieldViolation("message_id", "must be a canonical lower-case UUID")],
-                                 reason="QUERY_INVALID")
+        bad = [] if is_uuid(request.message_id) else [
+            FieldViolation("message_id", "must be a canonical lower-case UUID")]
+        bad += _tree_sizes(tree_size=request.tree_size)
+        if bad:
+            raise InvalidMessage(bad, reason="QUERY_INVALID")
         logged = await self._store.leaf_of(request.message_id)
         # A message of another platform's case is answered as one that does not exist: nothing is
         # learnt of it, not even that it exists.
@@ -66,7 +70,16 @@ class LogService(log_pb2_grpc.LogServiceServicer):
     async def GetConsistencyProof(self, request: log_pb2.GetConsistencyProofRequest,
                                   context: Any) -> log_pb2.GetConsistencyProofResponse:
         self._callers.tracking_scope(context, self._registry.current)
+        bad = _tree_sizes(first=request.first, second=request.second)
+        if bad:
+            raise InvalidMessage(bad, reason="QUERY_INVALID")
         proof = await self._store.consistency_proof(request.first, request.second)
         return log_pb2.GetConsistencyProofResponse(
             first=proof.first, second=proof.checkpoint.tree_size, hashes=proof.hashes,
             checkpoint=checkpoint_proto(proof.checkpoint))
+
+
+def _tree_sizes(**sizes: int) -> list[FieldViolation]:
+    """Tree sizes the store can hold (its integers are signed 64-bit); uint64 fields go beyond."""
+    return [FieldViolation(name, f"must be at most {MAX_TREE_SIZE}") for name, size in sizes.items()
+            if size > MAX_TREE_SIZE]

@@ -36,7 +36,7 @@ from clients.scenario import CasePlan, outbound_messages
 from gateway.app.devpki import DevPaths
 from gateway.core.signing import LocalSigner, pae
 from mitransfer.protocol import idnumbers, kinds
-from mitransfer.v1 import envelope_pb2
+from mitransfer.v1 import admin_pb2, envelope_pb2, exchange_pb2, log_pb2, tracking_pb2
 from tests.support import KEY_IDS, free_port, start_gateway_process, wait_serving
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,7 @@ pytestmark = pytest.mark.slow
 EXAMPLES = 400
 MEMORY_GROWTH_MIB = 96  # what the whole run may add to the gateway's resident memory
 PLATFORMS = ("jiangsu", "zhejiang", "anhui")
+OPERATORS = ("operator", "reviewer")
 AGENCIES = ("320100", "320500", "330100", "330200", "340100", "329900", "990100", "")
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 BUSINESS = sorted(k for k, row in kinds.KINDS.items() if not row.gateway_only)
@@ -236,7 +237,7 @@ class FuzzTarget:
     port: int
     pid: int
     log: Path
-    channels: dict[str, grpc.Channel]
+    channels: dict[str, grpc.Channel]  # by platform, and by operator ("operator", "reviewer")
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -261,6 +262,11 @@ def target(pki: DevPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 root_certificates=pki.ca.read_bytes(), private_key=pki.platform_key(platform).read_bytes(),
                 certificate_chain=pki.platform_cert(platform).read_bytes())
             channels[platform] = grpc.secure_channel(f"127.0.0.1:{port}", creds)
+        for operator in OPERATORS:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=pki.ca.read_bytes(), private_key=pki.operator_key(operator).read_bytes(),
+                certificate_chain=pki.operator_cert(operator).read_bytes())
+            channels[operator] = grpc.secure_channel(f"127.0.0.1:{port}", creds)
         yield FuzzTarget(port, proc.pid, log, channels)
     finally:
         for channel in channels.values():
@@ -407,3 +413,42 @@ def _submit(target: FuzzTarget, signers: dict[str, LocalSigner], message: Messag
         assert code not in NEVER, (code, err.details(), message)  # type: ignore[attr-defined]
         return code.name
     return "OK"
+
+
+# -- every other call ------------------------------------------------------------------------------
+
+UNARY_METHODS = sorted(
+    (f"/{service.full_name}/{method.name}", method.input_type)
+    for module in (exchange_pb2, tracking_pb2, admin_pb2, log_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+    if not method.client_streaming and not method.server_streaming and method.name != "Submit"
+)
+
+
+def test_every_other_call_never_answers_unknown_or_internal(target: FuzzTarget) -> None:
+    """Every unary method of the gateway's services (Submit apart, above), with requests built from
+    strategies over every field of their descriptors, called by platforms and operators."""
+    answered: dict[str, int] = {}
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(UNARY_METHODS), st.sampled_from(["zhejiang", *OPERATORS]), st.data())
+    def call(method: tuple[str, Descriptor], caller: str, data: st.DataObject) -> None:
+        path, request_type = method
+        request = data.draw(message_of(request_type))
+        try:
+            target.channels[caller].unary_unary(path)(request.SerializeToString(), timeout=10)
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            assert code not in NEVER, (path, code, err.details())  # type: ignore[attr-defined]
+            status = rpc_status.from_call(err)  # type: ignore[arg-type]
+            assert status is not None and any(d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) for d in status.details)
+            answered[code.name] = answered.get(code.name, 0) + 1
+        else:
+            answered["OK"] = answered.get("OK", 0) + 1
+
+    call()
+    assert "Traceback" not in target.log.read_text()
+    assert answered.get("INVALID_ARGUMENT", 0) > 0 and answered.get("OK", 0) > 0, answered

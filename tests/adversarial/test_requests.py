@@ -153,6 +153,10 @@ async def test_malformed_values_in_every_request_are_invalid_argument(
             transfer_id=builders.new_id(), comment="驳" * 501), timeout=DEADLINE), "FIELD_INVALID", ["comment"]),
         (log.GetInclusionProof(log_pb2.GetInclusionProofRequest(message_id=HUGE), timeout=DEADLINE),
          "QUERY_INVALID", ["message_id"]),
+        (log.GetInclusionProof(log_pb2.GetInclusionProofRequest(message_id=builders.new_id(), tree_size=2**64 - 1),
+                               timeout=DEADLINE), "QUERY_INVALID", ["tree_size"]),
+        (log.GetConsistencyProof(log_pb2.GetConsistencyProofRequest(first=1, second=2**64 - 1), timeout=DEADLINE),
+         "QUERY_INVALID", ["second"]),
     ]
     for call, reason, fields in attempts:
         code, got_reason, got_fields, said = await refusal_of(call)
