@@ -56,6 +56,10 @@ _BEFORE_FUNDS: Final = frozenset({_S.CASE_STATE_OPENED, _S.CASE_STATE_OUTBOUND_A
 
 # Who the measures cover: employee (310, not retired) and resident (390) basic insurance.
 COVERED_INSURANCE: Final[frozenset[int]] = frozenset({EMPLOYEE, RESIDENT})
+# Messages a case may hold from its platforms. A whole case, a return and a blocker included, is
+# about twenty; acknowledgements of receipt have no natural end, and a case's view (GetCase, the
+# audit) grows with every message, so the cap keeps what one party can add to it bounded.
+MAX_CASE_MESSAGES: Final = 100
 
 
 class Side(StrEnum):
@@ -346,6 +350,9 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
         if case.closed:
             raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})",
                              case, event=event.value)
+        if len(case.messages) >= MAX_CASE_MESSAGES:
+            raise _violation("CASE_MESSAGE_LIMIT", f"case {case.transfer_id} holds the most messages a case may"
+                             f" ({MAX_CASE_MESSAGES})", case, limit=str(MAX_CASE_MESSAGES))
         side = _side(case, header.sender, header.receiver)
         opening = False
     transition = _transition(case, event, side, policies)

@@ -72,6 +72,9 @@ RULES: Final[tuple[Rule, ...]] = (
          f"{MEASURES}: 不得重复参保和重复享受待遇"),
     Rule("CASE_CLOSED", _FP, "A closed case (completed, refused, rejected, withdrawn, closed by an operator, "
          "expired) accepts nothing more.", _CONTRACT),
+    Rule("CASE_MESSAGE_LIMIT", _FP, "A case holds at most 100 messages from its platforms (a whole case, "
+         "returns and blockers included, needs about twenty), so no party can grow a case, and every answer that "
+         "shows it, without bound; metadata `limit`.", _CONTRACT),
     Rule("STATE_FORBIDS_MESSAGE", _FP, "This side may not send this message in this state (see the diagram); "
          "metadata `event` and `side`.", _CONTRACT),
     Rule("PARTIES_MISMATCH", _FP, "Sender and receiver are the case's outbound and inbound agencies, the "

@@ -604,3 +604,25 @@ def test_a_refusal_is_blocked_only_when_every_reason_is_a_blocker() -> None:
         only = builders.outbound_notice_refused(world.plan.route, world.plan.person, world.plan.insurance_type,
                                                 [builders.reason(code)])  # type: ignore[arg-type]
         assert rules.event_of(only) is Event.NOTICE_BLOCKED
+
+
+def test_a_case_holds_a_bounded_number_of_messages() -> None:
+    """Acknowledgements of receipt have no natural end: a party sending them without end is
+    refused once the case holds MAX_CASE_MESSAGES, and nothing about the case changes."""
+    world = World(True)
+    case = world.case(S.CASE_STATE_TABLE_SENT)
+    table = world.table.header
+    accepted = 0
+    while True:
+        ack = messages_pb2.Acknowledgement(answers_message_id=table.message_id, status=Ack.STATUS_RECEIVED)
+        ack.header.CopyFrom(builders.header(table.receiver, table.sender, table.transfer_id))
+        try:
+            case = apply(case, ack)
+        except RuleViolation as refused:
+            assert refused.reason == "CASE_MESSAGE_LIMIT"
+            assert refused.metadata["limit"] == str(rules.MAX_CASE_MESSAGES)
+            break
+        accepted += 1
+        assert accepted <= rules.MAX_CASE_MESSAGES  # the loop ends by the refusal, never by this
+    assert len(case.messages) == rules.MAX_CASE_MESSAGES
+    assert case.state == S.CASE_STATE_TABLE_SENT
