@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, StoreUnavailable
 from gateway.core.settings import setting
 from gateway.service.metrics import Metrics
 from gateway.store import CheckpointRecord, SignCheckpoint, Store
@@ -46,18 +46,38 @@ class CheckpointPublisher:
         self._metrics = metrics
         self._clock = clock
         self._running: asyncio.Task[CheckpointRecord | None] | None = None
+        self._closed = False
 
     async def publish_now(self) -> CheckpointRecord | None:
         """Publish a checkpoint of everything logged so far (None if there was nothing new).
 
-        Raises StoreUnavailable.
+        The publication is shielded from its callers: one that goes away (a call cancelled, the
+        periodic round stopped) leaves it to finish for the others, and `close` waits for it.
+
+        Raises StoreUnavailable, also once the publisher is closed.
         """
+        if self._closed:
+            raise StoreUnavailable("the gateway is stopping: no checkpoint is published", reason="STORE_UNAVAILABLE")
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._publish())
             # Shielded, it outlives a caller that is cancelled (the loop at shutdown): its outcome
             # is then nobody's, and must not surface as "Task exception was never retrieved".
             self._running.add_done_callback(_outcome_seen)
         return await asyncio.shield(self._running)
+
+    async def close(self) -> None:
+        """Publish nothing more, and wait for a publication under way: before the store closes, so
+        that none outlives it (a shielded publication whose callers all went away would otherwise
+        run on against a closed store and fail unseen)."""
+        self._closed = True
+        running, self._running = self._running, None
+        if running is None:
+            return
+        try:
+            await running
+        except Exception as err:  # its callers are gone: say what became of it here
+            reason = err.reason if isinstance(err, GatewayError) else type(err).__name__
+            log.warning("checkpoint not published", extra={"fields": {"reason": reason}})
 
     async def _publish(self) -> CheckpointRecord | None:
         published = await self._store.publish_checkpoint(self._sign)

@@ -358,6 +358,10 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # Nothing that uses the store may outlive it: a publication under way (shielded from the
+        # round just cancelled, and from callers gone with the server) ends first, and so do the
+        # leases being returned.
+        await self.publisher.close()
         await self._router.wait_closed()  # the leases the streams held are back in the store
         if self._store_open:
             self._store_open = False
@@ -399,4 +403,6 @@ async def serve(server: GatewayServer) -> None:
     await server.start()
     tune_collector()
     await stopping.wait()
+    if reloads:  # a reload under way writes to the store: it ends before the store closes
+        await asyncio.gather(*reloads, return_exceptions=True)
     await server.stop()

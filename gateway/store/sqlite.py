@@ -254,22 +254,25 @@ class SQLiteStore(SQLStore):
         conn.execute(f"PRAGMA busy_timeout={self._config.busy_timeout_ms}")
         return conn
 
-    def _read_now(self, operation: Operation[T]) -> T:
+    @staticmethod
+    def _read_now(reader: sqlite3.Connection, steps: SQLiteSteps, operation: Operation[T]) -> T:
         """One read in one snapshot, on the reader thread."""
-        assert self._reader is not None and self._reader_steps is not None
         try:
-            self._reader.execute("BEGIN")
+            reader.execute("BEGIN")
             try:
-                return self._reader_steps.run(operation())
+                return steps.run(operation())
             finally:
-                self._reader.execute("COMMIT")
+                reader.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"store error: {exc}", reason="STORE_UNAVAILABLE") from exc
 
     async def read(self, operation: Operation[T]) -> T:
-        if self._reads is None or self._loop is None:
+        """Run `operation` on the reader thread. A read queued when the store closes still runs:
+        it holds the connection, which closes on the same thread after it."""
+        if self._reads is None or self._loop is None or self._reader is None or self._reader_steps is None:
             raise StoreUnavailable("store is not open", reason="STORE_UNAVAILABLE")
-        return await self._loop.run_in_executor(self._reads, self._read_now, operation)
+        return await self._loop.run_in_executor(self._reads, self._read_now, self._reader, self._reader_steps,
+                                                operation)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)

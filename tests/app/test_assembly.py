@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import re
 import shutil
 import socket
+import sqlite3
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -244,3 +246,35 @@ async def test_a_second_process_on_one_sqlite_file_is_refused_by_name(tmp_path: 
     finally:
         await store.close()
     assert await asyncio.to_thread(lock_is_free, database)
+
+
+async def test_stop_lets_no_task_outlive_the_store(pki: DevPaths, tmp_path: Path) -> None:
+    """A checkpoint being published when the gateway stops (the interval's round, or a caller's that
+    went away) finishes before the store closes: after `stop()` no task the gateway started is
+    left, and none failed unseen ("Task exception was never retrieved")."""
+    loop = asyncio.get_running_loop()
+    unseen: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unseen.append(context))
+    before = asyncio.all_tasks()
+    database = tmp_path / "g.db"
+    server = assemble(gateway_config(pki, database))
+    await server.start()
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the store's writer waits here, so the publication stays under way
+    try:
+        caller = asyncio.create_task(server.publisher.publish_now())
+        await asyncio.sleep(0.05)
+        caller.cancel()  # its caller is gone, as the periodic round's is when stop cancels it
+        stopping = asyncio.create_task(server.stop(grace=0))
+        await asyncio.sleep(0.3)  # stop goes as far as it will while the publication waits
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await stopping
+    left = asyncio.all_tasks() - before - {asyncio.current_task(), caller, stopping}
+    assert left == set()
+    del left, server, caller, stopping
+    for _ in range(3):  # a task that failed says so when it is collected
+        gc.collect()
+        await asyncio.sleep(0.05)
+    assert unseen == []

@@ -67,3 +67,14 @@ async def test_the_store_creates_its_folder(tmp_path: Path) -> None:
         assert await store.get_case(m.transfer_id) is not None
     finally:
         await store.close()
+
+
+async def test_a_read_under_way_when_the_store_closes_finishes(tmp_path: Path) -> None:
+    """Closing does not pull the connection from under a read already queued (a checkpoint's or a
+    gauge's when the gateway stops): the read runs first, then the connection closes."""
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "closing.db"), Clock(), SLA)
+    await store.open()
+    reading = asyncio.ensure_future(store.log_leaves())
+    await asyncio.sleep(0)  # queued on the reader thread
+    await store.close()
+    assert await reading == 0
