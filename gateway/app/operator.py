@@ -88,8 +88,8 @@ class AdminCalls:
         return self._verify(receipt), receipt
 
     async def close(self, transfer_id: str, *, reason: str) -> tuple[envelope_pb2.ReceiptBody, envelope_pb2.Receipt]:
-        """Close an unanswered request; returns the verified receipt body and the signed receipt
-        (closing it again returns the same receipt)."""
+        """Close an unanswered request, or an automatic case waiting for its blockers; returns the
+        verified receipt body and the signed receipt (closing it again returns the same receipt)."""
         request = admin_pb2.CloseCaseRequest(transfer_id=transfer_id, reason=reason)
         receipt = await self._call(self._stub.CloseCase(request, timeout=self._config.timeout))
         return self._verify(receipt), receipt
@@ -435,12 +435,14 @@ def add_operator_commands(commands: Any, reports: Any, command: Command, common:
     reject.add_argument("--reason", required=True, help="why (recorded with the decision and sent to both sides)")
     reject.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
 
-    case = commands.add_parser("case", help="cases: close an unanswered request (role operator)", parents=[common])
+    case = commands.add_parser("case", help="cases: close an unanswered request or a case waiting for its blockers"
+                               " (role operator)", parents=[common])
     case_actions = case.add_subparsers(dest="case_command", required=True, metavar="ACTION")
     close = command(case_actions, "close", _close,
-                    "close a transfer request the outbound side never answered, with a reason sent to both sides")
+                    "close a transfer request the outbound side never answered, or an automatic case waiting for"
+                    " blockers nobody clears, with a reason sent to both sides")
     _connection_options(close, "operator")
-    close.add_argument("transfer_id", help="the request's case")
+    close.add_argument("transfer_id", help="the case")
     close.add_argument("--reason", required=True, help="why (at most 500 characters; signed and sent to both sides)")
     close.add_argument("--receipt", help="write the gateway's signed receipt (protobuf bytes) to this file")
 

@@ -176,8 +176,11 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     _t(Event.WITHDRAWAL, Side.INBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
     _t(Event.WITHDRAWAL, Side.OUTBOUND, _BEFORE_FUNDS, _S.CASE_STATE_WITHDRAWN, Guard.BY_APPLICANT),
     # An unanswered request is escalated (its outbound stage runs overdue), never closed by the
-    # clock: only the applicant (withdrawal) or an operator's reasoned decision closes it.
-    _t(Event.OPERATOR_CLOSURE, Side.OPERATOR, {_S.CASE_STATE_OPENED}, _S.CASE_STATE_CLOSED_BY_OPERATOR),
+    # clock: only the applicant (withdrawal) or an operator's reasoned decision closes it. So is an
+    # automatic case whose blockers are never cleared: nobody applied for it, the person may never
+    # clear them, and nothing but an operator (or the inbound side's withdrawal) ends the wait.
+    _t(Event.OPERATOR_CLOSURE, Side.OPERATOR, {_S.CASE_STATE_OPENED, _S.CASE_STATE_AWAITING_RESOLUTION},
+       _S.CASE_STATE_CLOSED_BY_OPERATOR),
 )
 
 # Which earlier message each acknowledgement status must answer.
@@ -430,8 +433,9 @@ def open_automatic(case: Case | None, request: messages_pb2.TransferRequest, *, 
 
 
 def close(case: Case | None, *, message_id: str) -> Decision:
-    """The decision on an operator's closure of a case whose request was never answered. Closing
-    it again is a replay of the first closure (`replay_of`)."""
+    """The decision on an operator's closure of a case whose request was never answered, or of an
+    automatic case waiting for blockers nobody clears. Closing it again is a replay of the first
+    closure (`replay_of`)."""
     if case is None:
         raise _violation("CASE_NOT_OPENED", "no such case", None, event=Event.OPERATOR_CLOSURE.value)
     earlier = case.decision_of(envelope_pb2.MESSAGE_KIND_CASE_CLOSED)
@@ -532,8 +536,9 @@ def _transition(case: Case, event: Event, side: Side, policies: Policies) -> Tra
     if event in (Event.REVIEW_APPROVED, Event.REVIEW_REJECTED):
         raise _violation("NOT_HELD_FOR_REVIEW", f"case {case.transfer_id} has no fund transfer held for review", case)
     if event is Event.OPERATOR_CLOSURE:
-        raise _violation("CASE_NOT_UNANSWERED", f"case {case.transfer_id} is not a request waiting for its outbound "
-                         "notice: only such a case may be closed by an operator", case)
+        raise _violation("CASE_NOT_UNANSWERED", f"case {case.transfer_id} is neither a request waiting for its "
+                         "outbound notice nor an automatic case waiting for its blockers: only those may be closed by "
+                         "an operator", case)
     if candidates:  # the state fits, a guard does not: funds are awaited or not expected
         raise _violation("FUNDS_NOT_YET_SENT" if case.funds_expected else "NO_FUNDS_EXPECTED",
                          f"{event.value} does not fit case {case.transfer_id}: funds expected is "

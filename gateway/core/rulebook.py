@@ -157,8 +157,10 @@ RULES: Final[tuple[Rule, ...]] = (
          "clear (在院未结算 `REASON_CODE_UNSETTLED_HOSPITAL_STAY`, 欠费 `REASON_CODE_ARREARS`, 多重参保编号 "
          "`REASON_CODE_MULTIPLE_INSURED_NUMBERS`, 缴费信息不完整 `REASON_CODE_INCOMPLETE_CONTRIBUTIONS`, 透支 "
          "`REASON_CODE_ACCOUNT_OVERDRAWN`) waits, `AWAITING_RESOLUTION`; the outbound side's `BlockerResolution` "
-         "resumes it (`OPENED`) with no new application; a refusal with any other reason closes it (`REFUSED`). An "
-         "applied case refused for blockers closes, as before: the person applies again once they are cleared.",
+         "resumes it (`OPENED`) with no new application; a refusal with any other reason closes it (`REFUSED`), and so "
+         "do the inbound side's Withdrawal and an operator (Admin.CloseCase, with a reason, signed and delivered to "
+         "both sides) when the blockers are never cleared. An applied case refused for blockers closes, as before: the "
+         "person applies again once they are cleared.",
          f"{_JIANGSU_BLOCKERS}"),
     Rule("RESOLUTION_CLOCK", "", "While an automatic case waits for its blockers, its outbound and total stages "
          "stand finished and the resolution stage runs: the person's, on no agency's clock (20 working days by "
@@ -208,8 +210,8 @@ RULES: Final[tuple[Rule, ...]] = (
          "overdue and alerted (escalated), never closed by the clock: only its applicant (Withdrawal) or an "
          "operator (Admin.CloseCase, with a reason, signed and delivered to both sides) closes it.",
          f"{MEASURES}: 转出地经办机构10个工作日内完成"),
-    Rule("CASE_NOT_UNANSWERED", _FP, "An operator closes only a request still waiting for its outbound notice.",
-         _CONTRACT),
+    Rule("CASE_NOT_UNANSWERED", _FP, "An operator closes only a request still waiting for its outbound notice, "
+         "or an automatic case waiting for its blockers (`AWAITING_RESOLUTION`).", _CONTRACT),
 )
 
 

@@ -1,7 +1,7 @@
 """Admin service: reviewers decide on held fund transfers of the provinces they are scoped to;
 operators read the settlement ledger, list and redrive dead letters, close requests the outbound
-side never answered, load the State Council's holiday notices every replica counts on, and load
-newer versions of the agency registry.
+side never answered (and automatic cases whose blockers are never cleared), load the State
+Council's holiday notices every replica counts on, and load newer versions of the agency registry.
 
 A decision (review, closure) is decided on the case as committed, inside the transaction that
 records it (`gateway.core.case.review`, `close`): two identical decisions racing each other get
@@ -112,7 +112,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return envelope_pb2.Receipt.FromString(outcome.receipt)
 
     async def CloseCase(self, request: admin_pb2.CloseCaseRequest, context: Any) -> envelope_pb2.Receipt:
-        """An operator's reasoned closure of a request the outbound side never answered."""
+        """An operator's reasoned closure of a request the outbound side never answered, or of an
+        automatic case whose blockers are never cleared."""
         operator = self._callers.operator(context, self._registry.current, "operator")
         reason = request.reason.strip()
         bad = [] if is_uuid(request.transfer_id) else [

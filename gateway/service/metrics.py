@@ -98,7 +98,8 @@ class Metrics:
         )
         self.closures = Counter(
             "transfer_gateway_cases_closed_by_operator",
-            "Unanswered transfer requests an operator closed (Admin.CloseCase).", registry=registry,
+            "Cases an operator closed (Admin.CloseCase): unanswered requests, and automatic cases waiting for"
+            " blockers nobody cleared.", registry=registry,
         )
         self.rejudged = Counter(
             "transfer_gateway_stages_rejudged",

@@ -309,7 +309,9 @@ Global___CaseExpired: _TypeAlias = CaseExpired  # noqa: Y015
 
 @_typing.final
 class CloseCaseRequest(_message.Message):
-    """An operator's closure of an unanswered transfer request."""
+    """An operator's closure of an unanswered transfer request, or of an automatic case waiting for
+    its blockers.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -335,8 +337,8 @@ Global___CloseCaseRequest: _TypeAlias = CloseCaseRequest  # noqa: Y015
 
 @_typing.final
 class CaseClosed(_message.Message):
-    """人工关闭 an operator closed a case whose transfer request the outbound side never answered, as
-    the gateway records, signs and delivers it.
+    """人工关闭 an operator closed a case whose transfer request the outbound side never answered, or
+    an automatic case whose blockers were never cleared, as the gateway records, signs and delivers it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

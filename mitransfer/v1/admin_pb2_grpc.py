@@ -120,10 +120,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseCase(self, request, context):
-        """Close a case whose transfer request the outbound side never answered (role operator), with a
-        reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
-        it to both sides. Only a request still waiting for its outbound notice can be closed so
-        (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+        """Close a case whose transfer request the outbound side never answered, or an automatic case
+        waiting for blockers nobody clears (role operator), with a reason. The gateway records the
+        closure in the case's log, signs it (CaseClosed) and delivers it to both sides. Only a request
+        still waiting for its outbound notice (OPENED) or an automatic case waiting for its blockers
+        (AWAITING_RESOLUTION) can be closed so (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise);
+        closing it again returns the same receipt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

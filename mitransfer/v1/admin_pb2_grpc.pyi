@@ -55,10 +55,12 @@ class AdminStub:
     GetSettlement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]
     """Funds in transit per province pair for one day (role operator)."""
     CloseCase: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CloseCaseRequest, _envelope_pb2.Receipt]
-    """Close a case whose transfer request the outbound side never answered (role operator), with a
-    reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
-    it to both sides. Only a request still waiting for its outbound notice can be closed so
-    (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+    """Close a case whose transfer request the outbound side never answered, or an automatic case
+    waiting for blockers nobody clears (role operator), with a reason. The gateway records the
+    closure in the case's log, signs it (CaseClosed) and delivers it to both sides. Only a request
+    still waiting for its outbound notice (OPENED) or an automatic case waiting for its blockers
+    (AWAITING_RESOLUTION) can be closed so (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise);
+    closing it again returns the same receipt.
     """
     LoadCalendar: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LoadCalendarRequest, _admin_pb2.LoadCalendarResponse]
     """Load the State Council's holiday notice for one or more years into the store, for every
@@ -112,10 +114,12 @@ class AdminAsyncStub(AdminStub):
     GetSettlement: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSettlementRequest, _admin_pb2.SettlementReport]  # type: ignore[assignment]
     """Funds in transit per province pair for one day (role operator)."""
     CloseCase: _aio.UnaryUnaryMultiCallable[_admin_pb2.CloseCaseRequest, _envelope_pb2.Receipt]  # type: ignore[assignment]
-    """Close a case whose transfer request the outbound side never answered (role operator), with a
-    reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
-    it to both sides. Only a request still waiting for its outbound notice can be closed so
-    (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+    """Close a case whose transfer request the outbound side never answered, or an automatic case
+    waiting for blockers nobody clears (role operator), with a reason. The gateway records the
+    closure in the case's log, signs it (CaseClosed) and delivers it to both sides. Only a request
+    still waiting for its outbound notice (OPENED) or an automatic case waiting for its blockers
+    (AWAITING_RESOLUTION) can be closed so (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise);
+    closing it again returns the same receipt.
     """
     LoadCalendar: _aio.UnaryUnaryMultiCallable[_admin_pb2.LoadCalendarRequest, _admin_pb2.LoadCalendarResponse]  # type: ignore[assignment]
     """Load the State Council's holiday notice for one or more years into the store, for every
@@ -190,10 +194,12 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.CloseCaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_envelope_pb2.Receipt, _abc.Awaitable[_envelope_pb2.Receipt]]:
-        """Close a case whose transfer request the outbound side never answered (role operator), with a
-        reason. The gateway records the closure in the case's log, signs it (CaseClosed) and delivers
-        it to both sides. Only a request still waiting for its outbound notice can be closed so
-        (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise); closing it again returns the same receipt.
+        """Close a case whose transfer request the outbound side never answered, or an automatic case
+        waiting for blockers nobody clears (role operator), with a reason. The gateway records the
+        closure in the case's log, signs it (CaseClosed) and delivers it to both sides. Only a request
+        still waiting for its outbound notice (OPENED) or an automatic case waiting for its blockers
+        (AWAITING_RESOLUTION) can be closed so (FAILED_PRECONDITION CASE_NOT_UNANSWERED otherwise);
+        closing it again returns the same receipt.
         """
 
     @_abc_1.abstractmethod

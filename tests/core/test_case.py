@@ -473,9 +473,9 @@ def test_every_rule_is_in_the_rulebook_and_the_integration_guide() -> None:
 
 
 @pytest.mark.parametrize("state", OPEN + CLOSED)
-def test_only_an_unanswered_request_is_closed_by_an_operator(state: int) -> None:
+def test_an_operator_closes_only_an_unanswered_request_or_a_case_waiting_for_its_blockers(state: int) -> None:
     world = World(True)
-    if state == S.CASE_STATE_OPENED:
+    if state in (S.CASE_STATE_OPENED, S.CASE_STATE_AWAITING_RESOLUTION):
         after = rules.close(world.case(state), message_id="c1")
         assert after.case.state == S.CASE_STATE_CLOSED_BY_OPERATOR and after.case.closed
         assert rules.close(after.case, message_id="c2").replay_of == "c1"  # closing again: the first closure

@@ -364,3 +364,30 @@ async def test_a_refusal_for_another_reason_closes_a_waiting_case(platforms: Pla
                                              [builders.reason(types_pb2.REASON_CODE_OTHER, "参保关系已终止")])
     await jsc.submit(final)
     assert (await zj.get_case(tid)).state == S.CASE_STATE_REFUSED
+
+
+async def test_an_operator_closes_a_case_whose_blockers_are_never_cleared(gateway: GatewayHandle,
+                                                                         platforms: Platforms) -> None:
+    """Nobody applied for an automatic case, and the person may never clear its blockers: an operator
+    closes it with a reason, signed and delivered to both sides, and its resolution stage ends."""
+    from mitransfer.v1 import admin_pb2, types_pb2
+
+    plan = record_plan(seed=35)
+    js, zj = platforms.reference["jiangsu"], platforms.clients["zhejiang"]
+    await js.register_record(plan, [types_pb2.REASON_CODE_ARREARS])
+    await zj.submit(enrollment_of(plan))
+    tid = plan.route.transfer_id
+    assert (await wait_for_state(zj, tid, S.CASE_STATE_AWAITING_RESOLUTION)).state == S.CASE_STATE_AWAITING_RESOLUTION
+    close = admin_pb2.CloseCaseRequest(transfer_id=tid, reason="欠费逾期未补缴，经与参保人确认终止本次转移")
+    receipt = await gateway.admin("operator").CloseCase(close)
+    assert await gateway.admin("operator").CloseCase(close) == receipt  # closing again: the same closure
+    closed = await wait_for_state(zj, tid, S.CASE_STATE_CLOSED_BY_OPERATOR)
+    assert closed.state == S.CASE_STATE_CLOSED_BY_OPERATOR
+    assert {s.stage: s for s in closed.stages}[S.STAGE_RESOLUTION].HasField("finished_at")
+    closure = envelope_pb2.ReceiptBody.FromString(receipt.body).message_id
+    acknowledged = tracking_pb2.DELIVERY_STATE_ACKNOWLEDGED
+    for _ in range(100):  # both sides' reference platforms take it and acknowledge it
+        if gateway.count("deliveries", "message_id = ? AND state = ?", closure, acknowledged) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert gateway.count("deliveries", "message_id = ? AND state = ?", closure, acknowledged) == 2
