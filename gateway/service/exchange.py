@@ -7,10 +7,13 @@ decision → signed receipt. A request byte for byte identical to one this proce
 and committed, from the same platform, is answered with its receipt right after the size check.
 
 A message accepted before is answered as a replay whatever has changed since: its `created_at`
-may have left the freshness window, or a field rule may have tightened. The store decides replays
-inside `accept`, after validation; so when validation refuses a message, Submit first asks the
-store whether that very payload was accepted under its id (any replica may have accepted it:
-the recent-receipts shortcut knows only this process) and answers with its receipt if so.
+may have left the freshness window, a field rule may have tightened, or the key that signed it
+may have ended or been revoked. The store decides replays inside `accept`, after validation; so
+when a refusal depends on when the message comes (its key's window, validation), Submit first asks
+the store whether that very payload was accepted under its id (any replica may have accepted it:
+the recent-receipts shortcut knows only this process) and answers with its receipt if so. The
+signature must still verify, with the key's material whatever its window: only what its sender
+signed is answered so.
 
 A message to the suspended-record index (a suspended record, an enrollment, their withdrawals)
 goes, once validated, to `gateway.service.automatic` instead of to a case.
@@ -153,14 +156,24 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 return receipt
             signed = _signed_message(request)
             kind_label = messages.kind_name(signed.kind)
-            key, signed_bytes = self._verify(platform, signed)
+            key, signed_bytes, outside_window = self._verify(platform, signed)
             digest = hashlib.sha256(signed_bytes).digest()
-            message = messages.parse(signed.kind, signed.payload)
             try:
+                message = messages.parse(signed.kind, signed.payload)
+            except CallerError:
+                if outside_window is None:
+                    raise
+                self._metrics.signature_failures.labels(platform.id).inc()
+                raise outside_window from None
+            try:
+                if outside_window is not None:
+                    raise outside_window
                 validate(message, now=self._clock(), limits=self._limits)
-            except InvalidMessage:
+            except (InvalidMessage, SignatureRejected) as refused:  # refusals that depend on when it comes
                 earlier = await self._accepted_before(registry, platform, signed, message)
                 if earlier is None:
+                    if refused is outside_window:
+                        self._metrics.signature_failures.labels(platform.id).inc()
                     raise
                 self._recent.put(request_digest, platform.id, kind_label, earlier)
                 self._metrics.count_message(kind_label, "replayed")
@@ -244,23 +257,34 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 and body.payload_sha256 == hashlib.sha256(signed.payload).digest())
         return stored if same else None
 
-    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage) -> tuple[VerifyingKey, bytes]:
-        """Check the key (the caller's own, valid now) and the signature over the bytes as received;
-        returns the key and those bytes, PAE(type, payload), whose SHA-256 is the fingerprint."""
+    def _verify(self, platform: Platform, signed: envelope_pb2.SignedMessage
+                ) -> tuple[VerifyingKey, bytes, SignatureRejected | None]:
+        """Check the key (the caller's own) and the signature over the bytes as received; returns
+        the key, those bytes, PAE(type, payload), whose SHA-256 is the fingerprint, and the refusal
+        of a key used outside its window (KEY_EXPIRED, KEY_REVOKED, KEY_NOT_YET_VALID) when the
+        signature verifies all the same: a retry of a message accepted while the key was valid is
+        still a replay (Submit asks the store), anything else is refused with it.
+
+        Raises SignatureRejected: not a key of this platform, or a signature that does not verify
+        (a key outside its window says so rather than SIGNATURE_INVALID, as it always did)."""
         payload_type = messages.payload_type(signed.kind)
+        outside_window: SignatureRejected | None = None
         try:
             key = platform_key_at(platform, signed.key_id, self._clock())
-        except SignatureRejected:
-            self._metrics.signature_failures.labels(platform.id).inc()
-            raise
+        except SignatureRejected as refused:
+            known = platform.keys.get(signed.key_id)
+            if known is None:  # not a key of this platform at all
+                self._metrics.signature_failures.labels(platform.id).inc()
+                raise
+            key, outside_window = known, refused
         signed_bytes = pae(payload_type, signed.payload)
         if not key.verify(signed.signature, signed_bytes):
             self._metrics.signature_failures.labels(platform.id).inc()
-            raise SignatureRejected(
+            raise outside_window or SignatureRejected(
                 f"signature does not verify with key {signed.key_id} over PAE({payload_type}, payload)",
                 reason="SIGNATURE_INVALID", metadata={"key_id": signed.key_id},
             )
-        return key, signed_bytes
+        return key, signed_bytes, outside_window
 
     def _admit(
         self, registry: Registry, platform: Platform, signed: envelope_pb2.SignedMessage,

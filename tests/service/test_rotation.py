@@ -155,6 +155,44 @@ async def test_platform_and_gateway_keys_rotate_and_old_messages_still_verify(ro
     assert err.value.reason == "KEY_EXPIRED" and "jiangsu-dev-1" in str(err.value)
 
 
+async def test_a_retry_after_the_keys_end_is_a_replay_on_a_replica_that_never_saw_it(pki: DevPaths,
+                                                                                     tmp_path: Path) -> None:
+    """A message accepted while its key was valid, sent again byte for byte after the key's end to a
+    process that has not seen it (the recent receipts miss), is answered with its receipt: a retry
+    is a replay whatever its age. A message never accepted, signed with the retired key, is refused."""
+    paths, _, gateway_key_file = rotated_pki(pki, tmp_path / "pki")
+    clock = Clock(T - dt.timedelta(minutes=30))
+    config = gateway_config(paths, tmp_path / "gateway.db")
+    config = replace(config, signing=replace(config.signing, rotation_keys=(gateway_key_file,)))
+    old_key = LocalSigner.from_pem("jiangsu-dev-1", paths.platform_signing_key("jiangsu").read_bytes())
+    accepted = sign(notice(5), old_key)  # type: ignore[arg-type]
+    first = assemble(config, clock=clock)
+    await first.start()
+    handle = GatewayHandle(server=first, pki=paths, database=tmp_path / "gateway.db")
+    try:
+        receipt = await handle.exchange("jiangsu").Submit(accepted)
+    finally:
+        await handle.close_channels()
+        await first.stop(grace=0.1)
+
+    clock.now = T + dt.timedelta(minutes=1)  # jiangsu-dev-1 has ended
+    second = assemble(config, clock=clock)  # another process: nothing of the first's recent receipts
+    await second.start()
+    handle = GatewayHandle(server=second, pki=paths, database=tmp_path / "gateway.db")
+    try:
+        assert await handle.exchange("jiangsu").Submit(accepted) == receipt
+        assert second.prometheus.get_sample_value("transfer_gateway_signature_failures_total",
+                                                  {"platform": "jiangsu"}) in (None, 0.0)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await handle.exchange("jiangsu").Submit(sign(notice(6), old_key))  # type: ignore[arg-type]
+        refused = failure(caught.value)
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_EXPIRED")
+        assert handle.count("messages") == 1
+    finally:
+        await handle.close_channels()
+        await second.stop(grace=0.1)
+
+
 async def test_a_receipt_made_with_the_retired_gateway_key_after_its_end_is_refused(rotation: Rotation) -> None:
     """Whoever holds the old gateway key cannot date receipts after its end: verifiers refuse them."""
     old_gateway_key = LocalSigner.from_pem("gateway-dev-1", rotation.handle.pki.gateway_signing_key.read_bytes())
