@@ -75,9 +75,16 @@ class AdminCalls:
         self._gateway_keys = gateway_keys
 
     async def held(self) -> list[admin_pb2.HeldFundTransfer]:
-        reply = await self._call(self._stub.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest(),
-                                                                  timeout=self._config.timeout))
-        return list(reply.held)
+        """Every fund transfer held for this reviewer, oldest first (a page at a time)."""
+        held: list[admin_pb2.HeldFundTransfer] = []
+        token = ""
+        while True:
+            reply = await self._call(self._stub.ListHeldFundTransfers(
+                admin_pb2.ListHeldFundTransfersRequest(page_size=500, page_token=token), timeout=self._config.timeout))
+            held += reply.held
+            token = reply.next_page_token
+            if not token:
+                return held
 
     async def review(self, transfer_id: str, *, approve: bool, comment: str) -> tuple[envelope_pb2.ReceiptBody,
                                                                                         envelope_pb2.Receipt]:

@@ -16,13 +16,13 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from gateway.core import case as case_rules
 from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPermitted, RegistryRefused
 from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
 from gateway.core.text import shown
-from gateway.core.timestamps import timestamp_of
+from gateway.core.timestamps import from_micros, micros, timestamp_of
 from gateway.core.validation import DATE_HORIZON, EARLIEST_DATE, date_problem, is_uuid, text_problem
 from gateway.core.workdays import CalendarFileError, DaySource, YearNotice, local_date, start_of, year_notice
 from gateway.service.auth import Callers
@@ -30,10 +30,12 @@ from gateway.service.authored import GatewayAuthor
 from gateway.service.calendar import CalendarKeeper
 from gateway.service.metrics import Metrics
 from gateway.service.routing import Router
-from gateway.store import DeadLetter, DeadLetterQuery, Store
+from gateway.store import DeadLetter, DeadLetterQuery, HeldQuery, HeldTransfer, Store
 from mitransfer.v1 import admin_pb2, admin_pb2_grpc, envelope_pb2
 
 log = logging.getLogger("gateway.admin")
+
+T = TypeVar("T")
 
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
@@ -67,13 +69,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListHeldFundTransfersRequest, context: Any
     ) -> admin_pb2.ListHeldFundTransfersResponse:
         reviewer = self._callers.operator(context, self._registry.current, "reviewer")
-        out = admin_pb2.ListHeldFundTransfersResponse()
-        for held in await self._store.held_transfers():
-            if not reviewer.covers(held.outbound[:2]):  # another province's reviewers decide it
-                continue
-            entry = out.held.add(transfer_id=held.transfer_id, message_id=held.message_id, outbound=held.outbound,
-                                 inbound=held.inbound, amount_fen=held.amount_fen)
-            entry.held_since.FromDatetime(held.held_since)
+        bad: list[FieldViolation] = []
+        size, after = _page(request.page_size, request.page_token, _parse_held_token, bad)
+        if bad:
+            raise InvalidMessage(bad, reason="QUERY_INVALID")
+        # another province's reviewers decide its transfers: the page holds only this reviewer's
+        held = await self._store.held_transfers(HeldQuery(provinces=reviewer.provinces, after=after, limit=size + 1))
+        page = held[:size]
+        out = admin_pb2.ListHeldFundTransfersResponse(
+            next_page_token=_held_token(page[-1]) if len(held) > size else "")
+        for h in page:
+            entry = out.held.add(transfer_id=h.transfer_id, message_id=h.message_id, outbound=h.outbound,
+                                 inbound=h.inbound, amount_fen=h.amount_fen)
+            entry.held_since.FromDatetime(h.held_since)
         return out
 
     async def ReviewFundTransfer(
@@ -221,16 +229,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         bad: list[FieldViolation] = []
         if request.platform and request.platform not in registry.platforms:
             bad.append(FieldViolation("platform", f"{shown(request.platform)} is not a platform of the registry"))
-        if not 0 <= request.page_size <= MAX_PAGE:
-            bad.append(FieldViolation("page_size", f"must be 0 to {MAX_PAGE}"))
-        after = None
-        if request.page_token:
-            after = _parse_token(request.page_token)
-            if after is None:
-                bad.append(FieldViolation("page_token", "is not a token this service issued"))
+        size, after = _page(request.page_size, request.page_token, _parse_token, bad)
         if bad:
             raise InvalidMessage(bad, reason="QUERY_INVALID")
-        size = request.page_size or DEFAULT_PAGE
         letters = await self._store.dead_letters(DeadLetterQuery(
             platform=request.platform or None, after=after, limit=size + 1))  # one more: is there a next page
         page = letters[:size]
@@ -324,6 +325,34 @@ def _dead_letter(d: DeadLetter) -> admin_pb2.DeadLetter:
     if d.dead_at is not None:
         out.dead_since.FromDatetime(d.dead_at)
     return out
+
+
+def _page(page_size: int, page_token: str, parse: Callable[[str], T | None],
+          bad: list[FieldViolation]) -> tuple[int, T | None]:
+    """A page's size (0 means DEFAULT_PAGE) and where it starts (None: at the beginning); a bad
+    size or a token this service did not issue is added to `bad`."""
+    if not 0 <= page_size <= MAX_PAGE:
+        bad.append(FieldViolation("page_size", f"must be 0 to {MAX_PAGE}"))
+    after = None
+    if page_token:
+        after = parse(page_token)
+        if after is None:
+            bad.append(FieldViolation("page_token", "is not a token this service issued"))
+    return page_size or DEFAULT_PAGE, after
+
+
+def _held_token(held: HeldTransfer) -> str:
+    """The last held transfer of a page: since when (µs since the epoch) and its transfer id."""
+    return base64.urlsafe_b64encode(f"{micros(held.held_since)} {held.transfer_id}".encode()).decode()
+
+
+def _parse_held_token(token: str) -> tuple[dt.datetime, str] | None:
+    try:
+        since, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
+        at = from_micros(int(since))
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        return None
+    return (at, transfer_id) if transfer_id else None
 
 
 def _token(letter: DeadLetter) -> str:

@@ -38,6 +38,7 @@ from gateway.store.port import (
     Decide,
     DeliveryStats,
     Escalation,
+    HeldQuery,
     HeldTransfer,
     InclusionRecord,
     IncomingMessage,
@@ -152,8 +153,8 @@ class SQLStore(ABC):
         stored_at = int(self._clock().timestamp() * 1_000_000)
         return await self.write(lambda: registry_documents.publish(document, stored_at))
 
-    async def held_transfers(self) -> list[HeldTransfer]:
-        return await self.read(reports.held_transfers)
+    async def held_transfers(self, query: HeldQuery) -> list[HeldTransfer]:
+        return await self.read(lambda: reports.held_transfers(query))
 
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
         return await self.read(lambda: reports.settlement(start, end))

@@ -292,6 +292,15 @@ class Retimed:
 
 
 @dataclass(frozen=True)
+class HeldQuery:
+    """Filters of `held_transfers`; they come oldest first (held since, then transfer id)."""
+
+    provinces: frozenset[str] = frozenset()  # outbound provinces (2 digits); empty: every one
+    after: tuple[dt.datetime, str] | None = None  # (held_since, transfer_id) of the previous page's last
+    limit: int = 100
+
+
+@dataclass(frozen=True)
 class HeldTransfer:
     transfer_id: str
     message_id: str
@@ -600,8 +609,8 @@ class Store(Protocol):
     async def publish_registry(self, document: StoredRegistry) -> StoredRegistry:
         """Store a registry version unless stored already; what the store holds under that version."""
 
-    async def held_transfers(self) -> list[HeldTransfer]:
-        """Fund transfers held for review, oldest first."""
+    async def held_transfers(self, query: HeldQuery) -> list[HeldTransfer]:
+        """Fund transfers held for review, oldest first, a page at a time."""
 
     async def settlement(self, start: dt.datetime, end: dt.datetime) -> list[SettlementLine]:
         """Fund transfers accepted in [start, end), per province pair, by their status now."""

@@ -14,9 +14,17 @@ from typing import NamedTuple
 
 from gateway.core.sla import Owner, Stage, Timeliness
 from gateway.core.timestamps import from_micros, micros
-from gateway.store.port import DeliveryStats, Escalation, HeldTransfer, SettlementLine, StageCount, StageTotal
+from gateway.store.port import (
+    DeliveryStats,
+    Escalation,
+    HeldQuery,
+    HeldTransfer,
+    SettlementLine,
+    StageCount,
+    StageTotal,
+)
 from gateway.store.rows import DEAD_LETTER, IN_FLIGHT, PENDING, opt_time
-from gateway.store.steps import Query, Steps
+from gateway.store.steps import Query, Steps, marks
 from mitransfer.v1 import tracking_pb2
 
 # Fund movement statuses (gateway.core.case.FundStatus) by where the money stands.
@@ -35,11 +43,21 @@ class _Held(NamedTuple):
     accepted_at: int
 
 
-def held_transfers() -> Steps[list[HeldTransfer]]:
+def held_transfers(query: HeldQuery) -> Steps[list[HeldTransfer]]:
+    where = ["f.status = 'held'"]
+    args: list[object] = []
+    if query.provinces:
+        provinces = sorted(query.provinces)
+        where.append(f"substr(c.outbound, 1, 2) IN ({marks(len(provinces))})")
+        args += provinces
+    if query.after is not None:
+        since, transfer_id = micros(query.after[0]), query.after[1]
+        where.append("(f.accepted_at > ? OR (f.accepted_at = ? AND f.transfer_id > ?))")
+        args += [since, since, transfer_id]
     rows = yield from Query(
         "SELECT f.transfer_id, f.message_id, c.outbound, c.inbound, f.amount_fen, f.accepted_at"
         " FROM fund_movements f JOIN cases c ON c.transfer_id = f.transfer_id"
-        " WHERE f.status = 'held' ORDER BY f.accepted_at", (), _Held)
+        f" WHERE {' AND '.join(where)} ORDER BY f.accepted_at, f.transfer_id LIMIT ?", (*args, query.limit), _Held)
     return [HeldTransfer(transfer_id=r.transfer_id, message_id=r.message_id, outbound=r.outbound, inbound=r.inbound,
                          amount_fen=r.amount_fen, held_since=from_micros(r.accepted_at)) for r in rows]
 

@@ -84,16 +84,27 @@ Global___ReloadRegistryResponse: _TypeAlias = ReloadRegistryResponse  # noqa: Y0
 
 @_typing.final
 class ListHeldFundTransfersRequest(_message.Message):
-    """Asks for every fund transfer held for review; it has no filter."""
+    """Asks for a page of the fund transfers held for review that the calling reviewer may decide
+    (those of its provinces; every province's for a reviewer without a scope), oldest first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """每页条数 at most this many (0 means 100; at most 500)"""
+    page_token: _builtins.str
+    """翻页标记 the previous page's next_page_token; empty for the first page"""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -145,23 +156,27 @@ Global___HeldFundTransfer: _TypeAlias = HeldFundTransfer  # noqa: Y015
 
 @_typing.final
 class ListHeldFundTransfersResponse(_message.Message):
-    """The fund transfers held for review, oldest first."""
+    """A page of the fund transfers held for review, oldest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HELD_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """翻页标记 pass it as page_token for the next page; empty on the last page"""
     @_builtins.property
     def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldFundTransfer]:
-        """待复核列表 every held fund transfer"""
+        """待复核列表 the page's held fund transfers"""
 
     def __init__(
         self,
         *,
         held: _abc.Iterable[Global___HeldFundTransfer] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,26 @@ async def test_rejected_transfer_is_never_delivered_and_closes_the_case(gateway:
     assert fund_view.delivery_state == tracking_pb2.DELIVERY_STATE_CANCELLED
 
 
+async def test_held_transfers_come_a_page_at_a_time_oldest_first(gateway: GatewayHandle) -> None:
+    tids = [(await send_big_case(gateway, BIG + i))[0].header.transfer_id for i in range(3)]
+    reviewer = gateway.admin("reviewer")
+    first = await reviewer.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest(page_size=2))
+    assert [h.transfer_id for h in first.held] == tids[:2] and first.next_page_token
+    rest = await reviewer.ListHeldFundTransfers(
+        admin_pb2.ListHeldFundTransfersRequest(page_size=2, page_token=first.next_page_token))
+    assert ([h.transfer_id for h in rest.held], rest.next_page_token) == (tids[2:], "")
+    whole = await reviewer.ListHeldFundTransfers(admin_pb2.ListHeldFundTransfersRequest())
+    assert [(h.transfer_id, h.amount_fen) for h in whole.held] == [(t, BIG + i) for i, t in enumerate(tids)]
+    for request, field in ((admin_pb2.ListHeldFundTransfersRequest(page_size=501), "page_size"),
+                           (admin_pb2.ListHeldFundTransfersRequest(page_token="bm90IGEgdG9rZW4="), "page_token"),
+                           (admin_pb2.ListHeldFundTransfersRequest(page_token="%%%"), "page_token")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await reviewer.ListHeldFundTransfers(request)
+        refusal = failure(caught.value)
+        assert (refusal.code, refusal.reason, refusal.fields) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "QUERY_INVALID", [field])
+
+
 async def test_admin_needs_an_operator_with_the_role(gateway: GatewayHandle) -> None:
     from mitransfer.v1 import admin_pb2_grpc
 

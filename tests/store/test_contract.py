@@ -24,6 +24,7 @@ from gateway.store import (
     AcceptOutcome,
     CaseQuery,
     Escalation,
+    HeldQuery,
     IncomingMessage,
     IssuedReceipt,
     Retimed,
@@ -240,7 +241,7 @@ async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clo
     await store.accept(later, same, receipt_for(later))
     none = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
     assert none.deliveries == []
-    held = await store.held_transfers()
+    held = await store.held_transfers(HeldQuery())
     assert [(h.transfer_id, h.amount_fen) for h in held] == [(m.transfer_id, 2_000_000)]
     with pytest.raises(NotFound):  # nothing to acknowledge while held
         await store.ack_delivery("zhejiang", fund.message_id, clock())
@@ -249,7 +250,7 @@ async def test_held_delivery_waits_for_release_and_blocks_the_case(store_and_clo
                                                            fund_status=FundStatus.SENT), receipt_for(decision))
     got = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=3, now=clock())
     assert [d.message_id for d in got.deliveries] == [fund.message_id]  # released, and first of what remains
-    assert await store.held_transfers() == []
+    assert await store.held_transfers(HeldQuery()) == []
 
 
 async def test_settlement_adds_up_per_province_pair(store_and_clock: tuple[Store, Clock]) -> None:
