@@ -44,6 +44,7 @@ SCALE = ("messages_loaded", "load_seconds", "file_mib")
 SCALE_RUN = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "peak_rss_mib")
 RATIOS = ("submit_vs_echo", "submit_p99_vs_echo", "replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty",
           "cpu_vs_floor", "log_cpu_share", "isolation_victim_p99_vs_alone", "flood_rss_vs_idle")
+PG_RATIOS = ("pg_submit_vs_sqlite", "pg_cpu_vs_sqlite")  # judged in a PostgreSQL run only
 REFERENCES = ("isolation_unpaced_p99_vs_alone", "floor_server_vs_echo", "floor_server_p99_vs_echo",
               "floor_server_cpu_vs_floor", "submit_vs_floor_server", "cpu_vs_floor_server")
 VICTIM = ("requests", "p50_ms", "p99_ms")
@@ -66,7 +67,9 @@ def test_tiny_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     assert_complete(result)
-    assert result["store"] == "sqlite" and result["submit_two_replicas"] is None
+    assert result["store"] == "sqlite" and result["submit_two_replicas"] is None and result["submit_sqlite"] is None
+    assert result["pg_submit_vs_sqlite"] is None and result["pg_cpu_vs_sqlite"] is None
+    assert set(result["targets"]) == set(RATIOS)
 
 
 @pytest.mark.slow
@@ -93,6 +96,12 @@ def test_tiny_bench_on_postgres_reports_two_replicas_and_drops_its_schemas(
     assert pair["replicas"] == 2 and pair["requests"] > 0
     assert pair["errors"] == 0 and pair["receipts_checked"] > 0 and pair["receipt_failures"] == 0
     assert finite(result["submit"]["engine_cpu_us_per_request"])
+    sqlite = result["submit_sqlite"]  # a SQLite gateway in the same rotation, its CPU its own
+    assert sqlite["requests"] > 0 and sqlite["errors"] == 0 and sqlite["receipt_failures"] == 0
+    assert sqlite["engine_cpu_us_per_request"] is None
+    for name in PG_RATIOS:
+        assert finite(result[name]) and result["targets"][name]["pass"] in (True, False), name
+    assert set(result["targets"]) == {*RATIOS, *PG_RATIOS}
     assert len(schemas) == 8  # large, empty, replay, the replicas' shared one, cases, and isolation's three
     with psycopg.connect(url) as conn:
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)).fetchall()
@@ -114,7 +123,6 @@ def assert_complete(result: dict[str, Any]) -> None:
         assert finite(result[name]), name
         assert result["targets"][name]["pass"] in (True, False)
     assert 0 < result["log_cpu_share"] < 1  # the gateway's own meter counted the log's work, a part of the whole
-    assert set(result["targets"]) == set(RATIOS)
     for name in REFERENCES:
         assert finite(result[name]), name
     in_situ = result["floor_server"]  # every answered call was appended (warm-up calls too)

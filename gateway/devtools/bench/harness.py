@@ -10,8 +10,9 @@ On loopback with a fresh dev PKI:
    them in turns, a slice of each per round, so that whatever slows the machine down meanwhile
    slows all five alike. The idle ones keep running, as a gateway
    does between bursts: their periodic readings (the monitor) come at their natural rate;
-   On a store that replicas can share (PostgreSQL), a fifth turn goes to two gateway processes on
-   one schema, the submit load split evenly between them;
+   On a store that replicas can share (PostgreSQL), two more turns: two gateway processes on one
+   schema, the submit load split evenly between them, and a gateway on an empty SQLite file, the
+   same load, so that PostgreSQL's cost is measured against SQLite's in the same run and windows;
 4. audit the replay gateway's store for double fund movements;
 5. play whole cases end to end between the two reference platforms on a fresh gateway;
 6. isolation (`gateway.devtools.bench.isolation`): a platform's steady calls alone and beside
@@ -58,7 +59,7 @@ from gateway.core.signing import LocalSigner
 from gateway.devtools.bench import report, servers
 from gateway.devtools.bench.floors import Floors, measure_floors
 from gateway.devtools.bench.isolation import measure_isolation
-from gateway.devtools.bench.load import Meter, measure, percentile
+from gateway.devtools.bench.load import Meter, Window, measure, percentile
 from gateway.devtools.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
 from gateway.devtools.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
 from gateway.devtools.bench.workload import PLATFORMS, SignedCase, presign_cases, store_routes, store_templates
@@ -150,6 +151,7 @@ class _Rounds:
     large_rss: int
     audit: FundAudit
     replicas: ReplicaTargets | None  # two gateways on one shared store, if the store allows it
+    sqlite: SubmitTarget | None      # a gateway on SQLite beside them, if the store is not SQLite
 
 
 async def _bench(config: BenchConfig, workdir: Path) -> dict[str, Any]:
@@ -229,6 +231,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
                    "double_movements": audit.double_movements, "missing_movements": audit.missing_movements,
                    "receipt_mismatches": rounds.replay.mismatches},
         "submit_two_replicas": _replica_figures(rounds.replicas, submit.per_second, keyring),
+        "submit_sqlite": _sqlite_figures(rounds.sqlite, keyring),
         "cases": e2e,
         "scale": {
             "messages_loaded": load.messages, "cases_loaded": load.cases, "load_seconds": round(load.seconds, 2),
@@ -255,8 +258,20 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "floor_server_cpu_vs_floor": report.ratio(in_situ.cpu_us_per_call, floor_sum),
         "submit_vs_floor_server": report.ratio(submit.per_second, in_situ.per_second),
         "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),
+        **_against_sqlite(submit, rounds.sqlite),
     }
     return result
+
+
+def _against_sqlite(submit: Window, sqlite: SubmitTarget | None) -> dict[str, float]:
+    """The store's submit against SQLite's in the same run: req/s, and the CPU per accepted message
+    of the gateway and its engine's processes together against the SQLite gateway's (NaN on SQLite)."""
+    if sqlite is None:
+        return {"pg_submit_vs_sqlite": math.nan, "pg_cpu_vs_sqlite": math.nan}
+    alone = sqlite.measured()
+    engine_us = submit.engine_cpu_seconds / submit.completed * 1e6 if submit.completed else math.nan
+    return {"pg_submit_vs_sqlite": report.ratio(submit.per_second, alone.per_second),
+            "pg_cpu_vs_sqlite": report.ratio(submit.cpu_us_per_call + engine_us, alone.cpu_us_per_call)}
 
 
 def _add_isolation(result: dict[str, Any], isolated: dict[str, Any]) -> None:
@@ -281,6 +296,14 @@ def _replica_figures(replicas: ReplicaTargets | None, one_replica: float, keyrin
             "vs_one_replica": report.ratio(window.per_second, one_replica),
             "accepted_by_kind": replicas.accepted_by_kind, "receipts_checked": len(replicas.sampled),
             "receipt_failures": replicas.receipt_failures(keyring)}
+
+
+def _sqlite_figures(sqlite: SubmitTarget | None, keyring: KeyRing) -> dict[str, Any] | None:
+    """The SQLite gateway's figures in a run on another store."""
+    if sqlite is None:
+        return None
+    return {**sqlite.measured().figures(), "accepted_by_kind": sqlite.accepted_by_kind,
+            "receipts_checked": len(sqlite.sampled), "receipt_failures": sqlite.receipt_failures(keyring)}
 
 
 def _gateway_spec(pki: DevPaths, location: dict[str, str], config: BenchConfig) -> dict[str, Any]:
@@ -313,6 +336,12 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             pair = ReplicaTargets("replicas", [await start(f"gateway-replica-{i}", _gateway_spec(pki, shared, config))
                                                for i in range(_REPLICAS)], pki, config.channels, cases)
             targets.append(pair)
+        sqlite: SubmitTarget | None = None
+        if store.name != "sqlite":  # its file in the run's folder, whatever the store under test
+            sqlite_server = await start("gateway-sqlite", _gateway_spec(pki, {"database": str(workdir / "sqlite.db")},
+                                                                          config))
+            sqlite = SubmitTarget("sqlite", sqlite_server, pki, config.channels, cases)
+            targets.append(sqlite)
         replay_server = await start("gateway-replay", _gateway_spec(pki, replay_store, config))
         primer = SubmitTarget("primer", replay_server, pki, config.channels, cases[:_REPLAY_SET + _REPLAY_SET // 4])
         targets.append(primer)
@@ -320,7 +349,8 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             await _drain(primer, config.concurrency)  # the fund transfers the storm repeats are accepted first
             replay = ReplayTarget("replay", replay_server, pki, config.channels, primer.funds[:_REPLAY_SET])
             targets.append(replay)
-            turns: list[Target] = [echo, floors, submit, large, replay, *([pair] if pair else [])]
+            turns: list[Target] = [echo, floors, submit, large, replay, *([pair] if pair else []),
+                                   *([sqlite] if sqlite else [])]
             with Progress.start("windows measured", total=config.rounds * len(turns)) as progress:
                 for r in range(config.rounds):
                     for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
@@ -328,7 +358,8 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                         t.windows.append(await measure(
                             config.concurrency, t.worker, warmup=config.warmup if r == 0 else config.settle,
                             window=config.window / config.rounds, server_cpu=t.cpu_reading,
-                            engine_cpu=None if t is echo else store.engine_cpu_seconds, log_cpu=t.log_cpu_seconds))
+                            engine_cpu=None if t in (echo, sqlite) else store.engine_cpu_seconds,
+                            log_cpu=t.log_cpu_seconds))
                         progress.advance()
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
         finally:
@@ -337,7 +368,7 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
     audit = store.audit_funds(replay_store, [s.transfer_id for s, _ in replay.storm])
     with contextlib.closing(sqlite3.connect(floors_log)) as conn:
         (stored,) = conn.execute("SELECT COUNT(*) FROM log").fetchone()
-    return _Rounds(echo, floors, stored, submit, large, replay, empty_rss, large_rss, audit, pair)
+    return _Rounds(echo, floors, stored, submit, large, replay, empty_rss, large_rss, audit, pair, sqlite)
 
 
 async def _drain(target: Target, workers: int) -> None:

@@ -17,6 +17,7 @@ class Target:
     at_least: bool   # the ratio must be ≥ `bound` (else ≤)
     bound: float
     meaning: str
+    store: str | None = None  # judged only in a run on this store (None: every run)
 
     def passes(self, value: float, result: dict[str, Any]) -> bool:
         if math.isnan(value):
@@ -44,6 +45,10 @@ TARGETS = (
            "a platform's p99 at a steady 50/s while another floods at 64 in flight ÷ its p99 alone"),
     Target("flood_rss_vs_idle", False, 2.0,
            "peak RSS while one platform sends 250 of the largest messages at once ÷ idle RSS"),
+    Target("pg_submit_vs_sqlite", True, 0.6, "submit req/s, one PostgreSQL replica ÷ a SQLite gateway, same run",
+           store="postgresql"),
+    Target("pg_cpu_vs_sqlite", False, 2.0, "(gateway + PostgreSQL) CPU per accepted message ÷ the SQLite gateway's,"
+           " same run", store="postgresql"),
 )
 
 
@@ -68,7 +73,7 @@ def ratio(numerator: float, denominator: float) -> float:
 
 def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t.ratio: {"value": result[t.ratio], "target": t.text, "pass": t.passes(result[t.ratio], result),
-                      "meaning": t.meaning} for t in TARGETS}
+                      "meaning": t.meaning} for t in TARGETS if t.store in (None, result.get("store"))}
 
 
 def _n(value: float, digits: int = 0) -> str:
@@ -120,6 +125,8 @@ def table(result: dict[str, Any]) -> str:
             ("fund replay storm", replay), (f"submit, {scale['messages_loaded']:,} stored", scale["large"])]
     if pair:
         rows.append((f"submit, {pair['replicas']} replicas (sum)", pair))
+    if result.get("submit_sqlite"):
+        rows.append(("submit, SQLite gateway", result["submit_sqlite"]))
     for label, w in rows:
         lines.append(f"{label:30}{_n(w['req_per_s']):>10}{_n(w['p50_ms'], 1):>10}{_n(w['p99_ms'], 1):>10}"
                      f"{_n(w['cpu_us_per_request']):>20}"
@@ -135,6 +142,10 @@ def table(result: dict[str, Any]) -> str:
         *([f"two replicas on one store: {_n(pair['req_per_s'])} req/s together, "
            f"{_n(pair['vs_one_replica'], 2)}× one replica; receipts failing {pair['receipt_failures']}"]
           if pair else []),
+        *([f"against a SQLite gateway in the same windows: {_n(result['pg_submit_vs_sqlite'], 2)}× its req/s, "
+           f"{_n(result['pg_cpu_vs_sqlite'], 2)}× its CPU per message (gateway {_n(submit['cpu_us_per_request'])} + "
+           f"{engine} {_n(submit.get('engine_cpu_us_per_request') or math.nan)} µs against "
+           f"{_n(result['submit_sqlite']['cpu_us_per_request'])} µs)"] if result.get("submit_sqlite") else []),
         f"scale: {scale['messages_loaded']:,} messages ({scale['cases_loaded']:,} cases) loaded in "
         f"{scale['load_seconds']:.1f} s, {scale['file_mib']:,.0f} MiB; "
         f"peak RSS {scale['empty']['peak_rss_mib']:.0f} MiB empty vs {scale['large']['peak_rss_mib']:.0f} MiB large",
@@ -158,6 +169,7 @@ def table(result: dict[str, Any]) -> str:
     runs = [("echo", echo), ("floors", result["floor_server"]), ("submit", submit), ("replay", replay),
             ("large", scale["large"])]
     runs += [("two replicas", pair)] if pair else []
+    runs += [("SQLite", result["submit_sqlite"])] if result.get("submit_sqlite") else []
     problems = [f"{name}: {w['errors']} errors, e.g. {w['error_examples'][:1]}" for name, w in runs if w["errors"]]
     problems += [f"{name}: the workload ran out before the window's end" for name, w in
                  runs[1:] if w["cut_short"] and name != "replay"]
