@@ -49,8 +49,8 @@ _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}  # case_stages.stage_
 
 
 class _Known(NamedTuple):
-    """A message of the case, or the message being accepted if its id was seen before (then
-    `fingerprint` and `receipt` are its own; for every other row they are NULL)."""
+    """A message of the case, or the message being accepted if its id was seen before, in a case or
+    in the index (then `fingerprint` and `receipt` are its own; for every other row they are NULL)."""
 
     message_id: str
     kind: MessageKind
@@ -96,14 +96,18 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt.
     Raises IdempotencyConflict, or what the decision raises."""
     yield LockCase(m.transfer_id)
-    # Everything the decision reads, at once: was this message id seen (anywhere) and what
-    # messages has the case so far; the case's row; its fund movement; the index question.
+    # Everything the decision reads, at once: was this message id seen (in any case's log or in
+    # the index: one id names one message whatever its kind, as `index.submit` checks the other
+    # way) and what messages has the case so far; the case's row; its fund movement; the index
+    # question.
     known_query = Query(
         "SELECT message_id, kind, sender, transfer_id, sequence,"
         " CASE WHEN message_id = ? THEN fingerprint END AS fingerprint,"
         " CASE WHEN message_id = ? THEN receipt END AS receipt"
-        " FROM messages WHERE message_id = ? OR transfer_id = ?",
-        (m.message_id, m.message_id, m.message_id, m.transfer_id), _Known)
+        " FROM messages WHERE message_id = ? OR transfer_id = ?"
+        " UNION ALL SELECT message_id, kind, sender, transfer_id, sequence, fingerprint, receipt"
+        " FROM index_messages WHERE message_id = ?",
+        (m.message_id, m.message_id, m.message_id, m.transfer_id, m.message_id), _Known)
     row_query = case_query(m.transfer_id)
     fund_query = QueryOne("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?", (m.transfer_id,),
                           _Fund)

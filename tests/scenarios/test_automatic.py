@@ -391,3 +391,34 @@ async def test_an_operator_closes_a_case_whose_blockers_are_never_cleared(gatewa
             break
         await asyncio.sleep(0.05)
     assert gateway.count("deliveries", "message_id = ? AND state = ?", closure, acknowledged) == 2
+
+
+@pytest.mark.parametrize("index_first", [True, False], ids=["index-then-case", "case-then-index"])
+async def test_a_message_id_names_one_message_across_the_case_log_and_the_index(gateway: GatewayHandle,
+                                                                                index_first: bool) -> None:
+    """One message id, used by Jiangsu for a suspended record (the index) and for an outbound notice
+    (a case): whichever comes first is accepted, the other is refused as a reuse, and each, sent
+    again as it was, is answered with its own receipt, in either order."""
+    import grpc
+
+    from tests.support import failure, sign
+
+    person, suspended = builders.sample_person(36 if index_first else 37), builders.today_in_china()
+    record = automatic.suspended_record(JIANGSU, person, EMPLOYEE, suspended)
+    notice = builders.outbound_notice_accepted(builders.Route.new(JIANGSU, ZHEJIANG), person, EMPLOYEE, suspended)
+    notice.header.message_id = record.header.message_id
+    first, second = (record, notice) if index_first else (notice, record)
+    stub = gateway.exchange("jiangsu")
+    signed_first = sign(first, gateway.signer("jiangsu"))
+    receipt = await stub.Submit(signed_first)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Submit(sign(second, gateway.signer("jiangsu")))
+    refusal = failure(caught.value)
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.ALREADY_EXISTS, "MESSAGE_ID_REUSED")
+    assert await stub.Submit(sign(first, gateway.signer("jiangsu"))) == receipt  # new bytes, the same payload
+    message_id = record.header.message_id
+    stored = gateway.count("messages", "message_id = ?", message_id) + \
+        gateway.count("index_messages", "message_id = ?", message_id)
+    assert stored == 1
+    assert gateway.count("cases") == (0 if index_first else 1)
+    assert gateway.count("suspended_records") == (1 if index_first else 0)
