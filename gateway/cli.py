@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +48,8 @@ def _gateway_config(args: argparse.Namespace) -> tuple[GatewayConfig, str]:
         overrides["metrics_listen"] = ("--metrics-listen", args.metrics_listen)
     if args.store:
         overrides["store"] = ("--store", _store_table(args.store))
+    if getattr(args, "workers", None) is not None:
+        overrides["workers"] = ("--workers", args.workers)
     if args.config:
         return load_config(Path(args.config), overrides), args.config
     certs = Path(args.certs)
@@ -58,13 +61,33 @@ def _gateway_config(args: argparse.Namespace) -> tuple[GatewayConfig, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.app.assembly import assemble
-    from gateway.app.server import serve
+    from gateway.app.assembly import assemble, read_materials
+    from gateway.app.server import serve, utc_now
 
     config, source = _gateway_config(args)
-    server = assemble(config, source=source)  # reads every file before anything starts
-    asyncio.run(serve(server))
+    if config.workers > 1 and args.worker_index is None:
+        from gateway.app.workers import supervise
+
+        read_materials(config, now=utc_now())  # every file checked once, before any worker starts
+        return supervise(config, _worker_arguments(args))
+    if args.worker_index is not None:
+        logs.configure(args.effective_log_level, context={"worker": args.worker_index})
+    server = assemble(config, source=source, worker=args.worker_index)  # reads every file before anything starts
+    parent = socket.socket(fileno=args.parent_fd) if args.parent_fd is not None else None
+    asyncio.run(serve(server, parent))
     return ExitCode.OK
+
+
+def _worker_arguments(args: argparse.Namespace) -> list[str]:
+    """The `serve` arguments every worker of this command shares (each gets its addresses and
+    index from the parent, `gateway.app.workers`)."""
+    shared = ["serve", "--log-level", args.effective_log_level]
+    shared += ["--config", args.config] if args.config else ["--certs", args.certs]
+    if args.store:
+        shared += ["--store", args.store]
+    if args.workers is not None:
+        shared += ["--workers", str(args.workers)]
+    return shared
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -200,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="gRPC address host:port, e.g. 127.0.0.1:50051 (replaces listen)")
     serve.add_argument("--metrics-listen", help="Prometheus address host:port ('' turns it off)")
     serve.add_argument("--store", help="postgresql://… URL or SQLite database file (replaces [store])")
+    serve.add_argument("--workers", type=int, help="gateway processes sharing the listen address, each a replica"
+                       " on the PostgreSQL store (replaces workers; default 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the workers' parent
+    serve.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)     # the parent's socket, inherited
 
     check = command(commands, "check-config", _check_config,
                     "check a configuration file and every file it names, without starting")

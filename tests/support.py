@@ -161,9 +161,9 @@ def free_port() -> int:
 
 
 def start_gateway_process(pki: DevPaths, config: Path, port: int, log: Path, store: str,
-                          extra: str = "") -> subprocess.Popen[bytes]:
+                          extra: str = "", args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """`transfer-gateway serve --config` as an operator runs it: `store` is the [store] table's
-    body; deliveries are redelivered after 1 s."""
+    body, `args` more options of `serve`; deliveries are redelivered after 1 s."""
     config.write_text(f"""
 listen = "127.0.0.1:{port}"
 metrics_listen = ""
@@ -194,7 +194,7 @@ current_person_key = "person-dev-1"
 "person-dev-1" = "{pki.person_key_secret}"
 """)
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), *args],
         stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=Path(__file__).parent.parent,
     )
 

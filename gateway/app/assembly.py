@@ -315,11 +315,12 @@ def _calendar(files: _Files, path: Path | None) -> WorkingCalendar | None:
 
 def assemble(
     config: GatewayConfig, *, clock: Callable[[], dt.datetime] = utc_now, prometheus: CollectorRegistry | None = None,
-    materials: Materials | None = None, source: str = "", build: BuildInfo | None = None,
+    materials: Materials | None = None, source: str = "", build: BuildInfo | None = None, worker: int | None = None,
 ) -> GatewayServer:
     """The gateway of `config`, built and not started (`await server.start()` binds and opens).
 
-    `source` names the configuration (its file) in the start-up line. Raises ConfigError (see
+    `source` names the configuration (its file) in the start-up line; `worker` is this process's
+    index among the configuration's workers (`serve --workers`). Raises ConfigError (see
     `read_materials`) when `materials` are not given and a file cannot be used.
     """
     materials = materials or read_materials(config, now=utc_now())  # TLS checks certificates by the wall clock
@@ -361,7 +362,8 @@ def assemble(
     monitor = Monitor(store=store, metrics=metrics, sla=sla, calendar=calendar,
                       platforms=lambda: list(registry.current.platforms), clock=clock, on_calendar=health.calendar,
                       on_store=health.store, also=(poll_registry, expiry),
-                      replica=f"{socket.gethostname()} {config.listen}")
+                      replica=f"{socket.gethostname()} {config.listen}" + (f" worker {worker}" if worker is not None
+                                                                            else ""))
     keeper = IndexKeeper(store=store, keys=materials.person_keys, metrics=metrics, clock=clock,
                          batch=config.automatic.upkeep_batch)
     return GatewayServer(
@@ -369,5 +371,5 @@ def assemble(
         admission=Admission(registry, config.quota, metrics), health=health, monitor=monitor, calendar=calendar,
         calendar_seed=materials.calendar.notices, publisher=publisher, keeper=keeper, metrics=metrics,
         prometheus=prometheus, sla=sla, build=build, clock=clock, source=source, dev_only=registry.current.dev_only,
-        warnings=materials.warnings, registry_sync=sync,
+        warnings=materials.warnings, registry_sync=sync, worker=worker,
     )

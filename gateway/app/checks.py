@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gateway.app.assembly import Materials, read_materials
-from gateway.app.config import GatewayConfig, load_config
+from gateway.app.config import GatewayConfig, load_config, parse_address
 from gateway.app.server import store_description, utc_now
 from gateway.core.registry import Registry
 from gateway.store.sqlite import SQLiteConfig
@@ -25,7 +25,7 @@ def summary(path: Path, config: GatewayConfig, materials: Materials) -> list[str
     years = ", ".join(str(y) for y in sorted(calendar.notices)) if calendar.notices else ""
     return [
         f"{path}: the configuration is valid",
-        f"  listen {config.listen}; metrics {config.metrics_listen or 'off'}",
+        f"  listen {config.listen}; metrics {config.metrics_listen or 'off'}" + _workers(config),
         f"  store: {kind} {where}{contacted}",
         f"  registry: {config.registry}: version {registry.version}, {len(registry.platforms)} platforms,"
         f" {len(registry.agencies)} agencies, {len(registry.operators)} operators"
@@ -36,6 +36,16 @@ def summary(path: Path, config: GatewayConfig, materials: Materials) -> list[str
         f"  calendar: {config.sla.calendar_file}: notices for {years}" if config.sla.calendar_file
         else "  calendar: chinese-calendar only (no calendar_file)",
     ]
+
+
+def _workers(config: GatewayConfig) -> str:
+    """Several workers: how many, and where each serves its metrics."""
+    if config.workers == 1:
+        return ""
+    ports = ""
+    if config.metrics_listen and (port := parse_address(config.metrics_listen)[1]):
+        ports = f", their metrics on ports {port} to {port + config.workers - 1}"
+    return f"; {config.workers} worker processes sharing the listen address{ports}"
 
 
 def _window(registry: Registry, key_id: str) -> str:

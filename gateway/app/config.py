@@ -47,6 +47,7 @@ from gateway.store.engines import StoreConfig
 from gateway.store.sqlite import SQLiteConfig
 
 C = TypeVar("C")
+MAX_WORKERS: Final = 64  # gateway processes on one host (`workers`)
 
 __all__ = ["AutomaticConfig", "ConfigError", "ConnectionsConfig", "GatewayConfig", "SigningConfig", "SlaConfig",
            "TLSConfig", "config_from", "load_config", "parse_address", "read_settings", "reference"]
@@ -237,6 +238,24 @@ class GatewayConfig:
                                     key="shutdown_grace_seconds", unit="seconds", minimum=0)
     monitor_interval: float = setting(5.0, "Time between readings of backlog, stages and funds into the gauges.",
                                       key="monitor_interval_seconds", unit="seconds", minimum=0.05)
+    workers: int = setting(
+        1, "Gateway processes serving this configuration on this host (`serve --workers`), sharing the listen"
+        " address (SO_REUSEPORT), each a replica of its own on the store: more than 1 needs `postgresql`. Worker i"
+        " serves /metrics on metrics_listen's port + i.", minimum=1, maximum=MAX_WORKERS)
+
+    def __post_init__(self) -> None:
+        if self.workers == 1:
+            return
+        if isinstance(self.store, SQLiteConfig):
+            raise ValueError(
+                f"workers = {self.workers} needs a PostgreSQL store: a SQLite file has one writer and is locked by"
+                " one gateway process; run one worker on SQLite, or move the store to [store] postgresql"
+                " (docs/operating.md, several workers on one host)")
+        if self.metrics_listen:
+            port = parse_address(self.metrics_listen)[1]
+            if port and port + self.workers - 1 > 65_535:
+                raise ValueError(f"metrics_listen {self.metrics_listen}: workers = {self.workers} need the ports"
+                                 f" {port} to {port + self.workers - 1}, beyond 65535")
 
     @classmethod
     def dev(

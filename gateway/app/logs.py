@@ -22,12 +22,19 @@ def rfc3339(created: float) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """`context` is added to every line after the event (a worker process's index, say)."""
+
+    def __init__(self, context: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._context = dict(context or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
+            **self._context,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -45,10 +52,11 @@ def level_of(name: str) -> str:
     return level
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """JSON lines at `level` and above on `stream` (stderr), for the whole process."""
+def configure(level: str = "INFO", stream: TextIO | None = None, context: dict[str, Any] | None = None) -> None:
+    """JSON lines at `level` and above on `stream` (stderr), for the whole process; `context`'s
+    fields on every line."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(context))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_of(level))

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import errno
 import gc
+import json
 import logging
 import signal
 import socket
@@ -140,7 +141,7 @@ def _refuse_address(setting: str, address: str, exc: OSError) -> Exception:
     return Unavailable(f"{setting} {address}: cannot listen: {exc.strerror or exc}")
 
 
-def _probe(setting: str, address: str) -> None:
+def probe_address(setting: str, address: str) -> None:
     """Refuse an address no socket can be bound to, with the reason (gRPC only says "Failed to
     bind"). Any address already taken fails; otherwise at least one of the host's addresses must
     be bindable, as gRPC needs."""
@@ -188,9 +189,11 @@ class GatewayServer:
         publisher: CheckpointPublisher, keeper: IndexKeeper, metrics: Metrics, prometheus: CollectorRegistry,
         sla: Sla, build: BuildInfo, clock: Callable[[], dt.datetime] = utc_now,
         calendar_seed: Mapping[int, YearNotice] | None = None, source: str = "", dev_only: bool = False,
-        warnings: tuple[str, ...] = (), registry_sync: RegistrySync | None = None,
+        warnings: tuple[str, ...] = (), registry_sync: RegistrySync | None = None, worker: int | None = None,
     ) -> None:
+        """`worker` is this process's index among `config.workers` worker processes (`serve --workers`)."""
         self._config = config
+        self._worker = worker
         self.registry_sync = registry_sync
         self._tls = tls
         self._store = store
@@ -271,6 +274,7 @@ class GatewayServer:
             "store_location": where, "schema_version": len(MIGRATIONS), "listen": f"{host}:{self.port}",
             "metrics_listen": (f"{parse_address(cfg.metrics_listen)[0]}:{self.metrics_port}" if cfg.metrics_listen
                                else "off"),
+            **({"workers": cfg.workers} if self._worker is not None else {}),
         }})
 
     async def _probe_store(self) -> None:
@@ -289,7 +293,9 @@ class GatewayServer:
     def _grpc_server(self) -> grpc.aio.Server:
         limits = self._config.messages
         server = grpc.aio.server(options=[
-            ("grpc.so_reuseport", 0),  # never share a port silently with another process
+            # Never share a port silently with another process: only a configuration's own workers
+            # share theirs (their parent refused a port already taken before starting them).
+            ("grpc.so_reuseport", 1 if self._config.workers > 1 else 0),
             # Requests are read only up to twice the largest message Submit takes (room to refuse
             # one a little too large by name); responses never exceed what platforms are told to
             # accept (gateway.core.limits).
@@ -313,7 +319,8 @@ class GatewayServer:
 
     def _bind(self, server: grpc.aio.Server) -> int:
         listen = self._config.listen
-        _probe("listen", listen)
+        if self._config.workers == 1:
+            probe_address("listen", listen)  # several workers share it: their parent probed it before them
         credentials = grpc.ssl_server_credentials(
             [(self._tls.key, self._tls.chain)], root_certificates=self._tls.ca, require_client_auth=True)
         try:
@@ -385,9 +392,14 @@ class GatewayServer:
             log.error("registry reload failed: the store is unavailable", extra={"fields": {"reason": exc.reason}})
 
 
-async def serve(server: GatewayServer) -> None:
+async def serve(server: GatewayServer, parent: socket.socket | None = None) -> None:
     """Start `server` and run it until SIGTERM or SIGINT, then drain gracefully. SIGHUP reloads
-    the registry file (it used to end the process, undrained)."""
+    the registry file (it used to end the process, undrained).
+
+    `parent`: a worker's end of its parent's socket (`gateway.app.workers`): once serving, the
+    worker says so there, with its ports; and it drains when the socket closes, which is how a
+    worker learns that its parent is gone, whatever killed it.
+    """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -402,7 +414,28 @@ async def serve(server: GatewayServer) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await server.start()
     tune_collector()
+    if parent is not None:
+        parent.setblocking(False)
+        await loop.sock_sendall(parent, json.dumps({"port": server.port, "metrics_port": server.metrics_port}
+                                                   ).encode() + b"\n")
+        loop.add_reader(parent.fileno(), _watch_parent, parent, stopping)
     await stopping.wait()
+    if parent is not None:
+        loop.remove_reader(parent.fileno())
     if reloads:  # a reload under way writes to the store: it ends before the store closes
         await asyncio.gather(*reloads, return_exceptions=True)
     await server.stop()
+
+
+def _watch_parent(parent: socket.socket, stopping: asyncio.Event) -> None:
+    """The parent's socket is readable: it closed (the parent ended), so drain as on SIGTERM."""
+    try:
+        data = parent.recv(64)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        asyncio.get_running_loop().remove_reader(parent.fileno())
+        log.warning("the parent process is gone: draining")
+        stopping.set()

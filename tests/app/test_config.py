@@ -221,7 +221,7 @@ def test_the_reference_lists_every_setting_described_on_a_dataclass() -> None:
             row = f"[{table}.{key}] <name>" if key in NAMED else f"[{table}] {key}" if table else key
             assert f"| `{row}` |" in text, (table, key)
             rows += 1
-    assert text.count("\n| `") == rows == 51
+    assert text.count("\n| `") == rows == 52
     assert "| `[sla] calendar_file` | path | none |" in text
     assert "| `[sla] outbound_working_days` | integer 1–10 (working days) | `10` |" in text
     assert "| `[store] sqlite` | path | this or `postgresql`" in text
