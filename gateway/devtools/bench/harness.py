@@ -258,6 +258,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "floor_server_cpu_vs_floor": report.ratio(in_situ.cpu_us_per_call, floor_sum),
         "submit_vs_floor_server": report.ratio(submit.per_second, in_situ.per_second),
         "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),
+        "submit_p99_vs_floor_server": report.ratio(submit.p99_ms, in_situ.p99_ms),
         **_against_sqlite(submit, rounds.sqlite),
     }
     return result
