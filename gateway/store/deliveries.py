@@ -33,11 +33,12 @@ from gateway.store.port import (
     DeadReason,
     LeaseEnd,
 )
-from gateway.store.rows import ACKNOWLEDGED, CANCELLED, DEAD_LETTER, HELD, IN_FLIGHT, PENDING, opt_time
+from gateway.store.rows import ACKNOWLEDGED, CANCELLED, DEAD_LETTER, HELD, IN_FLIGHT, PENDING, SEQUENCE_OF, opt_time
 from gateway.store.steps import Query, SkipLocked, Statement, Steps, Wake, marks
 
 
 class _Claimable(NamedTuple):
+    sequence: int
     message_id: str
     receiver: str
     transfer_id: str
@@ -57,8 +58,8 @@ def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: i
         where_agency = f" AND d.receiver IN ({marks(len(agencies))})"
         params += sorted(agencies)
     rows = yield from Query(
-        f"""SELECT d.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
-            FROM deliveries d JOIN messages m ON m.message_id = d.message_id
+        f"""SELECT d.sequence, m.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
+            FROM deliveries d JOIN messages m ON m.sequence = d.sequence
             WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?
               {where_agency}
               AND NOT EXISTS (
@@ -72,14 +73,14 @@ def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: i
     for d in rows:
         if d.attempts >= max_attempts:
             yield Statement("UPDATE deliveries SET state = ?, dead_reason = ?, dead_at = ?"
-                            " WHERE message_id = ? AND receiver = ?",
-                            (DEAD_LETTER, DeadReason.UNACKNOWLEDGED.value, now_us, d.message_id, d.receiver))
+                            " WHERE sequence = ? AND receiver = ?",
+                            (DEAD_LETTER, DeadReason.UNACKNOWLEDGED.value, now_us, d.sequence, d.receiver))
             dead.append(DeadLettered(d.message_id, d.receiver, d.transfer_id, d.attempts, DeadReason.UNACKNOWLEDGED))
             continue
         yield Statement(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
-            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE message_id = ? AND receiver = ?",
-            (IN_FLIGHT, visible_at, now_us, d.message_id, d.receiver))
+            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE sequence = ? AND receiver = ?",
+            (IN_FLIGHT, visible_at, now_us, d.sequence, d.receiver))
         claimed.append(ClaimedDelivery(d.message_id, d.receiver, d.transfer_id, bytes(d.signed_message),
                                        bytes(d.receipt), d.attempts + 1))
     return Claim(claimed, dead)
@@ -89,7 +90,7 @@ def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None
     """Raises NotFound if `platform` receives no such delivery (or it is held or cancelled)."""
     updated = yield from Statement(
         "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
-        " WHERE message_id = ? AND platform = ? AND state NOT IN (?, ?)",
+        f" WHERE sequence = ({SEQUENCE_OF}) AND platform = ? AND state NOT IN (?, ?)",
         (ACKNOWLEDGED, micros(now), message_id, platform, HELD, CANCELLED))
     if not updated:
         raise NotFound(f"no delivery {message_id} for platform {platform}",
@@ -101,7 +102,7 @@ def end_leases(platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> Ste
     """Each lease as its LeaseEnd says, if the delivery is still in that lease; then wake the
     platform's subscribers everywhere (what was released is theirs to take)."""
     now_us = micros(now)
-    where = " WHERE message_id = ? AND receiver = ? AND platform = ? AND state = ? AND attempts = ?"
+    where = f" WHERE sequence = ({SEQUENCE_OF}) AND receiver = ? AND platform = ? AND state = ? AND attempts = ?"
     changed = 0
     for end in ends:
         lease = (end.message_id, end.receiver, platform, IN_FLIGHT, end.attempt)
@@ -122,7 +123,8 @@ def end_leases(platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> Ste
 
 def redrive(platform: str, message_ids: Sequence[str] | None, now: dt.datetime) -> Steps[int]:
     """Dead letters of `platform` back to PENDING with no attempt used; how many."""
-    chosen = "" if message_ids is None else f" AND message_id IN ({marks(len(message_ids))})"
+    chosen = "" if message_ids is None else \
+        f" AND sequence IN (SELECT sequence FROM messages WHERE message_id IN ({marks(len(message_ids))}))"
     changed = yield from Statement(
         "UPDATE deliveries SET state = ?, attempts = 0, visible_at = ?, dead_reason = NULL, dead_at = NULL"
         f" WHERE platform = ? AND state = ?{chosen}",
@@ -140,8 +142,9 @@ def acknowledged(platform: str, message_ids: Sequence[str]) -> Steps[set[str]]:
     if not message_ids:
         return set()
     rows = yield from Query(
-        f"SELECT message_id FROM deliveries WHERE platform = ? AND state = {ACKNOWLEDGED}"
-        f" AND message_id IN ({marks(len(message_ids))})", (platform, *message_ids), _Acknowledged)
+        f"SELECT m.message_id FROM messages m JOIN deliveries d ON d.sequence = m.sequence"
+        f" WHERE d.platform = ? AND d.state = {ACKNOWLEDGED} AND m.message_id IN ({marks(len(message_ids))})",
+        (platform, *message_ids), _Acknowledged)
     return {r.message_id for r in rows}
 
 
@@ -182,9 +185,9 @@ def dead_letters(query: DeadLetterQuery) -> Steps[list[DeadLetter]]:
         where.append("(d.sequence > ? OR (d.sequence = ? AND d.receiver > ?))")
         args += [query.after[0], query.after[0], query.after[1]]
     rows = yield from Query(
-        "SELECT d.platform, d.receiver, d.message_id, d.transfer_id, m.kind, d.sequence, d.attempts, d.dead_reason,"
+        "SELECT d.platform, d.receiver, m.message_id, d.transfer_id, m.kind, d.sequence, d.attempts, d.dead_reason,"
         " d.dead_at, length(m.signed_message) AS size_bytes FROM deliveries d"
-        f" JOIN messages m ON m.message_id = d.message_id WHERE {' AND '.join(where)}"
+        f" JOIN messages m ON m.sequence = d.sequence WHERE {' AND '.join(where)}"
         " ORDER BY d.sequence, d.receiver LIMIT ?", (*args, query.limit), _Letter)
     return [DeadLetter(platform=r.platform, receiver=r.receiver, message_id=r.message_id, transfer_id=r.transfer_id,
                        kind=r.kind, sequence=r.sequence, attempts=r.attempts,
@@ -202,7 +205,7 @@ class _Count(NamedTuple):
 def dead_letter_counts() -> Steps[list[DeadLetterCount]]:
     rows = yield from Query(
         "SELECT d.platform, m.kind, d.dead_reason, COUNT(*) AS letters FROM deliveries d"
-        f" JOIN messages m ON m.message_id = d.message_id WHERE d.state = {DEAD_LETTER}"
+        f" JOIN messages m ON m.sequence = d.sequence WHERE d.state = {DEAD_LETTER}"
         " GROUP BY d.platform, m.kind, d.dead_reason", (), _Count)
     return [DeadLetterCount(r.platform, r.kind, r.dead_reason or DeadReason.UNACKNOWLEDGED.value, int(r.letters))
             for r in rows]

@@ -390,6 +390,55 @@ def _9_write_probes(t: ColumnTypes) -> str:
     """
 
 
+def _10_keys_that_append(t: ColumnTypes) -> str:
+    integer = t.integer
+    return f"""
+    -- Keys that append: every accept inserts into the indexes below, and a key a caller chose (a
+    -- message id, a transfer id) lands on a random page of an index as large as the store, a page
+    -- that misses the cache and that each commit and checkpoint writes again. Keyed by the log's
+    -- sequence, or by when the case opened, an accept writes at the indexes' right edge, where
+    -- the cases still moving are. Only the message id's own index, which every accept must ask,
+    -- and the case's row keep a caller's key.
+    --
+    -- A message's case by when it opened (cases.opened_at, set once): a case's messages together,
+    -- in the order cases opened, in place of messages_by_case (transfer_id, sequence).
+    ALTER TABLE messages ADD COLUMN case_opened_at {integer} NOT NULL DEFAULT 0;
+    UPDATE messages SET case_opened_at = (SELECT c.opened_at FROM cases c WHERE c.transfer_id = messages.transfer_id);
+    DROP INDEX messages_by_case;
+    CREATE INDEX messages_by_case_opening ON messages (case_opened_at, transfer_id, sequence);
+    -- Deliveries keyed by their message's sequence (message ids are found through messages): the
+    -- table is rebuilt, since SQLite cannot change a primary key.
+    CREATE TABLE deliveries_10 (
+        sequence        {integer} NOT NULL REFERENCES messages (sequence),
+        receiver        TEXT NOT NULL,
+        platform        TEXT NOT NULL,
+        transfer_id     TEXT NOT NULL,
+        accepted_at     {integer} NOT NULL,
+        state           {integer} NOT NULL,
+        attempts        {integer} NOT NULL DEFAULT 0,
+        visible_at      {integer} NOT NULL,
+        first_delivered_at {integer},
+        acknowledged_at {integer},
+        dead_reason     TEXT,
+        dead_at         {integer},
+        PRIMARY KEY (sequence, receiver)
+    );
+    INSERT INTO deliveries_10 (sequence, receiver, platform, transfer_id, accepted_at, state, attempts, visible_at,
+                               first_delivered_at, acknowledged_at, dead_reason, dead_at)
+        SELECT sequence, receiver, platform, transfer_id, accepted_at, state, attempts, visible_at,
+               first_delivered_at, acknowledged_at, dead_reason, dead_at
+        FROM deliveries ORDER BY sequence, receiver;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_10 RENAME TO deliveries;
+    CREATE INDEX deliveries_open ON deliveries (platform, sequence) WHERE state IN ({PENDING}, {IN_FLIGHT});
+    CREATE INDEX deliveries_unfinished_by_case ON deliveries (platform, transfer_id, sequence)
+        WHERE state IN ({PENDING}, {IN_FLIGHT}, {HELD}, {DEAD_LETTER});
+    CREATE INDEX deliveries_dead ON deliveries (platform) WHERE state = {DEAD_LETTER};
+    CREATE INDEX deliveries_dead_in_order ON deliveries (sequence, receiver) WHERE state = {DEAD_LETTER};
+    CREATE INDEX deliveries_held ON deliveries (accepted_at) WHERE state = {HELD}
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -401,6 +450,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _7_measures,
     _8_dead_letter_reasons,
     _9_write_probes,
+    _10_keys_that_append,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
 # same transaction: migration 4 logs the messages accepted before the log existed.

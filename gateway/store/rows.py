@@ -44,9 +44,13 @@ class CaseRow(NamedTuple):
     retained_fen: int
     insured_months: int | None
     waiting_period_months: int | None
+    opened_at: int  # not a rule's: the key of the case's messages (messages.case_opened_at)
 
 
 CASE_COLUMNS = ", ".join(CaseRow._fields)
+
+# A message's sequence from its id (one parameter): deliveries are keyed by sequence.
+SEQUENCE_OF = "SELECT sequence FROM messages WHERE message_id = ?"
 
 
 class CaseMessage(Protocol):

@@ -45,7 +45,7 @@ class _ViewRow(NamedTuple):
         return CaseRow(self.state, self.outbound, self.inbound, self.applicant, self.insurance_type,
                        self.inbound_insurance_type, self.person_key, self.suspension_date, self.enrollment_date,
                        self.balance_fen, self.fund_message_id, self.channel, self.retained_fen,
-                       self.insured_months, self.waiting_period_months)
+                       self.insured_months, self.waiting_period_months, self.opened_at)
 
 
 _VIEW_COLUMNS = ", ".join(_ViewRow._fields)
@@ -162,8 +162,9 @@ def _views(rows: Sequence[_ViewRow], *, with_messages: bool) -> Steps[list[CaseV
                        m.ack_status, MIN(d.state) AS delivery_state, MIN(d.attempts) AS delivery_attempts,
                        MIN(d.first_delivered_at) AS delivered_at, MAX(d.acknowledged_at) AS acknowledged_at,
                        m.transfer_id
-                FROM messages m LEFT JOIN deliveries d ON d.message_id = m.message_id
-                WHERE m.transfer_id IN ({ids})
+                FROM cases c JOIN messages m ON m.case_opened_at = c.opened_at AND m.transfer_id = c.transfer_id
+                LEFT JOIN deliveries d ON d.sequence = m.sequence
+                WHERE c.transfer_id IN ({ids})
                 GROUP BY m.sequence, m.message_id, m.kind, m.sender, m.receiver, m.created_at, m.accepted_at,
                          m.ack_status, m.transfer_id
                 ORDER BY m.sequence""", padded, _MessageRow)
@@ -173,8 +174,9 @@ def _views(rows: Sequence[_ViewRow], *, with_messages: bool) -> Steps[list[CaseV
         shown = {t: [_message_view(m) for m in ms if m.delivery_state is not None] for t, ms in by_case.items()}
     else:
         only_refs = yield from Query(
-            f"SELECT message_id, kind, sender, transfer_id FROM messages WHERE transfer_id IN ({ids})", padded,
-            _RefRow)
+            "SELECT m.message_id, m.kind, m.sender, m.transfer_id FROM cases c JOIN messages m"
+            f" ON m.case_opened_at = c.opened_at AND m.transfer_id = c.transfer_id WHERE c.transfer_id IN ({ids})",
+            padded, _RefRow)
         refs = _by_case(transfer_ids, only_refs)
     stage_rows = yield from Query(
         f"SELECT transfer_id, stage, started_at, deadline, finished_at, owner, provisional FROM case_stages"

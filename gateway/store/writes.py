@@ -38,6 +38,7 @@ from gateway.store.rows import (
     CANCELLED,
     HELD,
     PENDING,
+    SEQUENCE_OF,
     case_from,
     case_query,
 )
@@ -99,15 +100,16 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     # Everything the decision reads, at once: was this message id seen (in any case's log or in
     # the index: one id names one message whatever its kind, as `index.submit` checks the other
     # way) and what messages has the case so far; the case's row; its fund movement; the index
-    # question.
+    # question. The case's messages are found by when it opened (that index appends: migration 10).
     known_query = Query(
         "SELECT message_id, kind, sender, transfer_id, sequence,"
         " CASE WHEN message_id = ? THEN fingerprint END AS fingerprint,"
         " CASE WHEN message_id = ? THEN receipt END AS receipt"
-        " FROM messages WHERE message_id = ? OR transfer_id = ?"
+        " FROM messages WHERE message_id = ?"
+        " OR (case_opened_at = (SELECT opened_at FROM cases WHERE transfer_id = ?) AND transfer_id = ?)"
         " UNION ALL SELECT message_id, kind, sender, transfer_id, sequence, fingerprint, receipt"
         " FROM index_messages WHERE message_id = ?",
-        (m.message_id, m.message_id, m.message_id, m.transfer_id, m.message_id), _Known)
+        (m.message_id, m.message_id, m.message_id, m.transfer_id, m.transfer_id, m.message_id), _Known)
     row_query = case_query(m.transfer_id)
     fund_query = QueryOne("SELECT status, amount_fen FROM fund_movements WHERE transfer_id = ?", (m.transfer_id,),
                           _Fund)
@@ -201,10 +203,11 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     receipt = issued.receipt
     yield Statement(
         "INSERT INTO messages (sequence, message_id, transfer_id, kind, sender, receiver, created_at,"
-        " accepted_at, fingerprint, ack_status, signed_message, receipt, leaf_index)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " accepted_at, fingerprint, ack_status, signed_message, receipt, leaf_index, case_opened_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sequence, m.message_id, m.transfer_id, m.kind, m.sender, m.receiver, micros(m.created_at),
-         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt, leaf))
+         now_us, m.fingerprint, m.ack_status, m.signed_message, receipt, leaf,
+         now_us if row is None else row.opened_at))
     started = time.thread_time_ns()
     logged = [entries.message_entry(m.fingerprint, issued.body, after.state)]
     if fund_entry is not None:
@@ -215,9 +218,9 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     yield from _effects(m, decision, now_us, fund_was)
     state = HELD if decision.hold_delivery else PENDING
     yield Batch(
-        "INSERT INTO deliveries (message_id, receiver, platform, transfer_id, sequence, accepted_at, state,"
-        " attempts, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-        [(m.message_id, agency, platform, m.transfer_id, sequence, now_us, state, now_us)
+        "INSERT INTO deliveries (sequence, receiver, platform, transfer_id, accepted_at, state,"
+        " attempts, visible_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+        [(sequence, agency, platform, m.transfer_id, now_us, state, now_us)
          for platform, agency in m.deliveries])
     for platform in sorted({p for p, _ in m.deliveries}):
         yield Wake(platform)
@@ -264,11 +267,11 @@ def _effects(m: IncomingMessage, decision: Decision, now_us: int, fund_was: _Fun
             yield _add_to_totals(decision.case, [(fund_was.status, -fund_was.amount_fen, -1),
                                                       (status, fund_was.amount_fen, 1)])
     if decision.release_message is not None:
-        yield Statement("UPDATE deliveries SET state = ?, visible_at = ? WHERE message_id = ? AND state = ?",
-                             (PENDING, now_us, decision.release_message, HELD))
+        yield Statement(f"UPDATE deliveries SET state = ?, visible_at = ? WHERE sequence = ({SEQUENCE_OF})"
+                        " AND state = ?", (PENDING, now_us, decision.release_message, HELD))
     if decision.cancel_message is not None:
-        yield Statement("UPDATE deliveries SET state = ? WHERE message_id = ? AND state = ?",
-                             (CANCELLED, decision.cancel_message, HELD))
+        yield Statement(f"UPDATE deliveries SET state = ? WHERE sequence = ({SEQUENCE_OF}) AND state = ?",
+                        (CANCELLED, decision.cancel_message, HELD))
 
 
 class StageLabels(Protocol):

@@ -167,7 +167,8 @@ def test_the_last_three_messages_cut_off_are_found(logged: Logged, capsys: pytes
     gone = logged.last_messages[-3:]
     marks = ", ".join("?" * 3)
     with sqlite3.connect(logged.db) as conn:
-        conn.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", gone)
+        conn.execute(f"DELETE FROM deliveries WHERE sequence IN (SELECT sequence FROM messages"
+                     f" WHERE message_id IN ({marks}))", gone)
         conn.execute(f"DELETE FROM messages WHERE message_id IN ({marks})", gone)
         conn.execute("DELETE FROM log_entries WHERE leaf_index >= 27")
         conn.execute("DELETE FROM log_hashes WHERE hash_index >= ?", (tlog.stored_hash_count(27),))

@@ -386,11 +386,12 @@ async def test_an_operator_closes_a_case_whose_blockers_are_never_cleared(gatewa
     assert {s.stage: s for s in closed.stages}[S.STAGE_RESOLUTION].HasField("finished_at")
     closure = envelope_pb2.ReceiptBody.FromString(receipt.body).message_id
     acknowledged = tracking_pb2.DELIVERY_STATE_ACKNOWLEDGED
+    of_closure = "sequence = (SELECT sequence FROM messages WHERE message_id = ?) AND state = ?"
     for _ in range(100):  # both sides' reference platforms take it and acknowledge it
-        if gateway.count("deliveries", "message_id = ? AND state = ?", closure, acknowledged) == 2:
+        if gateway.count("deliveries", of_closure, closure, acknowledged) == 2:
             break
         await asyncio.sleep(0.05)
-    assert gateway.count("deliveries", "message_id = ? AND state = ?", closure, acknowledged) == 2
+    assert gateway.count("deliveries", of_closure, closure, acknowledged) == 2
 
 
 @pytest.mark.parametrize("index_first", [True, False], ids=["index-then-case", "case-then-index"])

@@ -558,7 +558,7 @@ async def test_an_unanswered_request_is_closed_only_by_an_operator(
         assert proc.returncode == 0, err.decode()
         assert out.decode().startswith(f"closed {plan.route.transfer_id}: case_closed ")
         for _ in range(50):
-            if gateway.count("deliveries", "message_id IN (SELECT message_id FROM messages WHERE kind = ?)"
+            if gateway.count("deliveries", "sequence IN (SELECT sequence FROM messages WHERE kind = ?)"
                              " AND state = ?", envelope_pb2.MESSAGE_KIND_CASE_CLOSED,
                              S.DELIVERY_STATE_ACKNOWLEDGED) >= 1:
                 break

@@ -16,6 +16,7 @@ from gateway.core.sla import Stage, Timeliness
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import postgres, sqlite
 from gateway.store.migrations import FUND_TOTALS_FROM_MOVEMENTS, MIGRATIONS, ColumnTypes
+from gateway.store.port import DeadLetterQuery, DeadReason, LeaseEnd
 from gateway.store.steps import Query, QueryOne, Statement, Steps
 from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
@@ -80,10 +81,30 @@ _FUND_MOVEMENTS_3 = """CREATE TABLE fund_movements_3 (
     accepted_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)"""
 
 
+_DELIVERIES_9 = """CREATE TABLE deliveries_9 (
+    message_id TEXT NOT NULL REFERENCES messages (message_id), receiver TEXT NOT NULL, platform TEXT NOT NULL,
+    transfer_id TEXT NOT NULL, sequence BIGINT NOT NULL, accepted_at BIGINT NOT NULL, state BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0, visible_at BIGINT NOT NULL, first_delivered_at BIGINT,
+    acknowledged_at BIGINT, dead_reason TEXT, dead_at BIGINT, PRIMARY KEY (message_id, receiver))"""
+
+
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables, columns and indexes added later
     dropped; fund movements back to the statuses of their time)."""
-    undo = {9: ["DROP TABLE write_probes"],
+    undo = {10: ["DROP INDEX messages_by_case_opening", "ALTER TABLE messages DROP COLUMN case_opened_at",
+                 "CREATE INDEX messages_by_case ON messages (transfer_id, sequence)",
+                 _DELIVERIES_9,
+                 "INSERT INTO deliveries_9 SELECT m.message_id, d.receiver, d.platform, d.transfer_id, d.sequence,"
+                 " d.accepted_at, d.state, d.attempts, d.visible_at, d.first_delivered_at, d.acknowledged_at,"
+                 " d.dead_reason, d.dead_at FROM deliveries d JOIN messages m ON m.sequence = d.sequence",
+                 "DROP TABLE deliveries", "ALTER TABLE deliveries_9 RENAME TO deliveries",
+                 "CREATE INDEX deliveries_open ON deliveries (platform, sequence) WHERE state IN (1, 2)",
+                 "CREATE INDEX deliveries_unfinished_by_case ON deliveries (platform, transfer_id, sequence)"
+                 " WHERE state IN (1, 2, 5, 4)",
+                 "CREATE INDEX deliveries_dead ON deliveries (platform) WHERE state = 4",
+                 "CREATE INDEX deliveries_held ON deliveries (accepted_at) WHERE state = 5",
+                 "CREATE INDEX deliveries_dead_in_order ON deliveries (sequence, receiver) WHERE state = 4"],
+            9: ["DROP TABLE write_probes"],
             8: ["DROP INDEX deliveries_dead_in_order", "DROP INDEX deliveries_unfinished_by_case",
                 "CREATE INDEX deliveries_open_by_case ON deliveries (platform, transfer_id, sequence)"
                 " WHERE state IN (1, 2, 5)",
@@ -326,3 +347,74 @@ async def test_a_store_of_migration_3_upgrades_to_the_measures(factory_and_clock
     assert line.sent_fen == line.credited_fen + line.returned_fen + line.held_fen + line.in_flight_fen
     finished = {(t.stage, t.result): t.stages for t in totals}
     assert finished[(Stage.TOTAL, Timeliness.ON_TIME)] == 3 and finished[(Stage.OUTBOUND, Timeliness.ON_TIME)] == 5
+
+
+class _Column(NamedTuple):
+    name: str
+
+
+def _delivery_columns(store: object) -> Steps[list[_Column]]:
+    return (yield from Query(
+        "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'deliveries'"
+        " AND table_schema = current_schema()" if isinstance(store, postgres.PostgresStore) else
+        "SELECT name FROM pragma_table_info('deliveries')", (), _Column))
+
+
+async def test_a_store_of_migration_9_keys_its_deliveries_and_cases_by_the_log(
+    factory_and_clock: tuple[Factory, Clock],
+) -> None:
+    """Migration 10 on what migration 9's release stored: deliveries keyed by their message's
+    sequence keep their states, their order within a case and their dead letters; a case's
+    messages are found by when it opened, so a retry is still answered with its receipt and the
+    next message is decided on the case's messages."""
+    make, clock = factory_and_clock
+    lease = dt.timedelta(seconds=30)
+    store = make()
+    await store.open()
+    try:
+        notice = await open_case(store)
+        table = incoming(notice.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table")
+        await store.accept(table, lambda case, _i: Decision(case), receipt_for(table))
+        other = await open_case(store)
+        first = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=5, now=clock())
+        assert [d.message_id for d in first.deliveries] == [notice.message_id, other.message_id]
+        await store.ack_delivery("zhejiang", notice.message_id, clock())
+        await store.end_leases("zhejiang", [LeaseEnd(other.message_id, "330100", 1, counted=True,
+                                                     dead=DeadReason.STREAM_ENDED)], clock())
+        receipt = await store.receipt_of(notice.message_id)
+        await store.write(lambda: _back_to(9))
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        columns = {c.name for c in await store.read(lambda: _delivery_columns(store))}
+        assert "message_id" not in columns and {"sequence", "receiver"} <= columns
+        view = await store.get_case(notice.transfer_id)
+        assert view is not None
+        assert [(m.message_id, m.delivery_state) for m in view.messages] == [
+            (notice.message_id, tracking_pb2.DELIVERY_STATE_ACKNOWLEDGED),
+            (table.message_id, tracking_pb2.DELIVERY_STATE_PENDING)]
+        [letter] = await store.dead_letters(DeadLetterQuery(platform="zhejiang"))
+        assert (letter.message_id, letter.reason) == (other.message_id, DeadReason.STREAM_ENDED.value)
+        claimed = await store.claim_deliveries("zhejiang", None, limit=10, lease=lease, max_attempts=5, now=clock())
+        assert [d.message_id for d in claimed.deliveries] == [table.message_id]  # the dead letter holds its case
+        assert await store.redrive("zhejiang", [other.message_id], clock()) == 1
+        assert await store.acknowledged("zhejiang", [notice.message_id, table.message_id]) == {notice.message_id}
+        again = await store.accept(notice, opening(notice), receipt_for(notice))
+        assert again.replayed and again.receipt == receipt
+        seen: list[set[str]] = []
+
+        def decided(case: Case | None, _index: CaseIndex) -> Decision:
+            assert case is not None
+            seen.append(set(case.messages))
+            return Decision(case)
+
+        clock.advance(60)
+        fund = incoming(notice.transfer_id, kind=envelope_pb2.MESSAGE_KIND_ACKNOWLEDGEMENT, body=b"ack")
+        assert not (await store.accept(fund, decided, receipt_for(fund))).replayed
+        assert seen == [{notice.message_id, table.message_id}]
+        view = await store.get_case(notice.transfer_id)
+        assert view is not None and [m.message_id for m in view.messages][-1] == fund.message_id
+    finally:
+        await store.close()

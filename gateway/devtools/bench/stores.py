@@ -156,7 +156,8 @@ class SQLiteBenchStore:
             double = conn.execute(
                 "SELECT COUNT(*) FROM replayed r WHERE"
                 " (SELECT COUNT(*) FROM fund_movements f WHERE f.transfer_id = r.transfer_id) > 1"
-                " OR (SELECT COUNT(*) FROM messages m WHERE m.transfer_id = r.transfer_id AND m.kind = ?) > 1",
+                " OR (SELECT COUNT(*) FROM cases c JOIN messages m ON m.case_opened_at = c.opened_at"
+                " AND m.transfer_id = c.transfer_id WHERE c.transfer_id = r.transfer_id AND m.kind = ?) > 1",
                 (FUND_TRANSFER,),
             ).fetchone()[0]
             # Over the whole store too: no case anywhere may have moved money twice.
@@ -269,7 +270,8 @@ class PostgresBenchStore:
                 " SELECT (SELECT COUNT(*) FROM r),"
                 " (SELECT COUNT(*) FROM r WHERE"
                 "   (SELECT COUNT(*) FROM fund_movements f WHERE f.transfer_id = r.transfer_id) > 1"
-                "   OR (SELECT COUNT(*) FROM messages m WHERE m.transfer_id = r.transfer_id AND m.kind = %s) > 1)"
+                "   OR (SELECT COUNT(*) FROM cases c JOIN messages m ON m.case_opened_at = c.opened_at"
+                "       AND m.transfer_id = c.transfer_id WHERE c.transfer_id = r.transfer_id AND m.kind = %s) > 1)"
                 # Over the whole store too: no case anywhere may have moved money twice.
                 " + (SELECT COUNT(*) FROM (SELECT transfer_id FROM doubled EXCEPT SELECT transfer_id FROM r) d),"
                 " (SELECT COUNT(*) FROM r WHERE NOT EXISTS"
@@ -307,9 +309,9 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
               "inbound_insurance_type", "person_key", "suspension_date", "enrollment_date", "balance_fen",
               "fund_message_id", "opened_at", "updated_at"),
     "messages": ("sequence", "message_id", "transfer_id", "kind", "sender", "receiver", "created_at", "accepted_at",
-                 "fingerprint", "ack_status", "signed_message", "receipt"),
+                 "fingerprint", "ack_status", "signed_message", "receipt", "case_opened_at"),
     "fund_movements": ("transfer_id", "message_id", "amount_fen", "status", "accepted_at", "updated_at"),
-    "deliveries": ("message_id", "receiver", "platform", "transfer_id", "sequence", "accepted_at", "state",
+    "deliveries": ("sequence", "receiver", "platform", "transfer_id", "accepted_at", "state",
                    "attempts", "visible_at", "first_delivered_at", "acknowledged_at"),
 }
 Rows = list[tuple[Any, ...]]
@@ -388,8 +390,8 @@ def _synthetic_rows(messages: int, templates: Sequence[Template], routes: Sequen
                 platform = route.inbound_platform if t.from_outbound else route.outbound_platform
                 message_rows.append((sequence, message_id, transfer_id, t.kind, sender, receiver, at, at,
                                      hashlib.sha256(message_id.encode()).digest(), t.ack_status,
-                                     t.signed_message, t.receipt))
-                delivery_rows.append((message_id, receiver, platform, transfer_id, sequence, at,
+                                     t.signed_message, t.receipt, opened))
+                delivery_rows.append((sequence, receiver, platform, transfer_id, at,
                                       tracking_pb2.DELIVERY_STATE_ACKNOWLEDGED, 1, at, at + 50_000, at + 100_000))
                 if t.kind == FUND_TRANSFER:
                     fund_id = message_id
