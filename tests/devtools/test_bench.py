@@ -47,7 +47,7 @@ RATIOS = ("replay_vs_echo", "large_store_vs_empty", "rss_large_vs_empty", "log_c
           "isolation_victim_p99_vs_alone", "flood_rss_vs_idle")
 REFERENCES = ("submit_vs_echo", "submit_p99_vs_echo", "cpu_vs_floor", "isolation_unpaced_p99_vs_alone",
               "floor_server_vs_echo", "floor_server_p99_vs_echo", "floor_server_cpu_vs_floor")
-PG_RATIOS = ("pg_submit_vs_sqlite", "pg_cpu_vs_sqlite")  # judged in a PostgreSQL run only
+PG_RATIOS = ("pg_submit_vs_sqlite", "pg_cpu_vs_sqlite", "workers_cpu_vs_one")  # judged in a PostgreSQL run only
 VICTIM = ("requests", "p50_ms", "p99_ms")
 BURST = ("messages", "rounds", "message_bytes", "idle_rss_mib", "peak_rss_mib", "after_rss_mib")
 
@@ -69,7 +69,7 @@ def test_tiny_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
 
     assert_complete(result)
     assert result["store"] == "sqlite" and result["submit_two_replicas"] is None and result["submit_sqlite"] is None
-    assert result["pg_submit_vs_sqlite"] is None and result["pg_cpu_vs_sqlite"] is None
+    assert result["submit_two_workers"] is None and all(result[name] is None for name in PG_RATIOS)
     assert set(result["targets"]) == {*FLOOR_SERVER_RATIOS, *RATIOS}
 
 
@@ -103,7 +103,12 @@ def test_tiny_bench_on_postgres_reports_two_replicas_and_drops_its_schemas(
     for name in PG_RATIOS:
         assert finite(result[name]) and result["targets"][name]["pass"] in (True, False), name
     assert set(result["targets"]) == {*RATIOS, *PG_RATIOS}
-    assert len(schemas) == 8  # large, empty, replay, the replicas' shared one, cases, and isolation's three
+    workers = result["submit_two_workers"]  # serve --workers 2: both workers answered Submits
+    assert workers["workers"] == 2 and workers["requests"] > 0 and finite(workers["vs_one_gateway"])
+    assert workers["errors"] == 0 and workers["receipts_checked"] > 0 and workers["receipt_failures"] == 0
+    assert len(workers["submits_by_worker"]) == 2 and sum(workers["submits_by_worker"]) > 0
+    # large, empty, replay, the replicas' shared one, the workers' shared one, cases, and isolation's three
+    assert len(schemas) == 9
     with psycopg.connect(url) as conn:
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)).fetchall()
     assert left == []

@@ -188,6 +188,30 @@ def store_of(spec: dict[str, Any]) -> StoreConfig:
 BENCH_QUOTA = Quota(requests_per_second=1_000_000.0, burst=1_000_000)
 
 
+def workers_config(pki: DevPaths, spec: dict[str, Any], workers: int) -> str:
+    """The gateway `start_gateway` runs on the PostgreSQL schema of `spec` ("store", "schema"), as
+    the configuration file of `serve` with `workers` worker processes behind one free port."""
+    from gateway.app.config import dev_settings
+
+    settings: dict[str, Any] = {
+        **dev_settings(pki.root), "listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "workers": workers,
+        "store": {"postgresql": spec["store"], "schema": spec["schema"]},
+        "quota": {"requests_per_second": BENCH_QUOTA.requests_per_second, "burst": BENCH_QUOTA.burst},
+    }
+    return _toml(settings)
+
+
+def _toml(settings: dict[str, Any], table: str = "") -> str:
+    """`settings` (strings, numbers and tables of them) as a TOML document."""
+    lines = [f"{json.dumps(key)} = {json.dumps(value)}" for key, value in settings.items()
+             if not isinstance(value, dict)]
+    text = (f"[{table}]\n" if table and lines else "") + "".join(f"{line}\n" for line in lines)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            text += _toml(value, f"{table}.{json.dumps(key)}" if table else json.dumps(key))
+    return text
+
+
 async def start_gateway(pki: DevPaths, store: StoreConfig, log_level: str, *, deployed_limits: bool = False
                         ) -> tuple[int, Callable[[], Awaitable[None]], int | None]:
     """The real gateway on a free loopback port, logging as `serve` does (JSON lines on stderr),

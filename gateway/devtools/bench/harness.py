@@ -10,9 +10,11 @@ On loopback with a fresh dev PKI:
    them in turns, a slice of each per round, so that whatever slows the machine down meanwhile
    slows all five alike. The idle ones keep running, as a gateway
    does between bursts: their periodic readings (the monitor) come at their natural rate;
-   On a store that replicas can share (PostgreSQL), two more turns: two gateway processes on one
-   schema, the submit load split evenly between them, and a gateway on an empty SQLite file, the
+   On a store that replicas can share (PostgreSQL), three more turns: two gateway processes on one
+   schema, the submit load split evenly between them; a gateway on an empty SQLite file, the
    same load, so that PostgreSQL's cost is measured against SQLite's in the same run and windows;
+   and `serve --workers 2`, two worker processes behind one port (the kernel spreading the
+   connections), against one gateway's CPU per message;
 4. audit the replay gateway's store for double fund movements;
 5. play whole cases end to end between the two reference platforms on a fresh gateway;
 6. isolation (`gateway.devtools.bench.isolation`): a platform's steady calls alone and beside
@@ -57,11 +59,19 @@ from gateway.app.progress import Progress
 from gateway.core.messages import payload_type
 from gateway.core.signing import LocalSigner
 from gateway.devtools.bench import report, servers
+from gateway.devtools.bench.child import workers_config
 from gateway.devtools.bench.floors import Floors, measure_floors
 from gateway.devtools.bench.isolation import measure_isolation
 from gateway.devtools.bench.load import Meter, Window, measure, percentile
 from gateway.devtools.bench.stores import BenchStore, FundAudit, LoadReport, open_store, redact
-from gateway.devtools.bench.targets import EchoTarget, ReplayTarget, ReplicaTargets, SubmitTarget, Target
+from gateway.devtools.bench.targets import (
+    EchoTarget,
+    ReplayTarget,
+    ReplicaTargets,
+    SubmitTarget,
+    Target,
+    WorkersTarget,
+)
 from gateway.devtools.bench.workload import PLATFORMS, SignedCase, presign_cases, store_routes, store_templates
 from mitransfer.v1 import envelope_pb2
 
@@ -69,6 +79,7 @@ _PER_CASE = 6      # messages in each pre-signed case
 _REPLAY_SET = 128  # distinct fund transfers the storm repeats: few, so that clients collide on them
 _SETTLE = 0.5      # seconds of load before each later slice of a server (its connections are warm)
 _REPLICAS = 2      # gateway processes sharing one store, where the store allows it
+_WORKERS = 2       # worker processes of `serve --workers`, where the store allows it
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,8 @@ class _Rounds:
     audit: FundAudit
     replicas: ReplicaTargets | None  # two gateways on one shared store, if the store allows it
     sqlite: SubmitTarget | None      # a gateway on SQLite beside them, if the store is not SQLite
+    workers: WorkersTarget | None    # `serve --workers 2`, if the store allows it
+    submits_by_worker: list[int]     # Submit calls each of its workers answered
 
 
 async def _bench(config: BenchConfig, workdir: Path) -> dict[str, Any]:
@@ -232,6 +245,7 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
                    "receipt_mismatches": rounds.replay.mismatches},
         "submit_two_replicas": _replica_figures(rounds.replicas, submit.per_second, keyring),
         "submit_sqlite": _sqlite_figures(rounds.sqlite, keyring),
+        "submit_two_workers": _workers_figures(rounds, submit, keyring),
         "cases": e2e,
         "scale": {
             "messages_loaded": load.messages, "cases_loaded": load.cases, "load_seconds": round(load.seconds, 2),
@@ -260,8 +274,21 @@ def _result(config: BenchConfig, store: BenchStore, rounds: _Rounds, load: LoadR
         "cpu_vs_floor_server": report.ratio(submit.cpu_us_per_call, in_situ.cpu_us_per_call),
         "submit_p99_vs_floor_server": report.ratio(submit.p99_ms, in_situ.p99_ms),
         **_against_sqlite(submit, rounds.sqlite),
+        "workers_cpu_vs_one": (report.ratio(rounds.workers.measured().cpu_us_per_call, submit.cpu_us_per_call)
+                               if rounds.workers else math.nan),
     }
     return result
+
+
+def _workers_figures(rounds: _Rounds, one: Window, keyring: KeyRing) -> dict[str, Any] | None:
+    """`serve --workers 2`'s figures (CPU: the parent and both workers), beside one gateway's."""
+    if rounds.workers is None:
+        return None
+    window = rounds.workers.measured()
+    return {**window.figures(), "workers": _WORKERS, "vs_one_gateway": report.ratio(window.per_second, one.per_second),
+            "submits_by_worker": rounds.submits_by_worker, "accepted_by_kind": rounds.workers.accepted_by_kind,
+            "receipts_checked": len(rounds.workers.sampled),
+            "receipt_failures": rounds.workers.receipt_failures(keyring)}
 
 
 def _against_sqlite(submit: Window, sqlite: SubmitTarget | None) -> dict[str, float]:
@@ -343,6 +370,15 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                                                                           config))
             sqlite = SubmitTarget("sqlite", sqlite_server, pki, config.channels, cases)
             targets.append(sqlite)
+        workers: WorkersTarget | None = None
+        if store.replicas:
+            # Twice the channels: the kernel hands each connection to a worker at random, and with
+            # four, all on one worker would happen one run in eight.
+            workers_file = workdir / "workers.toml"
+            workers_file.write_text(workers_config(pki, store.fresh("workers"), _WORKERS), encoding="utf-8")
+            workers = WorkersTarget("workers", await stack.enter_async_context(servers.running_workers(
+                workers_file, workdir / "gateway-workers.log")), pki, config.channels * 2, cases)
+            targets.append(workers)
         replay_server = await start("gateway-replay", _gateway_spec(pki, replay_store, config))
         primer = SubmitTarget("primer", replay_server, pki, config.channels, cases[:_REPLAY_SET + _REPLAY_SET // 4])
         targets.append(primer)
@@ -351,7 +387,7 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
             replay = ReplayTarget("replay", replay_server, pki, config.channels, primer.funds[:_REPLAY_SET])
             targets.append(replay)
             turns: list[Target] = [echo, floors, submit, large, replay, *([pair] if pair else []),
-                                   *([sqlite] if sqlite else [])]
+                                   *([sqlite] if sqlite else []), *([workers] if workers else [])]
             with Progress.start("windows measured", total=config.rounds * len(turns)) as progress:
                 for r in range(config.rounds):
                     for t in turns[r % len(turns):] + turns[:r % len(turns)]:  # who goes first rotates
@@ -363,13 +399,15 @@ async def _measure_rounds(config: BenchConfig, pki: DevPaths, workdir: Path, sto
                             log_cpu=t.log_cpu_seconds))
                         progress.advance()
             empty_rss, large_rss = empty_server.peak_rss_bytes(), large_server.peak_rss_bytes()
+            by_worker = workers.submits_by_worker() if workers else []
         finally:
             for t in targets:
                 await t.close()
     audit = store.audit_funds(replay_store, [s.transfer_id for s, _ in replay.storm])
     with contextlib.closing(sqlite3.connect(floors_log)) as conn:
         (stored,) = conn.execute("SELECT COUNT(*) FROM log").fetchone()
-    return _Rounds(echo, floors, stored, submit, large, replay, empty_rss, large_rss, audit, pair, sqlite)
+    return _Rounds(echo, floors, stored, submit, large, replay, empty_rss, large_rss, audit, pair, sqlite, workers,
+                   by_worker)
 
 
 async def _drain(target: Target, workers: int) -> None:

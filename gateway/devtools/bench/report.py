@@ -53,6 +53,8 @@ TARGETS = (
            store="postgresql"),
     Target("pg_cpu_vs_sqlite", False, 2.0, "(gateway + PostgreSQL) CPU per accepted message ÷ the SQLite gateway's,"
            " same run", store="postgresql"),
+    Target("workers_cpu_vs_one", False, 1.15, "gateway CPU per accepted message, serve --workers 2 (parent and both"
+           " workers) ÷ one gateway's, same run", store="postgresql"),
 )
 
 
@@ -146,6 +148,9 @@ def table(result: dict[str, Any]) -> str:
         rows.append((f"submit, {pair['replicas']} replicas (sum)", pair))
     if result.get("submit_sqlite"):
         rows.append(("submit, SQLite gateway", result["submit_sqlite"]))
+    workers = result.get("submit_two_workers")
+    if workers:
+        rows.append((f"submit, --workers {workers['workers']}", workers))
     for label, w in rows:
         lines.append(f"{label:30}{_n(w['req_per_s']):>10}{_n(w['p50_ms'], 1):>10}{_n(w['p99_ms'], 1):>10}"
                      f"{_n(w['cpu_us_per_request']):>20}"
@@ -165,6 +170,11 @@ def table(result: dict[str, Any]) -> str:
            f"{_n(result['pg_cpu_vs_sqlite'], 2)}× its CPU per message (gateway {_n(submit['cpu_us_per_request'])} + "
            f"{engine} {_n(submit.get('engine_cpu_us_per_request') or math.nan)} µs against "
            f"{_n(result['submit_sqlite']['cpu_us_per_request'])} µs)"] if result.get("submit_sqlite") else []),
+        *([f"serve --workers {workers['workers']} behind one port: {_n(workers['req_per_s'])} req/s, "
+           f"{_n(workers['vs_one_gateway'], 2)}× one gateway; {_n(result['workers_cpu_vs_one'], 2)}× its CPU per "
+           f"message; Submits answered by each worker "
+           f"{' / '.join(f'{n:,}' for n in workers['submits_by_worker'])}; receipts failing "
+           f"{workers['receipt_failures']}"] if workers else []),
         f"scale: {scale['messages_loaded']:,} messages ({scale['cases_loaded']:,} cases) loaded in "
         f"{scale['load_seconds']:.1f} s, {scale['file_mib']:,.0f} MiB; "
         f"peak RSS {scale['empty']['peak_rss_mib']:.0f} MiB empty vs {scale['large']['peak_rss_mib']:.0f} MiB large",

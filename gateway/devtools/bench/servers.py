@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -62,20 +63,24 @@ class CpuReading:
 
 
 class ServerProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, metrics_port: int | None = None) -> None:
-        self._process = process
+    """A server's process `pid`, serving gRPC on `port` (and its /metrics on `metrics_port`)."""
+
+    def __init__(self, pid: int, port: int, metrics_port: int | None = None) -> None:
         self.port = port
         self.metrics_port = metrics_port
-        self.pid = process.pid
+        self.pid = pid
+
+    def metrics_text(self) -> str:
+        """Its /metrics, as text. Raises OSError when it does not answer."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode("utf-8"))
 
     def log_cpu_seconds(self) -> float:
         """The gateway's own meter of the CPU its transparency log took so far
         (`transfer_gateway_log_cpu_seconds` on its /metrics); NaN for a server without one."""
         if self.metrics_port is None:
             return math.nan
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode("utf-8")
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith("transfer_gateway_log_cpu_seconds "):
                 return float(line.split()[1])
         return math.nan
@@ -152,7 +157,7 @@ async def running(spec: dict[str, Any], log: Path) -> AsyncIterator[ServerProces
         except (TimeoutError, ValueError, KeyError) as exc:
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{spec['role']} process did not start: {exc!r}\n{tail}") from exc
-        yield ServerProcess(process, port, metrics_port)
+        yield ServerProcess(process.pid, port, metrics_port)
     finally:
         if process.returncode is None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -164,3 +169,45 @@ async def running(spec: dict[str, Any], log: Path) -> AsyncIterator[ServerProces
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@asynccontextmanager
+async def running_workers(config: Path, log: Path) -> AsyncIterator[list[ServerProcess]]:
+    """Run `transfer-gateway serve --config FILE` (a file with `workers = N`) until the block ends,
+    then SIGTERM it: its parent, then each worker (all on the shared port; each worker with its
+    /metrics). The ports and pids come from the parent's `"workers started"` log line.
+
+    Raises RuntimeError (with the log's tail) if it does not start serving.
+    """
+    with log.open("ab") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+    try:
+        started = await _workers_started(process, log)
+        port = int(started["listen"].rpartition(":")[2])
+        yield [ServerProcess(process.pid, port), *(ServerProcess(pid, port, metrics) for pid, metrics in
+                                                   zip(started["pids"], started["metrics_ports"], strict=True))]
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)  # the parent drains every worker
+            try:
+                await asyncio.wait_for(process.wait(), 30.0)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _workers_started(process: asyncio.subprocess.Process, log: Path) -> dict[str, Any]:
+    """The parent's `"workers started"` line, once it is in the log."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STARTUP_TIMEOUT
+    while process.returncode is None and loop.time() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"workers started"' in line:
+                started: dict[str, Any] = json.loads(line)
+                return started
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.1)
+    raise RuntimeError(f"serve --workers did not start (exit {process.returncode})\n"
+                       f"{log.read_text(errors='replace')[-2000:]}")

@@ -6,7 +6,9 @@
 - `ReplayTarget`: a gateway, sent the same already-accepted fund transfers again and again; it
   counts answers that are not byte for byte the original receipt;
 - `ReplicaTargets`: gateway replicas on one shared store, sent one stream of cases, each case
-  whole to one replica, the workers split evenly between them (as a load balancer would).
+  whole to one replica, the workers split evenly between them (as a load balancer would);
+- `WorkersTarget`: `serve --workers N`, sent cases as a `SubmitTarget` is, on its one port: the
+  kernel hands each of its channels' connections to one worker.
 """
 
 from __future__ import annotations
@@ -209,3 +211,26 @@ class ReplicaTargets(Target):
 
     def receipt_failures(self, keyring: KeyRing) -> int:
         return sum(r.receipt_failures(keyring) for r in self.replicas)
+
+
+class WorkersTarget(SubmitTarget):
+    """Submit load on `serve --workers N` (`processes`: its parent, then each worker) over its one
+    port; its CPU is the parent's and every worker's."""
+
+    def __init__(self, name: str, processes: Sequence[ServerProcess], pki: DevPaths, channels: int,
+                 cases: Iterable[SignedCase]) -> None:
+        super().__init__(name, processes[0], pki, channels, cases)
+        self.processes = list(processes)
+
+    def cpu_reading(self) -> CpuReadings:
+        return CpuReadings(tuple(p.cpu_reading() for p in self.processes))
+
+    def log_cpu_seconds(self) -> float:
+        return sum(p.log_cpu_seconds() for p in self.processes[1:])
+
+    def submits_by_worker(self) -> list[int]:
+        """The Submit calls each worker answered, from its own /metrics (how the kernel spread the
+        connections)."""
+        return [round(sum(float(line.rpartition(" ")[2]) for line in p.metrics_text().splitlines()
+                          if line.startswith("grpc_server_handled_total{") and 'grpc_method="Submit"' in line))
+                for p in self.processes[1:]]
