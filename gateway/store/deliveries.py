@@ -34,68 +34,94 @@ from gateway.store.port import (
     LeaseEnd,
 )
 from gateway.store.rows import ACKNOWLEDGED, CANCELLED, DEAD_LETTER, HELD, IN_FLIGHT, PENDING, SEQUENCE_OF, opt_time
-from gateway.store.steps import Query, SkipLocked, Statement, Steps, Wake, marks
+from gateway.store.steps import ROW_LOCK, Query, SkipLocked, Statement, Steps, Wake, marks
 
 
-class _Claimable(NamedTuple):
+class _Claimed(NamedTuple):
     sequence: int
-    message_id: str
     receiver: str
     transfer_id: str
-    attempts: int
+    state: int
+    attempts: int  # after the claim: the lease's, or the attempts a dead letter had used
+    message_id: str
     signed_message: bytes
     receipt: bytes
+
+
+class _Found(NamedTuple):
+    found: int
 
 
 def claim_deliveries(platform: str, agencies: frozenset[str] | None, *, limit: int, lease: dt.timedelta,
                      max_attempts: int, now: dt.datetime) -> Steps[Claim]:
     """Lease the oldest open delivery of each case (order within a case holds across redeliveries
-    and dead letters); rows another writer is claiming at the same moment are skipped, not awaited."""
+    and dead letters), dead-lettering any whose attempts ran out; rows another writer is claiming
+    at the same moment are skipped, not awaited.
+
+    One statement, the operation's last step (PostgreSQL sends its commit with it): the rows are
+    picked and locked by the WITH, changed by the UPDATE (each SET reads the row as it was), and
+    returned with their message and receipt, in no order (sorted here by sequence).
+    """
     now_us = micros(now)
     where_agency = ""
-    params: list[object] = [platform, now_us]
+    picking: list[object] = [platform, now_us]
     if agencies is not None:
         where_agency = f" AND d.receiver IN ({marks(len(agencies))})"
-        params += sorted(agencies)
+        picking += sorted(agencies)
+    spent = "attempts >= ?"
     rows = yield from Query(
-        f"""SELECT d.sequence, m.message_id, d.receiver, d.transfer_id, d.attempts, m.signed_message, m.receipt
-            FROM deliveries d JOIN messages m ON m.sequence = d.sequence
-            WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?
-              {where_agency}
-              AND NOT EXISTS (
-                SELECT 1 FROM deliveries e
-                WHERE e.platform = d.platform AND e.transfer_id = d.transfer_id
-                  AND e.state IN ({PENDING}, {IN_FLIGHT}, {HELD}, {DEAD_LETTER}) AND e.sequence < d.sequence)
-            ORDER BY d.sequence LIMIT ?""",
-        (*params, limit), _Claimable, lock=SkipLocked("d"))
+        f"""WITH picked AS MATERIALIZED (
+              SELECT d.sequence, d.receiver FROM deliveries d
+              WHERE d.platform = ? AND d.state IN ({PENDING}, {IN_FLIGHT}) AND d.visible_at <= ?{where_agency}
+                AND NOT EXISTS (
+                  SELECT 1 FROM deliveries e
+                  WHERE e.platform = d.platform AND e.transfer_id = d.transfer_id
+                    AND e.state IN ({PENDING}, {IN_FLIGHT}, {HELD}, {DEAD_LETTER}) AND e.sequence < d.sequence)
+              ORDER BY d.sequence LIMIT ? {ROW_LOCK})
+            UPDATE deliveries SET
+              state = CASE WHEN {spent} THEN {DEAD_LETTER} ELSE {IN_FLIGHT} END,
+              attempts = CASE WHEN {spent} THEN attempts ELSE attempts + 1 END,
+              visible_at = CASE WHEN {spent} THEN visible_at ELSE ? END,
+              first_delivered_at = CASE WHEN {spent} THEN first_delivered_at ELSE COALESCE(first_delivered_at, ?) END,
+              dead_reason = CASE WHEN {spent} THEN ? ELSE dead_reason END,
+              dead_at = CASE WHEN {spent} THEN ? ELSE dead_at END
+            WHERE (sequence, receiver) IN (SELECT sequence, receiver FROM picked)
+            RETURNING sequence, receiver, transfer_id, state, attempts,
+              (SELECT m.message_id FROM messages m WHERE m.sequence = deliveries.sequence) AS message_id,
+              (SELECT m.signed_message FROM messages m WHERE m.sequence = deliveries.sequence) AS signed_message,
+              (SELECT m.receipt FROM messages m WHERE m.sequence = deliveries.sequence) AS receipt""",
+        (*picking, limit, max_attempts, max_attempts, max_attempts, micros(now + lease), max_attempts, now_us,
+         max_attempts, DeadReason.UNACKNOWLEDGED.value, max_attempts, now_us),
+        _Claimed, lock=SkipLocked("d"), last=True)
     claimed, dead = [], []
-    visible_at = micros(now + lease)
-    for d in rows:
-        if d.attempts >= max_attempts:
-            yield Statement("UPDATE deliveries SET state = ?, dead_reason = ?, dead_at = ?"
-                            " WHERE sequence = ? AND receiver = ?",
-                            (DEAD_LETTER, DeadReason.UNACKNOWLEDGED.value, now_us, d.sequence, d.receiver))
+    for d in sorted(rows, key=lambda row: (row.sequence, row.receiver)):
+        if d.state == DEAD_LETTER:
             dead.append(DeadLettered(d.message_id, d.receiver, d.transfer_id, d.attempts, DeadReason.UNACKNOWLEDGED))
-            continue
-        yield Statement(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, visible_at = ?,"
-            " first_delivered_at = COALESCE(first_delivered_at, ?) WHERE sequence = ? AND receiver = ?",
-            (IN_FLIGHT, visible_at, now_us, d.sequence, d.receiver))
-        claimed.append(ClaimedDelivery(d.message_id, d.receiver, d.transfer_id, bytes(d.signed_message),
-                                       bytes(d.receipt), d.attempts + 1))
+        else:
+            claimed.append(ClaimedDelivery(d.message_id, d.receiver, d.transfer_id, bytes(d.signed_message),
+                                           bytes(d.receipt), d.attempts))
     return Claim(claimed, dead)
 
 
 def ack_delivery(platform: str, message_id: str, now: dt.datetime) -> Steps[None]:
-    """Raises NotFound if `platform` receives no such delivery (or it is held or cancelled)."""
+    """Raises NotFound if `platform` receives no such delivery (or it is held or cancelled).
+
+    The wake-up goes first, on the condition the update then meets (a row to acknowledge), so that
+    the update is the operation's last step and PostgreSQL commits with it: one round trip. (Another
+    transaction holding or cancelling that delivery between the two statements could only make the
+    wake-up one too many or too few: a wake-up is news to look for, not a state.)
+    """
+    where = f" WHERE sequence = ({SEQUENCE_OF}) AND platform = ? AND state NOT IN (?, ?)"
+    which = (message_id, platform, HELD, CANCELLED)
+    # The next message of that case may now go out, wherever the stream that held this one is.
+    yield Wake(platform, acknowledged=message_id, when=Query("SELECT 1 AS found FROM deliveries" + where, which,
+                                                             _Found))
     updated = yield from Statement(
-        "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)"
-        f" WHERE sequence = ({SEQUENCE_OF}) AND platform = ? AND state NOT IN (?, ?)",
-        (ACKNOWLEDGED, micros(now), message_id, platform, HELD, CANCELLED))
+        "UPDATE deliveries SET state = ?, acknowledged_at = COALESCE(acknowledged_at, ?)" + where,
+        (ACKNOWLEDGED, micros(now), *which), last=True)
     if not updated:
         raise NotFound(f"no delivery {message_id} for platform {platform}",
                        reason="DELIVERY_NOT_FOUND", metadata={"message_id": message_id})
-    yield Wake(platform, acknowledged=message_id)  # the next message of that case may now go out
 
 
 def end_leases(platform: str, ends: Sequence[LeaseEnd], now: dt.datetime) -> Steps[None]:

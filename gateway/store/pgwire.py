@@ -29,6 +29,7 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
 from gateway.store.steps import (
+    ROW_LOCK,
     Batch,
     LockCase,
     LockName,
@@ -53,11 +54,12 @@ _TOKENS = re.compile(r"--[^\n]*|'(?:[^']|'')*'|\?")
 @functools.lru_cache(maxsize=1024)
 def render(sql: str, lock: SkipLocked | None = None) -> bytes:
     """A statement in PostgreSQL's words: `$1`, `$2`, … for each `?` outside comments and string
-    literals, then the row lock a query asks for."""
+    literals, then the row lock a query asks for (where it holds ROW_LOCK, else at its end)."""
     numbers = itertools.count(1)
     text = _TOKENS.sub(lambda m: f"${next(numbers)}" if m.group() == "?" else m.group(), sql)
     if lock is not None:
-        text += f" FOR UPDATE OF {lock.of} SKIP LOCKED"
+        clause = f"FOR UPDATE OF {lock.of} SKIP LOCKED"
+        text = text.replace(ROW_LOCK, clause) if ROW_LOCK in text else f"{text} {clause}"
     return text.encode()
 
 
@@ -245,10 +247,11 @@ class PipelinedSteps:
     """The steps' `Pipeline` on a `Wire`, inside a transaction its caller began; errors are
     psycopg's, raised by the sync that meets them."""
 
-    __slots__ = ("_ahead", "_channel", "_woken", "checked", "wire")
+    __slots__ = ("_ahead", "_channel", "_woken", "checked", "committing", "wire")
 
     def __init__(self, wire: Wire, channel: str, checked: set[str]) -> None:
         self.wire = wire
+        self.committing = False  # the COMMIT was sent with the last sync (`drive_together`, LAST)
         self._channel = channel  # where wake-ups are sent
         self.checked = checked   # query texts whose columns matched their row type
         self._ahead: dict[int, _Result] = {}  # prefetched queries, by the id of their step
@@ -282,7 +285,10 @@ class PipelinedSteps:
             # The payload: the platform, and the message it acknowledged after a newline (ids hold
             # no newline).
             payload = f"{step.platform}\n{step.acknowledged}" if step.acknowledged else step.platform
-            if payload not in self._woken:
+            if step.when is not None:  # a notification PostgreSQL sends only if the query finds a row
+                wire.send(render(f"SELECT pg_notify(?, ?) WHERE EXISTS ({step.when.sql})"),
+                          (self._channel, payload, *step.when.params))
+            elif payload not in self._woken:
                 self._woken.add(payload)
                 wire.send(b"SELECT pg_notify($1, $2)", (self._channel, payload))
             return None
@@ -295,5 +301,8 @@ class PipelinedSteps:
         self.wire.send(render(step.sql, step.lock if isinstance(step, Query) else None), step.params, result)
         return result
 
-    async def sync(self) -> None:
+    async def sync(self, *, commit: bool = False) -> None:
+        if commit:
+            self.wire.command(b"COMMIT")
+            self.committing = True
         await self.wire.sync()

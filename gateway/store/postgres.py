@@ -326,8 +326,14 @@ class PostgresStore(SQLStore):
         the database refused or an operation failed after writing (raising _Rerun when others
         would be undone with it)."""
         wire.command(b"BEGIN")
+        steps = PipelinedSteps(wire, self._channel, self._checked)
         try:
-            outcomes = await drive_together(operations, PipelinedSteps(wire, self._channel, self._checked))
+            try:
+                outcomes, committed = await drive_together(operations, steps)
+            finally:
+                lane.committing = steps.committing
+            if committed:  # with the operations' last steps: what they raised since is their own
+                return outcomes
             if any(o.error is not None and o.wrote for o in outcomes):
                 wire.command(b"ROLLBACK")
                 await wire.sync()
@@ -412,9 +418,10 @@ async def snapshot_of(config: PostgresConfig, operation: Operation[T]) -> T:
     try:
         wire = Wire(conn, prepare=False)
         wire.command(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        [outcome] = await drive_together([operation()], PipelinedSteps(wire, "", set()))
-        wire.command(b"COMMIT")
-        await wire.sync()
+        ([outcome], committed) = await drive_together([operation()], PipelinedSteps(wire, "", set()))
+        if not committed:
+            wire.command(b"COMMIT")
+            await wire.sync()
     finally:
         await conn.close()
     if outcome.error is not None:

@@ -14,8 +14,10 @@ the engines differ.
 | `Batch(sql, rows)`            | one statement per parameter tuple (executemany)     | None            |
 | `LockCase(transfer_id)`       | hold off other writers of this case until commit    | None            |
 | `LockName(name)`              | hold off other writers naming this lock until commit | None           |
-| `Wake(platform, acknowledged)` | on commit, tell every process: deliveries may wait, or one was acknowledged | None |
+| `Wake(platform, ack, when)` | on commit, tell every process: deliveries may wait, or `ack` was acknowledged | None |
 | `Prefetch(*queries)`          | run these queries now; their rows are taken later   | None            |
+
+A Wake with `when` (a query) is sent only if that query finds a row.
 
 In an operation, `rows = yield from Query(...)` runs a step and gives its result, typed. A step
 whose result is not needed is yielded plainly, `yield Statement(...)`: `yield from` makes a
@@ -23,7 +25,8 @@ generator per step (~0.1 µs), and an accept runs about fifteen steps. That diff
 a pipelining driver reads (`drive_together`): it sends a step yielded plainly without waiting for
 the database, and waits only where an operation takes a result. Queries whose rows are all needed
 before the next decision are prefetched together, `yield Prefetch(a, b)`, then taken one by one,
-`rows = yield from a`: one round trip for all of them where the driver pipelines.
+`rows = yield from a`: one round trip for all of them where the driver pipelines. A step marked
+`last=True` is the operation's last (see LAST below): a pipelining driver may commit with it.
 
 SQL is written once, in what SQLite and PostgreSQL both accept, with `?` for each parameter in
 order (never inside a string literal). What the engines say differently is the driver's to
@@ -56,9 +59,20 @@ R = TypeVar("R", bound=NamedTuple)
 
 class SkipLocked(NamedTuple):
     """Lock the rows a query returns from table alias `of` until commit, skipping rows another
-    transaction holds: concurrent claims take disjoint rows instead of waiting for each other."""
+    transaction holds: concurrent claims take disjoint rows instead of waiting for each other.
+    The lock goes at the end of the query's text, or where the text holds `ROW_LOCK` (a lock taken
+    by a subquery, as in an UPDATE of the rows a SELECT picks)."""
 
     of: str
+
+
+ROW_LOCK = "/* row lock */"  # where a query's SkipLocked goes, if not at its end (a comment to SQLite)
+
+# LAST. A step marked `last=True` is its operation's last: the operation takes its result and
+# yields nothing more, and whatever it raises then leaves nothing of its own to undo (an
+# acknowledgement of an unknown delivery changed no row). A pipelining driver may then send the
+# commit with it: when every operation of a transaction waits on its last step, the transaction
+# costs one round trip for that step and its commit together.
 
 
 # The steps are slotted classes, not frozen dataclasses: an accept builds about fifteen, and a
@@ -72,6 +86,7 @@ class Query(Generic[R]):
     params: Sequence[Any]
     row: type[R]
     lock: SkipLocked | None = None
+    last: bool = False  # the operation's last step (see LAST)
 
     def run(self, executor: Executor) -> Awaitable[list[R]]:
         return executor.query(self)
@@ -88,6 +103,7 @@ class QueryOne(Generic[R]):
     sql: str
     params: Sequence[Any]
     row: type[R]
+    last: bool = False  # the operation's last step (see LAST)
 
     def run(self, executor: Executor) -> Awaitable[R | None]:
         return executor.query_one(self)
@@ -104,6 +120,7 @@ class Statement:
 
     sql: str
     params: Sequence[Any] = ()
+    last: bool = False  # the operation's last step (see LAST)
     wanted: bool = field(default=False, init=False, repr=False, compare=False)
 
     def run(self, executor: Executor) -> Awaitable[int]:
@@ -167,6 +184,9 @@ class Wake:
 
     platform: str
     acknowledged: str = ""
+    # Only if this query finds a row, asked where the wake-up is sent (in the transaction, before
+    # the steps after it): the operation need not wait for an answer to decide whether to wake.
+    when: Query[Any] | None = None
 
     def run(self, executor: Executor) -> Awaitable[None]:
         return executor.wake(self)
@@ -277,8 +297,9 @@ class Pipeline(Protocol):
     def send(self, step: Step) -> Pending | None:
         """Queue `step`; its Pending if the operation wants its result, else None (nothing to wait for)."""
 
-    async def sync(self) -> None:
-        """Wait until every step sent has run."""
+    async def sync(self, *, commit: bool = False) -> None:
+        """Wait until every step sent has run; with `commit`, commit the transaction in the same
+        round trip (nothing may be sent after)."""
 
 
 @dataclass(slots=True)
@@ -291,7 +312,7 @@ class Outcome:
     wrote: bool = False
 
 
-async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -> list[Outcome]:
+async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -> tuple[list[Outcome], bool]:
     """Run `operations` in one transaction, in lockstep: each runs until it wants a result, their
     steps are sent together, and one sync answers all of them; then each runs on to its next
     result. So the round trips of a batch are those of its longest operation (an accept: three),
@@ -300,8 +321,13 @@ async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -
     An operation's own error (a refusal, a rule) ends that operation alone, in its `Outcome`;
     whether it had written first is recorded there, for the driver to undo by running again.
     Errors of the pipeline (the database's) propagate: the transaction is lost.
+
+    When every operation still running waits on its `last` step and none has failed after writing,
+    the sync that answers them commits too (`LAST`): whether it did is what this returns with the
+    outcomes. An operation that yields a step after its last one fails with RuntimeError.
     """
     outcomes = [Outcome() for _ in operations]
+    committed = False
     sent: list[Any] = [None] * len(operations)  # what each operation is sent when it resumes
     running = list(range(len(operations)))
     while running:
@@ -317,6 +343,10 @@ async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -
                 except Exception as exc:
                     outcome.error = exc
                     break
+                if committed:
+                    operation.close()
+                    outcome.error = RuntimeError(f"a step after the last: {type(step).__name__}")
+                    break
                 if not outcome.wrote and _may_write(step):
                     outcome.wrote = True
                 pending = pipeline.send(step)
@@ -329,12 +359,14 @@ async def drive_together(operations: Sequence[Steps[Any]], pipeline: Pipeline) -
                     waiting.append((i, step, pending))
                     break
         if waiting:
-            await pipeline.sync()
+            committed = (all(_last(step) for _, step, _ in waiting)
+                         and not any(o.error is not None and o.wrote for o in outcomes))
+            await pipeline.sync(commit=committed)
             for i, step, pending in waiting:
                 sent[i] = value = pending.result()
                 outcomes[i].wrote = outcomes[i].wrote or _changed(step, value)
         running = [i for i, _, _ in waiting]
-    return outcomes
+    return outcomes, committed
 
 
 def _may_write(step: Step) -> bool:
@@ -351,6 +383,10 @@ def _may_write(step: Step) -> bool:
     if isinstance(step, Prefetch):
         return any(_may_write(query) for query in step.queries)
     return False
+
+
+def _last(step: Step) -> bool:
+    return isinstance(step, Query | QueryOne | Statement) and step.last
 
 
 def _changed(step: Step, result: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
-from gateway.core.errors import RuleViolation
+from gateway.core.errors import NotFound, RuleViolation
 from gateway.store import AcceptOutcome, Decide, IncomingMessage
 from gateway.store.base import SQLStore
 from gateway.store.pgwire import Wire
@@ -110,10 +111,35 @@ async def test_a_commit_wakes_the_other_replicas(replicas: tuple[SQLStore, SQLSt
         await a.accept(m, lambda case, _i, m=m: Decision(case or opened(m)), receipt_for(m))
         if await _news(heard, 0.2) != ("anhui", None):
             continue
+        with pytest.raises(NotFound):  # an acknowledgement of nothing tells nobody anything
+            await a.ack_delivery("anhui", str(uuid.uuid4()), T0)
         await a.ack_delivery("anhui", m.message_id, T0)  # an acknowledgement names its message
         assert await _news(heard, 5) == ("anhui", m.message_id)
         return
     pytest.fail("no wake-up reached the other replica")
+
+
+async def test_a_claim_and_an_acknowledgement_take_one_round_trip_each(
+        store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each is one statement, its operation's last step: its commit goes in the same round trip."""
+    cases = [await open_case(store) for _ in range(3)]
+    syncs = 0
+    sync = Wire.sync
+
+    async def counted(self: Wire) -> None:
+        nonlocal syncs
+        syncs += 1
+        await sync(self)
+
+    monkeypatch.setattr(Wire, "sync", counted)
+    claim = await store.claim_deliveries("zhejiang", None, limit=8, lease=dt.timedelta(seconds=30), max_attempts=3,
+                                         now=T0)
+    assert sorted(d.message_id for d in claim.deliveries) == sorted(m.message_id for m in cases) and syncs == 1
+    await asyncio.gather(*(store.ack_delivery("zhejiang", m.message_id, T0) for m in cases))
+    assert syncs <= 1 + len(cases)  # one each, or fewer when they commit together
+    with pytest.raises(NotFound):
+        await store.ack_delivery("zhejiang", str(uuid.uuid4()), T0)
+    assert await store.acknowledged("zhejiang", [m.message_id for m in cases]) == {m.message_id for m in cases}
 
 
 async def test_replicas_publish_one_checkpoint_per_tree_size(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from gateway.core.case import Case, CaseIndex, Decision
 from gateway.store import CaseQuery, views
 from gateway.store.pgwire import render
 from gateway.store.steps import (
+    ROW_LOCK,
     Batch,
     ColumnsMismatch,
     LockCase,
@@ -144,7 +145,9 @@ class _Pipeline:
             return _Answer(self, 0 if "none" in step.sql else 1)
         return None
 
-    async def sync(self) -> None:
+    async def sync(self, *, commit: bool = False) -> None:
+        if commit:
+            self.rounds[-1].append("COMMIT")
         self.syncs += 1
         self.rounds.append([])
 
@@ -168,7 +171,8 @@ def _accept_like(name: str, fail_at: str = "") -> Steps[str]:
 
 async def test_operations_run_together_wait_only_for_the_results_they_take() -> None:
     pipeline = _Pipeline()
-    outcomes = await drive_together([_accept_like("x"), _accept_like("y"), _accept_like("z")], pipeline)
+    outcomes, committed = await drive_together([_accept_like("x"), _accept_like("y"), _accept_like("z")], pipeline)
+    assert not committed  # the driver commits what was sent after the last result taken
     assert [o.value for o in outcomes] == [f"SELECT {n} a SELECT {n} b UPDATE {n} head" for n in "xyz"]
     assert [o.error for o in outcomes] == [None] * 3 and all(o.wrote for o in outcomes)
     assert pipeline.syncs == 2  # the reads of all three, then their heads; the rest waits for the commit
@@ -181,7 +185,7 @@ async def test_operations_run_together_wait_only_for_the_results_they_take() -> 
 
 async def test_an_operation_that_fails_ends_alone_and_says_whether_it_wrote() -> None:
     pipeline = _Pipeline()
-    outcomes = await drive_together(
+    outcomes, _ = await drive_together(
         [_accept_like("x", fail_at="decision"), _accept_like("y"), _accept_like("z", fail_at="after writing")],
         pipeline)
     assert [str(o.error) for o in outcomes] == ["x refused", "None", "z failed late"]
@@ -197,8 +201,51 @@ async def test_a_statement_taken_for_its_count_wrote_only_if_it_changed_rows() -
             raise LookupError("nothing there")
         return changed
 
-    outcomes = await drive_together([counted("UPDATE none"), counted("UPDATE one")], _Pipeline())
+    outcomes, _ = await drive_together([counted("UPDATE none"), counted("UPDATE one")], _Pipeline())
     assert [(type(o.error).__name__, o.wrote) for o in outcomes] == [("LookupError", False), ("NoneType", True)]
+
+
+def _ack_like(sql: str) -> Steps[int]:
+    """An acknowledgement's shape: a wake-up sent blind, then one statement taken last."""
+    yield Wake("p")
+    changed = yield from Statement(sql, last=True)
+    if not changed:
+        raise LookupError("nothing there")
+    return changed
+
+
+async def test_operations_waiting_on_their_last_steps_commit_in_the_same_round_trip() -> None:
+    pipeline = _Pipeline()
+    outcomes, committed = await drive_together([_ack_like("UPDATE one"), _ack_like("UPDATE none")], pipeline)
+    assert committed and pipeline.syncs == 1
+    assert pipeline.rounds[0] == ["Wake", "UPDATE one", "Wake", "UPDATE none", "COMMIT"]
+    assert [(type(o.error).__name__, o.wrote) for o in outcomes] == [("NoneType", True), ("LookupError", False)]
+
+
+async def test_a_last_step_beside_an_operation_not_at_its_last_commits_later() -> None:
+    pipeline = _Pipeline()
+    outcomes, committed = await drive_together([_ack_like("UPDATE one"), _accept_like("x")], pipeline)
+    assert not committed and pipeline.syncs == 2 and not any("COMMIT" in r for r in pipeline.rounds)
+    assert [o.error for o in outcomes] == [None, None]
+
+
+async def test_nothing_commits_with_a_last_step_after_another_operation_failed_having_written() -> None:
+    def fails_after_writing() -> Steps[None]:
+        yield Statement("INSERT x")
+        raise RuntimeError("late")
+
+    pipeline = _Pipeline()
+    outcomes, committed = await drive_together([fails_after_writing(), _ack_like("UPDATE one")], pipeline)
+    assert not committed and outcomes[0].wrote and str(outcomes[0].error) == "late"
+
+
+async def test_a_step_after_the_last_is_a_defect_of_its_operation() -> None:
+    def goes_on() -> Steps[None]:
+        yield from Statement("UPDATE one", last=True)
+        yield Statement("UPDATE more")
+
+    outcomes, committed = await drive_together([goes_on()], _Pipeline())
+    assert committed and isinstance(outcomes[0].error, RuntimeError)
 
 
 @pytest.mark.parametrize(("portable", "lock", "numbered"), [
@@ -208,6 +255,10 @@ async def test_a_statement_taken_for_its_count_wrote_only_if_it_changed_rows() -
     ("-- isn't it? a comment\nDELETE FROM t WHERE a = ?", None, "-- isn't it? a comment\nDELETE FROM t WHERE a = $1"),
     ("SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT ?", SkipLocked("d"),
      "SELECT d.a FROM d JOIN m ON m.a = d.a LIMIT $1 FOR UPDATE OF d SKIP LOCKED"),
+    (f"WITH p AS (SELECT d.a FROM d LIMIT ? {ROW_LOCK}) UPDATE d SET b = ? WHERE a IN (SELECT a FROM p) RETURNING a",
+     SkipLocked("d"),
+     "WITH p AS (SELECT d.a FROM d LIMIT $1 FOR UPDATE OF d SKIP LOCKED) UPDATE d SET b = $2 WHERE a IN"
+     " (SELECT a FROM p) RETURNING a"),
 ])
 def test_postgresql_renders_placeholders_and_row_locks(portable: str, lock: SkipLocked | None, numbered: str) -> None:
     assert render(portable, lock) == numbered.encode()
