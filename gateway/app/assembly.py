@@ -69,7 +69,7 @@ class Materials:
     tls: ServerTls
     calendar: WorkingCalendar
     certificate_expires: dt.datetime
-    person_keys: PersonKeys | None = None  # None: no secret configured, the index is off
+    person_keys: PersonKeys  # `[automatic.person_key_secrets]`: every case's person, and the index's, keyed under them
     warnings: tuple[str, ...] = field(default=())
     rotation: tuple[LocalSigner, ...] = field(default=())  # `[signing] rotation_keys`, each with its registry id
 
@@ -154,15 +154,23 @@ def read_materials(config: GatewayConfig, *, now: dt.datetime) -> Materials:
     if config.metrics_listen and not _loopback(parse_address(config.metrics_listen)[0]):
         files.warnings.append(f"metrics_listen {config.metrics_listen}: not a loopback address; /metrics (fund "
                               f"totals per province pair) is plain HTTP: keep it on 127.0.0.1 and scrape it locally")
-    if files.problems or registry is None or tls is None or signer is None or calendar is None or expires is None:
+    if (files.problems or registry is None or tls is None or signer is None or calendar is None or expires is None
+            or person_keys is None):
         raise ConfigError(files.problems or ["the configured files cannot be used"])
     return Materials(registry=registry, signer=signer, tls=tls, calendar=calendar, certificate_expires=expires,
                      person_keys=person_keys, warnings=tuple(files.warnings), rotation=rotation)
 
 
 def _person_keys(files: _Files, config: GatewayConfig, *, dev_only: bool) -> PersonKeys | None:
-    """The person-key secrets, each file checked (never echoing what it holds)."""
+    """The person-key secrets, each file checked (never echoing what it holds). At least one is
+    needed: cases keep their person's key under it, as the suspended-record index does."""
     automatic = config.automatic
+    if not automatic.person_key_secrets:
+        files.problems.append("[automatic.person_key_secrets]: none configured; the gateway keeps each case's person"
+                              " (and the suspended-record index's) only as an HMAC under a secret of its own: create"
+                              " one with `openssl rand -hex 32` and name it with [automatic] current_person_key"
+                              " (docs/operating.md, \"The person-key secret\")")
+        return None
     secrets: dict[str, bytes] = {}
     for key_id, path in automatic.person_key_secrets.items():
         setting = f"[automatic.person_key_secrets] {key_id}"
@@ -345,7 +353,8 @@ def assemble(
     callers = Callers(materials.tls.ca, clock)
     services = Services(
         exchange=ExchangeService(registry=registry, store=store, router=router, signer=signer, metrics=metrics,
-                                 sla=sla, clock=clock, automatic=automatic, limits=config.messages, callers=callers),
+                                 sla=sla, clock=clock, automatic=automatic, limits=config.messages, callers=callers,
+                                 keys=materials.person_keys),
         tracking=TrackingService(registry=registry, store=store, sla=sla, clock=clock, callers=callers),
         admin=AdminService(registry=registry, store=store, author=author, router=router, metrics=metrics,
                            calendar=calendar, clock=clock, reloader=sync, callers=callers),

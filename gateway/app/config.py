@@ -183,17 +183,19 @@ class ConnectionsConfig:
 
 @dataclass(frozen=True)
 class AutomaticConfig:
-    """Automatic transfer (免申请): the suspended-record index and the person-key secrets it is keyed by."""
+    """Automatic transfer (免申请): the suspended-record index, and the person-key secrets it and every
+    case keep persons under."""
 
     rules: AutomaticRules = setting(factory=AutomaticRules, doc="How long the index keeps what waits.", inline=True)
     person_key_secrets: Mapping[str, Path] = setting(
         factory=dict, doc="The person-key secrets by id (1 to 32 letters, digits, . _ -): files of at least 64 hex"
-        " digits (`openssl rand -hex 32`), readable by the gateway's user only. The index keeps an HMAC of each"
-        " person's certificate under them, never the number. None: the index is off and its messages are refused."
-        " Every replica has the same set, but for the steps of a rotation (docs/operating.md).")
+        " digits (`openssl rand -hex 32`), readable by the gateway's user only. Open cases and the index keep an"
+        " HMAC of each person's certificate under them, never the number. At least one is required: the gateway"
+        " does not start without it. Every replica has the same set, but for the steps of a rotation"
+        " (docs/operating.md).")
     current_person_key: str | None = setting(
-        None, "The id of the secret new entries are keyed under (required with any secret). The others still"
-        " match, and the index keys their entries again under this one.")
+        None, "The id of the secret new cases and entries are keyed under (required with any secret). The others"
+        " still match, and the upkeep keys their cases and entries again under this one.")
     upkeep_interval: float = setting(60.0, "Time between rounds of the index's upkeep: enrollments past their"
                                      " retention period lapse, entries under an old secret are keyed again.",
                                      key="upkeep_interval_seconds", unit="seconds", minimum=0.05)

@@ -246,6 +246,7 @@ class GatewayServer:
             await self._store.open()
             self._store_open = True
             await self._probe_store()
+            await self._key_unkeyed_cases()
             if self.registry_sync is not None:
                 try:
                     await self.registry_sync.start()  # the file's version against the store's
@@ -276,6 +277,13 @@ class GatewayServer:
                                else "off"),
             **({"workers": cfg.workers} if self._worker is not None else {}),
         }})
+
+    async def _key_unkeyed_cases(self) -> None:
+        """Key the open cases from before cases were keyed (their key a plain digest) before serving:
+        until then a new case of the same person would not meet them."""
+        keyed = await self.keeper.key_unkeyed_cases()
+        if keyed:
+            log.info("open cases keyed", extra={"fields": {"cases": keyed}})
 
     async def _probe_store(self) -> None:
         """Refuse a store that opened but cannot write (a read-only file system or standby, a full

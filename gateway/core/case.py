@@ -14,7 +14,7 @@ and write are atomic and races resolve to exactly one winner.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -22,8 +22,9 @@ from typing import Any, Final, Protocol, TypeAlias
 
 from gateway.core.automatic import BLOCKERS
 from gateway.core.continuity import Period, insured_run, month_index
-from gateway.core.errors import RuleViolation
+from gateway.core.errors import RuleViolation, StoreUnavailable
 from gateway.core.messages import CaseMessage, MessageKind, kind_of
+from gateway.core.personkeys import PersonKey, PersonKeys
 from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import automatic_pb2, envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
@@ -227,7 +228,7 @@ class Case:
     inbound: str
     applicant: str                      # the agency where the application was lodged
     insurance_type: InsuranceType       # at the outbound side
-    person_key: bytes
+    person_key: bytes                   # the person's key (`gateway.core.personkeys`) while the case is open
     suspension_date: str = ""           # ISO date, once the outbound notice accepted
     balance_fen: int | None = None      # transferred out, from the information table
     fund_message_id: str | None = None  # the fund transfer, once accepted
@@ -240,6 +241,7 @@ class Case:
     insured_months: int | None = None   # months insured without a break, from the table's periods
     waiting_period_months: int | None = None  # the inbound region's, fixed at the inbound acceptance
     messages: Mapping[str, MessageRef] = field(default_factory=dict)
+    key_id: str = ""                    # the person-key secret `person_key` is under
 
     @property
     def closed(self) -> bool:
@@ -277,14 +279,23 @@ class Decision:
 class CaseIndex(Protocol):
     """What the rules may ask about other cases (answered by the store, inside the transaction)."""
 
-    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
-        """The transfer id of an open case of this person at this outbound agency, if any."""
+    def open_case_for(self, person: tuple[PersonKey, ...], outbound: str) -> str | None:
+        """The transfer id of an open case at this outbound agency of the person whose keys (under
+        every configured secret) are `person`, if any."""
 
 
-def person_key(person: types_pb2.Person) -> bytes:
-    """A digest identifying the person within the gateway, so cases compare people without
-    keeping a second copy of the number in clear."""
-    return hashlib.sha256(f"{person.certificate_type}:{person.certificate_number}".encode()).digest()
+def _is_case_person(case: Case, person: types_pb2.Person, keys: PersonKeys) -> bool:
+    """Whether `person` is the case's person: their key under the secret the case is keyed under.
+
+    Raises StoreUnavailable if this gateway does not hold that secret (it was removed while open
+    cases were still keyed under it): the index's upkeep keys the case again under the current
+    secret, from its opening message, within a round, and the message may be sent again then.
+    """
+    if case.key_id not in keys.key_ids:
+        raise StoreUnavailable(f"case {case.transfer_id} is keyed under a person-key secret this gateway does not"
+                               " hold; it is keyed again under the current one within an upkeep round: send again",
+                               reason="STORE_UNAVAILABLE")
+    return hmac.compare_digest(keys.key(person, case.key_id).digest, case.person_key)
 
 
 def state_name(state: CaseState) -> str:
@@ -335,21 +346,23 @@ def _violation(rule: str, text: str, case: Case | None, **extra: str) -> RuleVio
     return RuleViolation(text, reason=rule, metadata=metadata)
 
 
-def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index: CaseIndex) -> Decision:
+def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index: CaseIndex,
+          keys: PersonKeys) -> Decision:
     """The decision on `message` (validated by gateway.core.validation), or RuleViolation.
 
     `case` is None for a transfer id the gateway has not seen; `policies` are the regions' own
-    choices (the registry's), by region or province.
+    choices (the registry's), by region or province; `keys` the person-key secrets, under which a
+    new case keeps its person and a message's person is compared with the case's.
     """
     header = message.header
     event = event_of(message)
     if case is None:
-        case = _new_case(message, event)
+        case = _new_case(message, event, keys)
         side = Side.INBOUND if event is Event.TRANSFER_REQUEST else Side.OUTBOUND
         opening = True
     else:
         if header.sender not in (case.outbound, case.inbound):
-            raise _not_a_party(message, event)
+            raise _not_a_party(message, event, keys)
         if case.closed:
             raise _violation("CASE_CLOSED", f"case {case.transfer_id} is closed ({state_name(case.state)})",
                              case, event=event.value)
@@ -359,9 +372,10 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
         side = _side(case, header.sender, header.receiver)
         opening = False
     transition = _transition(case, event, side, policies)
-    facts, fund_status = _check_content(case, message, event, policies, opening=opening)
-    if opening and event not in (Event.NOTICE_REFUSED, Event.NOTICE_BLOCKED):
-        _check_one_open_case(case, index)
+    facts, fund_status = _check_content(case, message, event, policies, keys, opening=opening)
+    question = index_question(message, keys) if opening else None  # None: a refused notice, opening to close
+    if question is not None:
+        _check_one_open_case(case, index, question[0])
     target = case.state if transition.target is None else transition.target
     refs = {**case.messages, header.message_id: MessageRef(kind_of(message), side)}
     after = replace(case, state=target, messages=refs, **facts)
@@ -371,15 +385,15 @@ def apply(case: Case | None, message: CaseMessage, *, policies: Policies, index:
     return Decision(after, fund_status=fund_status)
 
 
-def index_question(message: CaseMessage) -> tuple[bytes, str] | None:
+def index_question(message: CaseMessage, keys: PersonKeys) -> tuple[tuple[PersonKey, ...], str] | None:
     """What `apply` asks its CaseIndex about `message` when its transfer has no case yet: the
-    person key and outbound agency of the case it would open. None: it asks nothing (the message
-    opens no case, or is a refused notice, which opens a case only to close it). A store answers
-    it before deciding, so the decision runs once."""
+    person's keys (under every secret, the current one first) and the outbound agency of the case
+    it would open. None: it asks nothing (the message opens no case, or is a refused notice, which
+    opens a case only to close it). A store answers it before deciding, so the decision runs once."""
     if isinstance(message, messages_pb2.TransferRequest):
-        return person_key(message.person), message.header.receiver
+        return keys.keys(message.person), message.header.receiver
     if isinstance(message, messages_pb2.OutboundNotice) and event_of(message) is Event.NOTICE_ACCEPTED:
-        return person_key(message.person), message.header.sender
+        return keys.keys(message.person), message.header.sender
     return None
 
 
@@ -412,7 +426,7 @@ def review(case: Case | None, *, approved: bool, message_id: str) -> Decision:
 
 
 def open_automatic(case: Case | None, request: messages_pb2.TransferRequest, *, message_id: str,
-                   index: CaseIndex) -> Decision:
+                   index: CaseIndex, keys: PersonKeys) -> Decision:
     """The decision to open a case the gateway writes itself (免申请): `request` is the transfer
     request of its AutomaticTransferRequest, as if the person had applied at the inbound side
     (channel CHANNEL_AUTOMATIC). The request stands for the inbound side's application: the inbound
@@ -423,11 +437,11 @@ def open_automatic(case: Case | None, request: messages_pb2.TransferRequest, *, 
     """
     if case is not None:
         raise _violation("CASE_EXISTS", f"transfer {case.transfer_id} has a case already", case)
-    new = _new_case(request, Event.TRANSFER_REQUEST)
+    new = _new_case(request, Event.TRANSFER_REQUEST, keys)
     transition = _transition(new, Event.AUTOMATIC_REQUEST, Side.GATEWAY, NO_POLICIES)
     assert transition.target is not None
-    _check_content(new, request, Event.TRANSFER_REQUEST, NO_POLICIES, opening=True)
-    _check_one_open_case(new, index)
+    _check_content(new, request, Event.TRANSFER_REQUEST, NO_POLICIES, keys, opening=True)
+    _check_one_open_case(new, index, keys.keys(request.person))
     refs = {message_id: MessageRef(envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, Side.INBOUND)}
     return Decision(replace(new, state=transition.target, channel=AUTOMATIC, messages=refs))
 
@@ -449,7 +463,7 @@ def close(case: Case | None, *, message_id: str) -> Decision:
     return Decision(replace(case, state=transition.target, messages=refs))
 
 
-def _not_a_party(message: CaseMessage, event: Event) -> RuleViolation:
+def _not_a_party(message: CaseMessage, event: Event, keys: PersonKeys) -> RuleViolation:
     """The refusal of a message whose sender is not a side of the case its transfer id names.
 
     It must tell the sender nothing of that case: not its sides, not its state, not that it
@@ -464,22 +478,25 @@ def _not_a_party(message: CaseMessage, event: Event) -> RuleViolation:
                              reason="TRANSFER_ID_IN_USE",
                              metadata={"rule": "TRANSFER_ID_IN_USE", "transfer_id": h.transfer_id})
     try:
-        _new_case(message, event)
+        _new_case(message, event, keys)
     except RuleViolation as as_if_unseen:
         return as_if_unseen
     raise AssertionError(f"{event} opens a case")  # the events above are the ones that open one
 
 
-def _new_case(message: CaseMessage, event: Event) -> Case:
+def _new_case(message: CaseMessage, event: Event, keys: PersonKeys) -> Case:
+    """The case `message` opens, its person keyed under the current secret."""
     h = message.header
     if isinstance(message, messages_pb2.TransferRequest):
+        key = keys.key(message.person)
         return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.receiver, inbound=h.sender, applicant=h.sender,
                     insurance_type=message.outbound_insurance_type, channel=message.channel,
-                    inbound_insurance_type=message.inbound_insurance_type, person_key=person_key(message.person))
+                    inbound_insurance_type=message.inbound_insurance_type, person_key=key.digest, key_id=key.key_id)
     if isinstance(message, messages_pb2.OutboundNotice):
+        key = keys.key(message.person)
         return Case(transfer_id=h.transfer_id, state=NEW, outbound=h.sender, inbound=h.receiver, applicant=h.sender,
                     insurance_type=message.insurance_type, inbound_insurance_type=message.inbound_insurance_type,
-                    person_key=person_key(message.person))
+                    person_key=key.digest, key_id=key.key_id)
     raise _violation("CASE_NOT_OPENED",
                      f"transfer {h.transfer_id} has no case yet: a transfer request or an outbound notice opens it",
                      None, event=event.value)
@@ -548,12 +565,12 @@ def _transition(case: Case, event: Event, side: Side, policies: Policies) -> Tra
                      f"{state_name(case.state)}", case, event=event.value, side=side.value)
 
 
-def _check_one_open_case(case: Case, index: CaseIndex) -> None:
+def _check_one_open_case(case: Case, index: CaseIndex, person: tuple[PersonKey, ...]) -> None:
     """One open case per person and outbound agency. The refusal names the open case in its
     metadata (`open_transfer_id`), which the gateway's edge keeps only for a caller that is a side
     of that case (gateway.service.exchange): whether the person has an open case there is what
     the rule is about; which case, and between whom, is its sides' business."""
-    other = index.open_case_for(case.person_key, case.outbound)
+    other = index.open_case_for(person, case.outbound)
     if other is not None and other != case.transfer_id:
         raise _violation("CASE_ALREADY_OPEN",
                          f"this person already has an open case at outbound agency {case.outbound}: one case at a "
@@ -582,7 +599,7 @@ def _same_inbound_insurance(case: Case, stated: InsuranceType, what: str) -> Non
                          field="inbound_insurance_type")
 
 
-def _check_content(case: Case, message: CaseMessage, event: Event, policies: Policies, *,
+def _check_content(case: Case, message: CaseMessage, event: Event, policies: Policies, keys: PersonKeys, *,
                    opening: bool) -> _Facts:
     """Rules comparing the message with the case so far; returns the facts it adds."""
     if isinstance(message, messages_pb2.TransferRequest):
@@ -590,9 +607,9 @@ def _check_content(case: Case, message: CaseMessage, event: Event, policies: Pol
         _covered(case, message.inbound_insurance_type, "inbound insurance type")
         return _NO_FACTS
     if isinstance(message, messages_pb2.OutboundNotice):
-        return _check_notice(case, message, event, opening=opening)
+        return _check_notice(case, message, event, keys, opening=opening)
     if isinstance(message, messages_pb2.InformationTable):
-        return _check_table(case, message)
+        return _check_table(case, message, keys)
     if isinstance(message, messages_pb2.FundTransfer):
         if message.amount_fen != case.balance_fen:
             raise _violation("FUND_AMOUNT_MISMATCH",
@@ -611,7 +628,8 @@ def _check_content(case: Case, message: CaseMessage, event: Event, policies: Pol
     return _check_acknowledgement(case, message, event, policies)
 
 
-def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event, *, opening: bool) -> _Facts:
+def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event, keys: PersonKeys, *,
+                  opening: bool) -> _Facts:
     _covered(case, message.insurance_type, "insurance type")
     accepted = event is Event.NOTICE_ACCEPTED
     if opening:
@@ -622,7 +640,7 @@ def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event
         if message.inbound_insurance_type:
             _covered(case, message.inbound_insurance_type, "inbound insurance type")
     else:
-        if person_key(message.person) != case.person_key:
+        if not _is_case_person(case, message.person, keys):
             raise _violation("PERSON_MISMATCH", "the notice's person is not the request's person", case)
         if message.insurance_type != case.insurance_type:
             raise _violation("INSURANCE_TYPE_MISMATCH", f"the notice's insurance type "
@@ -635,8 +653,8 @@ def _check_notice(case: Case, message: messages_pb2.OutboundNotice, event: Event
     return {"suspension_date": _iso(message.suspension_date) if accepted else ""}, None
 
 
-def _check_table(case: Case, message: messages_pb2.InformationTable) -> _Facts:
-    if person_key(message.person) != case.person_key:
+def _check_table(case: Case, message: messages_pb2.InformationTable, keys: PersonKeys) -> _Facts:
+    if not _is_case_person(case, message.person, keys):
         raise _violation("PERSON_MISMATCH", "the table's person is not the notice's person", case)
     if message.insurance_type != case.insurance_type:
         raise _violation("INSURANCE_TYPE_MISMATCH", f"the table's insurance type "

@@ -182,8 +182,9 @@ RULES: Final[tuple[Rule, ...]] = (
          "cases it opened are withdrawn like any other; metadata `enrollment_message_id`, `enrollment_state`.",
          _CONTRACT),
     Rule("CASE_EXISTS", _FP, "The gateway opens an automatic case only under a transfer id no case has.", _CONTRACT),
-    Rule("AUTOMATIC_TRANSFER_NOT_CONFIGURED", _FP, "The gateway keeps no index without a person-key secret "
-         "(`[automatic.person_key_secrets]`): its messages are refused until the operators configure one.",
+    Rule("AUTOMATIC_TRANSFER_NOT_CONFIGURED", _FP, "No longer sent: a gateway keeps every open case's person under "
+         "a person-key secret (`[automatic.person_key_secrets]`) and does not start without one, so its index is "
+         "always on. Earlier versions refused the index's messages with it while no secret was configured.",
          _CONTRACT),
     # Clocks: each stage is one side's.
     Rule("OUTBOUND_CLOCK", "", "The outbound stage runs from the opening until the table (and the funds when due) "

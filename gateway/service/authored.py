@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from gateway.core.keys import GatewaySigner
 from gateway.core.messages import MessageKind
+from gateway.core.personkeys import PersonKey
 from gateway.core.registry import LiveRegistry
 from gateway.core.signing import fingerprint, pae
 from gateway.core.sla import Sla
@@ -40,7 +41,7 @@ class GatewayAuthor:
 
     def prepare(
         self, *, kind: MessageKind, message_id: str, transfer_id: str, payload: Message, sides: tuple[str, str],
-        now: dt.datetime, opens_case_of: tuple[bytes, str] | None = None,
+        now: dt.datetime, opens_case_of: tuple[tuple[PersonKey, ...], str] | None = None,
     ) -> tuple[IncomingMessage, MakeReceipt]:
         """`payload` signed, as a message ready for the store to accept into the case's log and deliver
         to both sides, and the maker of its receipt. Pure (the signer's work): the suspended-record

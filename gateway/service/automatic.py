@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 
 from gateway.core import case as case_rules
 from gateway.core.automatic import AutomaticRules
-from gateway.core.errors import RuleViolation
 from gateway.core.keys import GatewaySigner
 from gateway.core.messages import IndexMessage as IndexPayload
 from gateway.core.personkeys import PersonKeys
@@ -68,7 +67,7 @@ class AutomaticTransfer:
 
     def __init__(
         self, *, registry: LiveRegistry, store: Store, router: Router, author: GatewayAuthor, signer: GatewaySigner,
-        metrics: Metrics, keys: PersonKeys | None, rules: AutomaticRules, clock: Callable[[], dt.datetime],
+        metrics: Metrics, keys: PersonKeys, rules: AutomaticRules, clock: Callable[[], dt.datetime],
     ) -> None:
         self._registry = registry
         self._store = store
@@ -84,12 +83,9 @@ class AutomaticTransfer:
                      received: bytes, fingerprint: bytes, payload_sha256: bytes) -> IndexOutcome:
         """Store a validated index message and open what it matches.
 
-        Raises RuleViolation (AUTOMATIC_TRANSFER_NOT_CONFIGURED, or what the index refuses), NotPermitted
-        (the platform does not speak for the sender agency), NotFound, IdempotencyConflict, StoreUnavailable.
+        Raises RuleViolation (what the index refuses), NotPermitted (the platform does not speak for the
+        sender agency), NotFound, IdempotencyConflict, StoreUnavailable.
         """
-        if self._keys is None:
-            raise RuleViolation("this gateway keeps no suspended-record index: no person-key secret is configured",
-                                reason="AUTOMATIC_TRANSFER_NOT_CONFIGURED")
         header = message.header
         self._registry.current.check_acts_for(platform, header.sender, what="header.sender")
         stored = IndexMessage(
@@ -156,9 +152,11 @@ class AutomaticTransfer:
         incoming, make_receipt = self._author.prepare(
             kind=envelope_pb2.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, message_id=message_id,
             transfer_id=record.transfer_id, payload=written, sides=(outbound, inbound), now=now,
-            opens_case_of=(case_rules.person_key(enrollment.person), outbound))
+            opens_case_of=(self._keys.keys(enrollment.person), outbound))
+        keys = self._keys
         return AuthoredOpening(
-            incoming, lambda case, index: case_rules.open_automatic(case, request, message_id=message_id, index=index),
+            incoming, lambda case, index: case_rules.open_automatic(case, request, message_id=message_id, index=index,
+                                                                    keys=keys),
             make_receipt)
 
     def _observe(self, stored: IndexMessage, outcome: IndexOutcome) -> None:

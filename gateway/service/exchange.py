@@ -42,6 +42,7 @@ from gateway.core.errors import (
 )
 from gateway.core.keys import GatewaySigner, platform_key_at
 from gateway.core.limits import MessageLimits
+from gateway.core.personkeys import PersonKeys
 from gateway.core.registry import LiveRegistry, Platform, Registry
 from gateway.core.signing import VerifyingKey, pae
 from gateway.core.sla import Sla
@@ -123,9 +124,10 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(
         self, *, registry: LiveRegistry, store: Store, router: Router, signer: GatewaySigner, metrics: Metrics,
         sla: Sla, clock: Callable[[], dt.datetime], automatic: AutomaticTransfer, callers: Callers,
-        limits: MessageLimits | None = None,
+        keys: PersonKeys, limits: MessageLimits | None = None,
     ) -> None:
         self._callers = callers
+        self._keys = keys
         self._limits = limits or MessageLimits()
         self._registry = registry
         self._automatic = automatic
@@ -185,10 +187,11 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
                 self._metrics.count_message(kind_label, "replayed" if indexed.replayed else "accepted")
                 return indexed.receipt
             incoming = self._admit(registry, platform, signed, message, request, digest)
-            case_message = message
+            case_message, keys = message, self._keys
             outcome = await self._store.accept(
                 incoming,
-                lambda case, index: case_rules.apply(case, case_message, policies=registry.policies, index=index),
+                lambda case, index: case_rules.apply(case, case_message, policies=registry.policies, index=index,
+                                                     keys=keys),
                 receipt_maker(self._signer, incoming, hashlib.sha256(signed.payload).digest(), key),
             )
         except CallerError as refused:
@@ -311,7 +314,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
             signed_message=received,
             ack_status=message.status if isinstance(message, messages_pb2.Acknowledgement) else 0,
             fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
-            opens_case_of=case_rules.index_question(message),
+            opens_case_of=case_rules.index_question(message, self._keys),
         )
         return incoming
 

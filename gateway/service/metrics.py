@@ -213,12 +213,13 @@ class Metrics:
         )
         self.index_entries = Gauge(
             "transfer_gateway_index_entries",
-            "Entries waiting in the suspended-record index, by kind (record, enrollment) and the id of the secret"
-            " they are keyed under.", ["kind", "key_id"], registry=registry,
+            "Entries waiting in the suspended-record index (kind record, enrollment) and open cases (kind case),"
+            " by the id of the person-key secret they are keyed under.", ["kind", "key_id"], registry=registry,
         )
         self.index_stale = Gauge(
             "transfer_gateway_index_stale_entries",
-            "Waiting index entries keyed under another secret than the current one (0 once a rotation is done).",
+            "Waiting index entries and open cases keyed under another secret than the current one (0 once a"
+            " rotation is done).",
             registry=registry,
         )
         self.index_rekeyed = Counter(
@@ -337,7 +338,7 @@ class Metrics:
         seen = set()
         self.index_stale.set(sum(c.entries for c in counts if c.key_id != current_key_id))
         if current_key_id is not None:  # an empty index under the current secret reads 0, not nothing
-            for kind in ("record", "enrollment"):
+            for kind in ("record", "enrollment", "case"):
                 seen.add((kind, current_key_id))
                 self.index_entries.labels(kind, current_key_id).set(0)
         for c in counts:

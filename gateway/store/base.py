@@ -227,8 +227,9 @@ class SQLStore(ABC):
     async def lapse_enrollments(self, now: dt.datetime, limit: int) -> int:
         return await self.write(lambda: index.lapse_enrollments(now, limit))
 
-    async def stale_index_entries(self, current_key_id: str, limit: int) -> list[StaleEntry]:
-        return await self.read(lambda: index.stale_entries(current_key_id, limit))
+    async def stale_index_entries(self, current_key_id: str, limit: int, *, unkeyed_only: bool = False
+                                  ) -> list[StaleEntry]:
+        return await self.read(lambda: index.stale_entries(current_key_id, limit, unkeyed_only=unkeyed_only))
 
     async def rekey_index_entry(self, entry: StaleEntry, new: PersonKey) -> bool:
         return await self.write(lambda: index.rekey(entry, new))

@@ -9,9 +9,15 @@ hand when the transfer has no case yet. A message that names no question (any bu
 opens a case) costs no query. A question the message did not name is a defect of the caller and
 raises UnaskedQuestion rather than be guessed.
 
+The question names the person by their keys under every configured secret (`gateway.core.personkeys`):
+an open case keyed under an older secret, not yet keyed again by the upkeep, is found as well.
+
 Across replicas the answer can be stale by the time the transaction commits: two replicas may
-both find no open case and both open one. The unique index `cases_one_open_per_person` is the
-last word; its refusal is turned into the rule's own refusal by `constraint_violation`.
+both find no open case and both open one. The accept takes the person's named locks first (one
+per key, `lock_names`), so two openings of one person wait for each other even on replicas whose
+current secrets differ during a rotation; the unique index `cases_one_open_per_person` is the
+last word under one key; its refusal is turned into the rule's own refusal by
+`constraint_violation`.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import NamedTuple
 
 from gateway.core.case import Case, Decision
 from gateway.core.errors import RuleViolation
+from gateway.core.personkeys import PersonKey
 from gateway.store.port import Decide, IncomingMessage, UnaskedQuestion
-from gateway.store.steps import QueryOne
+from gateway.store.steps import QueryOne, marks
 
 # The unique index behind the one-open-case rule: a race between replicas ends here.
 ONE_OPEN_CASE_INDEX = "cases_one_open_per_person"
@@ -36,12 +43,12 @@ class _Answers:
 
     __slots__ = ("_answers",)
 
-    def __init__(self, answers: dict[tuple[bytes, str], str | None]) -> None:
+    def __init__(self, answers: dict[tuple[tuple[PersonKey, ...], str], str | None]) -> None:
         self._answers = answers
 
-    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+    def open_case_for(self, person: tuple[PersonKey, ...], outbound: str) -> str | None:
         try:
-            return self._answers[(person_key, outbound)]
+            return self._answers[(person, outbound)]
         except KeyError:
             raise UnaskedQuestion(
                 f"the decision asked about a case at outbound agency {outbound} that its message did not name in"
@@ -57,9 +64,10 @@ def open_case_query(message: IncomingMessage) -> QueryOne[_OpenCase] | None:
     question = message.opens_case_of
     if question is None:
         return None
-    person_key, outbound = question
-    return QueryOne("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
-                    (person_key, outbound), _OpenCase)
+    person, outbound = question
+    digests = [k.digest for k in person]
+    return QueryOne(f"SELECT transfer_id FROM cases WHERE person_key IN ({marks(len(digests))}) AND outbound = ?"
+                    " AND closed = 0", (*digests, outbound), _OpenCase)
 
 
 def decide_case(message: IncomingMessage, decide: Decide, case: Case | None, open_case: _OpenCase | None) -> Decision:

@@ -29,6 +29,7 @@ from gateway.core.personkeys import PersonKey, lock_names
 from gateway.core.sla import Sla
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import transparency
+from gateway.store.decision import open_case_query
 from gateway.store.port import (
     EnrollmentReport,
     IndexCount,
@@ -200,10 +201,6 @@ class _Signed(NamedTuple):
     signed_message: bytes
 
 
-class _Open(NamedTuple):
-    transfer_id: str
-
-
 def _open(record: SuspendedRecord, record_message_id: str, enrollment: Enrollment, enrolled_at_us: int,
           open_case: OpenCase, now: dt.datetime, clock: Callable[[], dt.datetime],
           sla: Sla) -> Steps[OpenedCase | None]:
@@ -215,10 +212,9 @@ def _open(record: SuspendedRecord, record_message_id: str, enrollment: Enrollmen
     assert signed is not None  # an enrollment row is written with its message
     authored = open_case(Opening(record, record_message_id, enrollment, bytes(signed.signed_message),
                                  from_micros(enrolled_at_us)), now)
-    question = authored.message.opens_case_of
+    question = open_case_query(authored.message)
     assert question is not None
-    busy = yield from QueryOne("SELECT transfer_id FROM cases WHERE person_key = ? AND outbound = ? AND closed = 0",
-                               question, _Open)
+    busy = yield from question
     if busy is not None:
         return None
     outcome = yield from accept(authored.message, authored.decide, authored.make_receipt, clock, sla)
@@ -344,28 +340,50 @@ class _StaleRow(NamedTuple):
     signed_message: bytes
 
 
-def stale_entries(current_key_id: str, limit: int) -> Steps[list[StaleEntry]]:
-    """Waiting entries keyed under another secret than `current_key_id`, with their signed messages."""
-    rows = yield from Query(
-        "SELECT 'record' AS kind, r.transfer_id AS entry_id, r.key_id, r.person_key, i.signed_message"
-        " FROM suspended_records r JOIN index_messages i ON i.message_id = r.message_id"
-        " WHERE r.state = 'waiting' AND r.key_id <> ?"
-        " UNION ALL SELECT 'enrollment' AS kind, e.message_id AS entry_id, e.key_id, e.person_key, i.signed_message"
-        " FROM enrollments e JOIN index_messages i ON i.message_id = e.message_id"
-        " WHERE e.state = 'waiting' AND e.key_id <> ? LIMIT ?",
-        (current_key_id, current_key_id, limit), _StaleRow)
+# Open cases keyed under another secret, each with its first message (the one that opened it: a
+# request, a notice, or the gateway's AutomaticTransferRequest, all naming the person). An open
+# case with no key id is one opened before cases were keyed (migration 11): its key is a plain
+# digest, keyed at start-up before the gateway serves.
+_STALE_CASES = (
+    "SELECT 'case' AS kind, c.transfer_id AS entry_id, c.key_id, c.person_key, m.signed_message"
+    " FROM cases c JOIN messages m ON m.case_opened_at = c.opened_at AND m.transfer_id = c.transfer_id"
+    " AND m.sequence = (SELECT MIN(f.sequence) FROM messages f"
+    " WHERE f.case_opened_at = c.opened_at AND f.transfer_id = c.transfer_id)"
+    " WHERE c.closed = 0 AND c.key_id {} ?")
+
+
+def stale_entries(current_key_id: str, limit: int, *, unkeyed_only: bool = False) -> Steps[list[StaleEntry]]:
+    """Waiting entries and open cases keyed under another secret than `current_key_id`, with their
+    signed messages (`unkeyed_only`: the open cases keyed under none, nothing else)."""
+    if unkeyed_only:
+        rows = yield from Query(_STALE_CASES.format("=") + " LIMIT ?", ("", limit), _StaleRow)
+    else:
+        rows = yield from Query(
+            "SELECT 'record' AS kind, r.transfer_id AS entry_id, r.key_id, r.person_key, i.signed_message"
+            " FROM suspended_records r JOIN index_messages i ON i.message_id = r.message_id"
+            " WHERE r.state = 'waiting' AND r.key_id <> ?"
+            " UNION ALL SELECT 'enrollment' AS kind, e.message_id AS entry_id, e.key_id, e.person_key,"
+            " i.signed_message FROM enrollments e JOIN index_messages i ON i.message_id = e.message_id"
+            f" WHERE e.state = 'waiting' AND e.key_id <> ? UNION ALL {_STALE_CASES.format('<>')} LIMIT ?",
+            (current_key_id, current_key_id, current_key_id, limit), _StaleRow)
     return [StaleEntry(r.kind, r.entry_id, r.key_id, bytes(r.person_key), bytes(r.signed_message)) for r in rows]
+
+
+# Where each kind of entry is kept, and while it keeps a key: (table, id column, condition).
+_KEPT = {"record": ("suspended_records", "transfer_id", "state = 'waiting'"),
+         "enrollment": ("enrollments", "message_id", "state = 'waiting'"),
+         "case": ("cases", "transfer_id", "closed = 0")}
 
 
 def rekey(entry: StaleEntry, new: PersonKey) -> Steps[bool]:
     """Key one entry under `new`, if it is still as `entry` read it (under the person's locks, old
-    and new, so no match of that person runs meanwhile). Whether it changed."""
+    and new, so no match or opening of that person runs meanwhile). Whether it changed."""
     for name in lock_names((PersonKey(entry.key_id, entry.person_key), new)):
         yield LockName(name)
-    table, column = ("suspended_records", "transfer_id") if entry.kind == "record" else ("enrollments", "message_id")
+    table, column, keeps = _KEPT[entry.kind]
     changed = yield from Statement(
         f"UPDATE {table} SET key_id = ?, person_key = ? WHERE {column} = ? AND key_id = ? AND person_key = ?"
-        " AND state = 'waiting'", (new.key_id, new.digest, entry.entry_id, entry.key_id, entry.person_key))
+        f" AND {keeps}", (new.key_id, new.digest, entry.entry_id, entry.key_id, entry.person_key))
     return changed == 1
 
 
@@ -376,9 +394,10 @@ class _CountRow(NamedTuple):
 
 
 def index_counts() -> Steps[list[IndexCount]]:
-    """Entries waiting in the index, by kind and key id."""
+    """Entries waiting in the index, and open cases, by kind and key id."""
     rows = yield from Query(
         "SELECT 'record' AS kind, key_id, COUNT(*) AS entries FROM suspended_records WHERE state = 'waiting'"
         " GROUP BY key_id UNION ALL SELECT 'enrollment' AS kind, key_id, COUNT(*) AS entries FROM enrollments"
-        " WHERE state = 'waiting' GROUP BY key_id", (), _CountRow)
+        " WHERE state = 'waiting' GROUP BY key_id UNION ALL SELECT 'case' AS kind, key_id, COUNT(*) AS entries"
+        " FROM cases WHERE closed = 0 GROUP BY key_id", (), _CountRow)
     return [IndexCount(r.kind, r.key_id, r.entries) for r in rows]

@@ -439,6 +439,18 @@ def _10_keys_that_append(t: ColumnTypes) -> str:
     """
 
 
+def _11_case_person_keys(t: ColumnTypes) -> str:
+    return """
+    -- Cases keep their person's key as the index does: an HMAC under a person-key secret
+    -- (gateway.core.personkeys), the secret's id beside it. Until now it was a plain SHA-256 of the
+    -- certificate, which a dictionary of ID numbers reverses. SQL cannot compute an HMAC: the
+    -- closed cases' digests are erased right after this (no rule reads a closed case's person),
+    -- the open ones keep theirs under no key id until the gateway keys them at start-up, from
+    -- each case's opening message, before it serves.
+    ALTER TABLE cases ADD COLUMN key_id TEXT NOT NULL DEFAULT ''
+    """
+
+
 Migration = Callable[[ColumnTypes], str]
 MIGRATIONS: tuple[Migration, ...] = (
     _1_cases_messages_deliveries,
@@ -451,10 +463,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     _8_dead_letter_reasons,
     _9_write_probes,
     _10_keys_that_append,
+    _11_case_person_keys,
 )
 # Rows a migration computes in Python from those already stored, run right after its SQL in the
-# same transaction: migration 4 logs the messages accepted before the log existed.
-AFTER: dict[int, Callable[[], Steps[None]]] = {4: lambda: _backfill_log()}
+# same transaction: migration 4 logs the messages accepted before the log existed; migration 11
+# erases the plain digests of closed cases (a statement of its own: an empty blob has no literal
+# that both engines read).
+AFTER: dict[int, Callable[[], Steps[None]]] = {4: lambda: _backfill_log(), 11: lambda: _erase_closed_keys()}
+
+
+def _erase_closed_keys() -> Steps[None]:
+    yield Statement("UPDATE cases SET person_key = ? WHERE closed = 1", (b"",))
 
 
 class _Logged(NamedTuple):

@@ -67,9 +67,10 @@ class IncomingMessage:
     ack_status: int = 0    # for acknowledgements, their status
     fund_amount_fen: int = 0  # for fund transfers, the amount moved
     created_by_gateway: bool = False  # a review decision: the gateway wrote and signed it
-    # (person key, outbound agency) of the case this message opens if its transfer has none yet:
-    # the one question its decision asks the CaseIndex (gateway.core.case.index_question).
-    opens_case_of: tuple[bytes, str] | None = None
+    # (the person's keys under every secret, outbound agency) of the case this message opens if
+    # its transfer has none yet: the one question its decision asks the CaseIndex
+    # (gateway.core.case.index_question).
+    opens_case_of: tuple[tuple[PersonKey, ...], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -482,7 +483,7 @@ class Opening:
 class AuthoredOpening:
     """The gateway's AutomaticTransferRequest for an opening, signed and ready to be accepted."""
 
-    message: IncomingMessage  # its opens_case_of names the person's case key and the outbound agency
+    message: IncomingMessage  # its opens_case_of names the person's keys and the outbound agency
     decide: Decide
     make_receipt: MakeReceipt
 
@@ -510,20 +511,21 @@ class IndexOutcome:
 
 @dataclass(frozen=True)
 class IndexCount:
-    """Entries waiting in the index, by kind and by the secret they are keyed under."""
+    """Entries waiting in the index, and open cases, by kind and by the secret they are keyed under."""
 
-    kind: str  # "record" or "enrollment"
+    kind: str  # "record", "enrollment" or "case"
     key_id: str
     entries: int
 
 
 @dataclass(frozen=True)
 class StaleEntry:
-    """A waiting entry keyed under another secret than the current one, with the signed message it
-    came in (to key it again)."""
+    """A waiting entry, or an open case, keyed under another secret than the current one (or, for
+    a case from before cases were keyed, under none), with the signed message it came in (the
+    case's opening message) to key it again."""
 
-    kind: str  # "record" or "enrollment"
-    entry_id: str  # the record's transfer id, or the enrollment's message id
+    kind: str  # "record", "enrollment" or "case"
+    entry_id: str  # the record's or the case's transfer id, or the enrollment's message id
     key_id: str
     person_key: bytes
     signed_message: bytes
@@ -688,11 +690,13 @@ class Store(Protocol):
     async def lapse_enrollments(self, now: dt.datetime, limit: int) -> int:
         """Up to `limit` enrollments past their waiting period stop waiting (their keys are dropped)."""
 
-    async def stale_index_entries(self, current_key_id: str, limit: int) -> list[StaleEntry]:
-        """Waiting index entries keyed under another secret than the current one."""
+    async def stale_index_entries(self, current_key_id: str, limit: int, *, unkeyed_only: bool = False
+                                  ) -> list[StaleEntry]:
+        """Waiting index entries and open cases keyed under another secret than the current one
+        (`unkeyed_only`: only the open cases from before cases were keyed)."""
 
     async def rekey_index_entry(self, entry: StaleEntry, new: PersonKey) -> bool:
         """Key `entry` under `new` if it is still as read; whether it was."""
 
     async def index_counts(self) -> list[IndexCount]:
-        """Entries waiting in the index, by kind and key id."""
+        """Entries waiting in the index, and open cases, by kind and key id."""

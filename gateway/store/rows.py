@@ -35,6 +35,7 @@ class CaseRow(NamedTuple):
     applicant: str
     insurance_type: InsuranceType
     inbound_insurance_type: InsuranceType
+    key_id: str
     person_key: bytes
     suspension_date: str
     enrollment_date: str
@@ -77,7 +78,7 @@ def case_from(transfer_id: str, row: CaseRow, messages: Iterable[CaseMessage]) -
     return Case(
         transfer_id=transfer_id, state=row.state, outbound=outbound, inbound=row.inbound,
         applicant=row.applicant, insurance_type=row.insurance_type,
-        inbound_insurance_type=row.inbound_insurance_type, person_key=bytes(row.person_key),
+        inbound_insurance_type=row.inbound_insurance_type, person_key=bytes(row.person_key), key_id=row.key_id,
         suspension_date=row.suspension_date, enrollment_date=row.enrollment_date, balance_fen=row.balance_fen,
         fund_message_id=row.fund_message_id, channel=row.channel, retained_fen=row.retained_fen,
         insured_months=row.insured_months, waiting_period_months=row.waiting_period_months, messages=refs,

@@ -31,6 +31,7 @@ class _ViewRow(NamedTuple):
     applicant: str
     insurance_type: InsuranceType
     inbound_insurance_type: InsuranceType
+    key_id: str
     person_key: bytes
     suspension_date: str
     enrollment_date: str
@@ -43,8 +44,8 @@ class _ViewRow(NamedTuple):
 
     def case_row(self) -> CaseRow:
         return CaseRow(self.state, self.outbound, self.inbound, self.applicant, self.insurance_type,
-                       self.inbound_insurance_type, self.person_key, self.suspension_date, self.enrollment_date,
-                       self.balance_fen, self.fund_message_id, self.channel, self.retained_fen,
+                       self.inbound_insurance_type, self.key_id, self.person_key, self.suspension_date,
+                       self.enrollment_date, self.balance_fen, self.fund_message_id, self.channel, self.retained_fen,
                        self.insured_months, self.waiting_period_months, self.opened_at)
 
 

@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 from gateway.core.case import AUTOMATIC, Case, Decision
 from gateway.core.errors import IdempotencyConflict
 from gateway.core.messages import MessageKind
+from gateway.core.personkeys import lock_names
 from gateway.core.sla import Owner, Sla, Stage, Timeliness, owner_province, province
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import transparency
@@ -42,7 +43,7 @@ from gateway.store.rows import (
     case_from,
     case_query,
 )
-from gateway.store.steps import Batch, Keys, LockCase, Prefetch, Query, QueryOne, Statement, Steps, Wake
+from gateway.store.steps import Batch, Keys, LockCase, LockName, Prefetch, Query, QueryOne, Statement, Steps, Wake
 from mitransfer.protocol import entries
 from mitransfer.v1 import envelope_pb2, tracking_pb2
 
@@ -87,8 +88,8 @@ def accept_keys(m: IncomingMessage) -> Keys:
     its case, its message id, and the person whose open case its decision asks about."""
     keys: Keys = (f"case:{m.transfer_id}", f"message:{m.message_id}")
     if m.opens_case_of is not None:
-        person_key, outbound = m.opens_case_of
-        keys += (f"person:{person_key.hex()}:{outbound}",)
+        person, outbound = m.opens_case_of
+        keys += tuple(f"person:{k.digest.hex()}:{outbound}" for k in person)
     return keys
 
 
@@ -96,6 +97,9 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
            sla: Sla, meter: transparency.LogMeter | None = None) -> Steps[AcceptOutcome]:
     """Idempotency check, case decision, log append, effects, stages, deliveries, receipt.
     Raises IdempotencyConflict, or what the decision raises."""
+    if m.opens_case_of is not None:  # the person's locks before the case's, as the index takes them
+        for name in lock_names(m.opens_case_of[0]):
+            yield LockName(name)
     yield LockCase(m.transfer_id)
     # Everything the decision reads, at once: was this message id seen (in any case's log or in
     # the index: one id names one message whatever its kind, as `index.submit` checks the other
@@ -142,14 +146,23 @@ def accept(m: IncomingMessage, decide: Decide, make_receipt: MakeReceipt, clock:
     columns = (after.state, int(after.closed), after.insurance_type, after.inbound_insurance_type,
                after.suspension_date, after.enrollment_date, after.balance_fen, after.fund_message_id,
                after.retained_fen, after.insured_months, after.waiting_period_months, now_us)
+    # A case keeps its person's key while it is open (what the one-open-case rule compares) and
+    # nothing once it closes: no rule reads a closed case's person.
     if before is None:
+        key_id, person_key = ("", b"") if after.closed else (after.key_id, after.person_key)
         yield Statement(
             "INSERT INTO cases (state, closed, insurance_type, inbound_insurance_type, suspension_date,"
             " enrollment_date, balance_fen, fund_message_id, retained_fen, insured_months, waiting_period_months,"
-            " updated_at, opened_at, transfer_id, outbound, inbound, applicant, person_key, channel)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, after.person_key,
+            " updated_at, opened_at, transfer_id, outbound, inbound, applicant, key_id, person_key, channel)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*columns, now_us, after.transfer_id, after.outbound, after.inbound, after.applicant, key_id, person_key,
              after.channel))
+    elif after.closed and not before.closed:
+        yield Statement(
+            "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"
+            " suspension_date = ?, enrollment_date = ?, balance_fen = ?, fund_message_id = ?, retained_fen = ?,"
+            " insured_months = ?, waiting_period_months = ?, updated_at = ?, key_id = '', person_key = ?"
+            " WHERE transfer_id = ?", (*columns, b"", after.transfer_id))
     else:
         yield Statement(
             "UPDATE cases SET state = ?, closed = ?, insurance_type = ?, inbound_insurance_type = ?,"

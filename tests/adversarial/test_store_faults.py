@@ -91,6 +91,12 @@ key_id = "gateway-dev-1"
 
 [store]
 {store}
+
+[automatic]
+current_person_key = "person-dev-1"
+
+[automatic.person_key_secrets]
+"person-dev-1" = "{pki.person_key_secret}"
 """)
     return path
 

@@ -35,7 +35,14 @@ def errors(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def write_config(path: Path, pki: DevPaths, *, listen: str = "127.0.0.1:0", metrics: str = "",
-                 store: str = 'sqlite = "gateway.db"', extra: str = "") -> Path:
+                 store: str = 'sqlite = "gateway.db"', extra: str = "", person_keys: bool = True) -> Path:
+    automatic = f"""
+[automatic]
+current_person_key = "person-dev-1"
+
+[automatic.person_key_secrets]
+"person-dev-1" = "{pki.person_key_secret}"
+""" if person_keys else ""
     path.write_text(f"""
 listen = "{listen}"
 metrics_listen = "{metrics}"
@@ -52,7 +59,7 @@ key_id = "gateway-dev-1"
 
 [store]
 {store}
-""", encoding="utf-8")
+{automatic}""", encoding="utf-8")
     return path
 
 
@@ -92,6 +99,16 @@ def test_check_config_accepts_a_good_file_and_says_what_it_found(pki: DevPaths, 
     assert result.stdout.splitlines()[0] == f"{tmp_path / 'gateway.toml'}: the configuration is valid"
     assert "signing: key gateway-dev-1 (ed25519) matches the registry" in result.stdout
     assert not (tmp_path / "gateway.db").exists()  # nothing was opened
+
+
+def test_a_configuration_without_a_person_key_secret_is_refused(pki: DevPaths, tmp_path: Path) -> None:
+    """Every open case keeps its person under a person-key secret: without one nothing starts."""
+    path = write_config(tmp_path / "gateway.toml", pki, person_keys=False)
+    for command in (["check-config", str(path)], ["serve", "--config", str(path)]):
+        result = run(*command)
+        assert result.returncode == 78
+        assert errors(result)[0].startswith("error: [automatic.person_key_secrets]: none configured")
+    assert not (tmp_path / "gateway.db").exists()
 
 
 def test_check_config_names_every_file_that_cannot_be_used(pki: DevPaths, tmp_path: Path) -> None:

@@ -402,16 +402,17 @@ def test_reference_flow_fits_the_gateways_case_rules(insurance: int, balance: in
     memory: InboundCase | None = None
 
     class NoOtherCases:
-        def open_case_for(self, person_key: bytes, outbound: str) -> None:
+        def open_case_for(self, person: object, outbound: str) -> None:
             return None
 
     index = NoOtherCases()
+    keys = _gateway("gateway.core.personkeys").PersonKeys({"test-1": bytes(32)}, "test-1")
     for message in outbound:
-        state = case_rules.apply(state, message, policies={}, index=index).case
+        state = case_rules.apply(state, message, policies={}, index=index, keys=keys).case
         decision = answer_as_inbound(memory, message)
         memory = decision.case
         for ack in decision.acknowledgements:
-            state = case_rules.apply(state, ack, policies={}, index=index).case
+            state = case_rules.apply(state, ack, policies={}, index=index, keys=keys).case
     assert state is not None and state.state == tracking_pb2.CASE_STATE_COMPLETED
 
 

@@ -14,6 +14,7 @@ from gateway.core import case as rules
 from gateway.core.case import Case, Event, FundStatus, MessageRef, Side
 from gateway.core.errors import RuleViolation
 from gateway.core.messages import BusinessMessage
+from gateway.core.personkeys import PersonKey, PersonKeys
 from mitransfer.protocol.registry import RegionPolicy
 from mitransfer.v1 import envelope_pb2, messages_pb2, tracking_pb2, types_pb2
 
@@ -22,6 +23,7 @@ Ack = messages_pb2.Acknowledgement
 EMPLOYEE, RESIDENT = types_pb2.INSURANCE_TYPE_EMPLOYEE_BASIC, types_pb2.INSURANCE_TYPE_RESIDENT_BASIC
 # The outbound region of every World (Nanjing, in Jiangsu) reviews transfers above 10,000 yuan.
 POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000)}
+KEYS = PersonKeys({"test-1": bytes(range(32))}, "test-1")
 OPEN = (S.CASE_STATE_OPENED, S.CASE_STATE_OUTBOUND_ACCEPTED, S.CASE_STATE_TABLE_SENT, S.CASE_STATE_FUNDS_SENT,
         S.CASE_STATE_HELD_FOR_REVIEW, S.CASE_STATE_INBOUND_ACCEPTED, S.CASE_STATE_FUNDS_CREDITED,
         S.CASE_STATE_AWAITING_FUND_RETURN, S.CASE_STATE_FUNDS_RETURNED, S.CASE_STATE_AWAITING_RESOLUTION)
@@ -74,7 +76,7 @@ _STATES_WITH_FUNDS_ONLY = {S.CASE_STATE_FUNDS_SENT, S.CASE_STATE_FUNDS_CREDITED,
 
 
 class NoOtherCases:
-    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+    def open_case_for(self, person: tuple[PersonKey, ...], outbound: str) -> str | None:
         return None
 
 
@@ -82,12 +84,12 @@ class OtherCase:
     def __init__(self, transfer_id: str) -> None:
         self.transfer_id = transfer_id
 
-    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
+    def open_case_for(self, person: tuple[PersonKey, ...], outbound: str) -> str | None:
         return self.transfer_id
 
 
 def apply(case: Case | None, message: BusinessMessage, index: object = None) -> Case:
-    return rules.apply(case, message, policies=POLICIES, index=index or NoOtherCases()).case  # type: ignore[arg-type]
+    return rules.apply(case, message, policies=POLICIES, index=index or NoOtherCases(), keys=KEYS).case  # type: ignore[arg-type]
 
 
 def transfer_request(plan: CasePlan) -> messages_pb2.TransferRequest:
@@ -328,11 +330,11 @@ def test_large_fund_transfer_is_held_then_reviewed() -> None:
     fund = messages_pb2.FundTransfer()
     fund.CopyFrom(world.fund)  # type: ignore[arg-type]
     fund.amount_fen = 2_000_000
-    held = rules.apply(case, fund, policies=POLICIES, index=NoOtherCases())
+    held = rules.apply(case, fund, policies=POLICIES, index=NoOtherCases(), keys=KEYS)
     assert held.case.state == S.CASE_STATE_HELD_FOR_REVIEW and held.hold_delivery
     assert held.fund_status is FundStatus.HELD
     at_threshold = rules.apply(replace(case, balance_fen=1_000_000), replace_amount(fund, 1_000_000),
-                               policies=POLICIES, index=NoOtherCases())
+                               policies=POLICIES, index=NoOtherCases(), keys=KEYS)
     assert at_threshold.case.state == S.CASE_STATE_FUNDS_SENT and not at_threshold.hold_delivery
     approved = rules.review(held.case, approved=True, message_id="d1")
     assert approved.case.state == S.CASE_STATE_FUNDS_SENT
@@ -400,10 +402,10 @@ class Asked:
     """An index that notes every question and answers "no open case"."""
 
     def __init__(self) -> None:
-        self.questions: list[tuple[bytes, str]] = []
+        self.questions: list[tuple[tuple[PersonKey, ...], str]] = []
 
-    def open_case_for(self, person_key: bytes, outbound: str) -> str | None:
-        self.questions.append((person_key, outbound))
+    def open_case_for(self, person: tuple[PersonKey, ...], outbound: str) -> str | None:
+        self.questions.append((person, outbound))
         return None
 
 
@@ -414,10 +416,10 @@ def test_index_question_is_what_apply_asks_of_a_new_case(name: str) -> None:
     message = getattr(world, name)
     asked = Asked()
     try:
-        rules.apply(None, message, policies=POLICIES, index=asked)
+        rules.apply(None, message, policies=POLICIES, index=asked, keys=KEYS)
     except RuleViolation as refused:  # only a request or a notice opens a case
         assert refused.reason == "CASE_NOT_OPENED"
-    expected = rules.index_question(message)
+    expected = rules.index_question(message, KEYS)
     assert asked.questions == ([] if expected is None else [expected])
     assert (expected is not None) == (name in ("request", "notice"))
 
@@ -498,7 +500,8 @@ def test_whether_a_transfer_is_held_is_the_outbound_regions_policy(policies: dic
                                                                   held: bool) -> None:
     world = World(True)
     case = replace(world.case(S.CASE_STATE_TABLE_SENT), balance_fen=2_000_000)
-    decision = rules.apply(case, replace_amount(world.fund, 2_000_000), policies=policies, index=NoOtherCases())
+    decision = rules.apply(case, replace_amount(world.fund, 2_000_000), policies=policies, index=NoOtherCases(),
+                           keys=KEYS)
     assert decision.hold_delivery is held
     assert decision.case.state == (S.CASE_STATE_HELD_FOR_REVIEW if held else S.CASE_STATE_FUNDS_SENT)
 
@@ -506,7 +509,7 @@ def test_whether_a_transfer_is_held_is_the_outbound_regions_policy(policies: dic
 def _automatic(world: World) -> tuple[messages_pb2.TransferRequest, Case]:
     request = transfer_request(world.plan)
     request.channel = messages_pb2.TransferRequest.CHANNEL_AUTOMATIC
-    decision = rules.open_automatic(None, request, message_id="auto-1", index=NoOtherCases())
+    decision = rules.open_automatic(None, request, message_id="auto-1", index=NoOtherCases(), keys=KEYS)
     return request, decision.case
 
 
@@ -530,10 +533,10 @@ def test_an_automatic_case_opens_once_and_never_beside_an_open_case() -> None:
     world = World(True)
     request, case = _automatic(world)
     with pytest.raises(RuleViolation) as exists:
-        rules.open_automatic(case, request, message_id="auto-2", index=NoOtherCases())
+        rules.open_automatic(case, request, message_id="auto-2", index=NoOtherCases(), keys=KEYS)
     assert exists.value.reason == "CASE_EXISTS"
     with pytest.raises(RuleViolation) as busy:
-        rules.open_automatic(None, request, message_id="auto-2", index=OtherCase("applied"))
+        rules.open_automatic(None, request, message_id="auto-2", index=OtherCase("applied"), keys=KEYS)
     assert (busy.value.reason, busy.value.metadata["open_transfer_id"]) == ("CASE_ALREADY_OPEN", "applied")
 
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.core.case import Case, CaseIndex, Decision, MessageRef, Side
+from gateway.core.personkeys import PersonKey, PersonKeys
 from gateway.core.sla import Sla
 from gateway.core.timestamps import timestamp_of
 from gateway.core.workdays import WorkingCalendar
@@ -23,6 +24,7 @@ from tests.support import drop_schema, postgres_url
 
 T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 SLA = Sla(WorkingCalendar())
+KEYS = PersonKeys({"test-1": bytes(range(32))}, "test-1")  # the person-key secrets of the stores' tests
 
 
 class Clock:
@@ -63,7 +65,7 @@ ENGINES = {"sqlite": sqlite_store, "postgresql": postgres_store}
 def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND_NOTICE,
              body: bytes = b"notice", message_id: str | None = None, receiver_platform: str = "zhejiang",
              sender: str = "320100", receiver: str = "330100", amount: int = 0,
-             opens_case_of: tuple[bytes, str] | None = None) -> IncomingMessage:
+             opens_case_of: tuple[tuple[PersonKey, ...], str] | None = None) -> IncomingMessage:
     return IncomingMessage(
         message_id=message_id or str(uuid.uuid4()), transfer_id=transfer_id, kind=kind, sender=sender,
         receiver=receiver, deliveries=((receiver_platform, receiver),), created_at=T0,
@@ -72,10 +74,15 @@ def incoming(transfer_id: str, *, kind: int = envelope_pb2.MESSAGE_KIND_OUTBOUND
     )
 
 
+def named(person: bytes) -> tuple[PersonKey, ...]:
+    """The keys of a person whose cases `opened(…, person=person)` opens: a question about them."""
+    return (PersonKey(KEYS.current, person),)
+
+
 def opened(m: IncomingMessage, person: bytes | None = None) -> Case:
     return Case(transfer_id=m.transfer_id, state=tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, outbound=m.sender,
                 inbound=m.receiver, applicant=m.sender, insurance_type=310,
-                person_key=person or m.transfer_id.encode(), suspension_date="2026-11-01",
+                person_key=person or m.transfer_id.encode(), key_id=KEYS.current, suspension_date="2026-11-01",
                 messages={m.message_id: MessageRef(m.kind, Side.OUTBOUND)})
 
 

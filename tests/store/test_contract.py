@@ -34,7 +34,19 @@ from gateway.store import (
 )
 from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
-from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opened, opening, receipt_for, same
+from tests.store.support import (
+    SLA,
+    T0,
+    Clock,
+    Factory,
+    incoming,
+    named,
+    open_case,
+    opened,
+    opening,
+    receipt_for,
+    same,
+)
 
 
 async def test_accept_stores_message_case_and_delivery(store_and_clock: tuple[Store, Clock]) -> None:
@@ -279,27 +291,27 @@ async def test_index_answers_the_question_a_message_names_and_schema_allows_one(
     store_and_clock: tuple[Store, Clock],
 ) -> None:
     store, _ = store_and_clock
-    first = incoming(str(uuid.uuid4()), opens_case_of=(b"same-person", "320100"))
+    first = incoming(str(uuid.uuid4()), opens_case_of=(named(b"same-person"), "320100"))
     asked: list[str | None] = []
 
     def opens(m: IncomingMessage) -> Callable[[Case | None, CaseIndex], Decision]:
         def decide(case: Case | None, index: CaseIndex) -> Decision:
-            asked.append(index.open_case_for(b"same-person", "320100"))
+            asked.append(index.open_case_for(named(b"same-person"), "320100"))
             return Decision(opened(m, person=b"same-person"))  # opens it whatever the answer
         return decide
 
     await store.accept(first, opens(first), receipt_for(first))
     assert asked == [None]  # no open case yet: the decision ran once, with the answer at hand
-    second = incoming(str(uuid.uuid4()), body=b"second", opens_case_of=(b"same-person", "320100"))
+    second = incoming(str(uuid.uuid4()), body=b"second", opens_case_of=(named(b"same-person"), "320100"))
     with pytest.raises(RuleViolation) as refused:  # the partial unique index refuses a second open case
         await store.accept(second, opens(second), receipt_for(second))
     assert refused.value.reason == "CASE_ALREADY_OPEN"  # in the rule's words, whichever engine
     assert asked == [None, first.transfer_id]
     elsewhere = incoming(str(uuid.uuid4()), body=b"elsewhere", sender="320500",
-                         opens_case_of=(b"same-person", "320500"))
+                         opens_case_of=(named(b"same-person"), "320500"))
 
     def at_320500(case: Case | None, index: CaseIndex) -> Decision:
-        asked.append(index.open_case_for(b"same-person", "320500"))
+        asked.append(index.open_case_for(named(b"same-person"), "320500"))
         return Decision(opened(elsewhere, person=b"same-person"))
 
     await store.accept(elsewhere, at_320500, receipt_for(elsewhere))  # another outbound agency: allowed
@@ -310,10 +322,10 @@ async def test_a_question_the_message_did_not_name_is_refused_not_guessed(
     store_and_clock: tuple[Store, Clock],
 ) -> None:
     store, _ = store_and_clock
-    m = incoming(str(uuid.uuid4()), opens_case_of=(b"person", "320100"))
+    m = incoming(str(uuid.uuid4()), opens_case_of=(named(b"person"), "320100"))
 
     def asks_another(case: Case | None, index: CaseIndex) -> Decision:
-        index.open_case_for(b"person", "320500")
+        index.open_case_for(named(b"person"), "320500")
         return Decision(opened(m, person=b"person"))
 
     with pytest.raises(UnaskedQuestion):
@@ -334,10 +346,10 @@ async def test_the_decision_runs_once_per_message(store_and_clock: tuple[Store, 
             return decide(case, index)
         return run
 
-    m = incoming(str(uuid.uuid4()), opens_case_of=(b"once", "320100"))
+    m = incoming(str(uuid.uuid4()), opens_case_of=(named(b"once"), "320100"))
     await store.accept(m, counted(opening(m), "opening"), receipt_for(m))
     table = incoming(m.transfer_id, kind=envelope_pb2.MESSAGE_KIND_INFORMATION_TABLE, body=b"table",
-                     opens_case_of=(b"once", "320100"))  # named, but its case exists: nothing to ask
+                     opens_case_of=(named(b"once"), "320100"))  # named, but its case exists: nothing to ask
     await store.accept(table, counted(same, "usual"), receipt_for(table))
     await store.accept(table, counted(same, "replay"), receipt_for(table))
     assert calls == ["opening", "usual"]  # a replay is answered before any decision

@@ -100,9 +100,9 @@ def open_case(opening: Opening, now: dt.datetime) -> AuthoredOpening:
         kind=K.MESSAGE_KIND_AUTOMATIC_TRANSFER_REQUEST, sender="gateway", receiver="*",
         deliveries=(("jiangsu", opening.record.agency), ("zhejiang", opening.enrollment.agency)), created_at=now,
         fingerprint=hashlib.sha256(message_id.encode()).digest(), signed_message=request.SerializeToString(),
-        created_by_gateway=True, opens_case_of=(case_rules.person_key(who), opening.record.agency))
+        created_by_gateway=True, opens_case_of=(KEYS.keys(who), opening.record.agency))
     return AuthoredOpening(m, lambda case, index: case_rules.open_automatic(case, request, message_id=message_id,
-                                                                          index=index), receipt_for(m))
+                                                                          index=index, keys=KEYS), receipt_for(m))
 
 
 def receipts(m: IndexMessage) -> MakeIndexReceipt:
@@ -166,7 +166,8 @@ async def test_an_enrollment_then_its_record_opens_the_case_on_registration(
     assert opened_ids(registered) == [r.transfer_id]
     view = await store.get_case(r.transfer_id)
     assert view is not None and view.case.channel == messages_pb2.TransferRequest.CHANNEL_AUTOMATIC
-    assert await store.index_counts() == [IndexCount("enrollment", "k1", 1)]  # the record no longer waits
+    assert await store.index_counts() == [IndexCount("enrollment", "k1", 1),  # the record no longer waits
+                                          IndexCount("case", "k1", 1)]  # the case it opened keeps the key
 
 
 async def test_two_records_open_two_cases_oldest_suspension_first(store_and_clock: tuple[Store, Clock]) -> None:
@@ -281,14 +282,15 @@ async def test_an_enrollment_waits_its_retention_period_and_no_longer(store_and_
 async def test_a_person_with_an_open_case_at_the_agency_keeps_the_record_waiting(
         store_and_clock: tuple[Store, Clock]) -> None:
     store, _ = store_and_clock
-    applied = incoming(str(uuid.uuid4()), sender=JIANGSU, opens_case_of=(case_rules.person_key(person()), JIANGSU))
+    key = KEYS.key(person())
+    applied = incoming(str(uuid.uuid4()), sender=JIANGSU, opens_case_of=(KEYS.keys(person()), JIANGSU))
     await store.accept(applied, lambda case, _i: case_rules.Decision(case_rules.Case(
         transfer_id=applied.transfer_id, state=tracking_pb2.CASE_STATE_OUTBOUND_ACCEPTED, outbound=JIANGSU,
-        inbound=ZHEJIANG, applicant=JIANGSU, insurance_type=310, person_key=case_rules.person_key(person()))),
+        inbound=ZHEJIANG, applicant=JIANGSU, insurance_type=310, person_key=key.digest, key_id=key.key_id)),
         receipt_for(applied))
     await submit(store, record())
     assert opened_ids(await submit(store, enrollment())) == []
-    assert {c.kind for c in await store.index_counts()} == {"record", "enrollment"}
+    assert {c.kind for c in await store.index_counts()} == {"record", "enrollment", "case"}
 
 
 class _Keys(NamedTuple):

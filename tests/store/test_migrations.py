@@ -12,6 +12,7 @@ from typing import NamedTuple
 import pytest
 
 from gateway.core.case import Case, CaseIndex, Decision, FundStatus
+from gateway.core.personkeys import PersonKey
 from gateway.core.sla import Stage, Timeliness
 from gateway.core.timestamps import from_micros, micros
 from gateway.store import postgres, sqlite
@@ -20,7 +21,7 @@ from gateway.store.port import DeadLetterQuery, DeadReason, LeaseEnd
 from gateway.store.steps import Query, QueryOne, Statement, Steps
 from mitransfer.protocol import entries, tlog
 from mitransfer.v1 import envelope_pb2, tracking_pb2
-from tests.store.support import SLA, T0, Clock, Factory, incoming, open_case, opening, receipt_for
+from tests.store.support import KEYS, SLA, T0, Clock, Factory, incoming, open_case, opened, opening, receipt_for
 
 # SHA-256 of the text each released migration renders to, as the release that shipped it ran it:
 # a database that ran a migration never runs it again, so an edit would split the fleet in two.
@@ -91,7 +92,8 @@ _DELIVERIES_9 = """CREATE TABLE deliveries_9 (
 def _back_to(version: int) -> Steps[None]:
     """The schema as the release with `version` left it (the tables, columns and indexes added later
     dropped; fund movements back to the statuses of their time)."""
-    undo = {10: ["DROP INDEX messages_by_case_opening", "ALTER TABLE messages DROP COLUMN case_opened_at",
+    undo = {11: ["ALTER TABLE cases DROP COLUMN key_id"],
+            10: ["DROP INDEX messages_by_case_opening", "ALTER TABLE messages DROP COLUMN case_opened_at",
                  "CREATE INDEX messages_by_case ON messages (transfer_id, sequence)",
                  _DELIVERIES_9,
                  "INSERT INTO deliveries_9 SELECT m.message_id, d.receiver, d.platform, d.transfer_id, d.sequence,"
@@ -416,5 +418,53 @@ async def test_a_store_of_migration_9_keys_its_deliveries_and_cases_by_the_log(
         assert seen == [{notice.message_id, table.message_id}]
         view = await store.get_case(notice.transfer_id)
         assert view is not None and [m.message_id for m in view.messages][-1] == fund.message_id
+    finally:
+        await store.close()
+
+
+class _CaseKey(NamedTuple):
+    transfer_id: str
+    key_id: str
+    person_key: bytes
+
+
+def _case_keys() -> Steps[dict[str, tuple[str, bytes]]]:
+    rows = yield from Query("SELECT transfer_id, key_id, person_key FROM cases", (), _CaseKey)
+    return {r.transfer_id: (r.key_id, bytes(r.person_key)) for r in rows}
+
+
+def _plain_digests() -> Steps[None]:
+    """Every case's person as the release before migration 11 kept it: a plain digest."""
+    yield from Statement("UPDATE cases SET person_key = ?", (b"plain digest of an ID number",))
+
+
+async def test_cases_from_before_person_keys_lose_or_await_their_key(factory_and_clock: tuple[Factory, Clock]) -> None:
+    """Migration 11 erases the plain digest of every closed case (nothing reads it) and leaves each
+    open one under no key id, found by the upkeep with its opening message, to be keyed (the
+    gateway does it at start-up, before it serves)."""
+    make, _ = factory_and_clock
+    store = make()
+    await store.open()
+    try:
+        m = await open_case(store)
+        closed = incoming(str(uuid.uuid4()), body=b"refused notice")
+        await store.accept(closed, lambda case, _i: Decision(replace(opened(closed),
+                                                                     state=tracking_pb2.CASE_STATE_REFUSED)),
+                           receipt_for(closed))
+        await store.write(lambda: _back_to(10))
+        await store.write(_plain_digests)
+    finally:
+        await store.close()
+    store = make()
+    await store.open()
+    try:
+        assert await store.read(_case_keys) == {m.transfer_id: ("", b"plain digest of an ID number"),
+                                                closed.transfer_id: ("", b"")}
+        unkeyed = await store.stale_index_entries(KEYS.current, 10, unkeyed_only=True)
+        assert [(s.kind, s.entry_id, s.signed_message) for s in unkeyed] == [("case", m.transfer_id,
+                                                                             m.signed_message)]
+        assert await store.rekey_index_entry(unkeyed[0], PersonKey(KEYS.current, b"keyed"))
+        assert await store.stale_index_entries(KEYS.current, 10, unkeyed_only=True) == []
+        assert await store.read(_case_keys) == {m.transfer_id: (KEYS.current, b"keyed"), closed.transfer_id: ("", b"")}
     finally:
         await store.close()

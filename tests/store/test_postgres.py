@@ -20,7 +20,7 @@ from gateway.store.base import SQLStore
 from gateway.store.pgwire import Wire
 from gateway.store.steps import Query, QueryOne, Statement, Steps
 from mitransfer.v1 import envelope_pb2
-from tests.store.support import T0, Clock, incoming, open_case, opened, postgres_store, receipt_for
+from tests.store.support import T0, Clock, incoming, named, open_case, opened, postgres_store, receipt_for
 from tests.support import postgres_url
 
 
@@ -71,7 +71,8 @@ async def test_two_replicas_opening_cases_for_one_person_open_one(
     a, b, _ = replicas
     for round_ in range(10):
         person = f"person-{round_}".encode()
-        rivals = [incoming(f"t-{round_}-{side}", body=f"{round_}{side}".encode(), opens_case_of=(person, "320100"))
+        rivals = [incoming(f"t-{round_}-{side}", body=f"{round_}{side}".encode(),
+                           opens_case_of=(named(person), "320100"))
                   for side in "ab"]
         results = await asyncio.gather(
             *(store.accept(m, _open_unless_open(m, person), receipt_for(m))
@@ -84,7 +85,7 @@ async def test_two_replicas_opening_cases_for_one_person_open_one(
 
 def _open_unless_open(m: IncomingMessage, person: bytes) -> Decide:
     def decide(case: Case | None, index: CaseIndex) -> Decision:
-        if index.open_case_for(person, m.sender) is not None:
+        if index.open_case_for(named(person), m.sender) is not None:
             raise RuleViolation("this person has an open case here", reason="CASE_ALREADY_OPEN")
         return Decision(case or opened(m, person))
     return decide

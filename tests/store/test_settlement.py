@@ -28,6 +28,7 @@ from gateway.store import IncomingMessage, IssuedReceipt
 from gateway.store.sqlite import SQLiteConfig, SQLiteStore
 from mitransfer.protocol.registry import RegionPolicy, policy_of
 from mitransfer.v1 import envelope_pb2, messages_pb2, types_pb2
+from tests.store.support import KEYS
 
 # Jiangsu and Ningbo review their outbound transfers above 10,000 yuan; Anhui reviews none.
 POLICIES = {"32": RegionPolicy("32", review_above_fen=1_000_000),
@@ -45,7 +46,7 @@ def incoming(message: BusinessMessage) -> IncomingMessage:
         deliveries=(("p", h.receiver),), created_at=dt.datetime.now(dt.UTC),
         fingerprint=fingerprint(payload_type(kind), payload), signed_message=payload,
         fund_amount_fen=message.amount_fen if isinstance(message, messages_pb2.FundTransfer) else 0,
-        opens_case_of=rules.index_question(message),
+        opens_case_of=rules.index_question(message, KEYS),
     )
 
 
@@ -77,7 +78,7 @@ class Ledger(RuleBasedStateMachine):
 
     def submit(self, message: BusinessMessage) -> None:
         def decide(case: rules.Case | None, index: rules.CaseIndex) -> rules.Decision:
-            return rules.apply(case, message, policies=POLICIES, index=index)
+            return rules.apply(case, message, policies=POLICIES, index=index, keys=KEYS)
 
         self.loop.run_until_complete(self.store.accept(incoming(message), decide, _receipt))
 
