@@ -142,6 +142,12 @@ class Wire:
                             del self._prepared[key]
                         raise error
                     return
+                if position == len(expected):
+                    # A result no command was sent for: the server ended the session on its own
+                    # (its FATAL error at a fast shutdown or pg_terminate_backend), and no sync
+                    # answer will follow.
+                    reason = res.error_message.decode(self._encoding, "replace").strip() or f"status {status}"
+                    raise psycopg.OperationalError(f"the server ended the connection: {reason}")
                 slot = expected[position]
                 position += 1
                 if status in _OK:

@@ -312,3 +312,22 @@ async def test_a_read_cancelled_while_it_waits_leaves_the_store_whole(store: SQL
             await reading
     assert await asyncio.wait_for(store.read(lambda: _sleep(0)), 5) == ""
     assert await asyncio.wait_for(open_case(store), 5)
+
+
+async def test_a_connection_the_server_ends_between_syncs_fails_as_a_lost_connection() -> None:
+    """A backend ended while its wire waits between syncs (a fast shutdown, pg_terminate_backend)
+    sends its FATAL error unasked: the next sync meets a result no command was sent for."""
+    url = postgres_url()
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        wire = Wire(conn, prepare=False)
+        wire.command(b"BEGIN")
+        await wire.sync()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        await asyncio.sleep(0.3)  # the FATAL is on the socket before the sync
+        with pytest.raises(psycopg.OperationalError, match="terminating connection"):
+            await wire.sync()
+        assert wire.broken  # its connection is closed, never used again
+    finally:
+        await conn.close()
