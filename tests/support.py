@@ -160,6 +160,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """A port p such that p, p + 1, …, p + count - 1 are free (`serve --workers`: worker i serves
+    /metrics on p + i)."""
+    while True:
+        port = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+
+
 def start_gateway_process(pki: DevPaths, config: Path, port: int, log: Path, store: str,
                           extra: str = "", args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """`transfer-gateway serve --config` as an operator runs it: `store` is the [store] table's
