@@ -66,32 +66,41 @@ class IndexKeeper:
         """One round; (enrollments lapsed, entries keyed again)."""
         lapsed = await self._store.lapse_enrollments(self._clock(), self._batch)
         self._metrics.enrollments_lapsed.inc(lapsed)
-        rekeyed = await self._rekey(await self._store.stale_index_entries(self._keys.current, self._batch))
+        rekeyed, _ = await self._rekey(await self._store.stale_index_entries(self._keys.current, self._batch))
         self._metrics.observe_index(await self._store.index_counts(), self._keys.current)
         return lapsed, rekeyed
 
     async def key_unkeyed_cases(self) -> int:
         """Key every open case that has no key id (opened before cases were keyed) under the current
-        secret, a batch at a time, until none is left (or only unreadable ones); how many."""
+        secret, a batch at a time, until none is left (or only unreadable ones); how many it keyed.
+
+        It reads again until a read finds nothing it could key, not until a batch keys nothing:
+        replicas or workers starting together key the same cases at once, and a batch the other
+        one keyed first says nothing of the cases after it.
+        """
         total = 0
         while True:
-            keyed = await self._rekey(await self._store.stale_index_entries(self._keys.current, self._batch,
-                                                                            unkeyed_only=True))
+            keyed, readable = await self._rekey(await self._store.stale_index_entries(
+                self._keys.current, self._batch, unkeyed_only=True))
             total += keyed
-            if keyed == 0:
+            if readable == 0:
                 return total
 
-    async def _rekey(self, entries: list[StaleEntry]) -> int:
-        rekeyed = 0
+    async def _rekey(self, entries: list[StaleEntry]) -> tuple[int, int]:
+        """Each entry keyed again under the current secret if it is still as read: (how many were,
+        how many could be read). One that could but was not has changed since (keyed by another
+        replica, or a case closed): a read never finds it again."""
+        rekeyed = readable = 0
         for entry in entries:
             person = person_of(entry)
             if person is None:
                 log.error("index entry unreadable", extra={"fields": {"kind": entry.kind, "id": entry.entry_id}})
                 continue
+            readable += 1
             if await self._store.rekey_index_entry(entry, self._keys.key(person)):
                 rekeyed += 1
         self._metrics.index_rekeyed.inc(rekeyed)
-        return rekeyed
+        return rekeyed, readable
 
     async def run(self, interval: float) -> None:
         while True:
