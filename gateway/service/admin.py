@@ -23,7 +23,14 @@ from gateway.core.errors import FieldViolation, InvalidMessage, NotFound, NotPer
 from gateway.core.registry import LiveRegistry, RegistryError, Reloaded
 from gateway.core.text import shown
 from gateway.core.timestamps import from_micros, micros, timestamp_of
-from gateway.core.validation import DATE_HORIZON, EARLIEST_DATE, date_problem, is_uuid, text_problem
+from gateway.core.validation import (
+    DATE_HORIZON,
+    EARLIEST_DATE,
+    date_problem,
+    is_region_code,
+    is_uuid,
+    text_problem,
+)
 from gateway.core.workdays import CalendarFileError, DaySource, YearNotice, local_date, start_of, year_notice
 from gateway.service.auth import Callers
 from gateway.service.authored import GatewayAuthor
@@ -347,12 +354,14 @@ def _held_token(held: HeldTransfer) -> str:
 
 
 def _parse_held_token(token: str) -> tuple[dt.datetime, str] | None:
+    """What `_held_token` wrote; None for anything else (a transfer id is a case's, a UUID: any other
+    text reaches the query, where PostgreSQL refuses some, a NUL, as an error of ours)."""
     try:
         since, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
         at = from_micros(int(since))
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         return None
-    return (at, transfer_id) if transfer_id else None
+    return (at, transfer_id) if is_uuid(transfer_id) else None
 
 
 def _token(letter: DeadLetter) -> str:
@@ -361,9 +370,11 @@ def _token(letter: DeadLetter) -> str:
 
 
 def _parse_token(token: str) -> tuple[int, str] | None:
+    """What `_token` wrote; None for anything else (a sequence in 64 bits, a receiver an agency's
+    code: anything else reaches the query, which cannot bind it, as an error of ours)."""
     try:
         sequence, _, receiver = base64.urlsafe_b64decode(token.encode()).decode().partition(" ")
         after = int(sequence)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return (after, receiver) if after >= 0 and receiver else None
+    return (after, receiver) if 0 <= after < 2**63 and is_region_code(receiver) else None

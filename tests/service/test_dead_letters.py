@@ -5,6 +5,7 @@ back in the queue by an operator; every refusal with its reason."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 
 import grpc
@@ -102,10 +103,17 @@ async def test_a_redrive_that_does_not_say_which_is_refused(
     assert "\u202e" not in f.message
 
 
+def _token(text: str) -> str:
+    """A page token as the service writes one, of any text."""
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
 @pytest.mark.parametrize(("request_", "field"), [
     (admin_pb2.ListDeadLettersRequest(platform="nowhere"), "platform"),
     (admin_pb2.ListDeadLettersRequest(page_size=501), "page_size"),
     (admin_pb2.ListDeadLettersRequest(page_token="not-ours"), "page_token"),
+    (admin_pb2.ListDeadLettersRequest(page_token=_token(f"{2**70} 330100")), "page_token"),  # beyond 64 bits
+    (admin_pb2.ListDeadLettersRequest(page_token=_token("1 33\x000100")), "page_token"),  # no agency's code
 ])
 async def test_a_listing_it_cannot_answer_is_refused(
         gateway: GatewayHandle, request_: admin_pb2.ListDeadLettersRequest, field: str) -> None:
