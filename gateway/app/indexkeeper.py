@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
+from gateway.core.errors import RuleViolation
 from gateway.core.personkeys import PersonKeys
 from gateway.service.metrics import Metrics
 from gateway.store import StaleEntry, Store
@@ -72,7 +73,7 @@ class IndexKeeper:
 
     async def key_unkeyed_cases(self) -> int:
         """Key every open case that has no key id (opened before cases were keyed) under the current
-        secret, a batch at a time, until none is left (or only unreadable ones); how many it keyed.
+        secret, a batch at a time, until none is left (or only ones it cannot key); how many it keyed.
 
         It reads again until a read finds nothing it could key, not until a batch keys nothing:
         replicas or workers starting together key the same cases at once, and a batch the other
@@ -80,27 +81,34 @@ class IndexKeeper:
         """
         total = 0
         while True:
-            keyed, readable = await self._rekey(await self._store.stale_index_entries(
+            keyed, settled = await self._rekey(await self._store.stale_index_entries(
                 self._keys.current, self._batch, unkeyed_only=True))
             total += keyed
-            if readable == 0:
+            if settled == 0:
                 return total
 
     async def _rekey(self, entries: list[StaleEntry]) -> tuple[int, int]:
         """Each entry keyed again under the current secret if it is still as read: (how many were,
-        how many could be read). One that could but was not has changed since (keyed by another
-        replica, or a case closed): a read never finds it again."""
-        rekeyed = readable = 0
+        how many are settled: keyed, or changed since by another replica or by their case closing,
+        so that no read finds them again). An entry that cannot be read, or that the store refuses
+        to key (its person has another open case, or entry, under the current key: a secret removed
+        too early let it in) is logged and left as it is, and holds up none of the others."""
+        rekeyed = settled = 0
         for entry in entries:
             person = person_of(entry)
             if person is None:
                 log.error("index entry unreadable", extra={"fields": {"kind": entry.kind, "id": entry.entry_id}})
                 continue
-            readable += 1
-            if await self._store.rekey_index_entry(entry, self._keys.key(person)):
-                rekeyed += 1
+            try:
+                changed = await self._store.rekey_index_entry(entry, self._keys.key(person))
+            except RuleViolation as refused:
+                log.error("index entry not keyed again", extra={"fields": {
+                    "kind": entry.kind, "id": entry.entry_id, "reason": refused.reason}})
+                continue
+            settled += 1
+            rekeyed += int(changed)
         self._metrics.index_rekeyed.inc(rekeyed)
-        return rekeyed, readable
+        return rekeyed, settled
 
     async def run(self, interval: float) -> None:
         while True:

@@ -61,3 +61,31 @@ async def test_start_up_keys_every_case_even_when_another_replica_keys_a_batch_f
         assert await store.stale_index_entries(KEYS.current, 10, unkeyed_only=True) == []
     finally:
         await store.close()
+
+
+async def test_an_entry_the_store_refuses_to_key_again_holds_up_no_other(tmp_path: Path) -> None:
+    """A case that cannot be keyed again (its person has another open case at its outbound agency,
+    keyed under the current secret: opened while the case's secret had been removed too early) is
+    logged and left as it is; the upkeep keys the others, round after round, and start-up ends."""
+    clock = Clock()
+    store = SQLiteStore(SQLiteConfig(path=tmp_path / "store.db"), clock, SLA)
+    await store.open()
+
+    async def case(seed: int, key_id: str, person_key: bytes) -> str:
+        m = incoming(str(uuid.uuid4()), body=_notice(seed))
+        await store.accept(m, lambda c, _i: Decision(c or replace(opened(m), key_id=key_id, person_key=person_key)),
+                           receipt_for(m))
+        return m.transfer_id
+
+    try:
+        stuck = await case(1, "", b"plain digest")  # one of each kind of stale case: unkeyed…
+        await case(1, "gone", b"under a removed secret")  # …and under a secret no longer held
+        await case(1, KEYS.current, KEYS.key(builders.sample_person(1)).digest)  # the person's newer case
+        other = await case(2, "gone", b"another person")
+        keeper = IndexKeeper(store=store, keys=KEYS, metrics=Metrics(CollectorRegistry()), clock=clock, batch=10)
+        assert await keeper.key_unkeyed_cases() == 0  # ends, though the unkeyed case stays as it was
+        assert await keeper.keep_once() == (0, 1)  # the other person's case is keyed again
+        stale = {e.entry_id: e.key_id for e in await store.stale_index_entries(KEYS.current, 10)}
+        assert other not in stale and stale[stuck] == "" and len(stale) == 2
+    finally:
+        await store.close()
