@@ -72,6 +72,21 @@ def test_workers_are_bounded_and_their_metrics_ports_must_exist(pki: DevPaths, t
         assert caught.value.problems == (f"{path}: workers: {problem}",)
 
 
+def test_workers_that_cannot_start_end_the_start_up_with_their_exit_code(pki: DevPaths, tmp_path: Path) -> None:
+    """All or nothing, as one process's start is: a worker that cannot reach its store (69) stops
+    the others, and the parent exits with its code; the worker said why on its own `error:` line."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
+    result = run("serve", "--config", str(write_config(tmp_path / "gateway.toml", pki)), "--store", url,
+                 "--workers", "2", "--log-level", "INFO")
+    assert result.returncode == 69, result.stderr
+    lines = errors(result)
+    assert lines and all(line.startswith("error: cannot connect to PostgreSQL: ") for line in lines), lines
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "worker could not start: stopping the others" and e["exit_code"] == 69
+               for e in events), events
+    assert not any(e["event"] == "workers started" for e in events)
+
+
 @pytest.mark.parametrize(("codes", "expected"), [
     ([0, 0], 0),                                  # both drained
     ([0, -signal.SIGTERM, 130], 0),               # stopped before they served
