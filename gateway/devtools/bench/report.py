@@ -97,8 +97,8 @@ def _measured(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
 
 
-def _n(value: float, digits: int = 0) -> str:
-    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:,.{digits}f}"
+def _n(value: float | None, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}" if _measured(value) else "n/a"
 
 
 def _isolation_lines(result: dict[str, Any]) -> list[str]:
