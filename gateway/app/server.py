@@ -424,9 +424,14 @@ async def serve(server: GatewayServer, parent: socket.socket | None = None) -> N
     tune_collector()
     if parent is not None:
         parent.setblocking(False)
-        await loop.sock_sendall(parent, json.dumps({"port": server.port, "metrics_port": server.metrics_port}
-                                                   ).encode() + b"\n")
-        loop.add_reader(parent.fileno(), _watch_parent, parent, stopping)
+        try:
+            await loop.sock_sendall(parent, json.dumps({"port": server.port, "metrics_port": server.metrics_port}
+                                                       ).encode() + b"\n")
+        except OSError:  # the parent ended while this worker was starting
+            log.warning("the parent process is gone: draining")
+            stopping.set()
+        else:
+            loop.add_reader(parent.fileno(), _watch_parent, parent, stopping)
     await stopping.wait()
     if parent is not None:
         loop.remove_reader(parent.fileno())

@@ -5,12 +5,14 @@ PostgreSQL store, under a parent that checks, supervises and forwards signals
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.scenario import run_cases
+from gateway.app.assembly import assemble
 from gateway.app.config import GatewayConfig, load_config
 from gateway.app.devpki import DevPaths
 from gateway.app.failures import ConfigError
+from gateway.app.server import serve
 from gateway.app.workers import _exit_code
 from gateway.store.postgres import PostgresConfig
 from mitransfer.v1 import tracking_pb2
 from tests.app.test_cli import errors, run, write_config
 from tests.app.test_replicas import Cluster, all_acknowledged, check_store, clients_of, schema  # noqa: F401
+from tests.conftest import test_config as gateway_config
 from tests.support import free_port, free_ports, start_gateway_process, wait_serving
 
 REFUSAL = ("workers = 2 needs a PostgreSQL store: a SQLite file has one writer and is locked by one gateway"
@@ -85,6 +90,34 @@ def test_workers_that_cannot_start_end_the_start_up_with_their_exit_code(pki: De
     assert any(e["event"] == "worker could not start: stopping the others" and e["exit_code"] == 69
                for e in events), events
     assert not any(e["event"] == "workers started" for e in events)
+
+
+@pytest.fixture
+def collector_restored() -> Iterator[None]:
+    """`serve` tunes the process's garbage collector (`tune_collector`): undo it for the next tests."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+async def test_a_worker_drains_when_its_parent_is_gone(pki: DevPaths, tmp_path: Path, collector_restored: None) -> None:
+    """A worker's end of its parent's socket: closed before the worker could say it serves, or
+    while it serves, the worker drains and `serve` returns (the store closed, its lock released)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    ours.close()  # the parent ended while the worker was starting
+    await asyncio.wait_for(serve(assemble(gateway_config(pki, tmp_path / "g.db")), theirs), 30)
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    serving = asyncio.create_task(serve(assemble(gateway_config(pki, tmp_path / "g.db")), theirs))
+    try:
+        ready = json.loads(await asyncio.wait_for(loop.sock_recv(ours, 4096), 30))
+        assert ready["port"] > 0 and ready["metrics_port"] > 0
+    finally:
+        ours.close()  # the parent ended while the worker served
+        await asyncio.wait_for(serving, 30)
 
 
 @pytest.mark.parametrize(("codes", "expected"), [
