@@ -77,7 +77,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListHeldFundTransfersResponse:
         reviewer = self._callers.operator(context, self._registry.current, "reviewer")
         bad: list[FieldViolation] = []
-        size, after = _page(request.page_size, request.page_token, _parse_held_token, bad)
+        size, after = _page(request.page_size, request.page_token, _parse_held_token, bad, default=MAX_PAGE)
         if bad:
             raise InvalidMessage(bad, reason="QUERY_INVALID")
         # another province's reviewers decide its transfers: the page holds only this reviewer's
@@ -335,8 +335,8 @@ def _dead_letter(d: DeadLetter) -> admin_pb2.DeadLetter:
 
 
 def _page(page_size: int, page_token: str, parse: Callable[[str], T | None],
-          bad: list[FieldViolation]) -> tuple[int, T | None]:
-    """A page's size (0 means DEFAULT_PAGE) and where it starts (None: at the beginning); a bad
+          bad: list[FieldViolation], *, default: int = DEFAULT_PAGE) -> tuple[int, T | None]:
+    """A page's size (0 means `default`) and where it starts (None: at the beginning); a bad
     size or a token this service did not issue is added to `bad`."""
     if not 0 <= page_size <= MAX_PAGE:
         bad.append(FieldViolation("page_size", f"must be 0 to {MAX_PAGE}"))
@@ -345,7 +345,7 @@ def _page(page_size: int, page_token: str, parse: Callable[[str], T | None],
         after = parse(page_token)
         if after is None:
             bad.append(FieldViolation("page_token", "is not a token this service issued"))
-    return page_size or DEFAULT_PAGE, after
+    return page_size or default, after
 
 
 def _held_token(held: HeldTransfer) -> str:

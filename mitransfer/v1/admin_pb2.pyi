@@ -93,7 +93,9 @@ class ListHeldFundTransfersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """每页条数 at most this many (0 means 100; at most 500)"""
+    """每页条数 at most this many (0 means 500, the most a page holds: a caller from before pages
+    existed, which sends neither field, still gets every held transfer up to that)
+    """
     page_token: _builtins.str
     """翻页标记 the previous page's next_page_token; empty for the first page"""
     def __init__(
