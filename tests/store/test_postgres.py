@@ -325,7 +325,12 @@ async def test_a_connection_the_server_ends_between_syncs_fails_as_a_lost_connec
         await wire.sync()
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
             await admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        await asyncio.sleep(0.3)  # the FATAL is on the socket before the sync
+        readable = asyncio.Event()  # the FATAL is on the socket before the sync
+        asyncio.get_running_loop().add_reader(conn.pgconn.socket, readable.set)
+        try:
+            await asyncio.wait_for(readable.wait(), 10)
+        finally:
+            asyncio.get_running_loop().remove_reader(conn.pgconn.socket)
         with pytest.raises(psycopg.OperationalError, match="terminating connection"):
             await wire.sync()
         assert wire.broken  # its connection is closed, never used again
