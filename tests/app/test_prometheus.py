@@ -257,12 +257,11 @@ async def test_prometheus_evaluates_every_rule_and_every_panel_returns_data(scra
     assert not empty, "\n".join(empty)
 
 
+@pytest.mark.parametrize("scraped", ["two workers"], indirect=True)
 async def test_each_worker_is_a_target_and_the_stores_gauges_read_alike(scraped: Scraped) -> None:
     """With `serve --workers 2`, Prometheus sees two targets, each answering calls (counters added
     with sum()), and the gauges read from the store the same on both (taken with max(), never
     added up, by the rules and the dashboard)."""
-    if scraped.workers == 1:
-        pytest.skip("one process: nothing to compare")
     up = (await asyncio.to_thread(scraped.query, 'up{job="transfer-gateway"}'))["data"]["result"]
     assert sorted(r["metric"]["worker"] for r in up if r["value"][1] == "1") == ["0", "1"]
     calls = (await asyncio.to_thread(scraped.query, "sum by (worker) (grpc_server_handled_total)"))["data"]["result"]
